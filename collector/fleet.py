@@ -1,0 +1,1047 @@
+"""A deterministic simulated heterogeneous GPU fleet that emits ``gpuledger.sample/v1`` ticks.
+
+Why it exists: the demo, the pipeline and the warehouse need a realistic multi-tenant fleet to
+run on a machine without GPUs, and tests need one whose output is reproducible byte for byte.
+The fleet mixes what real platform teams run (DESIGN §1): several clusters; H200, H100, A100,
+V100 and RTX 4090 GPUs; MIG with real profiles, HAMi vGPU (over- and under-committed, core 0),
+time-slicing, whole GPUs and unallocated GPUs; tenants told apart by namespace, pod label,
+Slurm account and unix user, plus workloads that match no rule.
+
+Busy % and memory of many slices replay the real GenTD26 trace (``collector.traces``), each
+slice following one trace pod at its own time offset; the others follow synthetic patterns that
+a chargeback system must handle: allocations idle for hours while holding memory, bursting above
+the reserved share, diurnal services, training with checkpoint dips, Slurm batch jobs.
+
+Determinism: everything derives from ``seed`` through private ``random.Random`` instances
+(string seeds, which Python hashes with SHA-512, not with the per-process ``hash()``); there is
+no wall clock and no global random state. Two fleets with the same seed, start, interval and
+scale emit identical messages.
+
+Lifecycle events, so the pipeline sees what production brings:
+
+- churn: Slurm jobs, notebook pods, workstation sessions and ETL pods end and are replaced; a
+  new lifetime always gets a new ``slice_id`` (new pod UID or job id), never a reused one;
+- reboots: each node reboots rarely (first one at least 12 h after start, then about every two
+  weeks). While it is down (2-15 min) it emits nothing, so ``next_tick()`` returns one message
+  per node that is up; it comes back with a new ``boot_id``, ``seq`` 0, new PIDs and new pods.
+
+Units and semantics follow DESIGN §4/§6 and the JSON Schema: slice ``util_pct`` is % of the whole
+GPU for whole/vgpu/timeslice slices and the instance's own activity for MIG slices (``null`` on
+A100, which has no GPM); MIG GPUs report GPU ``util_pct`` and per-process ``sm_util_pct`` as
+``null``. Per-process memory and SM util add up exactly to the slice's values; GPU util is the sum
+of its slices' util (time-shared GPUs cannot exceed 100 %, so demand above that is scaled down);
+GPU memory is the sum of its slices' memory; ``energy_j`` = ``power_w`` × ``interval_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from collector.traces import Trace, load_gentd26
+
+SCHEMA = "gpuledger.sample/v1"
+DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
+_HOUR = 3600.0
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Static identity of one simulated GPU (what NVML would report at agent start)."""
+
+    uuid: str
+    index: int
+    model: str
+    mem_total_mib: int
+    mig_mode: bool
+    node: str
+    cluster: str
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """A real GPU-instance profile: name as ``nvidia-smi mig -lgip`` prints it, slices, memory."""
+
+    name: str
+    compute: int
+    memory: int
+    mem_mib: int
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    mem_total_mib: int
+    idle_w: float
+    tdp_w: float
+    temp_idle_c: float
+    temp_max_c: float
+    mig: dict[str, MigProfile] | None  # profile key -> profile; None: no MIG on this model
+    gpm: bool  # MIG instance activity via GPM (Hopper and newer); A100 has none -> null
+
+
+def _profiles(names: tuple[str, ...], mems: tuple[int, ...]) -> dict[str, MigProfile]:
+    # Keys are size classes shared by all models so that combinations can be written once.
+    keys = ("1g", "1g2m", "2g", "3g", "4g", "7g")
+    shape = {"1g": (1, 1), "1g2m": (1, 2), "2g": (2, 2), "3g": (3, 4), "4g": (4, 4), "7g": (7, 8)}
+    return {k: MigProfile(n, *shape[k], m) for k, n, m in zip(keys, names, mems, strict=True)}
+
+
+# Instance memory as `nvidia-smi mig -lgip` lists it (GiB there, MiB here).
+_A100_MIG = _profiles(
+    ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    (9728, 19968, 19968, 40192, 40192, 80896),
+)
+_H100_MIG = _profiles(
+    ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    (9984, 20096, 20096, 40448, 40448, 81152),
+)
+_H200_MIG = _profiles(
+    ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+    (16384, 33280, 33280, 66560, 66560, 143360),
+)
+
+MODELS: dict[str, _Model] = {
+    "H200": _Model("NVIDIA H200", 143771, 75.0, 700.0, 31.0, 71.0, _H200_MIG, True),
+    "H100": _Model("NVIDIA H100 80GB HBM3", 81559, 70.0, 700.0, 30.0, 72.0, _H100_MIG, True),
+    "A100": _Model("NVIDIA A100-SXM4-80GB", 81920, 55.0, 400.0, 29.0, 68.0, _A100_MIG, False),
+    "V100": _Model("Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False),
+    "RTX4090": _Model("NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False),
+}
+
+# Valid MIG layouts (Σ compute ≤ 7, Σ memory ≤ 8, placeable): full ones and partially filled ones.
+_MIG_FULL: tuple[tuple[str, ...], ...] = (
+    ("7g",),
+    ("4g", "3g"),
+    ("3g", "3g"),
+    ("4g", "2g", "1g"),
+    ("3g", "2g", "1g", "1g"),
+    ("2g", "2g", "2g", "1g"),
+    ("1g",) * 7,
+    ("1g2m",) * 4,
+    ("3g", "1g2m", "1g2m"),
+)
+_MIG_PARTIAL: tuple[tuple[str, ...], ...] = (
+    ("3g",),
+    ("2g", "1g"),
+    ("1g", "1g", "1g"),
+    ("4g",),
+    ("3g", "2g"),
+    (),
+)
+# GPU-instance ids nvidia-smi typically hands out per size; the first free one is taken.
+_GI_IDS = {"7g": (0,), "4g": (1,), "3g": (1, 2), "2g": (3, 4, 5), "1g2m": (3, 4, 5, 6),
+           "1g": (7, 8, 9, 10, 11, 12, 13)}
+
+# Kubernetes workload groups: namespace, extra labels, app names, pattern mix, churn.
+# Tenant resolution (tenant_rules) maps some of them; data-eng, sandbox and default match no
+# rule and show up as "unassigned" at query time.
+_K8S_GROUPS: dict[str, dict[str, Any]] = {
+    "vision": {"ns": "ml-vision", "labels": {"team": "vision"},
+               "apps": ("resnet-train", "detector-serve", "seg-finetune", "clip-embed"),
+               "patterns": ("training", "training", "trace", "diurnal"), "life": None},
+    "genai": {"ns": "genai-serving", "labels": {},
+              "apps": ("sdxl-serve", "flux-serve", "sd3-serve", "llm-gateway"),
+              "patterns": ("trace",), "life": None},
+    "nlp": {"ns": "ml-shared", "labels": {"team": "nlp"},
+            "apps": ("bert-finetune", "llama-serve", "mt-train"),
+            "patterns": ("trace", "diurnal", "training", "burst"), "life": None},
+    "recsys": {"ns": "ml-shared", "labels": {"team": "recsys"},
+               "apps": ("dlrm-train", "ranker-serve"),
+               "patterns": ("diurnal", "training", "trace"), "life": None},
+    "data-eng": {"ns": "ml-shared", "labels": {"team": "data-eng"},
+                 "apps": ("feature-etl", "embed-backfill"),
+                 "patterns": ("burst", "idle", "diurnal"), "life": ((1.0, 6.0), (0.0, 1.0))},
+    "sandbox": {"ns": "sandbox", "labels": {},
+                "apps": ("jupyter-ivan", "jupyter-judy", "jupyter-ken", "jupyter-lena", "jupyter-omar"),
+                "patterns": ("notebook", "notebook", "idle"), "life": ((2.0, 12.0), (0.0, 2.0))},
+    "lab": {"ns": "lab-research", "labels": {"team": "lab"},
+            "apps": ("protein-fold", "rl-sweep", "diffusion-ablation"),
+            "patterns": ("training", "trace", "notebook", "idle", "diurnal"), "life": None},
+    "default": {"ns": "default", "labels": {},
+                "apps": ("cuda-smoke-test",), "patterns": ("idle",), "life": None},
+}
+_SLURM_ACCOUNTS = (("physics", ("bob", "alice", "erin")), ("physics", ("bob", "erin")),
+                   ("chemistry", ("frank", "grace")), ("guest", ("trudy", "victor")))
+_HOST_USERS = ("alice", "alice", "carol", "carol", "dave", "mallory")
+_K8S_ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet Kubernetes uses for name suffixes
+
+_TENANT_RULES: tuple[dict[str, str], ...] = (
+    {"tenant": "vision", "namespace": "ml-vision"},
+    {"tenant": "genai", "namespace": "genai-serving"},
+    {"tenant": "nlp", "label": "team=nlp"},
+    {"tenant": "recsys", "label": "team=recsys"},
+    {"tenant": "research", "namespace": "lab-research"},
+    {"tenant": "hpc-physics", "account": "physics"},
+    {"tenant": "hpc-chem", "account": "chemistry"},
+    {"tenant": "research", "user": "alice"},
+    {"tenant": "research", "user": "carol"},
+)
+
+
+def match_tenant(rules: list[dict[str, str]], workload: dict[str, Any] | None) -> str | None:
+    """First rule that matches ``workload`` wins (DESIGN §5); None means unassigned."""
+    if not workload:
+        return None
+    labels = workload.get("labels") or {}
+    for rule in rules:
+        if "namespace" in rule:
+            ok = workload.get("namespace") == rule["namespace"]
+        elif "label" in rule:
+            key, _, value = rule["label"].partition("=")
+            ok = labels.get(key) == value
+        elif "account" in rule:
+            ok = workload.get("account") == rule["account"]
+        else:
+            ok = workload.get("user") == rule["user"]
+        if ok:
+            return rule["tenant"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Activity patterns. sample() returns (a, m): a = activity as a fraction of the slice's nominal
+# compute (may exceed 1 for a HAMi slice bursting over its core cap), m = memory as a fraction of
+# its nominal memory. Only time-varying work happens here; everything static is precomputed.
+
+
+class _TracePattern:
+    """Replays one GenTD26 pod at a fixed time offset; memory scaled so its peak fits the cap."""
+
+    __slots__ = ("gain", "mscale", "off", "pod", "trace")
+    name = "trace"
+
+    def __init__(self, trace: Trace, pod: int, off: float, peak_frac: float) -> None:
+        self.trace, self.pod, self.off = trace, pod, off
+        self.gain = 0.01
+        peak = trace.mem_peak_bytes(pod)
+        self.mscale = peak_frac / peak if peak > 0 else 0.0
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        o = self.off
+        return (self.trace.busy_mean(self.pod, t0 + o, t1 + o) * self.gain,
+                self.trace.mem_bytes(self.pod, t1 + o) * self.mscale)
+
+
+class _IdlePattern:
+    """An allocation nobody uses: memory held, (almost) no kernels — the waste idle detection finds."""
+
+    __slots__ = ("m",)
+    name = "idle"
+
+    def __init__(self, m: float) -> None:
+        self.m = m
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        return rnd() * 0.003, self.m
+
+
+class _NotebookPattern:
+    """Interactive notebook: short active windows, hours of idle while the kernel holds memory."""
+
+    __slots__ = ("active", "level", "m_busy", "m_idle", "period", "phase")
+    name = "notebook"
+
+    def __init__(self, period: float, active: float, phase: float, level: float, m_idle: float,
+                 m_busy: float) -> None:
+        self.period, self.active, self.phase = period, active, phase
+        self.level, self.m_idle, self.m_busy = level, m_idle, m_busy
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        if (t1 + self.phase) % self.period < self.active:
+            return self.level * (0.6 + 0.8 * rnd()), self.m_busy
+        return rnd() * 0.002, self.m_idle
+
+
+class _TrainingPattern:
+    """Steady training with periodic checkpoint/eval dips; memory flat near its working set."""
+
+    __slots__ = ("ckpt", "ckpt_len", "level", "m", "phase")
+    name = "training"
+
+    def __init__(self, level: float, m: float, ckpt: float, ckpt_len: float, phase: float) -> None:
+        self.level, self.m, self.ckpt, self.ckpt_len, self.phase = level, m, ckpt, ckpt_len, phase
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        if (t1 + self.phase) % self.ckpt < self.ckpt_len:
+            return 0.03 + 0.05 * rnd(), self.m
+        return self.level + 0.06 * (rnd() - 0.5), self.m
+
+
+class _DiurnalPattern:
+    """A service following the working day (UTC hour of the simulated clock)."""
+
+    __slots__ = ("amp", "base", "m0", "m1", "peak_h", "tod0")
+    name = "diurnal"
+
+    def __init__(self, base: float, amp: float, peak_h: float, m0: float, m1: float, tod0: float) -> None:
+        self.base, self.amp, self.peak_h, self.m0, self.m1, self.tod0 = base, amp, peak_h, m0, m1, tod0
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        h = ((self.tod0 + t1) % _DAY) / _HOUR
+        c = math.cos((h - self.peak_h) * (math.pi / 12.0))
+        f = c * c * c if c > 0.0 else 0.0
+        a = self.base + self.amp * f + 0.04 * (rnd() - 0.5)
+        return (a if a > 0.0 else 0.0), self.m0 + self.m1 * f
+
+
+class _BurstPattern:
+    """Phases far above the reserved share (e.g. HAMi core 20 % running at 60 %), then quiet."""
+
+    __slots__ = ("duty", "hi", "lo", "m", "period", "phase")
+    name = "burst"
+
+    def __init__(self, period: float, duty: float, hi: float, lo: float, phase: float, m: float) -> None:
+        self.period, self.duty, self.hi, self.lo, self.phase, self.m = period, duty, hi, lo, phase, m
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        if (t1 + self.phase) % self.period < self.duty * self.period:
+            return self.hi * (0.9 + 0.2 * rnd()), self.m
+        return self.lo * (0.5 + rnd()), self.m * 0.8
+
+
+class _BatchPattern:
+    """A Slurm job: data loading ramp, then a steady compute plateau."""
+
+    __slots__ = ("level", "m", "ramp")
+    name = "batch"
+
+    def __init__(self, level: float, m: float, ramp: float) -> None:
+        self.level, self.m, self.ramp = level, m, ramp
+
+    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
+        if age < self.ramp:
+            f = age / self.ramp if age > 0.0 else 0.0
+            return 0.05 + 0.1 * rnd(), self.m * (0.1 + 0.9 * f)
+        return self.level + 0.08 * (rnd() - 0.5), self.m
+
+
+# ---------------------------------------------------------------------------------------------
+# Fleet structure.
+
+
+class _Slot:
+    """One place a slice can live (a whole GPU, a MIG instance, a HAMi/time-slice share).
+
+    Its static shape (kind, caps, MIG instance) is fixed; its identity (pod/job, processes,
+    slice_id) and pattern are regenerated at each new lifetime ("generation").
+    """
+
+    __slots__ = (
+        "active", "app", "compute_frac", "container", "core_cap", "end_t", "family", "gen", "gpu",
+        "group", "key", "kind", "labels", "last_kernel_t", "life", "mem_cap", "mem_limit", "mig",
+        "nominal_mem", "nominal_util", "null_util", "pattern", "patterns", "pids", "proc_head",
+        "proc_last", "proc_null", "replicas", "restart_t", "slice_tpl", "start_t", "wl_tpl",
+    )
+
+    def __init__(self) -> None:
+        self.active = False
+        self.gen = 0
+        self.pids: list[int] = []
+        self.labels: dict[str, str] | None = None
+        self.life: tuple[tuple[float, float], tuple[float, float]] | None = None
+        self.mig: tuple[MigProfile, int, int, str] | None = None
+        self.core_cap: int | None = None
+        self.replicas: int | None = None
+        self.compute_frac = 1.0
+        self.null_util = False
+        self.proc_null = False
+        self.end_t = math.inf
+        self.restart_t = math.inf
+        self.start_t = 0.0
+        self.last_kernel_t = 0.0
+
+
+class _Gpu:
+    __slots__ = ("has_churn", "mig", "model", "slots", "spec", "temp")
+
+    def __init__(self, spec: GpuSpec, model: _Model) -> None:
+        self.spec = spec
+        self.model = model
+        self.mig = spec.mig_mode
+        self.slots: list[_Slot] = []
+        self.has_churn = False
+        self.temp = model.temp_idle_c
+
+
+class _Node:
+    __slots__ = ("boot_id", "boots", "cluster", "down_until", "downtime", "gpus", "name", "pids",
+                 "reboot_at", "reboot_rng", "role", "seq")
+
+    def __init__(self, name: str, cluster: str, role: str) -> None:
+        self.name, self.cluster, self.role = name, cluster, role
+        self.gpus: list[_Gpu] = []
+        self.pids: set[int] = set()
+        self.boots = 0
+        self.seq = 0
+        self.boot_id = ""
+        self.down_until: float | None = None
+        self.reboot_at = math.inf
+        self.downtime = 0.0
+        self.reboot_rng: random.Random | None = None
+
+
+# (cluster, node name prefix, model, GPUs per node, nodes at scale 1, role)
+_LAYOUT: tuple[tuple[str, str, str, int, int, str], ...] = (
+    ("prod-east", "pe-h200-mig", "H200", 8, 1, "k8s-mig"),
+    ("prod-east", "pe-h200", "H200", 8, 1, "k8s-whole"),
+    ("prod-east", "pe-h200-hami", "H200", 8, 1, "k8s-hami"),
+    ("prod-east", "pe-h100-mig", "H100", 8, 1, "k8s-mig"),
+    ("prod-east", "pe-h100", "H100", 8, 2, "k8s-whole"),
+    ("prod-east", "pe-h100-hami", "H100", 8, 1, "k8s-hami"),
+    ("prod-east", "pe-a100-mig", "A100", 8, 1, "k8s-mig"),
+    ("prod-east", "pe-a100-hami", "A100", 8, 1, "k8s-hami"),
+    ("prod-east", "pe-a100", "A100", 8, 1, "k8s-whole"),
+    ("prod-east", "pe-4090", "RTX4090", 4, 3, "k8s-share"),
+    ("lab-west", "lw-v100", "V100", 4, 4, "slurm"),
+    ("lab-west", "lw-a100", "A100", 8, 1, "slurm"),
+    ("lab-west", "lw-a100-mig", "A100", 8, 1, "slurm-mig"),
+    ("lab-west", "lw-h100", "H100", 8, 2, "k8s-lab"),
+    ("lab-west", "lw-ws", "RTX4090", 2, 4, "baremetal"),
+)
+
+
+def _uuid4(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _k8s_suffix(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(_K8S_ALNUM) for _ in range(n))
+
+
+def _fmt_ts(dt: datetime) -> str:
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else base + "Z"
+
+
+class SimulatedFleet:
+    """Deterministic simulated heterogeneous GPU fleet (see module docstring for what it holds).
+
+    ``next_tick()`` advances the clock by ``interval_s`` and returns one v1 message per node
+    that is up; the k-th call (k from 1) has ``ts = start + k * interval_s``.
+    """
+
+    def __init__(self, seed: int = 7, start: datetime | None = None, interval_s: float = 10.0,
+                 scale: int = 1) -> None:
+        if start is None:
+            start = DEFAULT_START
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise ValueError(f"start={start!r}: expected a timezone-aware datetime (UTC)")
+        if not isinstance(interval_s, int | float) or not 0 < interval_s <= 3600:
+            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600] (schema limit)")
+        if not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale={scale!r}: expected an integer >= 1")
+        self.seed = seed
+        self.start = start.astimezone(UTC)
+        self.interval_s = float(interval_s)
+        self.scale = scale
+        self._interval_us = round(self.interval_s * 1_000_000)
+        self._k = 0
+        self._tod0 = (self.start - self.start.replace(hour=0, minute=0, second=0, microsecond=0)
+                      ).total_seconds()
+        self._trace = load_gentd26()
+        self._trace_pods = self._trace.full_pods()
+        self._noise = random.Random(f"gpuledger-fleet:{seed}:noise")
+        self._rng = random.Random(f"gpuledger-fleet:{seed}:structure")
+        self._job_ids: dict[str, int] = {}
+        self._nodes: list[_Node] = []
+        self._build()
+        self.nodes: list[str] = [n.name for n in self._nodes]
+        self.clusters: list[str] = list(dict.fromkeys(n.cluster for n in self._nodes))
+        self.gpus: list[GpuSpec] = [g.spec for n in self._nodes for g in n.gpus]
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        rng = self._rng
+        for cluster in dict.fromkeys(c for c, *_ in _LAYOUT):
+            self._job_ids[cluster] = 4_800_000 + rng.randrange(100_000)
+        for cluster, prefix, model_key, n_gpus, count, role in _LAYOUT:
+            model = MODELS[model_key]
+            total = count * self.scale
+            width = max(2, len(str(total)))
+            for ordinal in range(total):
+                node = _Node(f"{prefix}-{ordinal + 1:0{width}d}", cluster, role)
+                mig_mode = role in ("k8s-mig", "slurm-mig")
+                for i in range(n_gpus):
+                    spec = GpuSpec(uuid="GPU-" + _uuid4(rng), index=i, model=model.name,
+                                   mem_total_mib=model.mem_total_mib, mig_mode=mig_mode,
+                                   node=node.name, cluster=cluster)
+                    gpu = _Gpu(spec, model)
+                    gpu.temp = model.temp_idle_c + rng.uniform(-1.5, 1.5)
+                    node.gpus.append(gpu)
+                getattr(self, "_role_" + role.replace("-", "_"))(node, ordinal)
+                for gpu in node.gpus:
+                    gpu.has_churn = any(s.life is not None for s in gpu.slots)
+                self._nodes.append(node)
+        for node in self._nodes:
+            node.reboot_rng = random.Random(f"gpuledger-fleet:{self.seed}:{node.name}:reboot")
+            node.boot_id = self._boot_id(node)
+            node.reboot_at = 12 * _HOUR + node.reboot_rng.expovariate(1.0 / (14 * _DAY))
+            for gpu in node.gpus:
+                for slot in gpu.slots:
+                    self._initial(slot, node)
+
+    def _slot(self, node: _Node, gpu: _Gpu, kind: str, family: str, group: str | None = None,
+              patterns: tuple[str, ...] | None = None, life: Any = "group") -> _Slot:
+        """Create a slot with its static shape; identity comes later (_materialize)."""
+        rng = self._rng
+        s = _Slot()
+        s.key = f"{node.name}/{gpu.spec.index}/{len(gpu.slots)}"
+        s.gpu, s.kind, s.family, s.group = gpu, kind, family, group
+        if family == "k8s":
+            g = _K8S_GROUPS[group or "default"]
+            s.app = rng.choice(g["apps"])
+            s.container = ("server" if "serve" in s.app or "gateway" in s.app else
+                           "trainer" if "train" in s.app or "tune" in s.app else
+                           "notebook" if s.app.startswith("jupyter") else "main")
+            s.patterns = patterns or g["patterns"]
+            s.life = g["life"] if life == "group" else life
+        elif family == "slurm":
+            s.app, s.container = "", ""
+            s.patterns = patterns or ("batch", "batch", "batch", "batch", "idle")
+            s.life = ((1.0, 10.0), (0.0, 0.75)) if life == "group" else life
+        else:  # host
+            s.app, s.container = "", ""
+            s.patterns = patterns or ("diurnal", "notebook", "idle", "batch")
+            s.life = ((1.0, 8.0), (0.0, 3.0)) if life == "group" else life
+        total = gpu.model.mem_total_mib
+        s.mem_cap, s.mem_limit, s.nominal_mem, s.nominal_util = total, total, float(total), 100.0
+        gpu.slots.append(s)
+        return s
+
+    def _vgpu(self, node: _Node, gpu: _Gpu, group: str, mem_frac: float, core: int,
+              patterns: tuple[str, ...] | None = None) -> _Slot:
+        s = self._slot(node, gpu, "vgpu", "k8s", group, patterns)
+        cap = int(gpu.model.mem_total_mib * mem_frac) // 256 * 256
+        s.mem_cap = s.mem_limit = cap
+        s.nominal_mem = float(cap)
+        s.core_cap = core
+        s.nominal_util = float(core) if core > 0 else 100.0
+        return s
+
+    def _timeslice(self, node: _Node, gpu: _Gpu, group: str, replicas: int,
+                   patterns: tuple[str, ...] | None = None) -> _Slot:
+        s = self._slot(node, gpu, "timeslice", "k8s", group, patterns)
+        s.replicas = replicas
+        s.mem_cap = None  # no memory isolation under time-slicing: unknown, not 0
+        s.nominal_mem = gpu.model.mem_total_mib / replicas
+        return s
+
+    def _mig_layout(self, node: _Node, gpu: _Gpu, combo: tuple[str, ...], family: str,
+                    groups: tuple[str, ...] = (), forced: dict[int, tuple[str, tuple[str, ...]]] | None = None
+                    ) -> None:
+        """Create one slot per MIG instance of ``combo`` (a valid layout) on ``gpu``."""
+        rng = self._rng
+        profiles = gpu.model.mig
+        assert profiles is not None
+        used: set[int] = set()
+        for j, key in enumerate(combo):
+            prof = profiles[key]
+            gi = next((g for g in _GI_IDS[key] if g not in used), None)
+            if gi is None:
+                gi = next(g for g in range(1, 65) if g not in used)
+            used.add(gi)
+            mig_uuid = "MIG-" + _uuid4(rng)
+            if forced and j in forced:
+                group, pats = forced[j]
+                s = self._slot(node, gpu, "mig", family, group, pats)
+            elif family == "k8s":
+                s = self._slot(node, gpu, "mig", family, rng.choice(groups))
+            else:
+                s = self._slot(node, gpu, "mig", family)
+            s.mig = (prof, gi, 0, mig_uuid)
+            s.mem_cap = s.mem_limit = prof.mem_mib
+            s.nominal_mem = float(prof.mem_mib)
+            s.compute_frac = prof.compute / 7.0
+            s.null_util = not gpu.model.gpm
+            s.proc_null = True
+
+    # Roles: what each kind of node holds. The first GPUs of each role carry the features the
+    # tests and the demo rely on (over-commit, core 0, bursts, idle, partial MIG, fewer time-slice
+    # pods than replicas, unallocated GPUs); the rest vary with the seed.
+
+    def _role_k8s_mig(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        groups = ("genai", "genai", "vision", "nlp", "recsys", "sandbox", "data-eng")
+        fixed = {0: ("3g", "2g", "1g", "1g"), 1: ("4g", "3g"), 2: ("1g",) * 7, 3: ("3g",)}
+        for gpu in node.gpus:
+            i = gpu.spec.index
+            combo = fixed.get(i) or rng.choice(_MIG_FULL + _MIG_PARTIAL)
+            forced = {0: ("sandbox", ("idle",))} if i == 2 else None
+            self._mig_layout(node, gpu, combo, "k8s", groups, forced)
+
+    def _role_k8s_whole(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        groups = ("vision", "genai", "genai", "nlp", "recsys", "data-eng", "default")
+        for gpu in node.gpus:
+            i = gpu.spec.index
+            if i == 0:
+                self._slot(node, gpu, "whole", "k8s", "vision", ("training",))
+            elif i == len(node.gpus) - 1:
+                continue  # unallocated
+            elif rng.random() < 0.82:
+                self._slot(node, gpu, "whole", "k8s", rng.choice(groups))
+
+    def _role_k8s_hami(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        g = node.gpus
+        # 0: memory over-committed: Σ max(mem share, core share) = 0.45 + 0.40 + 0.35 = 1.2
+        self._vgpu(node, g[0], "nlp", 0.45, 30)
+        self._vgpu(node, g[0], "recsys", 0.40, 30)
+        self._vgpu(node, g[0], "genai", 0.35, 0)
+        # 1: under-committed (0.25 of the GPU)
+        self._vgpu(node, g[1], "genai", 0.25, 20)
+        # 2: no core reservation (core 0), one of them an idle allocation
+        self._vgpu(node, g[2], "data-eng", 0.20, 0, ("idle",))
+        self._vgpu(node, g[2], "nlp", 0.20, 0)
+        # 3: bursting: core 20 % running at ~60 % part of the time
+        self._vgpu(node, g[3], "nlp", 0.10, 20, ("burst",))
+        self._vgpu(node, g[3], "recsys", 0.25, 25)
+        # 4: core over-committed: 0.6 + 0.6
+        self._vgpu(node, g[4], "vision", 0.20, 60)
+        self._vgpu(node, g[4], "genai", 0.20, 60)
+        groups = ("nlp", "recsys", "genai", "sandbox", "data-eng")
+        for gpu in g[5:]:
+            for _ in range(rng.choice((0, 1, 2, 2, 3, 4))):
+                self._vgpu(node, gpu, rng.choice(groups), rng.choice((0.1, 0.125, 0.2, 0.25, 0.3, 0.5)),
+                           rng.choice((0, 10, 20, 25, 30, 50)))
+
+    def _role_k8s_share(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        groups = ("sandbox", "nlp", "data-eng", "recsys", "sandbox")
+        g = node.gpus
+        if ordinal % 2 == 0:  # time-slicing node (device plugin replicas=4)
+            for _ in range(4):
+                self._timeslice(node, g[0], rng.choice(groups), 4)
+            self._timeslice(node, g[1], "nlp", 4, ("burst",))
+            self._timeslice(node, g[1], "sandbox", 4)
+            for _ in range(rng.choice((1, 2, 3, 4))):
+                self._timeslice(node, g[2], rng.choice(groups), 4)
+            # g[3] stays unallocated
+        else:  # HAMi node
+            self._vgpu(node, g[0], "nlp", 0.5, 50)
+            self._vgpu(node, g[0], "sandbox", 0.33, 0)
+            self._vgpu(node, g[1], "data-eng", 0.25, 20, ("burst",))
+            self._vgpu(node, g[2], "recsys", 0.75, 40)
+            self._vgpu(node, g[2], "sandbox", 0.5, 30)  # memory over-committed 1.25
+            if rng.random() < 0.5:
+                self._slot(node, g[3], "whole", "k8s", "nlp")
+
+    def _role_slurm(self, node: _Node, ordinal: int) -> None:
+        for gpu in node.gpus:
+            self._slot(node, gpu, "whole", "slurm")
+
+    def _role_slurm_mig(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        for gpu in node.gpus:
+            combo = ("3g", "2g", "1g", "1g") if gpu.spec.index == 0 else rng.choice(_MIG_FULL + _MIG_PARTIAL)
+            self._mig_layout(node, gpu, combo, "slurm")
+
+    def _role_k8s_lab(self, node: _Node, ordinal: int) -> None:
+        g = node.gpus
+        for gpu in g[:4]:
+            self._slot(node, gpu, "whole", "k8s", "lab")
+        self._timeslice(node, g[4], "lab", 2)
+        self._timeslice(node, g[4], "sandbox", 2)
+        self._timeslice(node, g[5], "lab", 2)
+        self._slot(node, g[6], "whole", "k8s", "sandbox")
+        # g[7] unallocated
+
+    def _role_baremetal(self, node: _Node, ordinal: int) -> None:
+        rng = self._rng
+        for gpu in node.gpus:
+            if gpu.spec.index == 0 or rng.random() < 0.6:
+                self._slot(node, gpu, "whole", "host")
+
+    # -- identities and lifetimes ------------------------------------------------------------
+
+    def _boot_id(self, node: _Node) -> str:
+        return _uuid4(random.Random(f"gpuledger-fleet:{self.seed}:{node.name}:boot:{node.boots}"))
+
+    def _initial(self, s: _Slot, node: _Node) -> None:
+        """First lifetime: static workloads have run for a while; churning ones are mid-life."""
+        rng = random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:init")
+        if s.life is None:
+            self._materialize(s, node, -rng.uniform(1 * _HOUR, 20 * _DAY))
+            return
+        (lo, hi), _gap = s.life
+        if rng.random() < 0.85:
+            length = rng.uniform(lo, hi) * _HOUR
+            self._materialize(s, node, -rng.uniform(0.0, 0.8) * length, length)
+        else:
+            s.active = False
+            s.restart_t = rng.uniform(0.0, 1.0) * _HOUR
+
+    def _new_pid(self, node: _Node, rng: random.Random) -> int:
+        while True:
+            pid = rng.randrange(2_000, 3_000_000)
+            if pid not in node.pids:
+                node.pids.add(pid)
+                return pid
+
+    def _release(self, s: _Slot, node: _Node) -> None:
+        node.pids.difference_update(s.pids)
+        s.pids = []
+        s.active = False
+
+    def _pattern(self, s: _Slot, rng: random.Random) -> Any:
+        kind = rng.choice(s.patterns)
+        if kind == "trace":
+            return _TracePattern(self._trace, rng.choice(self._trace_pods),
+                                 rng.uniform(0.0, self._trace.period_s), rng.uniform(0.55, 0.95))
+        if kind == "idle":
+            return _IdlePattern(rng.uniform(0.3, 0.9))
+        if kind == "notebook":
+            return _NotebookPattern(rng.uniform(2.0, 5.0) * _HOUR, rng.uniform(10, 45) * 60.0,
+                                    rng.uniform(0, 5 * _HOUR), rng.uniform(0.2, 0.8),
+                                    rng.uniform(0.2, 0.5), rng.uniform(0.5, 0.9))
+        if kind == "training":
+            return _TrainingPattern(rng.uniform(0.75, 0.97), rng.uniform(0.7, 0.95),
+                                    rng.uniform(30, 90) * 60.0, rng.uniform(60, 240), rng.uniform(0, _HOUR))
+        if kind == "diurnal":
+            return _DiurnalPattern(rng.uniform(0.02, 0.1), rng.uniform(0.3, 0.7), rng.uniform(10, 17),
+                                   rng.uniform(0.3, 0.5), rng.uniform(0.1, 0.3), self._tod0)
+        if kind == "burst":
+            # above the share: a HAMi slice with a core cap bursts to ~3x it; a slice whose nominal
+            # is the whole GPU (core 0, time-slicing) bursts to 60-90 % of the GPU
+            hi = min(3.0, 95.0 / s.nominal_util) if s.nominal_util < 100.0 else rng.uniform(0.6, 0.9)
+            return _BurstPattern(rng.uniform(20, 60) * 60.0, rng.uniform(0.3, 0.6), hi,
+                                 rng.uniform(0.1, 0.3), rng.uniform(0, _HOUR), rng.uniform(0.4, 0.8))
+        return _BatchPattern(rng.uniform(0.7, 0.97), rng.uniform(0.5, 0.95), rng.uniform(3, 12) * 60.0)
+
+    def _materialize(self, s: _Slot, node: _Node, t_start: float, length: float | None = None) -> None:
+        """Start a new lifetime of ``s`` at ``t_start``: new pod/job, processes, slice_id, pattern."""
+        if s.pids:
+            self._release(s, node)
+        s.gen += 1
+        rng = random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}")
+        gpu = s.gpu
+        gpu_uuid = gpu.spec.uuid
+        s.pattern = self._pattern(s, rng)
+        s.start_t = t_start
+        s.last_kernel_t = t_start if s.pattern.name == "idle" else t_start - rng.uniform(0, 60)
+        if s.life is not None:
+            (lo, hi), _gap = s.life
+            s.end_t = t_start + (length if length is not None else rng.uniform(lo, hi) * _HOUR)
+        else:
+            s.end_t = math.inf
+        n_procs = rng.choice((1, 1, 1, 2, 2, 3, 4))
+        pids = [self._new_pid(node, rng) for _ in range(n_procs)]
+        s.pids = pids
+        container_id = pod_uid = job_id = user = None
+        labels: dict[str, str] | None = None
+        if s.family == "k8s":
+            g = _K8S_GROUPS[s.group or "default"]
+            pod_uid = _uuid4(rng)
+            container_id = f"{rng.getrandbits(256):064x}"
+            if s.app.startswith("jupyter"):
+                labels = {"app": "jupyter", "owner": s.app.split("-", 1)[1]}
+                pod = f"{s.app}-0"
+            else:
+                labels = {"app": s.app, **g["labels"]}
+                pod = f"{s.app}-{_k8s_suffix(rng, 10)}-{_k8s_suffix(rng, 5)}"
+            wl = {"namespace": g["ns"], "pod": pod, "container": s.container, "pod_uid": pod_uid,
+                  "labels": None, "job_id": None, "account": None, "user": None}
+            owner = f"{pod_uid}/{s.container}"
+        elif s.family == "slurm":
+            account, users = rng.choice(_SLURM_ACCOUNTS)
+            user = rng.choice(users)
+            cluster = node.cluster
+            self._job_ids[cluster] += rng.randint(1, 40)
+            job_id = str(self._job_ids[cluster])
+            wl = {"namespace": None, "pod": None, "container": None, "pod_uid": None, "labels": None,
+                  "job_id": job_id, "account": account, "user": user}
+            owner = f"slurm:{job_id}"
+        else:
+            user = rng.choice(_HOST_USERS)
+            wl = {"namespace": None, "pod": None, "container": None, "pod_uid": None, "labels": None,
+                  "job_id": None, "account": None, "user": user}
+            owner = f"host:{user}:{pids[0]}"
+        s.labels = labels
+        s.wl_tpl = wl
+        if s.kind == "vgpu":
+            slice_id = f"{gpu_uuid}:hami:{owner}"
+        elif s.kind == "mig":
+            assert s.mig is not None
+            slice_id = f"{s.mig[3]}:{owner}"
+        else:
+            slice_id = f"{gpu_uuid}:{s.kind}:{owner}"
+        tpl: dict[str, Any] = {"slice_id": slice_id, "gpu_uuid": gpu_uuid, "kind": s.kind,
+                               "mem_cap_mib": s.mem_cap}
+        if s.kind == "vgpu":
+            tpl["core_cap_pct"] = s.core_cap
+        tpl["mem_used_mib"] = 0
+        tpl["util_pct"] = None
+        if s.kind == "vgpu":
+            tpl["last_kernel_age_s"] = 0.0
+        if s.mig is not None:
+            prof, gi, ci, mig_uuid = s.mig
+            tpl.update({"mig_profile": prof.name, "gi_id": gi, "ci_id": ci, "mig_uuid": mig_uuid,
+                        "compute_slices": prof.compute, "memory_slices": prof.memory,
+                        "gpu_compute_slices": 7, "gpu_memory_slices": 8})
+        if s.replicas is not None:
+            tpl["replicas"] = s.replicas
+        tpl["workload"] = None
+        s.slice_tpl = tpl
+        # Processes: the main one does the work; helpers (data loaders, servers' side cars) hold
+        # a CUDA context and a little memory.
+        mem_w = [rng.uniform(0.02, 0.08) for _ in range(n_procs - 1)]
+        util_w = [rng.uniform(0.0, 0.05) for _ in range(n_procs - 1)]
+        procs = []
+        for j, pid in enumerate(pids):
+            procs.append(({"pid": pid, "gpu_uuid": gpu_uuid, "slice_id": slice_id, "mem_used_mib": 0,
+                           "sm_util_pct": None, "container_id": container_id, "pod_uid": pod_uid,
+                           "job_id": job_id, "user": user},
+                          mem_w[j - 1] if j else 0.0, util_w[j - 1] if j else 0.0))
+        # main process last, so it takes the remainder and the sums stay exact
+        s.proc_head = procs[1:]
+        s.proc_last = procs[0][0]
+        s.active = True
+
+    def _boot(self, node: _Node, t1: float) -> None:
+        """Node back from a reboot: new boot_id, seq 0, every workload restarted."""
+        node.boots += 1
+        node.boot_id = self._boot_id(node)
+        node.seq = 0
+        node.down_until = None
+        assert node.reboot_rng is not None
+        node.reboot_at = t1 + 12 * _HOUR + node.reboot_rng.expovariate(1.0 / (14 * _DAY))
+        for gpu in node.gpus:
+            gpu.temp = gpu.model.temp_idle_c
+            for s in gpu.slots:
+                self._materialize(s, node, t1 - 30.0)
+
+    # -- ticks -------------------------------------------------------------------------------
+
+    def next_tick(self) -> list[dict[str, Any]]:
+        """Advance one interval; return one v1 message (a JSON-ready dict) per node that is up."""
+        self._k += 1
+        k = self._k
+        t1 = k * self._interval_us / 1_000_000
+        t0 = t1 - self.interval_s
+        ts = _fmt_ts(self.start + timedelta(microseconds=k * self._interval_us))
+        out = []
+        for node in self._nodes:
+            if node.down_until is not None:
+                if t1 < node.down_until:
+                    continue
+                self._boot(node, t1)
+            elif t1 >= node.reboot_at:
+                assert node.reboot_rng is not None
+                node.down_until = node.reboot_at + node.reboot_rng.uniform(120.0, 900.0)
+                for gpu in node.gpus:
+                    for s in gpu.slots:
+                        self._release(s, node)
+                continue
+            out.append(self._message(node, ts, t0, t1))
+            node.seq += 1
+        return out
+
+    def _message(self, node: _Node, ts: str, t0: float, t1: float) -> dict[str, Any]:
+        dt = self.interval_s
+        rnd = self._noise.random
+        alpha = 1.0 - math.exp(-dt / 180.0)
+        gpus_out: list[dict[str, Any]] = []
+        slices_out: list[dict[str, Any]] = []
+        procs_out: list[dict[str, Any]] = []
+        for gpu in node.gpus:
+            if gpu.has_churn:
+                for s in gpu.slots:
+                    if s.life is None:
+                        continue
+                    if s.active:
+                        if t1 >= s.end_t:
+                            self._release(s, node)
+                            lo, hi = s.life[1]
+                            s.restart_t = t1 + random.Random(
+                                f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}:gap").uniform(lo, hi) * _HOUR
+                    elif t1 >= s.restart_t:
+                        self._materialize(s, node, t1 - rnd() * min(dt, 60.0))
+            model = gpu.model
+            total = model.mem_total_mib
+            rows = []
+            sum_u = 0.0
+            sum_m = 0
+            busy_mig = 0.0
+            for s in gpu.slots:
+                if not s.active:
+                    continue
+                a, m = s.pattern.sample(t0, t1, t1 - s.start_t, rnd)
+                u = a * s.nominal_util
+                if u > 100.0:
+                    u = 100.0
+                mm = int(m * s.nominal_mem)
+                if mm > s.mem_limit:
+                    mm = s.mem_limit
+                elif mm < 0:
+                    mm = 0
+                rows.append([s, u, mm])
+                sum_u += u
+                sum_m += mm
+                if gpu.mig:
+                    busy_mig += (a if a < 1.0 else 1.0) * s.compute_frac
+            if sum_m > total:  # HAMi memory over-commit: the device itself cannot hold more
+                f = total / sum_m
+                sum_m = 0
+                for r in rows:
+                    r[2] = int(r[2] * f)
+                    sum_m += r[2]
+            if gpu.mig:
+                busy = busy_mig
+                gpu_util = None
+                for r in rows:
+                    r[1] = int(r[1] * 100.0 + 0.5)
+            else:
+                if sum_u > 100.0:  # time-shared: busy time cannot add up past 100 %
+                    f = 100.0 / sum_u
+                    for r in rows:
+                        r[1] = int(r[1] * f * 100.0)
+                else:
+                    for r in rows:
+                        r[1] = int(r[1] * 100.0 + 0.5)
+                total_c = 0
+                for r in rows:
+                    total_c += r[1]
+                if total_c > 10000:
+                    total_c = 10000
+                gpu_util = total_c / 100
+                busy = total_c / 10000.0
+            for s, uc, mm in rows:
+                sl = s.slice_tpl.copy()
+                wl = s.wl_tpl.copy()
+                if s.labels is not None:
+                    wl["labels"] = s.labels.copy()
+                sl["workload"] = wl
+                sl["mem_used_mib"] = mm
+                util = None if s.null_util else uc / 100
+                sl["util_pct"] = util
+                if s.core_cap is not None:
+                    if uc > 0:
+                        s.last_kernel_t = t1 - rnd() * (dt if dt < 2.0 else 2.0)
+                    age = t1 - s.last_kernel_t
+                    sl["last_kernel_age_s"] = round(age, 1) if age > 0.0 else 0.0
+                slices_out.append(sl)
+                rem_m = mm
+                rem_u = uc
+                proc_null = s.proc_null
+                for tpl, mw, uw in s.proc_head:
+                    p = tpl.copy()
+                    pm = int(mm * mw)
+                    p["mem_used_mib"] = pm
+                    rem_m -= pm
+                    if not proc_null:
+                        pu = int(uc * uw)
+                        p["sm_util_pct"] = pu / 100
+                        rem_u -= pu
+                    procs_out.append(p)
+                p = s.proc_last.copy()
+                p["mem_used_mib"] = rem_m
+                if not proc_null:
+                    p["sm_util_pct"] = rem_u / 100
+                procs_out.append(p)
+            # power: idle floor plus a concave function of busy time, a little for memory traffic
+            span = model.tdp_w - model.idle_w
+            power = model.idle_w + span * (busy ** 0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
+            power += span * 0.03 * (sum_m / total)
+            if power > model.tdp_w:
+                power = model.tdp_w
+            power_w = round(power, 2)
+            heat = (power - model.idle_w) / span
+            target = model.temp_idle_c + (model.temp_max_c - model.temp_idle_c) * heat
+            gpu.temp += (target - gpu.temp) * alpha
+            gpus_out.append({
+                "uuid": gpu.spec.uuid, "index": gpu.spec.index, "model": model.name,
+                "mem_total_mib": total, "mem_used_mib": sum_m, "util_pct": gpu_util,
+                "power_w": power_w, "energy_j": round(power_w * dt, 2), "temp_c": int(gpu.temp + 0.5),
+                "mig_mode": gpu.mig, "state": "ok",
+            })
+        return {"schema": SCHEMA, "cluster": node.cluster, "node": node.name, "boot_id": node.boot_id,
+                "seq": node.seq, "ts": ts, "interval_s": dt, "gpus": gpus_out, "slices": slices_out,
+                "processes": procs_out}
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def tenant_rules(self) -> list[dict[str, str]]:
+        """Ordered tenant rules (first match wins) that tell this fleet's tenants apart.
+
+        Shaped as the config's ``tenants.rules`` holds them: ``tenant`` plus exactly one matcher
+        among namespace | label ("key=value") | account | user. The order matters: a Slurm job of
+        user alice under account physics is hpc-physics, her workstation is research.
+        """
+        return [dict(r) for r in _TENANT_RULES]
+
+    def describe(self) -> dict[str, Any]:
+        """Counts of what the fleet holds right now (slices churn, so they change over time)."""
+        rules = self.tenant_rules()
+        models: Counter[str] = Counter()
+        kinds: Counter[str] = Counter()
+        patterns: Counter[str] = Counter()
+        tenants: Counter[str] = Counter()
+        by_cluster: dict[str, dict[str, int]] = {}
+        unallocated = overcommitted = mig_gpus = n_slices = n_procs = 0
+        for node in self._nodes:
+            c = by_cluster.setdefault(node.cluster, {"nodes": 0, "gpus": 0, "slices": 0})
+            c["nodes"] += 1
+            for gpu in node.gpus:
+                c["gpus"] += 1
+                models[gpu.model.name] += 1
+                mig_gpus += gpu.mig
+                active = [s for s in gpu.slots if s.active]
+                if not active:
+                    unallocated += 1
+                share = 0.0
+                for s in active:
+                    kinds[s.kind] += 1
+                    patterns[s.pattern.name] += 1
+                    n_procs += len(s.pids)
+                    wl = dict(s.wl_tpl, labels=s.labels)
+                    tenants[match_tenant(rules, wl) or "unassigned"] += 1
+                    share += _share(s)
+                c["slices"] += len(active)
+                n_slices += len(active)
+                if share > 1.0 + 1e-9 and not gpu.mig:  # MIG's max(c/7, m/8) may sum past 1 by design
+                    overcommitted += 1
+        return {
+            "seed": self.seed,
+            "start": _fmt_ts(self.start),
+            "interval_s": self.interval_s,
+            "scale": self.scale,
+            "ticks": self._k,
+            "clusters": len(by_cluster),
+            "by_cluster": by_cluster,
+            "nodes": len(self._nodes),
+            "nodes_up": sum(1 for n in self._nodes if n.down_until is None),
+            "gpus": sum(models.values()),
+            "gpus_by_model": dict(sorted(models.items())),
+            "mig_gpus": mig_gpus,
+            "unallocated_gpus": unallocated,
+            "overcommitted_gpus": overcommitted,
+            "slices": n_slices,
+            "slices_by_kind": dict(sorted(kinds.items())),
+            "slices_by_pattern": dict(sorted(patterns.items())),
+            "trace_slices": patterns.get("trace", 0),
+            "processes": n_procs,
+            "slices_by_tenant": dict(sorted(tenants.items())),
+            "tenants_expected": sorted(t for t in tenants if t != "unassigned"),
+            "trace_pods_available": len(self._trace_pods),
+        }
+
+
+def _share(s: _Slot) -> float:
+    """DESIGN §6 share of one slot (for describe(); the warehouse computes its own)."""
+    if s.kind == "whole":
+        return 1.0
+    if s.kind == "mig":
+        assert s.mig is not None
+        prof = s.mig[0]
+        return max(prof.compute / 7, prof.memory / 8)
+    if s.kind == "vgpu":
+        return max(s.mem_cap / s.gpu.model.mem_total_mib, (s.core_cap or 0) / 100)
+    return 1.0 / (s.replicas or 1)

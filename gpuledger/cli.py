@@ -1,0 +1,288 @@
+"""`gpuledger` entry point: parses arguments and wires the parts together.
+
+This is the only module of the kernel that imports collector, pipeline, warehouse and
+dashboards; each part stays importable on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gpuledger.config import Config, ConfigError, load_config
+from gpuledger.progress import Progress, parse_duration
+
+DEMO_MARKER = ".gpuledger-demo"
+EXIT_NOT_BUILT = 2
+
+
+def _not_built(what: str) -> int:
+    print(f"gpuledger {what}: not built yet", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    if getattr(args, "kafka", None):
+        cfg.kafka.bootstrap_servers = args.kafka
+    if getattr(args, "lake", None):
+        cfg.lake.path = args.lake
+    return cfg
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+def _prepare_demo_lake(path: Path) -> None:
+    """Start the demo on a clean lake, but never wipe a lake the demo did not create."""
+    if path.exists() and any(path.iterdir()):
+        if not (path / DEMO_MARKER).exists():
+            raise ConfigError(f"lake {path} already holds data that the demo did not write; "
+                              f"point the demo elsewhere with --lake DIR")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / DEMO_MARKER).write_text("created by gpuledger demo; the next demo run replaces this lake\n")
+
+
+def _print_summary(s: dict[str, Any], produced: int, rejected: int, out: Any = sys.stdout) -> None:
+    pct = lambda v: f"{100 * (v or 0):.1f} %"  # noqa: E731
+    lines = [
+        ("ticks produced", f"{produced}"),
+        ("ticks ingested", f"{s['ticks']}"),
+        ("rejected to DLQ", f"{rejected}"),
+        ("nodes", f"{s['nodes']}"),
+        ("GPUs", f"{s['gpus']}"),
+        ("slices", f"{s['slices']}"),
+        ("tenants", f"{s['tenants']}"),
+        ("capacity GPU-h", f"{s['capacity_gpu_h'] or 0:.2f}"),
+        ("reserved GPU-h", f"{s['reserved_gpu_h'] or 0:.2f}"),
+        ("used GPU-h", f"{s['used_gpu_h'] or 0:.2f}"),
+        ("unallocated GPU-h", f"{s['unallocated_gpu_h'] or 0:.2f}"),
+        ("fleet utilization", pct(s["utilization"])),
+        ("allocation rate", pct(s["allocation_rate"])),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}", file=out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import orjson
+
+    from collector.fleet import SimulatedFleet
+    from collector.transport import KafkaTransport, MemoryTransport
+    from gpuledger.bus import MemoryBus
+    from pipeline.ingest import KafkaIngester, MemoryIngester
+    from warehouse.lake import Lake
+    from warehouse.views import Warehouse
+
+    cfg = _load(args)
+    lake_path = Path(cfg.lake.path)
+    _prepare_demo_lake(lake_path)
+    lake = Lake(lake_path, cfg.lake.zstd_level)
+    span = parse_duration(args.until)
+    interval = cfg.collector.interval_s
+    n_ticks = int(span // interval)
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(seconds=n_ticks * interval)
+    fleet = SimulatedFleet(seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale)
+    print(f"gpuledger demo: {len(fleet.nodes)} nodes, {len(fleet.gpus)} GPUs in {len(fleet.clusters)} clusters; "
+          f"replaying {args.until} ({n_ticks} ticks of {interval:g} s) into {lake_path}", file=sys.stderr)
+
+    if args.kafka:
+        transport: Any = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
+        stop = threading.Event()
+        ingester: Any = KafkaIngester(cfg, lake, stop=stop)
+        thread = threading.Thread(target=ingester.run, name="ingest", daemon=True)
+        thread.start()
+    else:
+        bus = MemoryBus()
+        transport = MemoryTransport(bus, cfg.kafka.topic)
+        ingester = MemoryIngester(bus, lake, cfg)
+
+    produced = 0
+    progress = Progress(n_ticks, "replay")
+    drain_every = max(1, cfg.lake.batch_max_messages // max(1, len(fleet.nodes)))
+    for k in range(n_ticks):
+        for msg in fleet.next_tick():
+            transport.send(msg["node"], orjson.dumps(msg))
+            produced += 1
+        if not args.kafka and (k + 1) % drain_every == 0:
+            ingester.drain()
+        progress.update()
+    progress.close()
+    transport.flush()
+    if args.kafka:
+        deadline = time.monotonic() + 120
+        wh = Warehouse(lake, cfg.tenants.rules or fleet.tenant_rules(), cfg.tenants.default)
+        while time.monotonic() < deadline and ingester.stats.messages < produced:
+            time.sleep(0.5)
+        stats = ingester.stats
+    else:
+        ingester.drain()
+        stats = ingester.stats
+    rules = cfg.tenants.rules or fleet.tenant_rules()
+    wh = Warehouse(lake, rules, cfg.tenants.default)
+    _print_summary(wh.summary(), produced, stats.rejected)
+    wh.close()
+
+    if args.no_serve:
+        if args.kafka:
+            stop.set()
+            thread.join(timeout=30)
+        transport.close()
+        return 0
+
+    # Live: keep producing in real time and serve the dashboard.
+    from dashboards.app import create_app
+
+    cfg.tenants.rules = rules
+    stop_live = threading.Event()
+
+    def live() -> None:
+        next_t = time.monotonic()
+        while not stop_live.is_set():
+            next_t += interval
+            stop_live.wait(max(0.0, next_t - time.monotonic()))
+            for msg in fleet.next_tick():
+                transport.send(msg["node"], orjson.dumps(msg))
+            transport.flush()
+            if not args.kafka:
+                ingester.drain()
+
+    threading.Thread(target=live, name="live-fleet", daemon=True).start()
+    app = create_app(cfg)
+    print(f"dashboard on http://{cfg.dashboard.host}:{cfg.dashboard.port}/ (Ctrl-C stops)", file=sys.stderr)
+    try:
+        app.run(host=cfg.dashboard.host, port=cfg.dashboard.port, debug=False)
+    finally:
+        stop_live.set()
+    return 0
+
+
+# -- parts --------------------------------------------------------------------------------------
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    import orjson
+
+    cfg = _load(args)
+    backend = args.backend or cfg.collector.backend
+    if backend != "simulate":
+        return _not_built(f"collect --backend {backend}")
+    from collector.fleet import SimulatedFleet
+    from collector.transport import KafkaTransport
+
+    interval = cfg.collector.interval_s
+    n_ticks = int(parse_duration(args.until) // interval) if args.until else None
+    start = datetime.now(UTC).replace(microsecond=0)
+    if n_ticks and args.fast:
+        start -= timedelta(seconds=n_ticks * interval)
+    fleet = SimulatedFleet(seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale)
+    transport = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
+    sent = 0
+    k = 0
+    next_t = time.monotonic()
+    try:
+        while n_ticks is None or k < n_ticks:
+            if not args.fast:
+                next_t += interval
+                time.sleep(max(0.0, next_t - time.monotonic()))
+            for msg in fleet.next_tick():
+                transport.send(msg["node"], orjson.dumps(msg))
+                sent += 1
+            k += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        transport.close()
+    print(f"collect: sent {sent} ticks from {len(fleet.nodes)} simulated nodes", file=sys.stderr)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.ingest import run_ingest
+
+    cfg = _load(args)
+    run_ingest(cfg, idle_exit_s=args.idle_exit)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboards.app import create_app
+
+    cfg = _load(args)
+    create_app(cfg).run(host=cfg.dashboard.host, port=args.port or cfg.dashboard.port, debug=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuledger", description="GPU observability and chargeback")
+    p.add_argument("--config", help="config file (default: ./gpuledger.toml if present)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="simulated fleet -> ingest -> lake -> dashboard, on one machine")
+    d.add_argument("--until", default="6h", help="fleet time to replay before going live (default 6h)")
+    d.add_argument("--no-serve", action="store_true", help="print the summary and exit instead of serving")
+    d.add_argument("--kafka", metavar="HOST:PORT", help="go through this Kafka broker instead of in-process")
+    d.add_argument("--lake", help="lake directory (default from config: ./gpuledger-data)")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("collect", help="node agent")
+    c.add_argument("--backend", choices=("nvml", "simulate", "replay"))
+    c.add_argument("--kafka", metavar="HOST:PORT")
+    c.add_argument("--metrics-port", type=int)
+    c.add_argument("--until", help="stop after this much fleet time (simulate)")
+    c.add_argument("--fast", action="store_true", help="simulate as fast as possible instead of in real time")
+    c.set_defaults(func=cmd_collect)
+
+    i = sub.add_parser("ingest", help="Kafka consumer group -> Parquet lake")
+    i.add_argument("--kafka", metavar="HOST:PORT")
+    i.add_argument("--lake")
+    i.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long with no messages")
+    i.set_defaults(func=cmd_ingest)
+
+    j = sub.add_parser("jobs", help="scheduled rollups, idle alerts, enforcer, month close")
+    j.set_defaults(func=lambda a: _not_built("jobs"))
+
+    db = sub.add_parser("dashboard", help="Dash server")
+    db.add_argument("--lake")
+    db.add_argument("--port", type=int)
+    db.set_defaults(func=cmd_dashboard)
+
+    cl = sub.add_parser("close", help="month close into the ledger")
+    cl.add_argument("--month", required=True, metavar="YYYY-MM")
+    cl.set_defaults(func=lambda a: _not_built("close"))
+
+    r = sub.add_parser("report", help="monthly reports")
+    r.add_argument("--month", required=True, metavar="YYYY-MM")
+    r.add_argument("--tenant")
+    r.add_argument("--format", default="html")
+    r.set_defaults(func=lambda a: _not_built("report"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "ingest" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if "bad duration" in str(exc):
+            print(f"gpuledger: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""One configuration for every process: `gpuledger.toml` plus `GPULEDGER_<SECTION>_<KEY>` overrides.
+
+Everything is checked at start so that a typo in a key or a value fails the process at once,
+naming the key, the value and what was expected, instead of surfacing hours later as a
+silently wrong bill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "GPULEDGER_"
+DEFAULT_FILE = "gpuledger.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names which and why."""
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _port(v: Any) -> bool:
+    return 0 <= v <= 65535
+
+
+def _non_empty(v: Any) -> bool:
+    return bool(v)
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "gpu.samples.v1"
+    dlq_topic: str = "gpu.samples.dlq.v1"
+    caps_topic: str = "gpu.caps.v1"
+    cap_acks_topic: str = "gpu.cap-acks.v1"
+    group_id: str = "gpuledger-ingest"
+    client_id: str = "gpuledger"
+    max_message_bytes: int = 1_048_576
+    dlq_max_payload_bytes: int = 900_000
+
+
+@dataclass
+class LakeConfig:
+    path: str = "./gpuledger-data"
+    batch_max_messages: int = 4000
+    batch_max_bytes: int = 64 * 1024 * 1024
+    batch_max_seconds: float = 5.0
+    zstd_level: int = 3
+
+
+@dataclass
+class CollectorConfig:
+    backend: str = "simulate"
+    interval_s: float = 10.0
+    cluster: str = "default"
+    node: str = field(default_factory=socket.gethostname)
+    seed: int = 7
+    scale: int = 1
+    metrics_port: int = 9400
+    proc_root: str = "/proc"
+    spool_dir: str = "./gpuledger-spool"
+    spool_max_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
+class TenantsConfig:
+    # Ordered rules, first match wins: {"tenant": T, <one of namespace|label|account|user>: value}.
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    default: str = "unassigned"
+
+
+@dataclass
+class PricingConfig:
+    currency: str = "USD"
+    # Effective-dated prices: {"model": M, "gpu_hour": "2.10", "from": "2026-01-01"}; used by chargeback.
+    book: list[dict[str, Any]] = field(default_factory=list)
+    kwh: str = ""
+
+
+@dataclass
+class AlertsConfig:
+    idle_util_ratio: float = 0.05
+    idle_min_minutes: float = 30.0
+    webhooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EnforcerConfig:
+    mode: str = "off"
+
+
+@dataclass
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 8050
+
+
+@dataclass
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    tenants: TenantsConfig = field(default_factory=TenantsConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    enforcer: EnforcerConfig = field(default_factory=EnforcerConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+
+
+# Extra constraints beyond the type: (predicate, what is expected).
+_CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("kafka", "bootstrap_servers"): (_non_empty, "a non-empty HOST:PORT list"),
+    ("kafka", "topic"): (_non_empty, "a topic name"),
+    ("kafka", "max_message_bytes"): (_positive, "an integer > 0"),
+    ("kafka", "dlq_max_payload_bytes"): (_positive, "an integer > 0"),
+    ("lake", "path"): (_non_empty, "a directory path"),
+    ("lake", "batch_max_messages"): (_positive, "an integer > 0"),
+    ("lake", "batch_max_bytes"): (_positive, "an integer > 0"),
+    ("lake", "batch_max_seconds"): (_positive, "a number of seconds > 0"),
+    ("lake", "zstd_level"): (lambda v: 1 <= v <= 22, "an integer from 1 to 22"),
+    ("collector", "backend"): (lambda v: v in ("nvml", "simulate", "replay"), "one of nvml, simulate, replay"),
+    ("collector", "interval_s"): (lambda v: 0 < v <= 3600, "a number of seconds in (0, 3600]"),
+    ("collector", "scale"): (_positive, "an integer > 0"),
+    ("collector", "metrics_port"): (_port, "a port number 0-65535"),
+    ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
+    ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
+    ("enforcer", "mode"): (lambda v: v in ("off", "recommend", "grow-only", "enforce"),
+                           "one of off, recommend, grow-only, enforce"),
+    ("dashboard", "port"): (_port, "a port number 0-65535"),
+}
+
+_TENANT_MATCHERS = ("namespace", "label", "account", "user")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a table"}.get(tp, str(tp))
+
+
+def _base_type(annotation: Any) -> type:
+    text = str(annotation)
+    for name, tp in (("list", list), ("dict", dict), ("int", int), ("float", float), ("str", str),
+                     ("bool", bool)):
+        if text.startswith(name):
+            return tp
+    raise TypeError(f"unsupported config annotation {annotation!r}")
+
+
+def _coerce(section: str, key: str, value: Any, tp: type, source: str) -> Any:
+    where = f"{section}.{key} = {value!r} (from {source})"
+    if isinstance(value, str) and tp is not str:
+        # Environment values arrive as text; parse them as TOML/JSON literals.
+        text = value.strip()
+        try:
+            if tp is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes")
+            elif tp is int:
+                value = int(text)
+            elif tp is float:
+                value = float(text)
+            else:
+                value = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"config error: {where}: expected {_type_name(tp)}") from exc
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config error: {where}: expected {_type_name(tp)}")
+    check = _CHECKS.get((section, key))
+    if check and not check[0](value):
+        raise ConfigError(f"config error: {where}: expected {check[1]}")
+    return value
+
+
+def _check_tenant_rules(rules: list[Any], source: str) -> None:
+    for i, rule in enumerate(rules):
+        where = f"tenants.rules[{i}] = {rule!r} (from {source})"
+        if not isinstance(rule, dict) or not isinstance(rule.get("tenant"), str) or not rule["tenant"]:
+            raise ConfigError(f"config error: {where}: expected a table with a non-empty 'tenant'")
+        matchers = [k for k in rule if k != "tenant"]
+        if len(matchers) != 1 or matchers[0] not in _TENANT_MATCHERS:
+            raise ConfigError(f"config error: {where}: expected exactly one matcher among "
+                              f"{', '.join(_TENANT_MATCHERS)}")
+        value = rule[matchers[0]]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config error: {where}: expected a non-empty string to match")
+        if matchers[0] == "label" and "=" not in value:
+            raise ConfigError(f"config error: {where}: expected label as 'key=value'")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (if any) and apply environment overrides, validating every key.
+
+    With no path, `gpuledger.toml` in the working directory is used when present; the
+    embedded defaults otherwise, so `gpuledger demo` runs with nothing configured.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source_file = "defaults"
+    if path is None and Path(DEFAULT_FILE).exists():
+        path = DEFAULT_FILE
+    if path is not None:
+        source_file = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config error: file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from exc
+
+    cfg = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"config error: unknown section [{section}] in {source_file}: expected one of "
+                              f"{', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config error: [{section}] in {source_file} must be a table")
+        _apply(cfg, section, values, source_file)
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # other GPULEDGER_* variables (test hooks, paths) are not config keys
+        overrides.setdefault(section, {})[rest[len(section) + 1:]] = (value, name)
+    for section, values in overrides.items():
+        for key, (value, name) in values.items():
+            _apply(cfg, section, {key: value}, f"environment {name}")
+    _check_tenant_rules(cfg.tenants.rules, source_file)
+    return cfg
+
+
+def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> None:
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"config error: unknown key {section}.{key} (from {source}): expected one of "
+                              f"{', '.join(fields)}")
+        tp = _base_type(fields[key].type)
+        setattr(obj, key, _coerce(section, key, value, tp, source))
+
+
+def config_hash(cfg: Config) -> str:
+    """A stable hash of the effective configuration, for manifests that must be reproducible."""
+    import hashlib
+
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()

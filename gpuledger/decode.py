@@ -1,0 +1,230 @@
+"""Decode a batch of raw v1 tick messages into validated Arrow tables.
+
+Two paths decide together. The typed fast path (`gpuledger.typed`, msgspec in C) validates
+while it parses; the exact checker (`gpuledger.exact`) sees only what the fast path refused,
+decides as JSON Schema would and names the problem. A message with any bad value is rejected
+whole (a tick is never half-ingested); the good messages of the same batch are kept.
+
+Rows are then gathered per table with `attrgetter` over the typed objects (one C-level map
+per column) and handed to Arrow with their types known, so no value is touched twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from gpuledger import typed
+from gpuledger.exact import KIND_REQUIRES, exact_check, rules
+from gpuledger.schema import parse_ts
+
+# -- the lake's columns -------------------------------------------------------------------------
+# Row tables repeat the tick identity so each file can be read on its own; Parquet's
+# run-length encoding makes the repetition nearly free.
+
+TABLES = ("tick", "gpu", "slice", "process")
+TS_TYPE = pa.timestamp("us", tz="UTC")
+LABELS_TYPE = pa.map_(pa.string(), pa.string())
+
+GPU_FIELDS = ("uuid", "index", "model", "mem_total_mib", "mem_used_mib", "util_pct", "power_w", "energy_j",
+              "temp_c", "mig_mode", "state")
+SLICE_FIELDS = ("slice_id", "gpu_uuid", "kind", "mem_cap_mib", "core_cap_pct", "mem_used_mib", "util_pct",
+                "last_kernel_age_s", "mig_profile", "gi_id", "ci_id", "mig_uuid", "compute_slices",
+                "memory_slices", "gpu_compute_slices", "gpu_memory_slices", "replicas")
+WORKLOAD_FIELDS = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", "user")
+PROCESS_FIELDS = ("pid", "gpu_uuid", "slice_id", "mem_used_mib", "sm_util_pct", "container_id", "pod_uid",
+                  "job_id", "user")
+# Optional fields where JSON null is refused, so the typed objects hold UNSET when absent.
+_UNSET_FIELDS = frozenset(f for fs in KIND_REQUIRES.values() for f in fs if f not in ("mem_cap_mib",
+                                                                                      "core_cap_pct"))
+
+
+@cache
+def table_schema(kind: str) -> pa.Schema:
+    """Arrow schema of one lake table: tick, gpu, slice or process."""
+    r = rules()
+    base = [("batch", pa.int64()), ("cluster", pa.string()), ("node", pa.string()), ("boot_id", pa.string()),
+            ("seq", pa.int64()), ("ts", TS_TYPE), ("interval_s", pa.float64())]
+    if kind == "tick":
+        return pa.schema([*base, ("n_gpus", pa.int32()), ("n_slices", pa.int32()),
+                          ("n_processes", pa.int32()), ("src_partition", pa.int32()), ("src_offset", pa.int64())])
+    if kind == "gpu":
+        return pa.schema(base + [(f, r["gpu"].fields[f].arrow) for f in GPU_FIELDS])
+    if kind == "slice":
+        extra = [("model", pa.string()), ("gpu_mem_total_mib", pa.int64())]
+        cols = [(f, r["slice"].fields[f].arrow) for f in SLICE_FIELDS]
+        wl = [(f, LABELS_TYPE if f == "labels" else r["workload"].fields[f].arrow) for f in WORKLOAD_FIELDS]
+        return pa.schema(base + extra + cols + wl)
+    if kind == "process":
+        return pa.schema(base + [(f, r["process"].fields[f].arrow) for f in PROCESS_FIELDS])
+    raise KeyError(kind)
+
+
+@dataclass
+class Reject:
+    index: int
+    reason: str
+
+
+@dataclass
+class DecodedBatch:
+    tables: dict[str, pa.Table]
+    accepted: list[int]
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def ticks(self) -> int:
+        return len(self.accepted)
+
+
+def _semantics_ok(t: Any) -> datetime | None:
+    """The rules JSON Schema cannot say (see schema.SEMANTIC_RULES); the tick's time if all hold."""
+    try:
+        ts = parse_ts(t.ts)
+    except ValueError:
+        return None
+    gpus = {g.uuid for g in t.gpus}
+    if len(gpus) != len(t.gpus):
+        return None
+    slices = t.slices
+    if len({s.slice_id for s in slices}) != len(slices):
+        return None
+    for s in slices:
+        if s.gpu_uuid not in gpus:
+            return None
+        need = KIND_REQUIRES.get(s.kind)
+        if need:
+            for f in need:
+                v = getattr(s, f)
+                if v is None or v is typed.UNSET:
+                    return None
+    for p in t.processes:
+        if p.gpu_uuid not in gpus:
+            return None
+    return ts.astimezone(UTC)
+
+
+def decode_batch(raws: Sequence[bytes], *, batch: int, max_message_bytes: int,
+                 partitions: Sequence[int] | None = None, offsets: Sequence[int] | None = None,
+                 fast: bool = True) -> DecodedBatch:
+    """Validate and flatten a batch of raw messages.
+
+    `batch` is the ingest batch id stamped on every row: queries pick one batch per tick, which
+    is how a tick delivered twice is still counted once. `fast=False` sends every message
+    through the exact checker (tests use it to hold the two paths to the same answers).
+    """
+    n = len(raws)
+    ticks: list[Any] = [None] * n
+    times: list[datetime | None] = [None] * n
+    slow: list[int] = []
+    dec = typed.decoder()
+    for i, raw in enumerate(raws):
+        if fast and len(raw) <= max_message_bytes:
+            try:
+                t = dec.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                slow.append(i)
+                continue
+            ts = _semantics_ok(t)
+            if ts is not None:
+                ticks[i], times[i] = t, ts
+                continue
+        slow.append(i)
+    reasons: dict[int, str] = {}
+    if slow:
+        bad, good = exact_check([raws[i] for i in slow], max_message_bytes)
+        for local, reason in bad.items():
+            reasons[slow[local]] = reason
+        for local, doc in good.items():
+            i = slow[local]
+            ticks[i] = typed.from_builtins(doc)
+            times[i] = parse_ts(doc["ts"]).astimezone(UTC)
+    accepted = [i for i in range(n) if ticks[i] is not None]
+    tables = build_tables([ticks[i] for i in accepted], [times[i] for i in accepted], batch,
+                          [partitions[i] for i in accepted] if partitions is not None else None,
+                          [offsets[i] for i in accepted] if offsets is not None else None)
+    return DecodedBatch(tables, accepted, [Reject(i, reasons[i]) for i in sorted(reasons)])
+
+
+def _column(objs: list[Any], name: str, tp: pa.DataType) -> pa.Array:
+    col = list(map(attrgetter(name), objs))
+    if name in _UNSET_FIELDS:
+        unset = typed.UNSET
+        col = [None if v is unset else v for v in col]
+    return pa.array(col, type=tp)
+
+
+def build_tables(ticks: list[Any], times: list[datetime | None], batch: int,
+                 partitions: list[int] | None, offsets: list[int] | None) -> dict[str, pa.Table]:
+    """Typed ticks -> the four lake tables (tick, gpu, slice, process)."""
+    nt = len(ticks)
+    ident = {
+        "batch": pa.array([batch] * nt, pa.int64()),
+        "cluster": pa.array([t.cluster for t in ticks], pa.string()),
+        "node": pa.array([t.node for t in ticks], pa.string()),
+        "boot_id": pa.array([t.boot_id for t in ticks], pa.string()),
+        "seq": pa.array([t.seq for t in ticks], pa.int64()),
+        "ts": pa.array(times, TS_TYPE),
+        "interval_s": pa.array([float(t.interval_s) for t in ticks], pa.float64()),
+    }
+    tables: dict[str, pa.Table] = {}
+    counts: dict[str, list[int]] = {}
+    for key, attr, fields_ in (("gpu", "gpus", GPU_FIELDS), ("slice", "slices", SLICE_FIELDS),
+                               ("process", "processes", PROCESS_FIELDS)):
+        objs: list[Any] = []
+        owner: list[int] = []
+        per: list[int] = []
+        for k, t in enumerate(ticks):
+            items = getattr(t, attr)
+            objs.extend(items)
+            owner.extend([k] * len(items))
+            per.append(len(items))
+        counts[key] = per
+        schema = table_schema(key)
+        idx = pa.array(owner, pa.int32())
+        data = {c: a.take(idx) for c, a in ident.items()}
+        if key == "slice":
+            data.update(_gpu_facts(ticks, objs, owner))
+        for f in fields_:
+            data[f] = _column(objs, f, schema.field(f).type)
+        if key == "slice":
+            wls = [s.workload for s in objs]
+            empty = _EMPTY_WORKLOAD
+            wls = [w if w is not None else empty for w in wls]
+            for f in WORKLOAD_FIELDS:
+                data[f] = _column(wls, f, schema.field(f).type)
+        tables[key] = pa.table(data, schema=schema)
+    tables["tick"] = pa.table({
+        **ident,
+        "n_gpus": pa.array(counts["gpu"], pa.int32()),
+        "n_slices": pa.array(counts["slice"], pa.int32()),
+        "n_processes": pa.array(counts["process"], pa.int32()),
+        "src_partition": pa.array(partitions if partitions is not None else [None] * nt, pa.int32()),
+        "src_offset": pa.array(offsets if offsets is not None else [None] * nt, pa.int64()),
+    }, schema=table_schema("tick"))
+    return tables
+
+
+class _NoWorkload:
+    """Stands in for a null workload so every field reads as None."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+_EMPTY_WORKLOAD = _NoWorkload()
+
+
+def _gpu_facts(ticks: list[Any], slices: list[Any], owner: list[int]) -> dict[str, pa.Array]:
+    """Model and memory total of each slice's GPU, copied onto the slice row (share needs them)."""
+    facts = [{g.uuid: (g.model, g.mem_total_mib) for g in t.gpus} for t in ticks]
+    pairs = [facts[k][s.gpu_uuid] for k, s in zip(owner, slices, strict=True)]
+    return {"model": pa.array([p[0] for p in pairs], pa.string()),
+            "gpu_mem_total_mib": pa.array([p[1] for p in pairs], pa.int64())}
