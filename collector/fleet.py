@@ -136,39 +136,82 @@ _MIG_PARTIAL: tuple[tuple[str, ...], ...] = (
     (),
 )
 # GPU-instance ids nvidia-smi typically hands out per size; the first free one is taken.
-_GI_IDS = {"7g": (0,), "4g": (1,), "3g": (1, 2), "2g": (3, 4, 5), "1g2m": (3, 4, 5, 6),
-           "1g": (7, 8, 9, 10, 11, 12, 13)}
+_GI_IDS = {
+    "7g": (0,),
+    "4g": (1,),
+    "3g": (1, 2),
+    "2g": (3, 4, 5),
+    "1g2m": (3, 4, 5, 6),
+    "1g": (7, 8, 9, 10, 11, 12, 13),
+}
 
 # Kubernetes workload groups: namespace, extra labels, app names, pattern mix, churn.
 # Tenant resolution (tenant_rules) maps some of them; data-eng, sandbox and default match no
 # rule and show up as "unassigned" at query time.
 _K8S_GROUPS: dict[str, dict[str, Any]] = {
-    "vision": {"ns": "ml-vision", "labels": {"team": "vision"},
-               "apps": ("resnet-train", "detector-serve", "seg-finetune", "clip-embed"),
-               "patterns": ("training", "training", "trace", "diurnal"), "life": None},
-    "genai": {"ns": "genai-serving", "labels": {},
-              "apps": ("sdxl-serve", "flux-serve", "sd3-serve", "llm-gateway"),
-              "patterns": ("trace",), "life": None},
-    "nlp": {"ns": "ml-shared", "labels": {"team": "nlp"},
-            "apps": ("bert-finetune", "llama-serve", "mt-train"),
-            "patterns": ("trace", "diurnal", "training", "burst"), "life": None},
-    "recsys": {"ns": "ml-shared", "labels": {"team": "recsys"},
-               "apps": ("dlrm-train", "ranker-serve"),
-               "patterns": ("diurnal", "training", "trace"), "life": None},
-    "data-eng": {"ns": "ml-shared", "labels": {"team": "data-eng"},
-                 "apps": ("feature-etl", "embed-backfill"),
-                 "patterns": ("burst", "idle", "diurnal"), "life": ((1.0, 6.0), (0.0, 1.0))},
-    "sandbox": {"ns": "sandbox", "labels": {},
-                "apps": ("jupyter-ivan", "jupyter-judy", "jupyter-ken", "jupyter-lena", "jupyter-omar"),
-                "patterns": ("notebook", "notebook", "idle"), "life": ((2.0, 12.0), (0.0, 2.0))},
-    "lab": {"ns": "lab-research", "labels": {"team": "lab"},
-            "apps": ("protein-fold", "rl-sweep", "diffusion-ablation"),
-            "patterns": ("training", "trace", "notebook", "idle", "diurnal"), "life": None},
-    "default": {"ns": "default", "labels": {},
-                "apps": ("cuda-smoke-test",), "patterns": ("idle",), "life": None},
+    "vision": {
+        "ns": "ml-vision",
+        "labels": {"team": "vision"},
+        "apps": ("resnet-train", "detector-serve", "seg-finetune", "clip-embed"),
+        "patterns": ("training", "training", "trace", "diurnal"),
+        "life": None,
+    },
+    "genai": {
+        "ns": "genai-serving",
+        "labels": {},
+        "apps": ("sdxl-serve", "flux-serve", "sd3-serve", "llm-gateway"),
+        "patterns": ("trace",),
+        "life": None,
+    },
+    "nlp": {
+        "ns": "ml-shared",
+        "labels": {"team": "nlp"},
+        "apps": ("bert-finetune", "llama-serve", "mt-train"),
+        "patterns": ("trace", "diurnal", "training", "burst"),
+        "life": None,
+    },
+    "recsys": {
+        "ns": "ml-shared",
+        "labels": {"team": "recsys"},
+        "apps": ("dlrm-train", "ranker-serve"),
+        "patterns": ("diurnal", "training", "trace"),
+        "life": None,
+    },
+    "data-eng": {
+        "ns": "ml-shared",
+        "labels": {"team": "data-eng"},
+        "apps": ("feature-etl", "embed-backfill"),
+        "patterns": ("burst", "idle", "diurnal"),
+        "life": ((1.0, 6.0), (0.0, 1.0)),
+    },
+    "sandbox": {
+        "ns": "sandbox",
+        "labels": {},
+        "apps": ("jupyter-ivan", "jupyter-judy", "jupyter-ken", "jupyter-lena", "jupyter-omar"),
+        "patterns": ("notebook", "notebook", "idle"),
+        "life": ((2.0, 12.0), (0.0, 2.0)),
+    },
+    "lab": {
+        "ns": "lab-research",
+        "labels": {"team": "lab"},
+        "apps": ("protein-fold", "rl-sweep", "diffusion-ablation"),
+        "patterns": ("training", "trace", "notebook", "idle", "diurnal"),
+        "life": None,
+    },
+    "default": {
+        "ns": "default",
+        "labels": {},
+        "apps": ("cuda-smoke-test",),
+        "patterns": ("idle",),
+        "life": None,
+    },
 }
-_SLURM_ACCOUNTS = (("physics", ("bob", "alice", "erin")), ("physics", ("bob", "erin")),
-                   ("chemistry", ("frank", "grace")), ("guest", ("trudy", "victor")))
+_SLURM_ACCOUNTS = (
+    ("physics", ("bob", "alice", "erin")),
+    ("physics", ("bob", "erin")),
+    ("chemistry", ("frank", "grace")),
+    ("guest", ("trudy", "victor")),
+)
 _HOST_USERS = ("alice", "alice", "carol", "carol", "dave", "mallory")
 _K8S_ALNUM = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet Kubernetes uses for name suffixes
 
@@ -225,8 +268,10 @@ class _TracePattern:
 
     def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
         o = self.off
-        return (self.trace.busy_mean(self.pod, t0 + o, t1 + o) * self.gain,
-                self.trace.mem_bytes(self.pod, t1 + o) * self.mscale)
+        return (
+            self.trace.busy_mean(self.pod, t0 + o, t1 + o) * self.gain,
+            self.trace.mem_bytes(self.pod, t1 + o) * self.mscale,
+        )
 
 
 class _IdlePattern:
@@ -248,8 +293,9 @@ class _NotebookPattern:
     __slots__ = ("active", "level", "m_busy", "m_idle", "period", "phase")
     name = "notebook"
 
-    def __init__(self, period: float, active: float, phase: float, level: float, m_idle: float,
-                 m_busy: float) -> None:
+    def __init__(
+        self, period: float, active: float, phase: float, level: float, m_idle: float, m_busy: float
+    ) -> None:
         self.period, self.active, self.phase = period, active, phase
         self.level, self.m_idle, self.m_busy = level, m_idle, m_busy
 
@@ -334,10 +380,38 @@ class _Slot:
     """
 
     __slots__ = (
-        "active", "app", "compute_frac", "container", "core_cap", "end_t", "family", "gen", "gpu",
-        "group", "key", "kind", "labels", "last_kernel_t", "life", "mem_cap", "mem_limit", "mig",
-        "nominal_mem", "nominal_util", "null_util", "pattern", "patterns", "pids", "proc_head",
-        "proc_last", "proc_null", "replicas", "restart_t", "slice_tpl", "start_t", "wl_tpl",
+        "active",
+        "app",
+        "compute_frac",
+        "container",
+        "core_cap",
+        "end_t",
+        "family",
+        "gen",
+        "gpu",
+        "group",
+        "key",
+        "kind",
+        "labels",
+        "last_kernel_t",
+        "life",
+        "mem_cap",
+        "mem_limit",
+        "mig",
+        "nominal_mem",
+        "nominal_util",
+        "null_util",
+        "pattern",
+        "patterns",
+        "pids",
+        "proc_head",
+        "proc_last",
+        "proc_null",
+        "replicas",
+        "restart_t",
+        "slice_tpl",
+        "start_t",
+        "wl_tpl",
     )
 
     def __init__(self) -> None:
@@ -371,8 +445,20 @@ class _Gpu:
 
 
 class _Node:
-    __slots__ = ("boot_id", "boots", "cluster", "down_until", "downtime", "gpus", "name", "pids",
-                 "reboot_at", "reboot_rng", "role", "seq")
+    __slots__ = (
+        "boot_id",
+        "boots",
+        "cluster",
+        "down_until",
+        "downtime",
+        "gpus",
+        "name",
+        "pids",
+        "reboot_at",
+        "reboot_rng",
+        "role",
+        "seq",
+    )
 
     def __init__(self, name: str, cluster: str, role: str) -> None:
         self.name, self.cluster, self.role = name, cluster, role
@@ -427,8 +513,9 @@ class SimulatedFleet:
     that is up; the k-th call (k from 1) has ``ts = start + k * interval_s``.
     """
 
-    def __init__(self, seed: int = 7, start: datetime | None = None, interval_s: float = 10.0,
-                 scale: int = 1) -> None:
+    def __init__(
+        self, seed: int = 7, start: datetime | None = None, interval_s: float = 10.0, scale: int = 1
+    ) -> None:
         if start is None:
             start = DEFAULT_START
         if start.tzinfo is None or start.utcoffset() is None:
@@ -443,8 +530,9 @@ class SimulatedFleet:
         self.scale = scale
         self._interval_us = round(self.interval_s * 1_000_000)
         self._k = 0
-        self._tod0 = (self.start - self.start.replace(hour=0, minute=0, second=0, microsecond=0)
-                      ).total_seconds()
+        self._tod0 = (
+            self.start - self.start.replace(hour=0, minute=0, second=0, microsecond=0)
+        ).total_seconds()
         self._trace = load_gentd26()
         self._trace_pods = self._trace.full_pods()
         self._noise = random.Random(f"gpuledger-fleet:{seed}:noise")
@@ -470,9 +558,15 @@ class SimulatedFleet:
                 node = _Node(f"{prefix}-{ordinal + 1:0{width}d}", cluster, role)
                 mig_mode = role in ("k8s-mig", "slurm-mig")
                 for i in range(n_gpus):
-                    spec = GpuSpec(uuid="GPU-" + _uuid4(rng), index=i, model=model.name,
-                                   mem_total_mib=model.mem_total_mib, mig_mode=mig_mode,
-                                   node=node.name, cluster=cluster)
+                    spec = GpuSpec(
+                        uuid="GPU-" + _uuid4(rng),
+                        index=i,
+                        model=model.name,
+                        mem_total_mib=model.mem_total_mib,
+                        mig_mode=mig_mode,
+                        node=node.name,
+                        cluster=cluster,
+                    )
                     gpu = _Gpu(spec, model)
                     gpu.temp = model.temp_idle_c + rng.uniform(-1.5, 1.5)
                     node.gpus.append(gpu)
@@ -488,8 +582,16 @@ class SimulatedFleet:
                 for slot in gpu.slots:
                     self._initial(slot, node)
 
-    def _slot(self, node: _Node, gpu: _Gpu, kind: str, family: str, group: str | None = None,
-              patterns: tuple[str, ...] | None = None, life: Any = "group") -> _Slot:
+    def _slot(
+        self,
+        node: _Node,
+        gpu: _Gpu,
+        kind: str,
+        family: str,
+        group: str | None = None,
+        patterns: tuple[str, ...] | None = None,
+        life: Any = "group",
+    ) -> _Slot:
         """Create a slot with its static shape; identity comes later (_materialize)."""
         rng = self._rng
         s = _Slot()
@@ -498,9 +600,15 @@ class SimulatedFleet:
         if family == "k8s":
             g = _K8S_GROUPS[group or "default"]
             s.app = rng.choice(g["apps"])
-            s.container = ("server" if "serve" in s.app or "gateway" in s.app else
-                           "trainer" if "train" in s.app or "tune" in s.app else
-                           "notebook" if s.app.startswith("jupyter") else "main")
+            s.container = (
+                "server"
+                if "serve" in s.app or "gateway" in s.app
+                else "trainer"
+                if "train" in s.app or "tune" in s.app
+                else "notebook"
+                if s.app.startswith("jupyter")
+                else "main"
+            )
             s.patterns = patterns or g["patterns"]
             s.life = g["life"] if life == "group" else life
         elif family == "slurm":
@@ -516,8 +624,15 @@ class SimulatedFleet:
         gpu.slots.append(s)
         return s
 
-    def _vgpu(self, node: _Node, gpu: _Gpu, group: str, mem_frac: float, core: int,
-              patterns: tuple[str, ...] | None = None) -> _Slot:
+    def _vgpu(
+        self,
+        node: _Node,
+        gpu: _Gpu,
+        group: str,
+        mem_frac: float,
+        core: int,
+        patterns: tuple[str, ...] | None = None,
+    ) -> _Slot:
         s = self._slot(node, gpu, "vgpu", "k8s", group, patterns)
         cap = int(gpu.model.mem_total_mib * mem_frac) // 256 * 256
         s.mem_cap = s.mem_limit = cap
@@ -526,17 +641,24 @@ class SimulatedFleet:
         s.nominal_util = float(core) if core > 0 else 100.0
         return s
 
-    def _timeslice(self, node: _Node, gpu: _Gpu, group: str, replicas: int,
-                   patterns: tuple[str, ...] | None = None) -> _Slot:
+    def _timeslice(
+        self, node: _Node, gpu: _Gpu, group: str, replicas: int, patterns: tuple[str, ...] | None = None
+    ) -> _Slot:
         s = self._slot(node, gpu, "timeslice", "k8s", group, patterns)
         s.replicas = replicas
         s.mem_cap = None  # no memory isolation under time-slicing: unknown, not 0
         s.nominal_mem = gpu.model.mem_total_mib / replicas
         return s
 
-    def _mig_layout(self, node: _Node, gpu: _Gpu, combo: tuple[str, ...], family: str,
-                    groups: tuple[str, ...] = (), forced: dict[int, tuple[str, tuple[str, ...]]] | None = None
-                    ) -> None:
+    def _mig_layout(
+        self,
+        node: _Node,
+        gpu: _Gpu,
+        combo: tuple[str, ...],
+        family: str,
+        groups: tuple[str, ...] = (),
+        forced: dict[int, tuple[str, tuple[str, ...]]] | None = None,
+    ) -> None:
         """Create one slot per MIG instance of ``combo`` (a valid layout) on ``gpu``."""
         rng = self._rng
         profiles = gpu.model.mig
@@ -610,8 +732,13 @@ class SimulatedFleet:
         groups = ("nlp", "recsys", "genai", "sandbox", "data-eng")
         for gpu in g[5:]:
             for _ in range(rng.choice((0, 1, 2, 2, 3, 4))):
-                self._vgpu(node, gpu, rng.choice(groups), rng.choice((0.1, 0.125, 0.2, 0.25, 0.3, 0.5)),
-                           rng.choice((0, 10, 20, 25, 30, 50)))
+                self._vgpu(
+                    node,
+                    gpu,
+                    rng.choice(groups),
+                    rng.choice((0.1, 0.125, 0.2, 0.25, 0.3, 0.5)),
+                    rng.choice((0, 10, 20, 25, 30, 50)),
+                )
 
     def _role_k8s_share(self, node: _Node, ordinal: int) -> None:
         rng = self._rng
@@ -694,26 +821,52 @@ class SimulatedFleet:
     def _pattern(self, s: _Slot, rng: random.Random) -> Any:
         kind = rng.choice(s.patterns)
         if kind == "trace":
-            return _TracePattern(self._trace, rng.choice(self._trace_pods),
-                                 rng.uniform(0.0, self._trace.period_s), rng.uniform(0.55, 0.95))
+            return _TracePattern(
+                self._trace,
+                rng.choice(self._trace_pods),
+                rng.uniform(0.0, self._trace.period_s),
+                rng.uniform(0.55, 0.95),
+            )
         if kind == "idle":
             return _IdlePattern(rng.uniform(0.3, 0.9))
         if kind == "notebook":
-            return _NotebookPattern(rng.uniform(2.0, 5.0) * _HOUR, rng.uniform(10, 45) * 60.0,
-                                    rng.uniform(0, 5 * _HOUR), rng.uniform(0.2, 0.8),
-                                    rng.uniform(0.2, 0.5), rng.uniform(0.5, 0.9))
+            return _NotebookPattern(
+                rng.uniform(2.0, 5.0) * _HOUR,
+                rng.uniform(10, 45) * 60.0,
+                rng.uniform(0, 5 * _HOUR),
+                rng.uniform(0.2, 0.8),
+                rng.uniform(0.2, 0.5),
+                rng.uniform(0.5, 0.9),
+            )
         if kind == "training":
-            return _TrainingPattern(rng.uniform(0.75, 0.97), rng.uniform(0.7, 0.95),
-                                    rng.uniform(30, 90) * 60.0, rng.uniform(60, 240), rng.uniform(0, _HOUR))
+            return _TrainingPattern(
+                rng.uniform(0.75, 0.97),
+                rng.uniform(0.7, 0.95),
+                rng.uniform(30, 90) * 60.0,
+                rng.uniform(60, 240),
+                rng.uniform(0, _HOUR),
+            )
         if kind == "diurnal":
-            return _DiurnalPattern(rng.uniform(0.02, 0.1), rng.uniform(0.3, 0.7), rng.uniform(10, 17),
-                                   rng.uniform(0.3, 0.5), rng.uniform(0.1, 0.3), self._tod0)
+            return _DiurnalPattern(
+                rng.uniform(0.02, 0.1),
+                rng.uniform(0.3, 0.7),
+                rng.uniform(10, 17),
+                rng.uniform(0.3, 0.5),
+                rng.uniform(0.1, 0.3),
+                self._tod0,
+            )
         if kind == "burst":
             # above the share: a HAMi slice with a core cap bursts to ~3x it; a slice whose nominal
             # is the whole GPU (core 0, time-slicing) bursts to 60-90 % of the GPU
             hi = min(3.0, 95.0 / s.nominal_util) if s.nominal_util < 100.0 else rng.uniform(0.6, 0.9)
-            return _BurstPattern(rng.uniform(20, 60) * 60.0, rng.uniform(0.3, 0.6), hi,
-                                 rng.uniform(0.1, 0.3), rng.uniform(0, _HOUR), rng.uniform(0.4, 0.8))
+            return _BurstPattern(
+                rng.uniform(20, 60) * 60.0,
+                rng.uniform(0.3, 0.6),
+                hi,
+                rng.uniform(0.1, 0.3),
+                rng.uniform(0, _HOUR),
+                rng.uniform(0.4, 0.8),
+            )
         return _BatchPattern(rng.uniform(0.7, 0.97), rng.uniform(0.5, 0.95), rng.uniform(3, 12) * 60.0)
 
     def _materialize(self, s: _Slot, node: _Node, t_start: float, length: float | None = None) -> None:
@@ -747,8 +900,16 @@ class SimulatedFleet:
             else:
                 labels = {"app": s.app, **g["labels"]}
                 pod = f"{s.app}-{_k8s_suffix(rng, 10)}-{_k8s_suffix(rng, 5)}"
-            wl = {"namespace": g["ns"], "pod": pod, "container": s.container, "pod_uid": pod_uid,
-                  "labels": None, "job_id": None, "account": None, "user": None}
+            wl = {
+                "namespace": g["ns"],
+                "pod": pod,
+                "container": s.container,
+                "pod_uid": pod_uid,
+                "labels": None,
+                "job_id": None,
+                "account": None,
+                "user": None,
+            }
             owner = f"{pod_uid}/{s.container}"
         elif s.family == "slurm":
             account, users = rng.choice(_SLURM_ACCOUNTS)
@@ -756,13 +917,29 @@ class SimulatedFleet:
             cluster = node.cluster
             self._job_ids[cluster] += rng.randint(1, 40)
             job_id = str(self._job_ids[cluster])
-            wl = {"namespace": None, "pod": None, "container": None, "pod_uid": None, "labels": None,
-                  "job_id": job_id, "account": account, "user": user}
+            wl = {
+                "namespace": None,
+                "pod": None,
+                "container": None,
+                "pod_uid": None,
+                "labels": None,
+                "job_id": job_id,
+                "account": account,
+                "user": user,
+            }
             owner = f"slurm:{job_id}"
         else:
             user = rng.choice(_HOST_USERS)
-            wl = {"namespace": None, "pod": None, "container": None, "pod_uid": None, "labels": None,
-                  "job_id": None, "account": None, "user": user}
+            wl = {
+                "namespace": None,
+                "pod": None,
+                "container": None,
+                "pod_uid": None,
+                "labels": None,
+                "job_id": None,
+                "account": None,
+                "user": user,
+            }
             owner = f"host:{user}:{pids[0]}"
         s.labels = labels
         s.wl_tpl = wl
@@ -773,8 +950,12 @@ class SimulatedFleet:
             slice_id = f"{s.mig[3]}:{owner}"
         else:
             slice_id = f"{gpu_uuid}:{s.kind}:{owner}"
-        tpl: dict[str, Any] = {"slice_id": slice_id, "gpu_uuid": gpu_uuid, "kind": s.kind,
-                               "mem_cap_mib": s.mem_cap}
+        tpl: dict[str, Any] = {
+            "slice_id": slice_id,
+            "gpu_uuid": gpu_uuid,
+            "kind": s.kind,
+            "mem_cap_mib": s.mem_cap,
+        }
         if s.kind == "vgpu":
             tpl["core_cap_pct"] = s.core_cap
         tpl["mem_used_mib"] = 0
@@ -783,9 +964,18 @@ class SimulatedFleet:
             tpl["last_kernel_age_s"] = 0.0
         if s.mig is not None:
             prof, gi, ci, mig_uuid = s.mig
-            tpl.update({"mig_profile": prof.name, "gi_id": gi, "ci_id": ci, "mig_uuid": mig_uuid,
-                        "compute_slices": prof.compute, "memory_slices": prof.memory,
-                        "gpu_compute_slices": 7, "gpu_memory_slices": 8})
+            tpl.update(
+                {
+                    "mig_profile": prof.name,
+                    "gi_id": gi,
+                    "ci_id": ci,
+                    "mig_uuid": mig_uuid,
+                    "compute_slices": prof.compute,
+                    "memory_slices": prof.memory,
+                    "gpu_compute_slices": 7,
+                    "gpu_memory_slices": 8,
+                }
+            )
         if s.replicas is not None:
             tpl["replicas"] = s.replicas
         tpl["workload"] = None
@@ -796,10 +986,23 @@ class SimulatedFleet:
         util_w = [rng.uniform(0.0, 0.05) for _ in range(n_procs - 1)]
         procs = []
         for j, pid in enumerate(pids):
-            procs.append(({"pid": pid, "gpu_uuid": gpu_uuid, "slice_id": slice_id, "mem_used_mib": 0,
-                           "sm_util_pct": None, "container_id": container_id, "pod_uid": pod_uid,
-                           "job_id": job_id, "user": user},
-                          mem_w[j - 1] if j else 0.0, util_w[j - 1] if j else 0.0))
+            procs.append(
+                (
+                    {
+                        "pid": pid,
+                        "gpu_uuid": gpu_uuid,
+                        "slice_id": slice_id,
+                        "mem_used_mib": 0,
+                        "sm_util_pct": None,
+                        "container_id": container_id,
+                        "pod_uid": pod_uid,
+                        "job_id": job_id,
+                        "user": user,
+                    },
+                    mem_w[j - 1] if j else 0.0,
+                    util_w[j - 1] if j else 0.0,
+                )
+            )
         # main process last, so it takes the remainder and the sums stay exact
         s.proc_head = procs[1:]
         s.proc_last = procs[0][0]
@@ -860,8 +1063,13 @@ class SimulatedFleet:
                         if t1 >= s.end_t:
                             self._release(s, node)
                             lo, hi = s.life[1]
-                            s.restart_t = t1 + random.Random(
-                                f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}:gap").uniform(lo, hi) * _HOUR
+                            s.restart_t = (
+                                t1
+                                + random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}:gap").uniform(
+                                    lo, hi
+                                )
+                                * _HOUR
+                            )
                     elif t1 >= s.restart_t:
                         self._materialize(s, node, t1 - rnd() * min(dt, 60.0))
             model = gpu.model
@@ -948,7 +1156,7 @@ class SimulatedFleet:
                 procs_out.append(p)
             # power: idle floor plus a concave function of busy time, a little for memory traffic
             span = model.tdp_w - model.idle_w
-            power = model.idle_w + span * (busy ** 0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
+            power = model.idle_w + span * (busy**0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
             power += span * 0.03 * (sum_m / total)
             if power > model.tdp_w:
                 power = model.tdp_w
@@ -956,15 +1164,33 @@ class SimulatedFleet:
             heat = (power - model.idle_w) / span
             target = model.temp_idle_c + (model.temp_max_c - model.temp_idle_c) * heat
             gpu.temp += (target - gpu.temp) * alpha
-            gpus_out.append({
-                "uuid": gpu.spec.uuid, "index": gpu.spec.index, "model": model.name,
-                "mem_total_mib": total, "mem_used_mib": sum_m, "util_pct": gpu_util,
-                "power_w": power_w, "energy_j": round(power_w * dt, 2), "temp_c": int(gpu.temp + 0.5),
-                "mig_mode": gpu.mig, "state": "ok",
-            })
-        return {"schema": SCHEMA, "cluster": node.cluster, "node": node.name, "boot_id": node.boot_id,
-                "seq": node.seq, "ts": ts, "interval_s": dt, "gpus": gpus_out, "slices": slices_out,
-                "processes": procs_out}
+            gpus_out.append(
+                {
+                    "uuid": gpu.spec.uuid,
+                    "index": gpu.spec.index,
+                    "model": model.name,
+                    "mem_total_mib": total,
+                    "mem_used_mib": sum_m,
+                    "util_pct": gpu_util,
+                    "power_w": power_w,
+                    "energy_j": round(power_w * dt, 2),
+                    "temp_c": int(gpu.temp + 0.5),
+                    "mig_mode": gpu.mig,
+                    "state": "ok",
+                }
+            )
+        return {
+            "schema": SCHEMA,
+            "cluster": node.cluster,
+            "node": node.name,
+            "boot_id": node.boot_id,
+            "seq": node.seq,
+            "ts": ts,
+            "interval_s": dt,
+            "gpus": gpus_out,
+            "slices": slices_out,
+            "processes": procs_out,
+        }
 
     # -- introspection -----------------------------------------------------------------------
 

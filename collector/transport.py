@@ -32,14 +32,24 @@ class MemoryTransport:
 class KafkaTransport:
     """kafka-python producer: idempotent, acks=all (its defaults), keyed by node for per-node order."""
 
-    def __init__(self, bootstrap_servers: str, topic: str = "gpu.samples.v1", client_id: str = "gpuledger-agent",
-                 linger_ms: int = 20) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "gpu.samples.v1",
+        client_id: str = "gpuledger-agent",
+        linger_ms: int = 20,
+    ) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id, acks="all",
-                                      linger_ms=linger_ms, max_request_size=2 * 1024 * 1024,
-                                      batch_size=256 * 1024)
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            linger_ms=linger_ms,
+            max_request_size=2 * 1024 * 1024,
+            batch_size=256 * 1024,
+        )
 
     def send(self, key: str, value: bytes) -> None:
         self.producer.send(self.topic, key=key.encode(), value=value)

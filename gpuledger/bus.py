@@ -1,7 +1,8 @@
-"""An in-process stand-in for one Kafka topic, for `gpuledger demo` and unit tests.
+"""An in-process stand-in for Kafka topics, for `gpuledger demo` and unit tests.
 
-It keeps Kafka's shape (append-only log, consumer offsets committed after processing) so
-the ingest code that runs over it is the same code that runs over the real broker.
+It keeps Kafka's shape (append-only log with offsets, consumer offsets committed after
+processing) so the ingest code that runs over it is the same code that runs over the broker.
+Records below every group's committed offset can be trimmed, so a long demo stays small.
 """
 
 from __future__ import annotations
@@ -14,36 +15,49 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._logs: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self._base: dict[str, int] = {}
         self._committed: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
 
     def append(self, topic: str, key: bytes | None, value: bytes) -> int:
-        with self._cond:
+        with self._lock:
             log = self._logs.setdefault(topic, [])
             log.append((key, value))
-            self._cond.notify_all()
-            return len(log) - 1
+            return self._base.get(topic, 0) + len(log) - 1
 
-    def read(self, topic: str, group: str, max_records: int, timeout_s: float = 0.0
-             ) -> list[tuple[int, bytes | None, bytes]]:
-        """Records after the group's committed offset (not advancing it: call commit)."""
-        with self._cond:
-            start = self._committed.get((topic, group), 0)
-            if timeout_s and len(self._logs.get(topic, ())) <= start:
-                self._cond.wait(timeout_s)
-            log = self._logs.get(topic, [])
-            chunk = log[start:start + max_records]
-            return [(start + i, k, v) for i, (k, v) in enumerate(chunk)]
+    def read_from(self, topic: str, offset: int, max_records: int) -> list[tuple[int, bytes | None, bytes]]:
+        """Records from an explicit offset (a consumer that tracks its own position)."""
+        with self._lock:
+            base = self._base.get(topic, 0)
+            if offset < base:
+                raise ValueError(f"offset {offset} of {topic} was trimmed (first kept: {base})")
+            start = offset - base
+            chunk = self._logs.get(topic, [])[start : start + max_records]
+            return [(offset + i, k, v) for i, (k, v) in enumerate(chunk)]
 
     def commit(self, topic: str, group: str, next_offset: int) -> None:
         with self._lock:
             self._committed[(topic, group)] = next_offset
 
-    def lag(self, topic: str, group: str) -> int:
+    def committed(self, topic: str, group: str) -> int:
         with self._lock:
-            return len(self._logs.get(topic, ())) - self._committed.get((topic, group), 0)
+            return self._committed.get((topic, group), 0)
 
-    def size(self, topic: str) -> int:
+    def end(self, topic: str) -> int:
+        """The offset the next appended record will get."""
         with self._lock:
-            return len(self._logs.get(topic, ()))
+            return self._base.get(topic, 0) + len(self._logs.get(topic, ()))
+
+    def trim(self, topic: str) -> int:
+        """Drop records every group has committed; returns how many were dropped."""
+        with self._lock:
+            marks = [off for (t, _), off in self._committed.items() if t == topic]
+            if not marks:
+                return 0
+            base = self._base.get(topic, 0)
+            drop = min(marks) - base
+            if drop <= 0:
+                return 0
+            del self._logs[topic][:drop]
+            self._base[topic] = base + drop
+            return drop

@@ -39,12 +39,15 @@ def _load(args: argparse.Namespace) -> Config:
 
 # -- demo ---------------------------------------------------------------------------------------
 
+
 def _prepare_demo_lake(path: Path) -> None:
     """Start the demo on a clean lake, but never wipe a lake the demo did not create."""
     if path.exists() and any(path.iterdir()):
         if not (path / DEMO_MARKER).exists():
-            raise ConfigError(f"lake {path} already holds data that the demo did not write; "
-                              f"point the demo elsewhere with --lake DIR")
+            raise ConfigError(
+                f"lake {path} already holds data that the demo did not write; "
+                f"point the demo elsewhere with --lake DIR"
+            )
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / DEMO_MARKER).write_text("created by gpuledger demo; the next demo run replaces this lake\n")
@@ -83,17 +86,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from warehouse.views import Warehouse
 
     cfg = _load(args)
+    span = parse_duration(args.until)  # before touching the lake: a typo must not wipe the last demo
     lake_path = Path(cfg.lake.path)
     _prepare_demo_lake(lake_path)
     lake = Lake(lake_path, cfg.lake.zstd_level)
-    span = parse_duration(args.until)
     interval = cfg.collector.interval_s
     n_ticks = int(span // interval)
     now = datetime.now(UTC).replace(microsecond=0)
     start = now - timedelta(seconds=n_ticks * interval)
-    fleet = SimulatedFleet(seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale)
-    print(f"gpuledger demo: {len(fleet.nodes)} nodes, {len(fleet.gpus)} GPUs in {len(fleet.clusters)} clusters; "
-          f"replaying {args.until} ({n_ticks} ticks of {interval:g} s) into {lake_path}", file=sys.stderr)
+    fleet = SimulatedFleet(
+        seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
+    )
+    print(
+        f"gpuledger demo: {len(fleet.nodes)} nodes, {len(fleet.gpus)} GPUs "
+        f"in {len(fleet.clusters)} clusters; "
+        f"replaying {args.until} ({n_ticks} ticks of {interval:g} s) into {lake_path}",
+        file=sys.stderr,
+    )
 
     if args.kafka:
         transport: Any = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
@@ -114,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             transport.send(msg["node"], orjson.dumps(msg))
             produced += 1
         if not args.kafka and (k + 1) % drain_every == 0:
-            ingester.drain()
+            ingester.poll()
         progress.update()
     progress.close()
     transport.flush()
@@ -136,6 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.kafka:
             stop.set()
             thread.join(timeout=30)
+        else:
+            ingester.close()
         transport.close()
         return 0
 
@@ -154,7 +165,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 transport.send(msg["node"], orjson.dumps(msg))
             transport.flush()
             if not args.kafka:
-                ingester.drain()
+                ingester.poll()
+                bus.trim(cfg.kafka.topic)
 
     threading.Thread(target=live, name="live-fleet", daemon=True).start()
     app = create_app(cfg)
@@ -167,6 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parts --------------------------------------------------------------------------------------
+
 
 def cmd_collect(args: argparse.Namespace) -> int:
     import orjson
@@ -183,7 +196,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     start = datetime.now(UTC).replace(microsecond=0)
     if n_ticks and args.fast:
         start -= timedelta(seconds=n_ticks * interval)
-    fleet = SimulatedFleet(seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale)
+    fleet = SimulatedFleet(
+        seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
+    )
     transport = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
     sent = 0
     k = 0
@@ -270,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "ingest" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command == "ingest" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -53,10 +53,11 @@ class KafkaConfig:
 @dataclass
 class LakeConfig:
     path: str = "./gpuledger-data"
-    batch_max_messages: int = 4000
-    batch_max_bytes: int = 64 * 1024 * 1024
+    batch_max_messages: int = 2000
+    batch_max_bytes: int = 16 * 1024 * 1024
     batch_max_seconds: float = 5.0
     zstd_level: int = 3
+    decode_workers: int = 2  # worker processes that decode and write; 0 = in the consuming process
 
 
 @dataclass
@@ -129,29 +130,48 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("lake", "batch_max_bytes"): (_positive, "an integer > 0"),
     ("lake", "batch_max_seconds"): (_positive, "a number of seconds > 0"),
     ("lake", "zstd_level"): (lambda v: 1 <= v <= 22, "an integer from 1 to 22"),
-    ("collector", "backend"): (lambda v: v in ("nvml", "simulate", "replay"), "one of nvml, simulate, replay"),
+    ("lake", "decode_workers"): (lambda v: 0 <= v <= 8, "an integer from 0 (inline) to 8"),
+    ("collector", "backend"): (
+        lambda v: v in ("nvml", "simulate", "replay"),
+        "one of nvml, simulate, replay",
+    ),
     ("collector", "interval_s"): (lambda v: 0 < v <= 3600, "a number of seconds in (0, 3600]"),
     ("collector", "scale"): (_positive, "an integer > 0"),
     ("collector", "metrics_port"): (_port, "a port number 0-65535"),
     ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
     ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
-    ("enforcer", "mode"): (lambda v: v in ("off", "recommend", "grow-only", "enforce"),
-                           "one of off, recommend, grow-only, enforce"),
+    ("enforcer", "mode"): (
+        lambda v: v in ("off", "recommend", "grow-only", "enforce"),
+        "one of off, recommend, grow-only, enforce",
+    ),
     ("dashboard", "port"): (_port, "a port number 0-65535"),
 }
 
 _TENANT_MATCHERS = ("namespace", "label", "account", "user")
+_ITEM_NAMES = {str: "strings", dict: "tables"}
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            list: "a list", dict: "a table"}.get(tp, str(tp))
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(tp, str(tp))
 
 
 def _base_type(annotation: Any) -> type:
     text = str(annotation)
-    for name, tp in (("list", list), ("dict", dict), ("int", int), ("float", float), ("str", str),
-                     ("bool", bool)):
+    for name, tp in (
+        ("list", list),
+        ("dict", dict),
+        ("int", int),
+        ("float", float),
+        ("str", str),
+        ("bool", bool),
+    ):
         if text.startswith(name):
             return tp
     raise TypeError(f"unsupported config annotation {annotation!r}")
@@ -159,8 +179,8 @@ def _base_type(annotation: Any) -> type:
 
 def _coerce(section: str, key: str, value: Any, tp: type, source: str) -> Any:
     where = f"{section}.{key} = {value!r} (from {source})"
-    if isinstance(value, str) and tp is not str:
-        # Environment values arrive as text; parse them as TOML/JSON literals.
+    if isinstance(value, str) and tp is not str and source.startswith("environment "):
+        # Environment values arrive as text; parse them as TOML/JSON literals (file values are typed).
         text = value.strip()
         try:
             if tp is bool:
@@ -192,8 +212,9 @@ def _check_tenant_rules(rules: list[Any], source: str) -> None:
             raise ConfigError(f"config error: {where}: expected a table with a non-empty 'tenant'")
         matchers = [k for k in rule if k != "tenant"]
         if len(matchers) != 1 or matchers[0] not in _TENANT_MATCHERS:
-            raise ConfigError(f"config error: {where}: expected exactly one matcher among "
-                              f"{', '.join(_TENANT_MATCHERS)}")
+            raise ConfigError(
+                f"config error: {where}: expected exactly one matcher among {', '.join(_TENANT_MATCHERS)}"
+            )
         value = rule[matchers[0]]
         if not isinstance(value, str) or not value:
             raise ConfigError(f"config error: {where}: expected a non-empty string to match")
@@ -218,33 +239,41 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except FileNotFoundError as exc:
-            raise ConfigError(f"config error: file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"config error: file {path} does not exist: expected a TOML config file"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(
+                f"config error: file {path} cannot be read ({exc.strerror}): "
+                f"expected a readable TOML config file"
+            ) from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from exc
 
     cfg = Config()
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for section, values in data.items():
         if section not in sections:
-            raise ConfigError(f"config error: unknown section [{section}] in {source_file}: expected one of "
-                              f"{', '.join(sections)}")
+            raise ConfigError(
+                f"config error: unknown section [{section}] in {source_file}: expected one of "
+                f"{', '.join(sections)}"
+            )
         if not isinstance(values, dict):
-            raise ConfigError(f"config error: [{section}] in {source_file} must be a table")
+            raise ConfigError(f"config error: [{section}] = {values!r} in {source_file}: expected a table")
         _apply(cfg, section, values, source_file)
 
     overrides: dict[str, dict[str, Any]] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(ENV_PREFIX):].lower()
+        rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
             continue  # other GPULEDGER_* variables (test hooks, paths) are not config keys
-        overrides.setdefault(section, {})[rest[len(section) + 1:]] = (value, name)
+        overrides.setdefault(section, {})[rest[len(section) + 1 :]] = (value, name)
     for section, values in overrides.items():
         for key, (value, name) in values.items():
             _apply(cfg, section, {key: value}, f"environment {name}")
-    _check_tenant_rules(cfg.tenants.rules, source_file)
     return cfg
 
 
@@ -253,10 +282,22 @@ def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> No
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"config error: unknown key {section}.{key} (from {source}): expected one of "
-                              f"{', '.join(fields)}")
+            raise ConfigError(
+                f"config error: unknown key {section}.{key} = {value!r} (from {source}): "
+                f"expected one of {', '.join(fields)}"
+            )
         tp = _base_type(fields[key].type)
-        setattr(obj, key, _coerce(section, key, value, tp, source))
+        value = _coerce(section, key, value, tp, source)
+        if tp is list:
+            item = _base_type(str(fields[key].type)[len("list[") :])
+            if not all(isinstance(v, item) for v in value):
+                raise ConfigError(
+                    f"config error: {section}.{key} = {value!r} (from {source}): "
+                    f"expected a list of {_ITEM_NAMES.get(item, item.__name__)}"
+                )
+        if (section, key) == ("tenants", "rules"):
+            _check_tenant_rules(value, source)
+        setattr(obj, key, value)
 
 
 def config_hash(cfg: Config) -> str:

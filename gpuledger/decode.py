@@ -33,28 +33,80 @@ TABLES = ("tick", "gpu", "slice", "process")
 TS_TYPE = pa.timestamp("us", tz="UTC")
 LABELS_TYPE = pa.map_(pa.string(), pa.string())
 
-GPU_FIELDS = ("uuid", "index", "model", "mem_total_mib", "mem_used_mib", "util_pct", "power_w", "energy_j",
-              "temp_c", "mig_mode", "state")
-SLICE_FIELDS = ("slice_id", "gpu_uuid", "kind", "mem_cap_mib", "core_cap_pct", "mem_used_mib", "util_pct",
-                "last_kernel_age_s", "mig_profile", "gi_id", "ci_id", "mig_uuid", "compute_slices",
-                "memory_slices", "gpu_compute_slices", "gpu_memory_slices", "replicas")
+GPU_FIELDS = (
+    "uuid",
+    "index",
+    "model",
+    "mem_total_mib",
+    "mem_used_mib",
+    "util_pct",
+    "power_w",
+    "energy_j",
+    "temp_c",
+    "mig_mode",
+    "state",
+)
+SLICE_FIELDS = (
+    "slice_id",
+    "gpu_uuid",
+    "kind",
+    "mem_cap_mib",
+    "core_cap_pct",
+    "mem_used_mib",
+    "util_pct",
+    "last_kernel_age_s",
+    "mig_profile",
+    "gi_id",
+    "ci_id",
+    "mig_uuid",
+    "compute_slices",
+    "memory_slices",
+    "gpu_compute_slices",
+    "gpu_memory_slices",
+    "replicas",
+)
 WORKLOAD_FIELDS = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", "user")
-PROCESS_FIELDS = ("pid", "gpu_uuid", "slice_id", "mem_used_mib", "sm_util_pct", "container_id", "pod_uid",
-                  "job_id", "user")
+PROCESS_FIELDS = (
+    "pid",
+    "gpu_uuid",
+    "slice_id",
+    "mem_used_mib",
+    "sm_util_pct",
+    "container_id",
+    "pod_uid",
+    "job_id",
+    "user",
+)
 # Optional fields where JSON null is refused, so the typed objects hold UNSET when absent.
-_UNSET_FIELDS = frozenset(f for fs in KIND_REQUIRES.values() for f in fs if f not in ("mem_cap_mib",
-                                                                                      "core_cap_pct"))
+_UNSET_FIELDS = frozenset(
+    f for fs in KIND_REQUIRES.values() for f in fs if f not in ("mem_cap_mib", "core_cap_pct")
+)
 
 
 @cache
 def table_schema(kind: str) -> pa.Schema:
     """Arrow schema of one lake table: tick, gpu, slice or process."""
     r = rules()
-    base = [("batch", pa.int64()), ("cluster", pa.string()), ("node", pa.string()), ("boot_id", pa.string()),
-            ("seq", pa.int64()), ("ts", TS_TYPE), ("interval_s", pa.float64())]
+    base = [
+        ("batch", pa.int64()),
+        ("cluster", pa.string()),
+        ("node", pa.string()),
+        ("boot_id", pa.string()),
+        ("seq", pa.int64()),
+        ("ts", TS_TYPE),
+        ("interval_s", pa.float64()),
+    ]
     if kind == "tick":
-        return pa.schema([*base, ("n_gpus", pa.int32()), ("n_slices", pa.int32()),
-                          ("n_processes", pa.int32()), ("src_partition", pa.int32()), ("src_offset", pa.int64())])
+        return pa.schema(
+            [
+                *base,
+                ("n_gpus", pa.int32()),
+                ("n_slices", pa.int32()),
+                ("n_processes", pa.int32()),
+                ("src_partition", pa.int32()),
+                ("src_offset", pa.int64()),
+            ]
+        )
     if kind == "gpu":
         return pa.schema(base + [(f, r["gpu"].fields[f].arrow) for f in GPU_FIELDS])
     if kind == "slice":
@@ -78,6 +130,7 @@ class DecodedBatch:
     tables: dict[str, pa.Table]
     accepted: list[int]
     rejects: list[Reject] = field(default_factory=list)
+    duplicates: int = 0  # ticks that appeared again within the batch (dropped, not rejected)
 
     @property
     def ticks(self) -> int:
@@ -111,9 +164,15 @@ def _semantics_ok(t: Any) -> datetime | None:
     return ts.astimezone(UTC)
 
 
-def decode_batch(raws: Sequence[bytes], *, batch: int, max_message_bytes: int,
-                 partitions: Sequence[int] | None = None, offsets: Sequence[int] | None = None,
-                 fast: bool = True) -> DecodedBatch:
+def decode_batch(
+    raws: Sequence[bytes],
+    *,
+    batch: int,
+    max_message_bytes: int,
+    partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+    fast: bool = True,
+) -> DecodedBatch:
     """Validate and flatten a batch of raw messages.
 
     `batch` is the ingest batch id stamped on every row: queries pick one batch per tick, which
@@ -146,11 +205,27 @@ def decode_batch(raws: Sequence[bytes], *, batch: int, max_message_bytes: int,
             i = slow[local]
             ticks[i] = typed.from_builtins(doc)
             times[i] = parse_ts(doc["ts"]).astimezone(UTC)
-    accepted = [i for i in range(n) if ticks[i] is not None]
-    tables = build_tables([ticks[i] for i in accepted], [times[i] for i in accepted], batch,
-                          [partitions[i] for i in accepted] if partitions is not None else None,
-                          [offsets[i] for i in accepted] if offsets is not None else None)
-    return DecodedBatch(tables, accepted, [Reject(i, reasons[i]) for i in sorted(reasons)])
+    # At-least-once delivery can put the same tick twice into one batch (a spool replay of a
+    # tick whose first send did land); keep the first so the batch holds each tick once.
+    accepted, seen, duplicates = [], set(), 0
+    for i in range(n):
+        t = ticks[i]
+        if t is None:
+            continue
+        ident = (t.node, t.boot_id, t.seq)
+        if ident in seen:
+            duplicates += 1
+            continue
+        seen.add(ident)
+        accepted.append(i)
+    tables = build_tables(
+        [ticks[i] for i in accepted],
+        [times[i] for i in accepted],
+        batch,
+        [partitions[i] for i in accepted] if partitions is not None else None,
+        [offsets[i] for i in accepted] if offsets is not None else None,
+    )
+    return DecodedBatch(tables, accepted, [Reject(i, reasons[i]) for i in sorted(reasons)], duplicates)
 
 
 def _column(objs: list[Any], name: str, tp: pa.DataType) -> pa.Array:
@@ -161,8 +236,13 @@ def _column(objs: list[Any], name: str, tp: pa.DataType) -> pa.Array:
     return pa.array(col, type=tp)
 
 
-def build_tables(ticks: list[Any], times: list[datetime | None], batch: int,
-                 partitions: list[int] | None, offsets: list[int] | None) -> dict[str, pa.Table]:
+def build_tables(
+    ticks: list[Any],
+    times: list[datetime | None],
+    batch: int,
+    partitions: list[int] | None,
+    offsets: list[int] | None,
+) -> dict[str, pa.Table]:
     """Typed ticks -> the four lake tables (tick, gpu, slice, process)."""
     nt = len(ticks)
     ident = {
@@ -176,8 +256,11 @@ def build_tables(ticks: list[Any], times: list[datetime | None], batch: int,
     }
     tables: dict[str, pa.Table] = {}
     counts: dict[str, list[int]] = {}
-    for key, attr, fields_ in (("gpu", "gpus", GPU_FIELDS), ("slice", "slices", SLICE_FIELDS),
-                               ("process", "processes", PROCESS_FIELDS)):
+    for key, attr, fields_ in (
+        ("gpu", "gpus", GPU_FIELDS),
+        ("slice", "slices", SLICE_FIELDS),
+        ("process", "processes", PROCESS_FIELDS),
+    ):
         objs: list[Any] = []
         owner: list[int] = []
         per: list[int] = []
@@ -201,14 +284,17 @@ def build_tables(ticks: list[Any], times: list[datetime | None], batch: int,
             for f in WORKLOAD_FIELDS:
                 data[f] = _column(wls, f, schema.field(f).type)
         tables[key] = pa.table(data, schema=schema)
-    tables["tick"] = pa.table({
-        **ident,
-        "n_gpus": pa.array(counts["gpu"], pa.int32()),
-        "n_slices": pa.array(counts["slice"], pa.int32()),
-        "n_processes": pa.array(counts["process"], pa.int32()),
-        "src_partition": pa.array(partitions if partitions is not None else [None] * nt, pa.int32()),
-        "src_offset": pa.array(offsets if offsets is not None else [None] * nt, pa.int64()),
-    }, schema=table_schema("tick"))
+    tables["tick"] = pa.table(
+        {
+            **ident,
+            "n_gpus": pa.array(counts["gpu"], pa.int32()),
+            "n_slices": pa.array(counts["slice"], pa.int32()),
+            "n_processes": pa.array(counts["process"], pa.int32()),
+            "src_partition": pa.array(partitions if partitions is not None else [None] * nt, pa.int32()),
+            "src_offset": pa.array(offsets if offsets is not None else [None] * nt, pa.int64()),
+        },
+        schema=table_schema("tick"),
+    )
     return tables
 
 
@@ -226,5 +312,7 @@ def _gpu_facts(ticks: list[Any], slices: list[Any], owner: list[int]) -> dict[st
     """Model and memory total of each slice's GPU, copied onto the slice row (share needs them)."""
     facts = [{g.uuid: (g.model, g.mem_total_mib) for g in t.gpus} for t in ticks]
     pairs = [facts[k][s.gpu_uuid] for k, s in zip(owner, slices, strict=True)]
-    return {"model": pa.array([p[0] for p in pairs], pa.string()),
-            "gpu_mem_total_mib": pa.array([p[1] for p in pairs], pa.int64())}
+    return {
+        "model": pa.array([p[0] for p in pairs], pa.string()),
+        "gpu_mem_total_mib": pa.array([p[1] for p in pairs], pa.int64()),
+    }

@@ -34,11 +34,26 @@ class _Missing:
 
 MISSING = _Missing()
 _NONE = type(None)
-_JSON_TYPES = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,),
-               "null": (_NONE,), "object": (dict,), "array": (list,)}
+_JSON_TYPES = {
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+    "null": (_NONE,),
+    "object": (dict,),
+    "array": (list,),
+}
 _ARROW = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}
-_TYPE_WORDS = {int: "integer", float: "number", str: "string", bool: "boolean", _NONE: "null",
-               dict: "object", list: "array", _Missing: "missing"}
+_TYPE_WORDS = {
+    int: "integer",
+    float: "number",
+    str: "string",
+    bool: "boolean",
+    _NONE: "null",
+    dict: "object",
+    list: "array",
+    _Missing: "missing",
+}
 
 
 @dataclass(frozen=True)
@@ -92,10 +107,17 @@ def _rule(name: str, node: dict[str, Any], required: bool, root: dict[str, Any])
     scalar = [t for t in types if t != "null"]
     arrow = _ARROW.get(scalar[0]) if len(scalar) == 1 else None
     return FieldRule(
-        name=name, json_types=types, required=required, arrow=arrow, enum=enum,
-        minimum=node.get("minimum"), maximum=node.get("maximum"),
-        exclusive_minimum=node.get("exclusiveMinimum"), min_length=node.get("minLength"),
-        max_length=node.get("maxLength"), pattern=node.get("pattern"),
+        name=name,
+        json_types=types,
+        required=required,
+        arrow=arrow,
+        enum=enum,
+        minimum=node.get("minimum"),
+        maximum=node.get("maximum"),
+        exclusive_minimum=node.get("exclusiveMinimum"),
+        min_length=node.get("minLength"),
+        max_length=node.get("maxLength"),
+        pattern=node.get("pattern"),
     )
 
 
@@ -112,8 +134,13 @@ def rules() -> dict[str, ObjectRules]:
     """Compile the schema's object definitions into per-field rules (once per process)."""
     root = load_schema()
     out = {}
-    for name, node in (("message", root), ("gpu", root["$defs"]["gpu"]), ("slice", root["$defs"]["slice"]),
-                       ("workload", root["$defs"]["workload"]), ("process", root["$defs"]["process"])):
+    for name, node in (
+        ("message", root),
+        ("gpu", root["$defs"]["gpu"]),
+        ("slice", root["$defs"]["slice"]),
+        ("workload", root["$defs"]["workload"]),
+        ("process", root["$defs"]["process"]),
+    ):
         req = set(node.get("required", ()))
         fields = {k: _rule(k, v, k in req, root) for k, v in node["properties"].items()}
         out[name] = ObjectRules(name, fields, frozenset(node["properties"]))
@@ -134,8 +161,15 @@ def _labels_limits() -> tuple[int, int]:
 
 # Per-kind required slice fields (the schema's allOf/if/then), non-null when required.
 KIND_REQUIRES = {
-    "mig": ("mig_profile", "gi_id", "ci_id", "compute_slices", "memory_slices", "gpu_compute_slices",
-            "gpu_memory_slices"),
+    "mig": (
+        "mig_profile",
+        "gi_id",
+        "ci_id",
+        "compute_slices",
+        "memory_slices",
+        "gpu_compute_slices",
+        "gpu_memory_slices",
+    ),
     "vgpu": ("mem_cap_mib", "core_cap_pct"),
     "timeslice": ("replicas",),
 }
@@ -194,8 +228,11 @@ class _Checker:
                 t = type(v)
                 if t not in allowed and v is not None:
                     bad_rows.add(j)
-                    self.bad(owner[j], f"{where(j)}{name}: expected {rule.expected}, got "
-                                       f"{_TYPE_WORDS.get(t, t.__name__)} {_show(v)}")
+                    self.bad(
+                        owner[j],
+                        f"{where(j)}{name}: expected {rule.expected}, got "
+                        f"{_TYPE_WORDS.get(t, t.__name__)} {_show(v)}",
+                    )
         if rule.arrow is None:  # nested value: the caller checks it
             return None
         if float in types and rule.arrow == pa.int64():
@@ -225,8 +262,9 @@ class _Checker:
         if rule.minimum is not None:
             checks.append((pc.less(arr, rule.minimum), f"is below the minimum {rule.minimum}"))
         if rule.exclusive_minimum is not None:
-            checks.append((pc.less_equal(arr, rule.exclusive_minimum),
-                           f"must be above {rule.exclusive_minimum}"))
+            checks.append(
+                (pc.less_equal(arr, rule.exclusive_minimum), f"must be above {rule.exclusive_minimum}")
+            )
         if rule.maximum is not None:
             checks.append((pc.greater(arr, rule.maximum), f"is above the maximum {rule.maximum}"))
         if rule.min_length is not None or rule.max_length is not None:
@@ -234,14 +272,20 @@ class _Checker:
             if rule.min_length is not None:
                 checks.append((pc.less(lengths, rule.min_length), f"is shorter than {rule.min_length}"))
             if rule.max_length is not None:
-                checks.append((pc.greater(lengths, rule.max_length),
-                               f"is longer than {rule.max_length} characters"))
+                checks.append(
+                    (pc.greater(lengths, rule.max_length), f"is longer than {rule.max_length} characters")
+                )
         if rule.pattern is not None:
-            checks.append((pc.invert(pc.match_substring_regex(arr, rule.pattern)),
-                           f"does not match {rule.pattern}"))
+            checks.append(
+                (pc.invert(pc.match_substring_regex(arr, rule.pattern)), f"does not match {rule.pattern}")
+            )
         if rule.enum is not None:
-            checks.append((pc.invert(pc.is_in(arr, pa.array(rule.enum))),
-                           "is not one of " + ", ".join(map(str, rule.enum))))
+            checks.append(
+                (
+                    pc.invert(pc.is_in(arr, pa.array(rule.enum))),
+                    "is not one of " + ", ".join(map(str, rule.enum)),
+                )
+            )
         for mask, text in checks:
             if not pc.any(mask).as_py():
                 continue
@@ -254,8 +298,15 @@ def _show(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_keys(ck: _Checker, objs: list[Any], owner: list[int], where: _Where, rules_: ObjectRules,
-                what: str, nullable: bool = False) -> list[dict[str, Any]]:
+def _check_keys(
+    ck: _Checker,
+    objs: list[Any],
+    owner: list[int],
+    where: _Where,
+    rules_: ObjectRules,
+    what: str,
+    nullable: bool = False,
+) -> list[dict[str, Any]]:
     """Objects must be JSON objects with only known keys; returns a list safe to .get() on."""
     allowed = rules_.allowed
     clean = objs
@@ -265,8 +316,11 @@ def _check_keys(ck: _Checker, objs: list[Any], owner: list[int], where: _Where, 
                 extra = sorted(set(o) - allowed)
                 ck.bad(owner[j], f"{where(j).rstrip('.')}: unknown field {extra[0]!r}")
         elif not (nullable and (o is None or o is MISSING)):
-            ck.bad(owner[j], f"{where(j).rstrip('.') or '(message)'}: expected {what}, "
-                             f"got {_TYPE_WORDS.get(type(o), '?')}")
+            ck.bad(
+                owner[j],
+                f"{where(j).rstrip('.') or '(message)'}: expected {what}, "
+                f"got {_TYPE_WORDS.get(type(o), '?')}",
+            )
             if clean is objs:
                 clean = list(objs)
             clean[j] = {}
@@ -342,7 +396,7 @@ def exact_check(raws: Sequence[bytes], max_message_bytes: int) -> tuple[dict[int
     wls = [o.get("workload", MISSING) for o in s_objs]
     w_where = _WorkloadWhere(s_where)
     wls = _check_keys(ck, wls, s_owner, w_where, r["workload"], "an object or null", nullable=True)
-    for f, rule in r["workload"].fields.items():
+    for rule in r["workload"].fields.values():
         ck.column(wls, s_owner, w_where, rule)
     _labels(ck, wls, s_owner, w_where)
 
@@ -370,8 +424,11 @@ def _labels(ck: _Checker, wls: list[dict[str, Any]], owner: list[int], where: _W
             continue
         for k, v in lab.items():
             if type(v) is not str or len(v) > max_len:
-                ck.bad(owner[j], f"{where(j)}labels.{k}: expected a string of at most {max_len} characters, "
-                                 f"got {_show(v)}")
+                ck.bad(
+                    owner[j],
+                    f"{where(j)}labels.{k}: expected a string of at most {max_len} characters, "
+                    f"got {_show(v)}",
+                )
                 break
 
 
@@ -388,8 +445,9 @@ def _kind_requirements(ck: _Checker, cols: dict[str, pa.Array], owner: list[int]
                     ck.bad(owner[j], f"{where(j)}{f}: required (non-null) for kind {k}")
 
 
-def _cross_refs(ck: _Checker, rows: dict[str, tuple[list[Any], list[int], _Where]],
-                cols: dict[str, dict[str, pa.Array]]) -> None:
+def _cross_refs(
+    ck: _Checker, rows: dict[str, tuple[list[Any], list[int], _Where]], cols: dict[str, dict[str, pa.Array]]
+) -> None:
     gpu_ids: dict[int, set[str]] = {}
     where = rows["gpu"][2]
     for j, (u, i) in enumerate(zip(cols["gpu"]["uuid"].to_pylist(), rows["gpu"][1], strict=True)):
@@ -409,5 +467,3 @@ def _cross_refs(ck: _Checker, rows: dict[str, tuple[list[Any], list[int], _Where
         for j, (u, i) in enumerate(zip(cols[key]["gpu_uuid"].to_pylist(), rows[key][1], strict=True)):
             if u is not None and u not in gpu_ids.get(i, ()):
                 ck.bad(i, f"{where(j)}gpu_uuid: {u!r} is not a GPU of this tick")
-
-

@@ -28,8 +28,9 @@ class Progress:
         elif frac * 10 >= self._next_decile:
             while frac * 10 >= self._next_decile:
                 self._next_decile += 1
-            self.stream.write(f"{self.label}: {frac:.0%} ({self.done}/{self.total}, "
-                              f"{time.monotonic() - self.start:.1f}s)\n")
+            self.stream.write(
+                f"{self.label}: {frac:.0%} ({self.done}/{self.total}, {time.monotonic() - self.start:.1f}s)\n"
+            )
             self.stream.flush()
 
     def close(self) -> None:
@@ -43,10 +44,8 @@ def parse_duration(text: str) -> float:
     text = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text)
+        unit = units.get(text[-1:], 0)
+        value = float(text[:-1]) * unit if unit else float(text)
     except ValueError as exc:
         raise ValueError(f"bad duration {text!r}: expected a number with s, m, h or d (e.g. 6h)") from exc
     if value <= 0:

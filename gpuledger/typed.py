@@ -29,8 +29,12 @@ def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 def _meta(node: dict[str, Any], scalar: str) -> Meta | None:
     kw: dict[str, Any] = {}
     if scalar in ("integer", "number"):
-        for src, dst in (("minimum", "ge"), ("maximum", "le"), ("exclusiveMinimum", "gt"),
-                         ("exclusiveMaximum", "lt")):
+        for src, dst in (
+            ("minimum", "ge"),
+            ("maximum", "le"),
+            ("exclusiveMinimum", "gt"),
+            ("exclusiveMaximum", "lt"),
+        ):
             if src in node:
                 kw[dst] = node[src]
     elif scalar == "string":

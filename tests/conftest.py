@@ -24,8 +24,9 @@ def kafka_bootstrap() -> Iterator[str]:
     if env:
         yield env
         return
-    out = subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "start"], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "kafka.sh"), "start"], capture_output=True, text=True, timeout=600
+    )
     if out.returncode != 0:
         raise RuntimeError(f"could not start Kafka: {out.stderr[-2000:]}")
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("KAFKA_BOOTSTRAP_SERVERS="))

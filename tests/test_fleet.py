@@ -31,13 +31,25 @@ MODELS = {
     "Tesla V100-SXM2-32GB": 32768,
     "NVIDIA GeForce RTX 4090": 24564,
 }
-_P80 = {"1g.10gb": (1, 1), "1g.20gb": (1, 2), "2g.20gb": (2, 2), "3g.40gb": (3, 4), "4g.40gb": (4, 4),
-        "7g.80gb": (7, 8)}
+_P80 = {
+    "1g.10gb": (1, 1),
+    "1g.20gb": (1, 2),
+    "2g.20gb": (2, 2),
+    "3g.40gb": (3, 4),
+    "4g.40gb": (4, 4),
+    "7g.80gb": (7, 8),
+}
 MIG_PROFILES = {
     "NVIDIA A100-SXM4-80GB": _P80,
     "NVIDIA H100 80GB HBM3": _P80,
-    "NVIDIA H200": {"1g.18gb": (1, 1), "1g.35gb": (1, 2), "2g.35gb": (2, 2), "3g.71gb": (3, 4),
-                    "4g.71gb": (4, 4), "7g.141gb": (7, 8)},
+    "NVIDIA H200": {
+        "1g.18gb": (1, 1),
+        "1g.35gb": (1, 2),
+        "2g.35gb": (2, 2),
+        "3g.71gb": (3, 4),
+        "4g.71gb": (4, 4),
+        "7g.141gb": (7, 8),
+    },
 }
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 
@@ -77,8 +89,9 @@ def share(sl: dict[str, Any], gpu: dict[str, Any]) -> float:
     if kind == "whole":
         return 1.0
     if kind == "mig":
-        return max(sl["compute_slices"] / sl["gpu_compute_slices"],
-                   sl["memory_slices"] / sl["gpu_memory_slices"])
+        return max(
+            sl["compute_slices"] / sl["gpu_compute_slices"], sl["memory_slices"] / sl["gpu_memory_slices"]
+        )
     if kind == "vgpu":
         return max(sl["mem_cap_mib"] / gpu["mem_total_mib"], sl["core_cap_pct"] / 100)
     return 1.0 / sl["replicas"]
@@ -152,8 +165,9 @@ def test_no_global_random_state_used() -> None:
 # -- schema --------------------------------------------------------------------------------------
 
 
-def test_every_message_validates(fleet30: tuple[SimulatedFleet, Ticks],
-                                 validator: jsonschema.Draft202012Validator) -> None:
+def test_every_message_validates(
+    fleet30: tuple[SimulatedFleet, Ticks], validator: jsonschema.Draft202012Validator
+) -> None:
     msgs = all_messages(fleet30[1])
     assert len(msgs) == 30 * 25
     for m in msgs:
@@ -348,8 +362,9 @@ def test_tenants_by_every_matcher_and_unassigned(fleet30: tuple[SimulatedFleet, 
     assert matched_by == {"namespace", "label", "account", "user"}
     # Slurm and bare-metal identities have the expected shape
     slurm = [s["workload"] for s in slices if s["workload"]["job_id"]]
-    assert slurm and all(w["namespace"] is None and w["pod"] is None and w["account"] and w["user"]
-                         for w in slurm)
+    assert slurm and all(
+        w["namespace"] is None and w["pod"] is None and w["account"] and w["user"] for w in slurm
+    )
     host = [s["workload"] for s in slices if s["workload"]["user"] and not s["workload"]["job_id"]]
     assert host and all(w["namespace"] is None and w["account"] is None for w in host)
     # rule order matters: a shared namespace is split by label
@@ -391,10 +406,20 @@ def test_processes_add_up_to_their_slices(fleet30: tuple[SimulatedFleet, Ticks])
 
 
 def test_gpu_values_consistent_with_slices(fleet30: tuple[SimulatedFleet, Ticks]) -> None:
-    idle_power = {"NVIDIA H200": 60, "NVIDIA H100 80GB HBM3": 60, "NVIDIA A100-SXM4-80GB": 45,
-                  "Tesla V100-SXM2-32GB": 30, "NVIDIA GeForce RTX 4090": 15}
-    tdp = {"NVIDIA H200": 700, "NVIDIA H100 80GB HBM3": 700, "NVIDIA A100-SXM4-80GB": 400,
-           "Tesla V100-SXM2-32GB": 300, "NVIDIA GeForce RTX 4090": 450}
+    idle_power = {
+        "NVIDIA H200": 60,
+        "NVIDIA H100 80GB HBM3": 60,
+        "NVIDIA A100-SXM4-80GB": 45,
+        "Tesla V100-SXM2-32GB": 30,
+        "NVIDIA GeForce RTX 4090": 15,
+    }
+    tdp = {
+        "NVIDIA H200": 700,
+        "NVIDIA H100 80GB HBM3": 700,
+        "NVIDIA A100-SXM4-80GB": 400,
+        "Tesla V100-SXM2-32GB": 300,
+        "NVIDIA GeForce RTX 4090": 450,
+    }
     for m in all_messages(fleet30[1]):
         slices = by_gpu(m)
         for g in m["gpus"]:
@@ -433,7 +458,9 @@ def test_seq_and_ts_advance(fleet30: tuple[SimulatedFleet, Ticks]) -> None:
 def test_fractional_interval_timestamps() -> None:
     fleet = SimulatedFleet(seed=1, interval_s=2.5)
     assert [fleet.next_tick()[0]["ts"] for _ in range(2)] == [
-        "2026-11-01T00:00:02.500000Z", "2026-11-01T00:00:05Z"]
+        "2026-11-01T00:00:02.500000Z",
+        "2026-11-01T00:00:05Z",
+    ]
 
 
 def test_start_in_another_timezone_is_converted_to_utc() -> None:
@@ -442,12 +469,15 @@ def test_start_in_another_timezone_is_converted_to_utc() -> None:
     assert fleet.next_tick()[0]["ts"] == "2026-11-01T00:00:10Z"
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"start": datetime(2026, 11, 1)},  # naive
-    {"interval_s": 0},
-    {"interval_s": 7200},
-    {"scale": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"start": datetime(2026, 11, 1)},  # naive
+        {"interval_s": 0},
+        {"interval_s": 7200},
+        {"scale": 0},
+    ],
+)
 def test_bad_arguments_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SimulatedFleet(**kwargs)
@@ -512,10 +542,14 @@ def test_trace_slices_replay_the_trace() -> None:
                 if slot.null_util or not slot.active:
                     continue
                 sid = slot.slice_tpl["slice_id"]
-                series = [next(s for m in tick for s in m["slices"] if s["slice_id"] == sid)["util_pct"]
-                          for tick in ticks]
-                expect = [round(trace.busy_mean(pat.pod, (k - 1) * 57.0 + pat.off, k * 57.0 + pat.off), 2)
-                          for k in range(1, 31)]
+                series = [
+                    next(s for m in tick for s in m["slices"] if s["slice_id"] == sid)["util_pct"]
+                    for tick in ticks
+                ]
+                expect = [
+                    round(trace.busy_mean(pat.pod, (k - 1) * 57.0 + pat.off, k * 57.0 + pat.off), 2)
+                    for k in range(1, 31)
+                ]
                 assert series == pytest.approx(expect, abs=0.011)
                 found += 1
     assert found >= 3
@@ -553,6 +587,11 @@ def test_reboots_churn_and_unique_slice_lifetimes(ten_days: Ticks) -> None:
     lifetimes = {s["slice_id"] for tick in ten_days for m in tick for s in m["slices"]}
     per_tick = max(sum(len(m["slices"]) for m in tick) for tick in ten_days)
     assert len(lifetimes) > 2 * per_tick
-    jobs = {s["workload"]["job_id"] for tick in ten_days for m in tick for s in m["slices"]
-            if s["workload"]["job_id"]}
+    jobs = {
+        s["workload"]["job_id"]
+        for tick in ten_days
+        for m in tick
+        for s in m["slices"]
+        if s["workload"]["job_id"]
+    }
     assert len(jobs) > 50

@@ -27,12 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def produce_fleet(bootstrap: str, topic: str, ticks: int, seed: int = 11, fleet: SimulatedFleet | None = None
-                  ) -> tuple[SimulatedFleet, set[tuple[str, str, int]], int]:
+def produce_fleet(
+    bootstrap: str, topic: str, ticks: int, seed: int = 11, fleet: SimulatedFleet | None = None
+) -> tuple[SimulatedFleet, set[tuple[str, str, int]], int]:
     """Send `ticks` fleet ticks (one message per node each); returns the tick ids and slice rows sent."""
     fleet = fleet or SimulatedFleet(seed=seed, start=START, interval_s=10.0)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024,
-                             max_request_size=4 << 20)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024, max_request_size=4 << 20
+    )
     ids: set[tuple[str, str, int]] = set()
     slices = 0
     for _ in range(ticks):
@@ -47,9 +49,16 @@ def produce_fleet(bootstrap: str, topic: str, ticks: int, seed: int = 11, fleet:
 
 def env_for(bootstrap: str, topic: str, lake: Path, group: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPULEDGER_")}
-    env.update({"GPULEDGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "GPULEDGER_KAFKA_TOPIC": topic,
-                "GPULEDGER_KAFKA_DLQ_TOPIC": topic + ".dlq", "GPULEDGER_KAFKA_GROUP_ID": group,
-                "GPULEDGER_LAKE_PATH": str(lake), "GPULEDGER_LAKE_BATCH_MAX_SECONDS": "1"})
+    env.update(
+        {
+            "GPULEDGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "GPULEDGER_KAFKA_TOPIC": topic,
+            "GPULEDGER_KAFKA_DLQ_TOPIC": topic + ".dlq",
+            "GPULEDGER_KAFKA_GROUP_ID": group,
+            "GPULEDGER_LAKE_PATH": str(lake),
+            "GPULEDGER_LAKE_BATCH_MAX_SECONDS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -63,7 +72,7 @@ def lake_ids(lake: Path) -> tuple[set[tuple[str, str, int]], int, int]:
     wh = Warehouse(lake)
     try:
         rows = wh.sql("SELECT node, boot_id, seq FROM tick").fetchall()
-        raw = wh.sql("SELECT count(*) FROM raw_tick").fetchone()[0]
+        raw = wh.sql("SELECT count(*) FROM raw_tick").fetchall()[0][0]
         return {(n, b, s) for n, b, s in rows}, len(rows), raw
     finally:
         wh.close()
@@ -93,7 +102,7 @@ def test_twenty_nodes_ten_thousand_ticks_exactly_once(kafka_bootstrap, make_topi
     got, rows, raw = lake_ids(tmp_path / "lake")
     assert got == ids and rows == len(ids) == raw
     wh = Warehouse(tmp_path / "lake")
-    assert wh.sql("SELECT count(*) FROM slice_sample").fetchone()[0] == slice_rows
+    assert wh.sql("SELECT count(*) FROM slice_sample").fetchall()[0][0] == slice_rows
     wh.close()
 
 
@@ -101,25 +110,34 @@ def test_crash_after_files_before_commit_is_still_exactly_once(kafka_bootstrap, 
     topic = make_topic("samples", partitions=2)
     _, ids, slice_rows = produce_fleet(kafka_bootstrap, topic, 60)
     lake = tmp_path / "lake"
-    env = env_for(kafka_bootstrap, topic, lake, "g-crash", GPULEDGER_LAKE_BATCH_MAX_MESSAGES="200",
-                  GPULEDGER_FAULT_CRASH_BEFORE_COMMIT="3")
-    first = subprocess.run(ingest_cmd("--idle-exit", "5"), env=env, cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
+    env = env_for(
+        kafka_bootstrap,
+        topic,
+        lake,
+        "g-crash",
+        GPULEDGER_LAKE_BATCH_MAX_MESSAGES="200",
+        GPULEDGER_FAULT_CRASH_BEFORE_COMMIT="1",
+    )
+    first = subprocess.run(
+        ingest_cmd("--idle-exit", "5"), env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert first.returncode == 99, first.stderr[-2000:]
     assert "fault injection" in first.stderr
     _, _, raw_after_crash = lake_ids(lake)
-    assert raw_after_crash == 600  # three batches of 200 were written, none committed
+    # The first batch (and any others already in flight) is in the lake; no offset was committed.
+    assert raw_after_crash >= 200 and raw_after_crash % 200 == 0
 
     env.pop("GPULEDGER_FAULT_CRASH_BEFORE_COMMIT")
-    second = subprocess.run(ingest_cmd("--idle-exit", "5"), env=env, cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    second = subprocess.run(
+        ingest_cmd("--idle-exit", "5"), env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     got, rows, raw = lake_ids(lake)
-    assert raw == len(ids) + 600  # the redelivered ticks really are on disk twice...
+    assert raw == len(ids) + raw_after_crash  # the redelivered ticks really are on disk twice...
     assert got == ids and rows == len(ids)  # ...and queries count each once
     wh = Warehouse(lake)
-    assert wh.sql("SELECT count(*) FROM slice_sample").fetchone()[0] == slice_rows
-    assert wh.sql("SELECT count(*) FROM raw_slice").fetchone()[0] > slice_rows
+    assert wh.sql("SELECT count(*) FROM slice_sample").fetchall()[0][0] == slice_rows
+    assert wh.sql("SELECT count(*) FROM raw_slice").fetchall()[0][0] > slice_rows
     wh.close()
 
 
@@ -128,13 +146,19 @@ def test_two_ingesters_share_partitions_and_survive_one_dying(kafka_bootstrap, m
     lake = tmp_path / "lake"
     env = env_for(kafka_bootstrap, topic, lake, "g-pair", GPULEDGER_LAKE_BATCH_MAX_MESSAGES="100")
     logs = [open(tmp_path / f"ingest-{i}.log", "w+") for i in range(2)]  # noqa: SIM115
-    procs = [subprocess.Popen(ingest_cmd(), env=env, cwd=REPO, stdout=logs[i], stderr=subprocess.STDOUT)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(ingest_cmd(), env=env, cwd=REPO, stdout=logs[i], stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
     try:
+
+        def last_assignment(i: int) -> str | None:
+            lines = [ln for ln in Path(logs[i].name).read_text().splitlines() if "partitions assigned:" in ln]
+            return lines[-1].split("partitions assigned:")[1].strip() if lines else None
+
         def both_assigned() -> bool:
-            texts = [Path(f.name).read_text() for f in logs]
-            return all("partitions assigned: [" in t and "partitions assigned: []" not in t.split("\n")[-2:][0]
-                       for t in texts) and all(t.count("partitions assigned") >= 1 for t in texts)
+            return all(last_assignment(i) not in (None, "[]") for i in range(2))
+
         wait_for(both_assigned, 60, "both ingesters to join the group")
 
         fleet = SimulatedFleet(seed=5, start=START, interval_s=10.0)
@@ -198,8 +222,9 @@ def test_malformed_messages_go_to_dlq_and_good_ones_to_the_lake(kafka_bootstrap,
     dlq_topic = topic + ".dlq"
     lake = tmp_path / "lake"
     fleet = SimulatedFleet(seed=9, start=START, interval_s=10.0)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=12 << 20,
-                             linger_ms=10)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=12 << 20, linger_ms=10
+    )
     good_ids: set[tuple[str, str, int]] = set()
     bad = 0
     big_sent = False
@@ -242,12 +267,25 @@ def test_malformed_messages_go_to_dlq_and_good_ones_to_the_lake(kafka_bootstrap,
     big = [r for r in dlq if r[1] > 10 * 1024 * 1024]
     assert len(big) == 1 and big[0][0].startswith("payload too large") and len(big[0][2]) == big[0][1]
     reasons = " | ".join(r[0] for r in dlq)
-    for fragment in ("invalid JSON", "seq: expected integer", "node: required field is missing",
-                     "interval_s", "schema: 'someone.else/v9'", "expected a JSON object", "ts:"):
+    for fragment in (
+        "invalid JSON",
+        "seq: expected integer",
+        "node: required field is missing",
+        "interval_s",
+        "schema: 'someone.else/v9'",
+        "expected a JSON object",
+        "ts:",
+    ):
         assert fragment in reasons, fragment
 
-    consumer = KafkaConsumer(dlq_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None, fetch_max_bytes=16 << 20)
+    consumer = KafkaConsumer(
+        dlq_topic,
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+        fetch_max_bytes=16 << 20,
+    )
     seen = 0
     for rec in consumer:
         headers = dict(rec.headers)

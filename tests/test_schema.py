@@ -43,6 +43,7 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
         for p in head:
             node = node[int(p)] if p.isdigit() else node[p]
         node[int(last) if last.isdigit() else last] = value
+
     return mutate
 
 
@@ -53,14 +54,22 @@ def _del(path: str) -> Callable[[dict], None]:
         for p in head:
             node = node[int(p)] if p.isdigit() else node[p]
         del node[last]
+
     return mutate
 
 
 ACCEPTED: list[tuple[str, Callable[[dict], None]]] = [
     ("as built", lambda d: None),
-    ("nullable gpu values null", lambda d: d["gpus"][1].update(util_pct=None, power_w=None, energy_j=None,
-                                                              temp_c=None, mem_used_mib=None, mem_total_mib=None)),
-    ("optional gpu values absent", lambda d: [d["gpus"][1].pop(k) for k in ("util_pct", "power_w", "temp_c")]),
+    (
+        "nullable gpu values null",
+        lambda d: d["gpus"][1].update(
+            util_pct=None, power_w=None, energy_j=None, temp_c=None, mem_used_mib=None, mem_total_mib=None
+        ),
+    ),
+    (
+        "optional gpu values absent",
+        lambda d: [d["gpus"][1].pop(k) for k in ("util_pct", "power_w", "temp_c")],
+    ),
     ("integer written as 3.0", _set("slices.0.gi_id", 1.0)),
     ("fractional seconds in ts", _set("ts", "2026-11-27T10:00:10.123456Z")),
     ("leap day", _set("ts", "2028-02-29T00:00:00Z")),
@@ -136,8 +145,15 @@ REJECTED: list[tuple[str, Callable[[dict], None], str]] = [
     ("process gpu not in tick", _set("processes.0.gpu_uuid", "GPU-nope"), "gpu_uuid"),
     ("process sm util above 100", _set("processes.0.sm_util_pct", 400), "sm_util_pct"),
     ("process unknown field", _set("processes.0.cmd", "python"), "cmd"),
-    ("too many gpus", lambda d: d.update(gpus=[{**d["gpus"][1], "uuid": f"GPU-{i}", "index": i % 1000}
-                                               for i in range(65)], slices=[], processes=[]), "gpus"),
+    (
+        "too many gpus",
+        lambda d: d.update(
+            gpus=[{**d["gpus"][1], "uuid": f"GPU-{i}", "index": i % 1000} for i in range(65)],
+            slices=[],
+            processes=[],
+        ),
+        "gpus",
+    ),
 ]
 
 
@@ -160,10 +176,18 @@ def test_rejected(name: str, mutate: Callable[[dict], None], field: str) -> None
     assert field in reason, reason
 
 
-@pytest.mark.parametrize("raw,fragment", [
-    (b"", "invalid JSON"), (b"{", "invalid JSON"), (b"\xff\xfe", "invalid JSON"), (b"[1,2]", "JSON object"),
-    (b"null", "JSON object"), (b'"tick"', "JSON object"), (b'{"schema": NaN}', "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        (b"", "invalid JSON"),
+        (b"{", "invalid JSON"),
+        (b"\xff\xfe", "invalid JSON"),
+        (b"[1,2]", "JSON object"),
+        (b"null", "JSON object"),
+        (b'"tick"', "JSON object"),
+        (b'{"schema": NaN}', "invalid JSON"),
+    ],
+)
 def test_not_json_objects(raw: bytes, fragment: str) -> None:
     ok, reason = fast(raw)
     assert not ok and fragment in reason
@@ -205,6 +229,7 @@ def test_rows_carry_values_and_gpu_facts() -> None:
 
 # -- differential: random single-field mutations, fast path agrees with the reference ----------
 
+
 def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
     out = [prefix] if prefix else []
     if isinstance(doc, dict):
@@ -218,10 +243,19 @@ def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
 
 BASE = valid_message()
 PATHS = _paths(BASE)
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**10), st.floats(allow_nan=False, allow_infinity=False),
-                   st.text(max_size=12), st.sampled_from(["mig", "vgpu", "whole", "timeslice", "ok", "lost",
-                                                          "3g.40gb", G0, G1, "", "2026-11-27T10:00:00Z"]),
-                   st.just([]), st.just({}), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**10),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["mig", "vgpu", "whole", "timeslice", "ok", "lost", "3g.40gb", G0, G1, "", "2026-11-27T10:00:00Z"]
+    ),
+    st.just([]),
+    st.just({}),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

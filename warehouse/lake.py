@@ -27,16 +27,18 @@ SAMPLES = "samples"
 DLQ = "dlq"
 TMP_SUFFIX = ".tmp"
 
-DLQ_SCHEMA = pa.schema([
-    ("received_at", pa.timestamp("us", tz="UTC")),
-    ("topic", pa.string()),
-    ("partition", pa.int32()),
-    ("offset", pa.int64()),
-    ("key", pa.binary()),
-    ("reason", pa.string()),
-    ("size", pa.int64()),
-    ("payload", pa.binary()),
-])
+DLQ_SCHEMA = pa.schema(
+    [
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("reason", pa.string()),
+        ("size", pa.int64()),
+        ("payload", pa.binary()),
+    ]
+)
 
 
 def new_batch_id() -> int:
@@ -72,8 +74,14 @@ class Lake:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd", compression_level=self.zstd_level,
-                           row_group_size=1 << 20, write_statistics=True)
+            pq.write_table(
+                table,
+                fh,
+                compression="zstd",
+                compression_level=self.zstd_level,
+                row_group_size=1 << 20,
+                write_statistics=True,
+            )
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -67,9 +67,14 @@ END"""
 class Warehouse:
     """One DuckDB connection with the lake's views; cheap to create, one per process or thread."""
 
-    def __init__(self, lake: Lake | str, tenant_rules: Sequence[dict[str, Any]] = (),
-                 default_tenant: str = "unassigned", threads: int | None = None,
-                 memory_limit: str | None = None) -> None:
+    def __init__(
+        self,
+        lake: Lake | str,
+        tenant_rules: Sequence[dict[str, Any]] = (),
+        default_tenant: str = "unassigned",
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
         self.lake = lake if isinstance(lake, Lake) else Lake(lake)
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
@@ -89,8 +94,10 @@ class Warehouse:
                 continue
             self._present[kind] = present
             if present:
-                src = (f"read_parquet({_lit(self.lake.glob(kind))}, hive_partitioning = true, "
-                       f"hive_types = {{'date': DATE}})")
+                src = (
+                    f"read_parquet({_lit(self.lake.glob(kind))}, hive_partitioning = true, "
+                    f"hive_types = {{'date': DATE}})"
+                )
             else:
                 empty = schema_of(kind).empty_table()
                 self.con.register(f"_empty_{kind}", empty)
@@ -140,7 +147,8 @@ class Warehouse:
                    g.interval_s * coalesce(s.used_frac, 0.0) AS used_s,
                    g.interval_s * greatest(0.0, 1.0 - coalesce(s.sum_share, 0.0)) AS unallocated_s
             FROM gpu_sample g
-            LEFT JOIN s ON g.node = s.node AND g.boot_id = s.boot_id AND g.seq = s.seq AND g.uuid = s.gpu_uuid""")
+            LEFT JOIN s ON g.node = s.node AND g.boot_id = s.boot_id AND g.seq = s.seq
+                       AND g.uuid = s.gpu_uuid""")
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
@@ -150,7 +158,8 @@ class Warehouse:
 
     def fleet_hourly(self) -> list[dict[str, Any]]:
         """Capacity, reserved, used and unallocated GPU-hours per cluster, GPU model and hour."""
-        return _dicts(self.sql("""
+        return _dicts(
+            self.sql("""
             SELECT cluster, model, hour,
                    sum(capacity_s) / 3600 AS capacity_gpu_h,
                    sum(reserved_s) / 3600 AS reserved_gpu_h,
@@ -158,11 +167,13 @@ class Warehouse:
                    sum(unallocated_s) / 3600 AS unallocated_gpu_h,
                    sum(used_s) / sum(capacity_s) AS utilization,
                    sum(reserved_s) / sum(capacity_s) AS allocation_rate
-            FROM gpu_acct GROUP BY ALL ORDER BY hour, cluster, model"""))
+            FROM gpu_acct GROUP BY ALL ORDER BY hour, cluster, model""")
+        )
 
     def summary(self) -> dict[str, Any]:
         """Fleet totals for the demo's closing lines."""
-        row = _dicts(self.sql("""
+        row = _dicts(
+            self.sql("""
             SELECT (SELECT count(*) FROM tick) AS ticks,
                    (SELECT count(DISTINCT node) FROM tick) AS nodes,
                    (SELECT count(DISTINCT uuid) FROM gpu_sample) AS gpus,
@@ -174,7 +185,8 @@ class Warehouse:
                    sum(unallocated_s) / 3600 AS unallocated_gpu_h,
                    sum(used_s) / nullif(sum(capacity_s), 0) AS utilization,
                    sum(reserved_s) / nullif(sum(capacity_s), 0) AS allocation_rate
-            FROM gpu_acct"""))[0]
+            FROM gpu_acct""")
+        )[0]
         return row
 
     def close(self) -> None:
