@@ -5,8 +5,8 @@ while it parses; the exact checker (`gpuledger.exact`) sees only what the fast p
 decides as JSON Schema would and names the problem. A message with any bad value is rejected
 whole (a tick is never half-ingested); the good messages of the same batch are kept.
 
-Rows are then gathered per table with `attrgetter` over the typed objects (one C-level map
-per column) and handed to Arrow with their types known, so no value is touched twice.
+Rows then go to Arrow as tuples (`msgspec.structs.astuple`) converted into struct arrays
+with their types known, both in C, so no value is touched twice in Python.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from operator import attrgetter
 from typing import Any
 
 import msgspec
 import pyarrow as pa
+from msgspec.structs import astuple
 
 from gpuledger import typed
 from gpuledger.exact import KIND_REQUIRES, exact_check, rules
@@ -76,10 +76,6 @@ PROCESS_FIELDS = (
     "pod_uid",
     "job_id",
     "user",
-)
-# Optional fields where JSON null is refused, so the typed objects hold UNSET when absent.
-_UNSET_FIELDS = frozenset(
-    f for fs in KIND_REQUIRES.values() for f in fs if f not in ("mem_cap_mib", "core_cap_pct")
 )
 
 
@@ -228,12 +224,32 @@ def decode_batch(
     return DecodedBatch(tables, accepted, [Reject(i, reasons[i]) for i in sorted(reasons)], duplicates)
 
 
-def _column(objs: list[Any], name: str, tp: pa.DataType) -> pa.Array:
-    col = list(map(attrgetter(name), objs))
-    if name in _UNSET_FIELDS:
-        unset = typed.UNSET
-        col = [None if v is unset else v for v in col]
-    return pa.array(col, type=tp)
+@cache
+def _struct_type(struct_cls: type, kind: str, exclude: tuple[str, ...] = ()) -> pa.StructType:
+    """The Arrow struct matching a msgspec type's field order, typed as the lake table wants."""
+    schema = table_schema(kind)
+    return pa.struct([schema.field(f) for f in struct_cls.__struct_fields__ if f not in exclude])
+
+
+def _columns(objs: list[Any], kind: str, exclude: str | None = None) -> dict[str, pa.Array]:
+    """Typed objects (None = all-null row) -> one Arrow array per field, in one conversion.
+
+    `astuple` and Arrow's struct conversion both run in C; `exclude` names a nested last field.
+    """
+    present = next((o for o in objs if o is not None), None)
+    if present is None:
+        schema = table_schema(kind)
+        return {f: pa.nulls(len(objs), schema.field(f).type) for f in WORKLOAD_FIELDS}
+    cls = type(present)
+    if exclude:
+        assert cls.__struct_fields__[-1] == exclude
+        tuples = [astuple(o)[:-1] for o in objs]
+        st = _struct_type(cls, kind, (exclude,))
+    else:
+        tuples = [astuple(o) if o is not None else None for o in objs]
+        st = _struct_type(cls, kind)
+    arr = pa.array(tuples, type=st)
+    return dict(zip(st.names, arr.flatten(), strict=True))
 
 
 def build_tables(
@@ -256,11 +272,7 @@ def build_tables(
     }
     tables: dict[str, pa.Table] = {}
     counts: dict[str, list[int]] = {}
-    for key, attr, fields_ in (
-        ("gpu", "gpus", GPU_FIELDS),
-        ("slice", "slices", SLICE_FIELDS),
-        ("process", "processes", PROCESS_FIELDS),
-    ):
+    for key, attr in (("gpu", "gpus"), ("slice", "slices"), ("process", "processes")):
         objs: list[Any] = []
         owner: list[int] = []
         per: list[int] = []
@@ -271,19 +283,18 @@ def build_tables(
             per.append(len(items))
         counts[key] = per
         schema = table_schema(key)
+        if not objs:
+            tables[key] = schema.empty_table()
+            continue
         idx = pa.array(owner, pa.int32())
         data = {c: a.take(idx) for c, a in ident.items()}
         if key == "slice":
             data.update(_gpu_facts(ticks, objs, owner))
-        for f in fields_:
-            data[f] = _column(objs, f, schema.field(f).type)
-        if key == "slice":
-            wls = [s.workload for s in objs]
-            empty = _EMPTY_WORKLOAD
-            wls = [w if w is not None else empty for w in wls]
-            for f in WORKLOAD_FIELDS:
-                data[f] = _column(wls, f, schema.field(f).type)
-        tables[key] = pa.table(data, schema=schema)
+            data.update(_columns(objs, key, exclude="workload"))
+            data.update(_columns([s.workload for s in objs], key))
+        else:
+            data.update(_columns(objs, key))
+        tables[key] = pa.table([data[f.name] for f in schema], schema=schema)
     tables["tick"] = pa.table(
         {
             **ident,
@@ -296,16 +307,6 @@ def build_tables(
         schema=table_schema("tick"),
     )
     return tables
-
-
-class _NoWorkload:
-    """Stands in for a null workload so every field reads as None."""
-
-    def __getattr__(self, name: str) -> None:
-        return None
-
-
-_EMPTY_WORKLOAD = _NoWorkload()
 
 
 def _gpu_facts(ticks: list[Any], slices: list[Any], owner: list[int]) -> dict[str, pa.Array]:

@@ -49,25 +49,54 @@ class BatchResult:
     duplicates: int = 0
 
 
-def decode_and_write(
-    lake: Lake, records: Sequence[Record], batch: int, max_message_bytes: int
-) -> BatchResult:
+@dataclass
+class Batch:
+    """A batch of records as columns: cheap to send to a worker (one bytes blob, a few lists)."""
+
+    topics: list[str]
+    partitions: list[int]
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: Sequence[bytes | memoryview]
+
+    @classmethod
+    def of(cls, records: Sequence[Record]) -> Batch:
+        return cls(
+            [r.topic for r in records],
+            [r.partition for r in records],
+            [r.offset for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+        )
+
+    def pack(self) -> tuple[Any, ...]:
+        ends, pos = [], 0
+        for v in self.values:
+            pos += len(v)
+            ends.append(pos)
+        return (self.topics, self.partitions, self.offsets, self.keys, b"".join(self.values), ends)
+
+    @classmethod
+    def unpack(cls, packed: tuple[Any, ...]) -> Batch:
+        topics, partitions, offsets, keys, blob, ends = packed
+        view = memoryview(blob)
+        starts = [0, *ends[:-1]]
+        return cls(topics, partitions, offsets, keys, [view[a:b] for a, b in zip(starts, ends, strict=True)])
+
+
+def decode_and_write(lake: Lake, batch_records: Batch, batch: int, max_message_bytes: int) -> BatchResult:
     """Decode one batch and put its files (and its rejects' dlq/ file) durably in the lake."""
-    decoded = decode_records(records, batch, max_message_bytes)
-    return write_decoded(lake, records, decoded, batch)
+    decoded = decode_records(batch_records, batch, max_message_bytes)
+    return write_decoded(lake, batch_records, decoded, batch)
 
 
-def decode_records(records: Sequence[Record], batch: int, max_message_bytes: int) -> DecodedBatch:
+def decode_records(b: Batch, batch: int, max_message_bytes: int) -> DecodedBatch:
     return decode_batch(
-        [r.value for r in records],
-        batch=batch,
-        max_message_bytes=max_message_bytes,
-        partitions=[r.partition for r in records],
-        offsets=[r.offset for r in records],
+        b.values, batch=batch, max_message_bytes=max_message_bytes, partitions=b.partitions, offsets=b.offsets
     )
 
 
-def write_decoded(lake: Lake, records: Sequence[Record], decoded: DecodedBatch, batch: int) -> BatchResult:
+def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> BatchResult:
     lake.write_batch(decoded, batch)
     if decoded.rejects:
         now = datetime.now(UTC)
@@ -75,13 +104,13 @@ def write_decoded(lake: Lake, records: Sequence[Record], decoded: DecodedBatch, 
             (
                 {
                     "received_at": now,
-                    "topic": records[r.index].topic,
-                    "partition": records[r.index].partition,
-                    "offset": records[r.index].offset,
-                    "key": records[r.index].key,
+                    "topic": b.topics[r.index],
+                    "partition": b.partitions[r.index],
+                    "offset": b.offsets[r.index],
+                    "key": b.keys[r.index],
                     "reason": r.reason,
-                    "size": len(records[r.index].value),
-                    "payload": records[r.index].value,
+                    "size": len(b.values[r.index]),
+                    "payload": bytes(b.values[r.index]),
                 }
                 for r in decoded.rejects
             ),
@@ -90,7 +119,7 @@ def write_decoded(lake: Lake, records: Sequence[Record], decoded: DecodedBatch, 
     t = decoded.tables
     return BatchResult(
         batch=batch,
-        messages=len(records),
+        messages=len(b.values),
         ticks=decoded.ticks,
         gpu_rows=t["gpu"].num_rows,
         slice_rows=t["slice"].num_rows,
@@ -108,7 +137,7 @@ class InlineDecoder:
         self._done: list[BatchResult] = []
 
     def submit(self, records: Sequence[Record], batch: int) -> None:
-        self._done.append(decode_and_write(self.lake, records, batch, self.max_message_bytes))
+        self._done.append(decode_and_write(self.lake, Batch.of(records), batch, self.max_message_bytes))
 
     def ready(self) -> bool:
         return bool(self._done)
@@ -166,7 +195,8 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
             os._exit(0)  # parent gone
         if job is None:
             break
-        records, batch = job
+        packed, batch = job
+        records = Batch.unpack(packed)
         try:
             decoded = decode_records(records, batch, max_message_bytes)
         except Exception:
@@ -197,7 +227,7 @@ class ProcessDecoder:
         self.peak_rss_mb: float | None = None
 
     def submit(self, records: Sequence[Record], batch: int) -> None:
-        self._conn.send((list(records), batch))
+        self._conn.send((Batch.of(records).pack(), batch))
         self.inflight += 1
 
     def ready(self) -> bool:

@@ -270,7 +270,7 @@ def test_fast_path_agrees_with_reference(mutations: list[tuple[tuple, Any, bool]
             if delete and isinstance(node, dict):
                 node.pop(path[-1], None)
             else:
-                node[path[-1]] = value
+                node[path[-1]] = copy.deepcopy(value)
         except (KeyError, IndexError, TypeError):
             continue
     ref = reference_errors(doc) if isinstance(doc, dict) else ["not an object"]

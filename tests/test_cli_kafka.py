@@ -1,0 +1,87 @@
+"""`gpuledger collect`, `ingest` and `demo --kafka` run as a user runs them, against the real broker.
+
+The two `collect --backend nvml|replay` checks need no broker (the backend is refused before
+any Kafka client exists); they sit here beside the simulate backend they are the siblings of.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+from test_cli import gpuledger, summary
+from test_ingest_kafka import env_for, lake_ids
+
+from warehouse.views import Warehouse
+
+pytestmark = pytest.mark.kafka
+
+SENT_RE = re.compile(r"collect: sent (\d+) ticks from (\d+) simulated nodes")
+STOPPED_RE = re.compile(r"ingest stopped: (\d+) ticks, \d+ slice rows, (\d+) rejected")
+UNREACHABLE = "127.0.0.1:1"  # a broker address nothing listens on
+COLLECT_5M = ("collect", "--backend", "simulate", "--until", "5m", "--fast")
+
+
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("backend", ["nvml", "replay"])
+def test_collect_unbuilt_backends_exit_2(tmp_path: Path, backend: str) -> None:
+    r = gpuledger(tmp_path, "collect", "--backend", backend, "--kafka", UNREACHABLE, timeout=60)
+    assert r.rc == 2
+    assert r.out == ""
+    assert r.err == f"gpuledger collect --backend {backend}: not built yet\n"
+
+
+def test_collect_then_ingest_lands_every_tick_once(kafka_bootstrap: str, make_topic, tmp_path: Path) -> None:
+    topic = make_topic("collect", partitions=2)
+    lake = tmp_path / "lake"
+    # The environment names a dead broker: collect must take the real one from --kafka.
+    env = env_for(UNREACHABLE, topic, lake, group())
+    c = gpuledger(tmp_path, *COLLECT_5M, "--kafka", kafka_bootstrap, env=env)
+    assert c.rc == 0, c.err[-2000:]
+    assert c.out == ""
+    m = SENT_RE.fullmatch(c.err.strip().splitlines()[-1])
+    assert m, c.err[-2000:]
+    sent, nodes = int(m.group(1)), int(m.group(2))
+    # 5 min at the default 10 s is 30 ticks per node, less the few a rebooting node skips
+    assert nodes >= 20 and 0.9 * 30 * nodes <= sent <= 30 * nodes
+
+    env["GPULEDGER_KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    i = gpuledger(tmp_path, "ingest", "--idle-exit", "5", env=env)
+    assert i.rc == 0, i.err[-2000:]
+    m = STOPPED_RE.search(i.err)
+    assert m, i.err[-2000:]
+    assert (int(m.group(1)), int(m.group(2))) == (sent, 0), i.err[-4000:]
+
+    ids, rows, raw = lake_ids(lake)
+    assert len(ids) == rows == raw == sent  # every (node, boot_id, seq) exactly once, nothing more
+    assert len({node for node, _, _ in ids}) == nodes
+    wh = Warehouse(lake)
+    try:
+        per_node = wh.sql("SELECT max(n) FROM (SELECT count(*) AS n FROM tick GROUP BY node)").fetchall()
+    finally:
+        wh.close()
+    assert per_node == [(30,)]
+
+
+def test_demo_through_kafka(kafka_bootstrap: str, make_topic, tmp_path: Path) -> None:
+    topic = make_topic("demo", partitions=2)
+    lake = tmp_path / "lake"
+    env = env_for(kafka_bootstrap, topic, tmp_path / "env-lake", group())
+    demo = ("demo", "--until", "10m", "--no-serve", "--kafka", kafka_bootstrap, "--lake", str(lake))
+    r = gpuledger(tmp_path, *demo, env=env, timeout=180)
+    assert r.rc == 0, r.err[-2000:]
+    s = summary(r.out)
+    produced, nodes = int(s["ticks produced"]), int(s["nodes"])
+    # 10 min at 10 s is 60 ticks per node, less the few a rebooting node skips
+    assert nodes >= 20 and 0.9 * 60 * nodes <= produced <= 60 * nodes
+    assert int(s["ticks ingested"]) == produced
+    assert int(s["rejected to DLQ"]) == 0
+    assert int(s["GPUs"]) >= nodes and int(s["tenants"]) > 1
+    assert not (tmp_path / "env-lake").exists()  # --lake wins over the environment
+    ids, rows, raw = lake_ids(lake)
+    assert len(ids) == rows == raw == produced
