@@ -108,11 +108,15 @@ def run_ingest(bootstrap: str, topic: str, n: int, workers: int) -> dict:
             "GPULEDGER_KAFKA_TOPIC": topic,
             "GPULEDGER_KAFKA_GROUP_ID": f"bench-{uuid.uuid4().hex[:6]}",
             "GPULEDGER_LAKE_PATH": lake,
-            "GPULEDGER_LAKE_DECODE_WORKERS": str(workers),
+            "GPULEDGER_LAKE_DECODE_WORKERS": str(max(0, workers)),
         }
     )
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(n)], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, __file__, "--child", str(n)] + (["--bare"] if workers < 0 else []),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -152,7 +156,14 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--bootstrap")
     ap.add_argument("--child", type=int)
+    ap.add_argument("--bare", action="store_true")
     args = ap.parse_args()
+    if args.child and args.bare:
+        from gpuledger.config import load_config
+
+        cfg = load_config()
+        print(json.dumps(bare(cfg.kafka.bootstrap_servers, cfg.kafka.topic, args.child)))
+        return
     if args.child:
         child(args.child)
         return
@@ -165,7 +176,7 @@ def main() -> None:
         f"in {time.perf_counter() - t:.1f}s",
         file=sys.stderr,
     )
-    b = bare(bootstrap, topic, n)
+    b = run_ingest(bootstrap, topic, n, -1)  # workers < 0: the bare consumer, in its own process
     rows = [("kafka-python bare consume", b["messages"], b["seconds"], b["max_rss_mb"])]
     for workers, label in (
         (2, "gpuledger ingest (2 workers)"),

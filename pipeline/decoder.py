@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
 from gpuledger.decode import DecodedBatch, decode_batch
 from warehouse.lake import Lake
 
@@ -117,6 +119,7 @@ def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> Ba
             batch,
         )
     t = decoded.tables
+    pa.default_memory_pool().release_unused()  # keep the worker's footprint flat between batches
     return BatchResult(
         batch=batch,
         messages=len(b.values),
