@@ -12,6 +12,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,20 @@ def _print_summary(s: dict[str, Any], produced: int, rejected: int, out: Any = s
         print(f"{k:<{width}}  {v}", file=out)
 
 
+def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> next offset of a topic now ({} when the topic does not exist yet)."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        consumer.close()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import orjson
 
@@ -107,9 +122,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.kafka:
         transport: Any = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
         stop = threading.Event()
-        ingester: Any = KafkaIngester(cfg, lake, stop=stop)
+        # A group of its own that starts at the topic's current end: the demo lake gets this run's ticks.
+        ingester: Any = KafkaIngester(
+            cfg,
+            lake,
+            stop=stop,
+            group_id=f"{cfg.kafka.group_id}-demo-{uuid.uuid4().hex[:8]}",
+            start_offsets=_end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.topic),
+        )
         thread = threading.Thread(target=ingester.run, name="ingest", daemon=True)
         thread.start()
+        deadline = time.monotonic() + 60
+        while ingester.assigned_at is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if ingester.assigned_at is None:
+            raise RuntimeError(f"no partitions of {cfg.kafka.topic} assigned within 60 s from {args.kafka}")
     else:
         bus = MemoryBus()
         transport = MemoryTransport(bus, cfg.kafka.topic)
@@ -129,7 +156,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     transport.flush()
     if args.kafka:
         deadline = time.monotonic() + 120
-        wh = Warehouse(lake, cfg.tenants.rules or fleet.tenant_rules(), cfg.tenants.default)
         while time.monotonic() < deadline and ingester.stats.messages < produced:
             time.sleep(0.5)
         stats = ingester.stats

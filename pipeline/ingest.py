@@ -134,7 +134,10 @@ class KafkaIngester:
         lake: Lake | None = None,
         stop: threading.Event | None = None,
         workers: int | None = None,
+        group_id: str | None = None,
+        start_offsets: dict[int, int] | None = None,
     ) -> None:
+        """`start_offsets` (partition -> offset) makes a new group start there instead of earliest."""
         from kafka import KafkaConsumer, KafkaProducer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
@@ -162,7 +165,7 @@ class KafkaIngester:
         )
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers,
-            group_id=k.group_id,
+            group_id=group_id or k.group_id,
             client_id=f"{k.client_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -187,6 +190,9 @@ class KafkaIngester:
                     ingester.flush()
 
             def on_partitions_assigned(self, assigned: Any) -> None:
+                for tp in assigned:
+                    if start_offsets and tp.partition in start_offsets:
+                        ingester.consumer.seek(tp, start_offsets[tp.partition])
                 ingester.assigned_at = time.monotonic()
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
