@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -91,8 +92,7 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import orjson
-
+    from collector.agent import CollectStats, run_collector
     from collector.fleet import SimulatedFleet
     from collector.transport import KafkaTransport, MemoryTransport
     from gpuledger.bus import MemoryBus
@@ -142,18 +142,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         transport = MemoryTransport(bus, cfg.kafka.topic)
         ingester = MemoryIngester(bus, lake, cfg)
 
-    produced = 0
     progress = Progress(n_ticks, "replay")
     drain_every = max(1, cfg.lake.batch_max_messages // max(1, len(fleet.nodes)))
-    for k in range(n_ticks):
-        for msg in fleet.next_tick():
-            transport.send(msg["node"], orjson.dumps(msg))
-            produced += 1
-        if not args.kafka and (k + 1) % drain_every == 0:
+
+    def after_replay_tick(s: CollectStats) -> None:
+        if not args.kafka and s.ticks % drain_every == 0:
             ingester.poll()
         progress.update()
+
+    replay = run_collector(
+        fleet, transport, interval, ticks=n_ticks, realtime=False, after_tick=after_replay_tick
+    )
     progress.close()
-    transport.flush()
+    produced = replay.messages
     if args.kafka:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and ingester.stats.messages < produced:
@@ -182,19 +183,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg.tenants.rules = rules
     stop_live = threading.Event()
 
-    def live() -> None:
-        next_t = time.monotonic()
-        while not stop_live.is_set():
-            next_t += interval
-            stop_live.wait(max(0.0, next_t - time.monotonic()))
-            for msg in fleet.next_tick():
-                transport.send(msg["node"], orjson.dumps(msg))
-            transport.flush()
-            if not args.kafka:
-                ingester.poll()
-                bus.trim(cfg.kafka.topic)
+    def after_live_tick(_s: CollectStats) -> None:
+        transport.flush()
+        if not args.kafka:
+            ingester.poll()
+            bus.trim(cfg.kafka.topic)
 
-    threading.Thread(target=live, name="live-fleet", daemon=True).start()
+    threading.Thread(
+        target=run_collector,
+        args=(fleet, transport, interval),
+        kwargs={"stop": stop_live, "after_tick": after_live_tick},
+        name="live-fleet",
+        daemon=True,
+    ).start()
     app = create_app(cfg)
     print(f"dashboard on http://{cfg.dashboard.host}:{cfg.dashboard.port}/ (Ctrl-C stops)", file=sys.stderr)
     try:
@@ -208,12 +209,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    import orjson
-
     cfg = _load(args)
     backend = args.backend or cfg.collector.backend
     if backend != "simulate":
         return _not_built(f"collect --backend {backend}")
+    from collector.agent import run_collector
     from collector.fleet import SimulatedFleet
     from collector.transport import KafkaTransport
 
@@ -226,23 +226,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
         seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
     )
     transport = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
-    sent = 0
-    k = 0
-    next_t = time.monotonic()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while n_ticks is None or k < n_ticks:
-            if not args.fast:
-                next_t += interval
-                time.sleep(max(0.0, next_t - time.monotonic()))
-            for msg in fleet.next_tick():
-                transport.send(msg["node"], orjson.dumps(msg))
-                sent += 1
-            k += 1
-    except KeyboardInterrupt:
-        pass
+        stats = run_collector(fleet, transport, interval, ticks=n_ticks, realtime=not args.fast, stop=stop)
     finally:
         transport.close()
-    print(f"collect: sent {sent} ticks from {len(fleet.nodes)} simulated nodes", file=sys.stderr)
+    print(f"collect: sent {stats.messages} ticks from {len(fleet.nodes)} simulated nodes", file=sys.stderr)
     return 0
 
 
