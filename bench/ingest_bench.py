@@ -80,6 +80,7 @@ def bare(bootstrap: str, topic: str, n: int) -> dict:
         fetch_max_bytes=16 << 20,
         max_partition_fetch_bytes=4 << 20,
     )
+    c.partitions_for_topic(topic)  # same kafka-python join workaround as the ingester
     got = 0
     t0 = None
     deadline = time.monotonic() + 600
@@ -91,10 +92,13 @@ def bare(bootstrap: str, topic: str, n: int) -> dict:
             got += len(recs)
     dt = time.perf_counter() - (t0 or time.perf_counter())
     c.close()
+    use = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "messages": got,
         "seconds": dt,
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "max_rss_mb": use.ru_maxrss / 1024,
+        "main_cpu_s": use.ru_utime + use.ru_stime,
+        "worker_cpu_s": 0.0,
     }
 
 
@@ -131,11 +135,13 @@ def child(n: int) -> None:
 
     cfg = load_config()
     ing = KafkaIngester(cfg)
-    t0 = time.perf_counter()
-    stats = ing.run(max_messages=n)
-    dt = time.perf_counter() - t0
+    stats = ing.run(max_messages=n, max_seconds=600)
+    # Like the bare consumer: from the first record polled to the last batch committed.
+    dt = (ing.finished_at or 0.0) - (ing.first_data_at or 0.0)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = sum(ing.worker_peaks_mb)
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {"main_cpu_s": use.ru_utime + use.ru_stime, "worker_cpu_s": sum(ing.worker_cpu_s)}
     print(
         json.dumps(
             {
@@ -146,6 +152,7 @@ def child(n: int) -> None:
                 "max_rss_mb": own + kids,
                 "own_mb": own,
                 "worker_mb": kids,
+                **cpu,
             }
         )
     )
@@ -177,7 +184,7 @@ def main() -> None:
         file=sys.stderr,
     )
     b = run_ingest(bootstrap, topic, n, -1)  # workers < 0: the bare consumer, in its own process
-    rows = [("kafka-python bare consume", b["messages"], b["seconds"], b["max_rss_mb"])]
+    rows = [("kafka-python bare consume", b["messages"], b["seconds"], b["max_rss_mb"], b)]
     for workers, label in (
         (2, "gpuledger ingest (2 workers)"),
         (1, "gpuledger ingest (1 worker)"),
@@ -185,17 +192,18 @@ def main() -> None:
     ):
         r = run_ingest(bootstrap, topic, n, workers)
         assert r["slice_rows"] == slices and r["ticks"] == n, r
-        rows.append((label, r["messages"], r["seconds"], r["max_rss_mb"]))
+        rows.append((label, r["messages"], r["seconds"], r["max_rss_mb"], r))
     bare_rate = slices / b["seconds"]
     print(
         f"\n{'method':28s} {'msgs':>7s} {'seconds':>8s} {'msgs/s':>8s} {'slice rows/s':>13s} {'vs bare':>8s} "
-        f"{'peak MB':>8s}"
+        f"{'peak MB':>8s} {'CPU us/msg':>11s}"
     )
-    for label, msgs, secs, rss in rows:
+    for label, msgs, secs, rss, r in rows:
         rate = slices / secs
+        cpu_us = (r["main_cpu_s"] + r["worker_cpu_s"]) / msgs * 1e6  # process totals, startup included
         print(
             f"{label:28s} {msgs:7d} {secs:8.2f} {msgs / secs:8.0f} {rate:13.0f} "
-            f"{rate / bare_rate:8.2f} {rss:8.0f}"
+            f"{rate / bare_rate:8.2f} {rss:8.0f} {cpu_us:11.0f}"
         )
 
 

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from gpuledger.config import Config, ConfigError, load_config
 from gpuledger.progress import Progress, parse_duration
 
@@ -300,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bootstrap_hint(args: argparse.Namespace) -> str:
+    return getattr(args, "kafka", None) or "the configured bootstrap servers"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -311,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except KafkaError as exc:
+        print(f"gpuledger {args.command}: Kafka at {_bootstrap_hint(args)} failed: {exc!r}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         if "bad duration" in str(exc):
             print(f"gpuledger: {exc}", file=sys.stderr)

@@ -208,8 +208,8 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
         todo.put(("write", records, decoded, batch))
     todo.put(None)
     thread.join()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    answer(("bye", rss))
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    answer(("bye", (use.ru_maxrss / 1024, use.ru_utime + use.ru_stime)))
 
 
 class ProcessDecoder:
@@ -228,6 +228,7 @@ class ProcessDecoder:
         child.close()
         self.inflight = 0
         self.peak_rss_mb: float | None = None
+        self.cpu_s: float | None = None
 
     def submit(self, records: Sequence[Record], batch: int) -> None:
         self._conn.send((Batch.of(records).pack(), batch))
@@ -253,7 +254,7 @@ class ProcessDecoder:
             while self._conn.poll(30):
                 status, payload = self._conn.recv()
                 if status == "bye":
-                    self.peak_rss_mb = payload
+                    self.peak_rss_mb, self.cpu_s = payload
                     break
         except (BrokenPipeError, EOFError, OSError):
             pass

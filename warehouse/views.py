@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from gpuledger.decode import TABLES
-from warehouse.lake import Lake, schema_of
+from warehouse.lake import DLQ_SCHEMA, Lake, schema_of
 
 
 def _lit(text: str) -> str:
@@ -88,18 +88,16 @@ class Warehouse:
 
     def refresh(self) -> None:
         """(Re)define the raw views; a table that had no files yet is picked up once it has."""
-        for kind in TABLES:
-            present = self.lake.has_files(self.lake.glob(kind))
+        for kind in (*TABLES, "dlq"):
+            glob = self.lake.dlq_glob() if kind == "dlq" else self.lake.glob(kind)
+            present = self.lake.has_files(glob)
             if self._present.get(kind) == present:
                 continue
             self._present[kind] = present
             if present:
-                src = (
-                    f"read_parquet({_lit(self.lake.glob(kind))}, hive_partitioning = true, "
-                    f"hive_types = {{'date': DATE}})"
-                )
+                src = f"read_parquet({_lit(glob)}, hive_partitioning = true, hive_types = {{'date': DATE}})"
             else:
-                empty = schema_of(kind).empty_table()
+                empty = (DLQ_SCHEMA if kind == "dlq" else schema_of(kind)).empty_table()
                 self.con.register(f"_empty_{kind}", empty)
                 src = f"(SELECT *, NULL::DATE AS date FROM _empty_{kind})"
             self.con.execute(f"CREATE OR REPLACE VIEW raw_{kind} AS SELECT * FROM {src}")
@@ -109,6 +107,11 @@ class Warehouse:
 
     def _define(self) -> None:
         c = self.con
+        # Rejected messages, once each: a batch redone after a rebalance writes its rejects again.
+        c.execute("""
+            CREATE OR REPLACE VIEW dlq AS
+            SELECT * FROM raw_dlq
+            QUALIFY row_number() OVER (PARTITION BY topic, "partition", "offset" ORDER BY received_at) = 1""")
         c.execute("""
             CREATE OR REPLACE VIEW tick AS
             SELECT * FROM raw_tick
