@@ -31,6 +31,7 @@ log = logging.getLogger("gpuledger.ingest")
 
 FAULT_ENV = "GPULEDGER_FAULT_CRASH_BEFORE_COMMIT"  # test hook: exit hard after N batches' files
 MAX_INFLIGHT = 2
+REJOIN_AFTER_S = 15.0  # a member with no partitions this long rejoins (see _watch_assignment)
 
 __all__ = ["IngestStats", "KafkaIngester", "MemoryIngester", "Record", "run_ingest"]
 
@@ -217,8 +218,13 @@ class KafkaIngester:
         # Fetch the topic's metadata before joining: kafka-python 3.0.12 can lose the result of the
         # second join that a metadata-less first join triggers, leaving the member with no
         # partitions for good (seen in ~1-2 % of fresh joins).
-        self.consumer.partitions_for_topic(k.topic)
-        self.consumer.subscribe([k.topic], listener=_Listener())
+        self._listener = _Listener()
+        self._empty_since: float | None = None
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.consumer.partitions_for_topic(self.cfg.kafka.topic)
+        self.consumer.subscribe([self.cfg.kafka.topic], listener=self._listener)
 
     def _publish_dlq(self, bad: list[tuple[Record, str]]) -> None:
         limit = self.cfg.kafka.dlq_max_payload_bytes
@@ -270,6 +276,28 @@ class KafkaIngester:
             self.stats.ticks,
         )
 
+    def _watch_assignment(self) -> None:
+        """Rejoin when the group left us without partitions for too long.
+
+        kafka-python 3.0.12 can drop the result of a join that a poll timeout interrupts; the
+        member then holds nothing and never asks again. A fresh subscription asks again. (In a
+        group with more members than partitions the idle members rejoin now and then too; that
+        costs a rebalance, never data.)
+        """
+        now = time.monotonic()
+        if self.consumer.assignment():
+            self._empty_since = None
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+        elif now - self._empty_since >= REJOIN_AFTER_S:
+            log.warning("no partitions for %.0f s: leaving and rejoining the group", now - self._empty_since)
+            self._empty_since = None
+            self.epoch += 1
+            self.pending, self.pending_bytes = [], 0
+            self.consumer.unsubscribe()
+            self._subscribe()
+
     def _rewind(self) -> None:
         """After a rebalance, continue every assigned partition from its committed offset.
 
@@ -316,7 +344,8 @@ class KafkaIngester:
         try:
             while not self.stop.is_set():
                 room = max(1, lake_cfg.batch_max_messages - len(self.pending))
-                polled = self.consumer.poll(timeout_ms=100, max_records=room)
+                polled = self.consumer.poll(timeout_ms=500, max_records=room)
+                self._watch_assignment()
                 if self.resync:
                     self._rewind()
                     polled = {}  # read from positions that the rewind just moved
