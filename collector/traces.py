@@ -63,9 +63,6 @@ class Trace:
         """Length of one pass over the trace; lookups wrap around at this many seconds."""
         return self.n_steps * self.step_s
 
-    def _index(self, t: float) -> int:
-        return int(t // self.step_s) % self.n_steps
-
     def busy_pct(self, pod_index: int, t: float) -> float:
         """GPU busy % of the pod at ``t`` (the 57 s sample that covers ``t``)."""
         return self._busy[pod_index][int(t // self.step_s) % self.n_steps]

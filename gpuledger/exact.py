@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpuledger.schema import load_schema, parse_ts
+from gpuledger.schema import load_schema, parse_ts, resolve_ref
 
 
 class _Missing:
@@ -86,16 +86,8 @@ class FieldRule:
         return " or ".join(self.json_types)
 
 
-def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        ref = node["$ref"]
-        assert ref.startswith("#/$defs/"), ref
-        node = root["$defs"][ref.split("/")[-1]]
-    return node
-
-
 def _rule(name: str, node: dict[str, Any], required: bool, root: dict[str, Any]) -> FieldRule:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     if "const" in node:
         types: tuple[str, ...] = ("string",)
         enum: tuple[Any, ...] | None = (node["const"],)
@@ -126,7 +118,6 @@ class ObjectRules:
     name: str
     fields: dict[str, FieldRule]
     allowed: frozenset[str]
-    max_properties: int | None = None
 
 
 @cache

@@ -34,6 +34,13 @@ def load_schema() -> dict[str, Any]:
     return json.loads(resources.files("gpuledger").joinpath(SCHEMA_FILE).read_text("utf-8"))
 
 
+def resolve_ref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow `$ref`s to local `$defs` (the only kind the schema uses)."""
+    while "$ref" in node:
+        node = root["$defs"][node["$ref"].split("/")[-1]]
+    return node
+
+
 @cache
 def _reference_validator() -> Any:
     import jsonschema

@@ -15,15 +15,9 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from gpuledger.schema import load_schema
+from gpuledger.schema import load_schema, resolve_ref
 
 _SCALARS: dict[str, type] = {"integer": int, "number": float, "string": str, "boolean": bool}
-
-
-def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        node = root["$defs"][node["$ref"].split("/")[-1]]
-    return node
 
 
 def _meta(node: dict[str, Any], scalar: str) -> Meta | None:
@@ -47,7 +41,7 @@ def _meta(node: dict[str, Any], scalar: str) -> Meta | None:
 def _type(node: dict[str, Any], root: dict[str, Any], structs: dict[str, type]) -> tuple[Any, bool]:
     """(python type, nullable) for one schema node."""
     ref = node.get("$ref", "")
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     if "const" in node:
         return Literal[node["const"]], False
     if "enum" in node:

@@ -90,6 +90,8 @@ class Warehouse:
         """(Re)define the raw views; a table that had no files yet is picked up once it has."""
         for kind in (*TABLES, "dlq"):
             glob = self.lake.dlq_glob() if kind == "dlq" else self.lake.glob(kind)
+            if self._present.get(kind):
+                continue  # files are only ever added: once present, always present
             present = self.lake.has_files(glob)
             if self._present.get(kind) == present:
                 continue
