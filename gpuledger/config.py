@@ -74,6 +74,14 @@ class CollectorConfig:
     proc_root: str = "/proc"
     spool_dir: str = "./gpuledger-spool"
     spool_max_bytes: int = 256 * 1024 * 1024
+    passwd_file: str = "/etc/passwd"  # uid -> unix user (the host's, e.g. /host/etc/passwd in a pod)
+    hami_hook_dir: str = "/usr/local/vgpu"  # HAMi's hook dir; shared regions under containers/
+    # Pod UID -> namespace/pod/container/labels: "kubernetes" (in-cluster API), "file" (static JSON), "none".
+    resolver: str = "none"
+    resolver_file: str = ""
+    # Replicas advertised per GPU by the time-slicing device plugin (0: not time-sliced; several
+    # workloads on one GPU are then shown as that many replicas).
+    timeslice_replicas: int = 0
 
 
 @dataclass
@@ -88,7 +96,9 @@ class PricingConfig:
     currency: str = "USD"
     # Effective-dated prices: {"model": M, "gpu_hour": "2.10", "from": "2026-01-01"}; used by chargeback.
     book: list[dict[str, Any]] = field(default_factory=list)
-    kwh: str = ""
+    kwh: str = ""  # $ per kWh for energy lines; empty: no energy charges
+    mode: str = "reserved"  # chargeback: reserved | used | hybrid (max of the two)
+    idle_policy: str = "platform"  # unallocated capacity: platform | weighted | even
 
 
 @dataclass
@@ -140,6 +150,18 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("collector", "interval_s"): (lambda v: 0 < v <= 3600, "a number of seconds in (0, 3600]"),
     ("collector", "scale"): (_positive, "an integer > 0"),
     ("collector", "metrics_port"): (_port, "a port number 0-65535"),
+    ("collector", "spool_max_bytes"): (_positive, "a number of bytes > 0"),
+    ("collector", "resolver"): (
+        lambda v: v in ("kubernetes", "file", "none"),
+        "one of kubernetes, file, none",
+    ),
+    ("collector", "timeslice_replicas"): (lambda v: 0 <= v <= 64, "an integer from 0 to 64"),
+    ("pricing", "mode"): (lambda v: v in ("reserved", "used", "hybrid"), "one of reserved, used, hybrid"),
+    ("pricing", "idle_policy"): (
+        lambda v: v in ("platform", "weighted", "even"),
+        "one of platform, weighted, even",
+    ),
+    ("pricing", "currency"): (lambda v: len(v) == 3 and v.isalpha() and v.isupper(), "an ISO 4217 code like USD"),
     ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
     ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
     ("enforcer", "mode"): (

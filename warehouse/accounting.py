@@ -1,0 +1,282 @@
+"""DESIGN §6 measures as SQL over the rollups: by slice, workload, tenant, cluster, GPU model,
+node and hour/day/month; idle periods as rows; coverage (unobserved GPU-hours per node and day).
+
+Tenants are resolved here, at query time, from the workload identity the rollups keep, so a rule
+change applies to everything not yet closed. Nothing here reads raw samples: the rollups are
+brought up to date first (`update()`), which only recomputes dates whose files changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from warehouse.lake import Lake
+from warehouse.pricing import PriceBook
+from warehouse.rollups import TABLES, Rollups, RollupStats
+from warehouse.views import _dicts, _lit, tenant_sql
+
+WORKLOAD_SQL = """coalesce(namespace || '/' || coalesce(pod, slice_id), 'slurm-job/' || job_id,
+                           'user/' || "user", slice_id)"""
+GRAINS = {"hour": "hour", "day": "date_trunc('day', hour)", "month": "date_trunc('month', hour)"}
+# Dimensions a measure can be grouped by; the first four exist only on slice rows.
+SLICE_DIMS = {"slice": "slice_id", "workload": "workload", "tenant": "tenant", "kind": "kind"}
+GPU_DIMS = {"cluster": "cluster", "model": "model", "node": "node", "gpu": "gpu_uuid"}
+
+
+class Accounting:
+    """One DuckDB connection over the rollups of a lake, with tenants and prices."""
+
+    def __init__(
+        self,
+        lake: Lake | str,
+        *,
+        tenant_rules: Sequence[dict[str, Any]] = (),
+        default_tenant: str = "unassigned",
+        idle_util_ratio: float = 0.05,
+        idle_min_minutes: float = 30.0,
+        price_book: PriceBook | None = None,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self.rollups = Rollups(
+            self.lake, idle_util_ratio=idle_util_ratio, threads=threads, memory_limit=memory_limit
+        )
+        self.tenant = tenant_sql(tenant_rules, default_tenant)
+        self.idle_min_s = float(idle_min_minutes) * 60.0
+        self.price_book = price_book
+        self.con = duckdb.connect(":memory:")
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        if memory_limit:
+            self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        self._files: dict[str, list[str]] = {}
+        if price_book is not None:
+            self.con.execute(
+                "CREATE TABLE prices (model VARCHAR, valid_from DATE, valid_to DATE, gpu_hour DECIMAL(18, 6))"
+            )
+            self.con.executemany("INSERT INTO prices VALUES (?, ?, ?, ?)", price_book.rows())
+        self.refresh()
+
+    def update(self, dates: Sequence[str] | None = None) -> RollupStats:
+        """Bring the rollups up to date (only changed dates are recomputed) and re-read them."""
+        stats = self.rollups.update(dates)
+        self.refresh()
+        return stats
+
+    def refresh(self) -> None:
+        changed = False
+        for table in TABLES:
+            files = self.rollups.files(table)
+            if files != self._files.get(table):
+                self._files[table] = files
+                src = "read_parquet([" + ", ".join(_lit(f) for f in files) + "])"
+                self.con.execute(f"CREATE OR REPLACE VIEW r_{table} AS SELECT * FROM {src}")
+                changed = True
+        if changed or not getattr(self, "_defined", False):
+            self._define()
+            self._defined = True
+
+    def _define(self) -> None:
+        c = self.con
+        c.execute(f"""
+            CREATE OR REPLACE VIEW slice_hourly AS
+            SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload FROM r_slice_hourly""")
+        c.execute("CREATE OR REPLACE VIEW gpu_hourly AS SELECT * FROM r_gpu_hourly")
+        # Idle runs stitched into periods across hours and dates: a run continues the previous
+        # one of the same slice and agent boot when its first tick is the next seq.
+        c.execute(f"""
+            CREATE OR REPLACE VIEW idle_run_period AS
+            WITH r AS (
+                SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
+                       CASE WHEN first_seq = lag(last_seq) OVER w + 1 THEN 0 ELSE 1 END AS new_period
+                FROM r_idle_runs
+                WINDOW w AS (PARTITION BY slice_id, node, boot_id ORDER BY first_seq, hour)),
+            p AS (
+                SELECT *, sum(new_period) OVER (PARTITION BY slice_id, node, boot_id ORDER BY first_seq, hour
+                                                ROWS UNBOUNDED PRECEDING) AS period
+                FROM r)
+            SELECT *, min(start_ts) OVER pw AS period_start, max(end_ts) OVER pw AS period_end,
+                   epoch(max(end_ts) OVER pw) - epoch(min(start_ts) OVER pw) >= {self.idle_min_s}
+                       AS qualifies
+            FROM p WINDOW pw AS (PARTITION BY slice_id, node, boot_id, period)""")
+        # Allocated-idle GPU-seconds per slice and hour: reserved inside qualifying idle periods.
+        c.execute("""
+            CREATE OR REPLACE VIEW idle_hourly AS
+            SELECT slice_id, node, gpu_uuid, hour, sum(reserved_s) AS idle_s
+            FROM idle_run_period WHERE qualifies GROUP BY ALL""")
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
+        self.refresh()
+        return self.con.sql(query, params=params) if params else self.con.sql(query)
+
+    # -- measures --------------------------------------------------------------------------------
+
+    def measures(
+        self,
+        by: Sequence[str] = (),
+        grain: str | None = "hour",
+        start: datetime | date | None = None,
+        end: datetime | date | None = None,
+        where: str = "",
+    ) -> list[dict[str, Any]]:
+        """GPU-hours and ratios grouped by `by` (+ the time grain), for hours in [start, end).
+
+        Grouped by GPU dimensions only (cluster, model, node, gpu): capacity, reserved, used,
+        unallocated, allocated-idle, utilization, allocation rate. With a slice dimension
+        (slice, workload, tenant, kind): reserved, used, burst, allocated-idle, efficiency;
+        capacity and unallocated belong to GPUs, not to slices, and are not given.
+        """
+        unknown = [d for d in by if d not in SLICE_DIMS and d not in GPU_DIMS]
+        if unknown:
+            raise ValueError(f"unknown dimension(s) {unknown}: expected among {[*SLICE_DIMS, *GPU_DIMS]}")
+        if grain is not None and grain not in GRAINS:
+            raise ValueError(f"unknown grain {grain!r}: expected one of {list(GRAINS)}")
+        cols = [SLICE_DIMS.get(d) or GPU_DIMS[d] for d in by]
+        t = [f"{GRAINS[grain]} AS period"] if grain else []
+        keys = ", ".join([*t, *[f"{c} AS {d}" for c, d in zip(cols, by, strict=True)]]) or "1 AS all_"
+        conds = []
+        if start is not None:
+            conds.append(f"hour >= {_ts(start)}")
+        if end is not None:
+            conds.append(f"hour < {_ts(end)}")
+        if where:
+            conds.append(f"({where})")
+        cond = ("WHERE " + " AND ".join(conds)) if conds else ""
+        order = ", ".join(["period"] * bool(grain) + list(by)) or "1"
+        if any(d in SLICE_DIMS for d in by):
+            q = f"""
+                WITH s AS (
+                    SELECT sh.*, coalesce(i.idle_s, 0) AS idle_s
+                    FROM slice_hourly sh
+                    LEFT JOIN idle_hourly i USING (slice_id, node, gpu_uuid, hour) {cond})
+                SELECT {keys},
+                       sum(reserved_s) / 3600 AS reserved_gpu_h, sum(used_s) / 3600 AS used_gpu_h,
+                       sum(burst_s) / 3600 AS burst_gpu_h, sum(idle_s) / 3600 AS idle_gpu_h,
+                       sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
+                       count(DISTINCT slice_id) AS slices
+                FROM s GROUP BY ALL ORDER BY {order}"""
+        else:
+            q = f"""
+                WITH i AS (SELECT gpu_uuid, hour, sum(idle_s) AS idle_s FROM idle_hourly GROUP BY ALL),
+                g AS (
+                    SELECT gh.*, coalesce(i.idle_s, 0) AS idle_s
+                    FROM gpu_hourly gh LEFT JOIN i USING (gpu_uuid, hour) {cond})
+                SELECT {keys},
+                       sum(capacity_s) / 3600 AS capacity_gpu_h, sum(reserved_s) / 3600 AS reserved_gpu_h,
+                       sum(used_s) / 3600 AS used_gpu_h, sum(unallocated_s) / 3600 AS unallocated_gpu_h,
+                       sum(idle_s) / 3600 AS idle_gpu_h,
+                       sum(used_s) / nullif(sum(capacity_s), 0) AS utilization,
+                       sum(reserved_s) / nullif(sum(capacity_s), 0) AS allocation_rate,
+                       sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
+                       count(DISTINCT gpu_uuid) AS gpus
+                FROM g GROUP BY ALL ORDER BY {order}"""
+        return _dicts(self.sql(q))
+
+    # -- idle periods ----------------------------------------------------------------------------
+
+    def idle_periods(
+        self,
+        start: datetime | date | None = None,
+        end: datetime | date | None = None,
+        tenant: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Idle periods (>= idle_min_minutes) overlapping [start, end): who, where, when, GPU-hours, cost.
+
+        GPU-hours and cost count the part of the period inside [start, end); cost at each hour's
+        price (needs a price book), exact, then rounded to the cent per period.
+        """
+        conds = ["qualifies"]
+        if start is not None:
+            conds.append(f"hour >= {_ts(start)}")
+        if end is not None:
+            conds.append(f"hour < {_ts(end)}")
+        if tenant is not None:
+            conds.append(f"tenant = {_lit(tenant)}")
+        priced = self.price_book is not None
+        cost = (
+            "round(sum(CAST(reserved_s AS DECIMAL(38, 9)) * p.gpu_hour) / 3600, 2) AS cost"
+            if priced
+            else "NULL AS cost"
+        )
+        join = (
+            "LEFT JOIN prices p ON p.model = r.model AND CAST(r.hour AS DATE) >= p.valid_from "
+            "AND CAST(r.hour AS DATE) < p.valid_to"
+            if priced
+            else ""
+        )
+        q = f"""
+            SELECT any_value(tenant) AS tenant, any_value(workload) AS workload,
+                   any_value(cluster) AS cluster,
+                   node, any_value(gpu_uuid) AS gpu_uuid, any_value(r.model) AS model, slice_id,
+                   any_value(kind) AS kind, period_start AS start, period_end AS "end",
+                   (epoch(period_end) - epoch(period_start)) / 60 AS minutes,
+                   sum(reserved_s) / 3600 AS gpu_hours, {cost}
+            FROM idle_run_period r {join}
+            WHERE {" AND ".join(conds)}
+            GROUP BY slice_id, node, boot_id, period, period_start, period_end
+            ORDER BY {"cost DESC NULLS LAST, " if priced else ""}gpu_hours DESC, start, slice_id
+            {f"LIMIT {int(limit)}" if limit else ""}"""
+        return _dicts(self.sql(q))
+
+    # -- coverage --------------------------------------------------------------------------------
+
+    def coverage(self, start: date, end: date) -> list[dict[str, Any]]:
+        """Observed and unobserved GPU-hours per node and day in [start, end).
+
+        Unobserved time is the gaps between a node's ticks (agent down, node gone) times the GPUs
+        it had before the gap, split over the days it spans; after a node's last tick in the
+        range, until `end`, it is unobserved too (the node went away). Never billed.
+        """
+        q = f"""
+            WITH n AS (SELECT * FROM r_node_ticks),
+            cross_gaps AS (      -- gaps between the last tick of one date and the first of the next
+                SELECT cluster, node, prev_last AS gap_start,
+                       first_ts - to_microseconds(CAST(first_interval_s * 1000000 AS BIGINT)) AS gap_end,
+                       prev_gpus AS gpus
+                FROM (SELECT *, lag(last_ts) OVER w AS prev_last, lag(last_gpus) OVER w AS prev_gpus
+                      FROM n WINDOW w AS (PARTITION BY cluster, node ORDER BY first_ts))
+                WHERE prev_last IS NOT NULL
+                  AND epoch(first_ts) - first_interval_s - epoch(prev_last) > first_interval_s / 2),
+            tail AS (            -- after the node's last tick, to the end of the range
+                SELECT cluster, node, max(last_ts) AS gap_start, {_ts(end)} AS gap_end,
+                       arg_max(last_gpus, last_ts) AS gpus
+                FROM n GROUP BY cluster, node HAVING max(last_ts) < {_ts(end)}),
+            gaps AS (SELECT * FROM cross_gaps UNION ALL SELECT * FROM tail),
+            split AS (
+                SELECT cluster, node, CAST(d AS DATE) AS day,
+                       (epoch(least(gap_end, d + INTERVAL 1 DAY)) - epoch(greatest(gap_start, d))) * gpus
+                           AS gpu_s
+                FROM gaps, LATERAL (
+                    SELECT unnest(generate_series(date_trunc('day', gap_start), date_trunc('day', gap_end),
+                                                  INTERVAL 1 DAY)) AS d)
+                WHERE gap_end > gap_start),
+            within AS (SELECT cluster, node, CAST(first_ts AS DATE) AS day,
+                              CAST(observed_gpu_s AS DOUBLE) AS observed_s, CAST(gap_gpu_s AS DOUBLE) AS gap_s
+                       FROM n),
+            u AS (
+                SELECT cluster, node, day, sum(observed_s) AS observed_s, sum(gap_s) AS unobserved_s
+                FROM (SELECT cluster, node, day, observed_s, gap_s FROM within
+                      UNION ALL SELECT cluster, node, day, 0, gpu_s FROM split WHERE gpu_s > 0)
+                GROUP BY ALL)
+            SELECT cluster, node, day, observed_s / 3600 AS observed_gpu_h,
+                   unobserved_s / 3600 AS unobserved_gpu_h
+            FROM u WHERE day >= {_ts(start)}::DATE AND day < {_ts(end)}::DATE
+            ORDER BY day, cluster, node"""
+        return _dicts(self.sql(q))
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _ts(value: datetime | date) -> str:
+    if isinstance(value, datetime):
+        return f"TIMESTAMPTZ {_lit(value.isoformat())}"
+    return f"TIMESTAMPTZ {_lit(value.isoformat() + ' 00:00:00+00')}"

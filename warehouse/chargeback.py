@@ -1,0 +1,318 @@
+"""Charge lines of one billing period from the rollups: modes, idle policies, energy, cents.
+
+Quantities come out of DuckDB as fixed-point GPU-seconds (exact sums); from there everything is
+Python `Decimal` at 60 digits: costs are seconds x price / 3600, splits give their residue to the
+last share, and only the final step rounds to cents, by largest remainder over all lines of the
+period, so the lines add up to the rounded total exactly. The conservation check recomputes the
+total independently from GPU capacity and fails loudly with the difference.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+
+from warehouse.accounting import Accounting, _ts
+from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
+from warehouse.pricing import PriceError, month_bounds
+
+CTX = decimal.Context(prec=60)
+CENT = Decimal("0.01")
+Q12 = Decimal("1e-12")
+MODES = ("reserved", "used", "hybrid")
+POLICIES = ("platform", "weighted", "even")
+LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "energy": 3, "correction": 4}
+
+
+class ConservationError(RuntimeError):
+    """The lines of a period do not add up to the capacity they bill: never write such a ledger."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One (cluster, GPU model, price) piece of the period: the unit lines are priced in."""
+
+    cluster: str
+    model: str
+    price_from: date
+    start: datetime
+    end: datetime
+    price: Decimal
+
+
+@dataclass
+class Charges:
+    lines: list[ChargeLine]
+    expected_total: Decimal  # independent: Σ capacity x price (+ energy, + corrections)
+    total: Decimal  # Σ of the lines' cents
+    capacity_gpu_h: Decimal
+
+
+def _d(v: object) -> Decimal:
+    return Decimal(0) if v is None else Decimal(str(v)) if not isinstance(v, Decimal) else v
+
+
+def _split(amount: Decimal, weights: list[Decimal]) -> list[Decimal]:
+    """amount x w_i / Σw, the last share taking the residue so the parts add up exactly."""
+    total = sum(weights, Decimal(0))
+    if total == 0:
+        weights, total = [Decimal(1)] * len(weights), Decimal(len(weights))
+    parts = [CTX.divide(CTX.multiply(amount, w), total) for w in weights[:-1]]
+    return [*parts, CTX.subtract(amount, sum(parts, Decimal(0)))]
+
+
+def compute_charges(acct: Accounting, month: str, **kw: object) -> Charges:
+    """All lines of `month` (usage, idle share / unallocated, energy) plus `extra_lines` (corrections).
+
+    Keyword arguments: mode, idle_policy, kwh_price, extra_lines (see `_compute`).
+    """
+    with decimal.localcontext(CTX):
+        return _compute(acct, month, **kw)  # type: ignore[arg-type]
+
+
+def _compute(
+    acct: Accounting,
+    month: str,
+    *,
+    mode: str = "reserved",
+    idle_policy: str = "platform",
+    kwh_price: Decimal | None = None,
+    extra_lines: Iterable[ChargeLine] = (),
+) -> Charges:
+    if mode not in MODES:
+        raise ValueError(f"chargeback mode {mode!r}: expected one of {', '.join(MODES)}")
+    if idle_policy not in POLICIES:
+        raise ValueError(f"idle policy {idle_policy!r}: expected one of {', '.join(POLICIES)}")
+    if acct.price_book is None:
+        raise PriceError("chargeback needs a price book (pricing.book)")
+    currency = acct.price_book.currency
+    m0, m1 = month_bounds(month)
+    lo, hi = _ts(m0), _ts(m1)
+    # A GPU model with no price on a date it was observed is an error naming both.
+    missing = acct.sql(f"""
+        SELECT g.model, min(CAST(g.hour AS DATE)) AS day FROM gpu_hourly g
+        ANTI JOIN prices p ON p.model = g.model AND CAST(g.hour AS DATE) >= p.valid_from
+                          AND CAST(g.hour AS DATE) < p.valid_to
+        WHERE g.hour >= {lo} AND g.hour < {hi} GROUP BY g.model ORDER BY day, g.model""").fetchall()
+    if missing:
+        model, day = missing[0]
+        acct.price_book.price_at(model, day)  # raises PriceError naming the model and date
+    price_join = """JOIN prices p ON p.model = x.model AND CAST(x.hour AS DATE) >= p.valid_from
+                                 AND CAST(x.hour AS DATE) < p.valid_to"""
+    seg_cols = "x.cluster, x.model, p.valid_from, p.valid_to, p.gpu_hour"
+    cap_rows = acct.sql(f"""
+        SELECT {seg_cols}, sum(x.capacity_s) AS capacity_s,
+               sum(CAST(x.energy_j AS DECIMAL(38, 6))) AS energy_j
+        FROM gpu_hourly x {price_join}
+        WHERE x.hour >= {lo} AND x.hour < {hi} GROUP BY ALL ORDER BY ALL""").fetchall()
+    # Hybrid bills max(reserved, used) per slice-hour. Where the bursts (used above reserved) of a
+    # GPU-hour add up past the capacity left unreserved, each burst is scaled down to its share of
+    # that free capacity (floored to the nanosecond), so nobody pays below what they reserved and
+    # the GPU is never billed past its capacity.
+    tenant_rows = acct.sql(f"""
+        WITH x AS (
+            SELECT s.*, greatest(s.used_s - s.reserved_s, 0) AS burst FROM slice_hourly s
+            WHERE s.hour >= {lo} AND s.hour < {hi}),
+        g AS (
+            SELECT gpu_uuid, hour, sum(burst) AS sum_burst, sum(reserved_s) AS sum_r FROM x GROUP BY ALL),
+        c AS (SELECT gpu_uuid, hour, capacity_s FROM gpu_hourly WHERE hour >= {lo} AND hour < {hi}),
+        h AS (
+            SELECT x.*, x.reserved_s + CASE
+                WHEN g.sum_burst > c.capacity_s - g.sum_r
+                THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(c.capacity_s - g.sum_r AS DOUBLE)
+                                / CAST(g.sum_burst AS DOUBLE) * 1e9) / 1e9 AS DECIMAL(18, 9))
+                ELSE x.burst END AS hybrid_s
+            FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour))
+        SELECT x.tenant, {seg_cols}, sum(x.reserved_s) AS reserved_s, sum(x.used_s) AS used_s,
+               sum(x.hybrid_s) AS hybrid_s
+        FROM h x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
+    energy_rows: list[tuple] = []
+    if kwh_price is not None:
+        # A GPU-hour's energy split by used share (reserved share when nothing was used).
+        energy_rows = acct.sql(f"""
+            WITH s AS (
+                SELECT gpu_uuid, hour, tenant, sum(used_s) AS u, sum(reserved_s) AS r
+                FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
+            t AS (SELECT gpu_uuid, hour, sum(u) AS su, sum(r) AS sr FROM s GROUP BY ALL),
+            x AS (
+                SELECT s.tenant, g.cluster, g.model, g.hour,
+                       CAST(g.energy_j * CASE WHEN t.su > 0 THEN s.u / t.su ELSE s.r / t.sr END
+                            AS DECIMAL(38, 6)) AS energy_j
+                FROM gpu_hourly g JOIN s USING (gpu_uuid, hour) JOIN t USING (gpu_uuid, hour)
+                WHERE g.hour >= {lo} AND g.hour < {hi} AND g.energy_j IS NOT NULL AND t.sr > 0)
+            SELECT x.tenant, {seg_cols}, sum(x.energy_j) AS energy_j
+            FROM x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
+
+    def seg(cluster: str, model: str, vf: date, vt: date, price: Decimal) -> Segment:
+        start = max(datetime.combine(vf, time(), UTC), datetime.combine(m0, time(), UTC))
+        end = min(datetime.combine(vt, time(), UTC), datetime.combine(m1, time(), UTC))
+        return Segment(cluster, model, vf, start, end, _d(price))
+
+    capacity: dict[Segment, Decimal] = {}
+    energy_total: dict[Segment, Decimal] = {}
+    for cluster, model, vf, vt, price, cap_s, energy_j in cap_rows:
+        sg = seg(cluster, model, vf, vt, price)
+        capacity[sg] = _d(cap_s)
+        energy_total[sg] = _d(energy_j)
+    usage: dict[Segment, dict[str, tuple[Decimal, Decimal, Decimal]]] = defaultdict(dict)
+    for tenant, cluster, model, vf, vt, price, r_s, u_s, h_s in tenant_rows:
+        usage[seg(cluster, model, vf, vt, price)][tenant] = (_d(r_s), _d(u_s), _d(h_s))
+
+    def line(ltype: str, tenant: str, sg: Segment, seconds: Decimal, **kw: object) -> ChargeLine:
+        hours = CTX.divide(seconds, Decimal(3600))
+        cost = CTX.multiply(hours, sg.price)
+        return ChargeLine(
+            billing_period=month,
+            line_no=0,
+            line_type=ltype,
+            tenant=tenant,
+            cluster=sg.cluster,
+            gpu_model=sg.model,
+            charge_start=sg.start,
+            charge_end=sg.end,
+            price_from=sg.price_from,
+            gpu_hours=hours,
+            unit_price=sg.price,
+            kwh=None,
+            currency=currency,
+            cost_exact=cost,
+            cost=Decimal(0),
+            mode=mode,
+            idle_policy=idle_policy,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    lines: list[ChargeLine] = []
+    expected = Decimal(0)
+    capacity_s_total = Decimal(0)
+    for sg in sorted(capacity, key=_seg_key):
+        cap_s = capacity[sg]
+        capacity_s_total += cap_s
+        expected += CTX.divide(CTX.multiply(cap_s, sg.price), Decimal(3600))
+        billed_total = Decimal(0)
+        tenants = usage.get(sg, {})
+        for tenant in sorted(tenants):
+            r_s, u_s, h_s = tenants[tenant]
+            billed = {"reserved": r_s, "used": u_s, "hybrid": h_s}[mode]
+            billed_total += billed
+            lines.append(
+                line(
+                    "usage",
+                    tenant,
+                    sg,
+                    billed,
+                    reserved_gpu_hours=CTX.divide(r_s, Decimal(3600)),
+                    used_gpu_hours=CTX.divide(u_s, Decimal(3600)),
+                )
+            )
+        rest = cap_s - billed_total  # unallocated capacity (+ reserved-but-unused in used mode)
+        if rest < 0:
+            raise ConservationError(
+                f"{month} {sg.cluster}/{sg.model} from {sg.price_from}: tenants billed "
+                f"{billed_total} GPU-s, more than the capacity {cap_s} GPU-s (difference {-rest})"
+            )
+        names = sorted(tenants)
+        if rest > 0 and idle_policy != "platform" and names:
+            weights = (
+                [tenants[t][0] for t in names] if idle_policy == "weighted" else [Decimal(1)] * len(names)
+            )
+            for tenant, part in zip(names, _split(rest, weights), strict=True):
+                lines.append(line("idle_share", tenant, sg, part))
+        elif rest > 0:
+            lines.append(line("unallocated", UNALLOCATED_TENANT, sg, rest))
+    if kwh_price is not None:
+        by_seg: dict[Segment, dict[str, Decimal]] = defaultdict(dict)
+        for tenant, cluster, model, vf, vt, price, e_j in energy_rows:
+            by_seg[seg(cluster, model, vf, vt, price)][tenant] = _d(e_j)
+        for sg in sorted(energy_total, key=_seg_key):
+            total_kwh = CTX.divide(energy_total[sg], Decimal(3_600_000))
+            expected += CTX.multiply(total_kwh, kwh_price)
+            shares = by_seg.get(sg, {})
+            given = Decimal(0)
+            for tenant in sorted(shares):
+                kwh = CTX.divide(shares[tenant], Decimal(3_600_000))
+                given += kwh
+                lines.append(_energy(line("energy", tenant, sg, Decimal(0)), kwh, kwh_price))
+            if total_kwh - given > 0:
+                lines.append(
+                    _energy(line("energy", UNALLOCATED_TENANT, sg, Decimal(0)), total_kwh - given, kwh_price)
+                )
+    extra = list(extra_lines)
+    for ln in extra:
+        expected += ln.cost_exact
+    lines = _number(_round_cents([*lines, *extra]))
+    total = sum((ln.cost for ln in lines), Decimal(0))
+    check_conservation(month, lines, expected)
+    return Charges(lines, expected, total, CTX.divide(capacity_s_total, Decimal(3600)))
+
+
+def _energy(ln: ChargeLine, kwh: Decimal, price: Decimal) -> ChargeLine:
+    return replace(ln, gpu_hours=Decimal(0), kwh=kwh, unit_price=price, cost_exact=CTX.multiply(kwh, price))
+
+
+def _seg_key(sg: Segment) -> tuple:
+    return (sg.cluster, sg.model, sg.start)
+
+
+def _round_cents(lines: list[ChargeLine]) -> list[ChargeLine]:
+    """Cents by largest remainder: floor every line, hand the missing cents to the largest fractions."""
+    total = sum((ln.cost_exact for ln in lines), Decimal(0))
+    target = int((total / CENT).to_integral_value(ROUND_HALF_EVEN))
+    floors = [int((ln.cost_exact / CENT).to_integral_value(ROUND_FLOOR)) for ln in lines]
+    fracs = [CTX.subtract(CTX.divide(ln.cost_exact, CENT), f) for ln, f in zip(lines, floors, strict=True)]
+    missing = target - sum(floors)
+    order = sorted(range(len(lines)), key=lambda i: (-fracs[i], i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return [replace(ln, cost=Decimal(c) * CENT) for ln, c in zip(lines, floors, strict=True)]
+
+
+def _number(lines: list[ChargeLine]) -> list[ChargeLine]:
+    key = lambda ln: (  # noqa: E731
+        LINE_ORDER[ln.line_type],
+        ln.corrects_period or "",
+        ln.tenant,
+        ln.cluster,
+        ln.gpu_model,
+        ln.charge_start,
+    )
+    return [replace(ln, line_no=i + 1) for i, ln in enumerate(sorted(lines, key=key))]
+
+
+def check_conservation(month: str, lines: list[ChargeLine], expected: Decimal) -> None:
+    """Lines add up to the independently computed total, exactly, and to its rounding in cents."""
+    with decimal.localcontext(CTX):
+        exact = sum((ln.cost_exact for ln in lines), Decimal(0))
+        cents = sum((ln.cost for ln in lines), Decimal(0))
+    want = expected.quantize(CENT, rounding=ROUND_HALF_EVEN)
+    if abs(exact - expected) > Decimal("1e-30"):
+        raise ConservationError(
+            f"{month}: charge lines add up to {exact}, capacity x price is {expected} "
+            f"(difference {exact - expected})"
+        )
+    if cents != want:
+        raise ConservationError(
+            f"{month}: charge lines add up to {cents} in cents, the rounded total is {want} "
+            f"(difference {cents - want})"
+        )
+
+
+def quantize_line(ln: ChargeLine) -> ChargeLine:
+    """Stored form: quantities and exact costs to 12 places (the cents were rounded before)."""
+
+    def q(v: Decimal | None) -> Decimal | None:
+        return None if v is None else v.quantize(Q12, rounding=ROUND_HALF_EVEN, context=CTX)
+
+    return replace(
+        ln,
+        gpu_hours=q(ln.gpu_hours),
+        kwh=q(ln.kwh),
+        cost_exact=q(ln.cost_exact),
+        unit_price=q(ln.unit_price),
+        reserved_gpu_hours=q(ln.reserved_gpu_hours),
+        used_gpu_hours=q(ln.used_gpu_hours),
+    )

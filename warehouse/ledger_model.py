@@ -1,0 +1,124 @@
+"""The shapes the month close produces and the exports and reports consume.
+
+Kept apart from the SQL that computes them so that the FOCUS writer, the CSV writer and the
+report renderer can be built and tested against hand-made lines, and so that the ledger's
+Parquet schema is written down once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+import pyarrow as pa
+
+# A charge line is one (tenant, cluster, GPU model, price segment) of a billing period.
+LINE_TYPES = ("usage", "unallocated", "idle_share", "energy", "correction")
+UNALLOCATED_TENANT = "__unallocated__"
+
+# Exact quantities: GPU-hours and kWh to 12 places, money exact to 12 places and rounded to cents.
+QTY = pa.decimal128(38, 12)
+MONEY = pa.decimal128(38, 12)
+CENTS = pa.decimal128(18, 2)
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("billing_period", pa.string()),  # YYYY-MM the line is billed in
+        ("line_no", pa.int32()),  # 1.. in a stable order: the same inputs give the same numbers
+        ("line_type", pa.string()),  # one of LINE_TYPES
+        ("tenant", pa.string()),  # UNALLOCATED_TENANT for the platform's own line
+        ("cluster", pa.string()),
+        ("gpu_model", pa.string()),
+        ("charge_start", pa.timestamp("us", tz="UTC")),  # the price segment inside the period
+        ("charge_end", pa.timestamp("us", tz="UTC")),  # exclusive
+        ("price_from", pa.date32()),  # effective date of the price-book entry used
+        ("gpu_hours", QTY),  # quantity billed (reserved / used / hybrid GPU-hours, or shared idle)
+        ("unit_price", MONEY),  # per GPU-hour (energy lines: per kWh)
+        ("kwh", QTY),  # energy lines only, else null
+        ("currency", pa.string()),
+        ("cost_exact", MONEY),  # gpu_hours x unit_price (energy: kwh x unit_price), unrounded
+        ("cost", CENTS),  # rounded by largest remainder: the lines of a period add up to the cent
+        ("mode", pa.string()),  # reserved | used | hybrid
+        ("idle_policy", pa.string()),  # platform | weighted | even
+        ("corrects_period", pa.string()),  # correction lines: the closed month they correct, else null
+        ("reserved_gpu_hours", QTY),  # context for reading the line; null on platform/energy lines
+        ("used_gpu_hours", QTY),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ChargeLine:
+    billing_period: str
+    line_no: int
+    line_type: str
+    tenant: str
+    cluster: str
+    gpu_model: str
+    charge_start: datetime
+    charge_end: datetime
+    price_from: date
+    gpu_hours: Decimal
+    unit_price: Decimal
+    kwh: Decimal | None
+    currency: str
+    cost_exact: Decimal
+    cost: Decimal
+    mode: str
+    idle_policy: str
+    corrects_period: str | None = None
+    reserved_gpu_hours: Decimal | None = None
+    used_gpu_hours: Decimal | None = None
+
+
+def lines_to_table(lines: list[ChargeLine]) -> pa.Table:
+    cols = {name: [getattr(ln, name) for ln in lines] for name in LEDGER_SCHEMA.names}
+    return pa.table(cols, schema=LEDGER_SCHEMA)
+
+
+def table_to_lines(table: pa.Table) -> list[ChargeLine]:
+    return [ChargeLine(**row) for row in table.cast(LEDGER_SCHEMA).to_pylist()]
+
+
+@dataclass(frozen=True)
+class DailyPoint:
+    day: date
+    capacity_gpu_h: Decimal
+    reserved_gpu_h: Decimal
+    used_gpu_h: Decimal
+    idle_gpu_h: Decimal  # allocated-idle: reserved GPU-hours inside idle periods
+
+
+@dataclass(frozen=True)
+class IdlePeriod:
+    tenant: str
+    workload: str  # namespace/pod, Slurm job or user: who to talk to
+    cluster: str
+    node: str
+    gpu_uuid: str
+    gpu_model: str
+    slice_id: str
+    start: datetime
+    end: datetime
+    gpu_hours: Decimal  # reserved GPU-hours inside the period
+    cost: Decimal  # at the period's price, to the cent
+
+
+@dataclass(frozen=True)
+class MonthReport:
+    """Everything one monthly report shows; `tenant` None is the fleet report."""
+
+    month: str
+    tenant: str | None
+    currency: str
+    mode: str
+    idle_policy: str
+    manifest_sha256: str  # ties the report to the closed ledger it was made from
+    daily: list[DailyPoint]
+    lines: list[ChargeLine]
+    cost_by_cluster_model: list[tuple[str, str, Decimal]]
+    top_idle: list[IdlePeriod]
+    totals: dict[str, Decimal] = field(default_factory=dict)
+    # totals keys: capacity_gpu_h, reserved_gpu_h, used_gpu_h, idle_gpu_h, idle_cost, cost,
+    # utilization, allocation_rate, efficiency (ratios as Decimal, may be absent when undefined)

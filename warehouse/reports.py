@@ -1,0 +1,772 @@
+"""Monthly chargeback reports (fleet or one tenant) as HTML and PDF from a closed month's MonthReport.
+
+Both formats are drawn from one `ReportContent` built here, so the PDF and the HTML can never
+disagree on a number: what is in one is in the other. Reports are what tenants are billed by,
+so money is printed exactly from the ledger's Decimal cents (never through a float), an amount
+that is not a whole number of cents is an error rather than something to round quietly, and a
+report whose totals disagree with its own lines refuses to render. Tenant, workload, cluster and
+node names are user data: every one is escaped for the format it lands in.
+
+HTML is one self-contained page: inline CSS, charts as inline SVG, no script, no external URL,
+so it can be mailed or archived as is. The same MonthReport gives the same HTML string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, MonthReport
+from warehouse.report_charts import (
+    Bar,
+    Chart,
+    cost_bars_chart,
+    gpu_hours_chart,
+    idle_chart,
+    to_png,
+    to_svg,
+    utilization_chart,
+)
+
+FORMATS = ("html", "pdf")
+OTHER_FORMATS = ("csv", "focus")  # written by the export module, not here
+FLEET = "fleet"
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_CENT = Decimal("0.01")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact number formatting (Decimal in, text out; no float anywhere)
+
+
+def _as_decimal(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"{where}: expected a Decimal, got {type(value).__name__} {value!r}")
+    dec = Decimal(value)
+    if not dec.is_finite():
+        raise ValueError(f"{where}: {dec} is not a finite number")
+    return dec
+
+
+def _group(digits: str) -> str:
+    """'1234567' -> '1,234,567'."""
+    head = len(digits) % 3 or 3
+    parts = [digits[:head]] + [digits[i : i + 3] for i in range(head, len(digits), 3)]
+    return ",".join(parts)
+
+
+def _fixed(value: Decimal, places: int) -> str:
+    """A Decimal rounded half-even to `places`, with thousands separators; never '-0.00'."""
+    q = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    text = f"{abs(q):f}"
+    whole, _, frac = text.partition(".")
+    sign = "-" if q < 0 else ""
+    return sign + _group(whole) + ("." + frac if frac else "")
+
+
+def _cents(value: object, where: str) -> Decimal:
+    dec = _as_decimal(value, where)
+    if dec != dec.quantize(_CENT):
+        raise ValueError(f"{where}: {dec} is not a whole number of cents; money must be rounded by the close")
+    return dec
+
+
+def format_money(value: object, currency: str, where: str = "amount") -> str:
+    """'USD 1,234.56' exactly; an amount with fractions of a cent is an error, not rounded."""
+    return f"{currency} {_fixed(_cents(value, where), 2)}"
+
+
+def format_price(value: object, currency: str, where: str = "unit price") -> str:
+    """A unit price as exact as the price book has it, with at least two decimals ('USD 2.125')."""
+    dec = _as_decimal(value, where)
+    exp = dec.normalize().as_tuple().exponent
+    places = max(2, -exp) if isinstance(exp, int) else 2
+    return f"{currency} {_fixed(dec, places)}"
+
+
+def format_qty(value: object, places: int = 2, where: str = "quantity") -> str:
+    """GPU-hours and kWh for reading: rounded half-even for display (the CSV keeps them exact)."""
+    return _fixed(_as_decimal(value, where), places)
+
+
+def format_pct(value: object, where: str = "ratio") -> str:
+    """A ratio (0.234) as a percentage to one decimal ('23.4%')."""
+    return _fixed(_as_decimal(value, where) * 100, 1) + "%"
+
+
+def _opt(totals: dict[str, Decimal], key: str, fmt) -> str:  # type: ignore[no-untyped-def]
+    value = totals.get(key)
+    return "n/a" if value is None else fmt(value, where=f"totals[{key!r}]")
+
+
+def _ts(value: datetime) -> str:
+    """UTC, minutes unless the instant has seconds: the period edges people read."""
+    utc = value.astimezone(UTC) if value.tzinfo else value
+    if utc.second or utc.microsecond:
+        return utc.strftime("%Y-%m-%d %H:%M:%S")
+    return utc.strftime("%Y-%m-%d %H:%M")
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------
+# The content both formats draw
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    numeric: bool = False
+    weight: float = 1.0  # relative width in the PDF
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    key: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: list[list[str]]
+    empty: str  # said instead of an empty table
+    marked: frozenset[int] = frozenset()  # row indexes drawn as corrections
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: list[Chart | TableBlock]
+    empty: str  # said when there are no blocks
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    title: str
+    subtitle: str
+    month: str
+    has_data: bool
+    total: str  # e.g. "USD 1,234.56"
+    headline: list[tuple[str, str]]
+    sections: list[Section] = field(default_factory=list)
+    footer: str = ""
+
+
+def _scope(report: MonthReport) -> str:
+    return "Fleet" if report.tenant is None else f"Tenant {report.tenant}"
+
+
+def _check(report: MonthReport) -> None:
+    """Refuse a report that would mislead: wrong month, mixed currency, another tenant's data."""
+    if not isinstance(report.month, str) or not _MONTH.match(report.month):
+        raise ValueError(f"MonthReport.month: expected YYYY-MM, got {report.month!r}")
+    if not report.currency:
+        raise ValueError("MonthReport.currency is empty")
+    for key in ("cost", "idle_cost"):
+        if report.totals.get(key) is not None:
+            _cents(report.totals[key], f"totals[{key!r}]")
+    for cluster, model, cost in report.cost_by_cluster_model:
+        _cents(cost, f"cost_by_cluster_model {cluster}/{model}")
+    for i, idle in enumerate(report.top_idle):
+        _cents(idle.cost, f"top_idle[{i}] cost")
+    for ln in report.lines:
+        where = f"charge line {ln.line_no}"
+        _cents(ln.cost, f"{where} cost")
+        if ln.currency != report.currency:
+            raise ValueError(f"{where}: currency {ln.currency!r}, but the report is in {report.currency!r}")
+        if ln.billing_period != report.month:
+            raise ValueError(
+                f"{where}: billed in {ln.billing_period}, not in the report's month {report.month}"
+            )
+        if report.tenant is not None and ln.tenant != report.tenant:
+            raise ValueError(f"{where}: tenant {ln.tenant!r} in the report of tenant {report.tenant!r}")
+    if report.tenant is not None:
+        for i, idle in enumerate(report.top_idle):
+            if idle.tenant != report.tenant:
+                raise ValueError(
+                    f"top_idle[{i}]: tenant {idle.tenant!r} in the report of tenant {report.tenant!r}"
+                )
+
+
+def total_cost(report: MonthReport) -> Decimal:
+    """The report's total: the sum of its lines, which `totals['cost']` must match to the cent."""
+    summed = sum((_as_decimal(ln.cost, f"charge line {ln.line_no} cost") for ln in report.lines), Decimal(0))
+    stated = report.totals.get("cost")
+    if stated is None:
+        return summed
+    stated = _as_decimal(stated, "totals['cost']")
+    if report.lines and stated != summed:
+        raise ValueError(
+            f"totals['cost'] is {stated} but the charge lines add up to {summed} "
+            f"(difference {stated - summed}); the report would contradict itself"
+        )
+    return stated
+
+
+def _headline(report: MonthReport, total: str) -> list[tuple[str, str]]:
+    t, cur = report.totals, report.currency
+
+    def gpu_h(value: Decimal, where: str) -> str:
+        return format_qty(value, 2, where) + " GPU-h"
+
+    def money(value: Decimal, where: str) -> str:
+        return format_money(value, cur, where)
+
+    return [
+        ("Total cost", total),
+        ("Capacity", _opt(t, "capacity_gpu_h", gpu_h)),
+        ("Reserved", _opt(t, "reserved_gpu_h", gpu_h)),
+        ("Used", _opt(t, "used_gpu_h", gpu_h)),
+        ("Utilization (used / capacity)", _opt(t, "utilization", format_pct)),
+        ("Allocation rate (reserved / capacity)", _opt(t, "allocation_rate", format_pct)),
+        ("Efficiency (used / reserved)", _opt(t, "efficiency", format_pct)),
+        ("Allocated-idle", _opt(t, "idle_gpu_h", gpu_h)),
+        ("Allocated-idle cost", _opt(t, "idle_cost", money)),
+    ]
+
+
+def _share(part: Decimal, whole: Decimal) -> str:
+    return format_pct(part / whole) if whole != 0 else "n/a"
+
+
+def _tenant_table(report: MonthReport, total: Decimal) -> TableBlock:
+    cost: dict[str, Decimal] = {}
+    billed: dict[str, Decimal] = {}
+    reserved: dict[str, Decimal] = {}
+    used: dict[str, Decimal] = {}
+    for ln in report.lines:
+        cost[ln.tenant] = cost.get(ln.tenant, Decimal(0)) + ln.cost
+        if ln.kwh is None:
+            billed[ln.tenant] = billed.get(ln.tenant, Decimal(0)) + ln.gpu_hours
+        if ln.reserved_gpu_hours is not None:
+            reserved[ln.tenant] = reserved.get(ln.tenant, Decimal(0)) + ln.reserved_gpu_hours
+        if ln.used_gpu_hours is not None:
+            used[ln.tenant] = used.get(ln.tenant, Decimal(0)) + ln.used_gpu_hours
+    cur = report.currency
+    rows = [
+        [
+            tenant,
+            format_qty(billed.get(tenant, Decimal(0))),
+            format_qty(reserved[tenant]) if tenant in reserved else "",
+            format_qty(used[tenant]) if tenant in used else "",
+            format_money(amount, cur, f"tenant {tenant!r} cost"),
+            _share(amount, total),
+        ]
+        for tenant, amount in sorted(cost.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return TableBlock(
+        key="tenants",
+        title="Cost per tenant",
+        columns=(
+            Column("Tenant", weight=3),
+            Column("Billed GPU-h", True),
+            Column("Reserved GPU-h", True),
+            Column("Used GPU-h", True),
+            Column("Cost", True, 1.3),
+            Column("Share", True, 0.7),
+        ),
+        rows=rows,
+        empty="No charge lines this month.",
+        note=(
+            f"{UNALLOCATED_TENANT} is capacity nobody reserved, carried by the platform."
+            if UNALLOCATED_TENANT in cost
+            else ""
+        ),
+    )
+
+
+def _cost_rows(report: MonthReport) -> list[tuple[str, str, Decimal]]:
+    rows = [
+        (cluster, model, _as_decimal(cost, f"cost_by_cluster_model {cluster}/{model}"))
+        for cluster, model, cost in report.cost_by_cluster_model
+    ]
+    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
+
+
+def _cost_table(report: MonthReport, rows: list[tuple[str, str, Decimal]], total: Decimal) -> TableBlock:
+    cur = report.currency
+    return TableBlock(
+        key="cost_by_cluster_model",
+        title="Cost by cluster and GPU model",
+        columns=(
+            Column("Cluster", weight=2),
+            Column("GPU model", weight=2),
+            Column("Cost", True),
+            Column("Share", True),
+        ),
+        rows=[[c, m, format_money(v, cur, f"cost of {c}/{m}"), _share(v, total)] for c, m, v in rows],
+        empty="No cost this month.",
+    )
+
+
+def _idle_table(report: MonthReport) -> TableBlock:
+    cur = report.currency
+    rows = [
+        [
+            p.tenant,
+            p.workload,
+            p.cluster,
+            p.node,
+            p.gpu_model,
+            p.slice_id,
+            _ts(p.start),
+            _ts(p.end),
+            _duration(p.end - p.start),
+            format_qty(p.gpu_hours, 2, f"top_idle[{i}] gpu_hours"),
+            format_money(p.cost, cur, f"top_idle[{i}] cost"),
+        ]
+        for i, p in enumerate(report.top_idle)
+    ]
+    return TableBlock(
+        key="top_idle",
+        title="Top idle workloads",
+        columns=(
+            Column("Tenant", weight=1.6),
+            Column("Workload", weight=2.2),
+            Column("Cluster", weight=1.2),
+            Column("Node", weight=1.2),
+            Column("GPU model", weight=1.2),
+            Column("Slice", weight=2.4),
+            Column("Start (UTC)", weight=1.5),
+            Column("End (UTC)", weight=1.5),
+            Column("Duration", True, 1.1),
+            Column("GPU-h", True, 0.9),
+            Column("Cost", True, 1.3),
+        ),
+        rows=rows,
+        empty="No idle periods this month.",
+        note="Reserved GPU-hours inside idle periods (used below the idle threshold), at the period's price.",
+    )
+
+
+def _line_type(ln: ChargeLine) -> str:
+    if ln.corrects_period:
+        kind = "correction" if ln.line_type == "correction" else f"{ln.line_type} correction"
+        return f"{kind} of {ln.corrects_period}"
+    return ln.line_type
+
+
+def _lines_table(report: MonthReport) -> TableBlock:
+    cur = report.currency
+    rows: list[list[str]] = []
+    marked: set[int] = set()
+    for i, ln in enumerate(sorted(report.lines, key=lambda x: x.line_no)):
+        where = f"charge line {ln.line_no}"
+        if ln.kwh is not None:
+            qty = format_qty(ln.kwh, 3, f"{where} kwh") + " kWh"
+            price = format_price(ln.unit_price, cur, f"{where} unit_price") + " / kWh"
+        else:
+            qty = format_qty(ln.gpu_hours, 4, f"{where} gpu_hours") + " GPU-h"
+            price = format_price(ln.unit_price, cur, f"{where} unit_price") + " / GPU-h"
+        rows.append(
+            [
+                str(ln.line_no),
+                _line_type(ln),
+                ln.tenant,
+                ln.cluster,
+                ln.gpu_model,
+                f"{_ts(ln.charge_start)} – {_ts(ln.charge_end)}",
+                ln.price_from.isoformat(),
+                qty,
+                price,
+                "" if ln.reserved_gpu_hours is None else format_qty(ln.reserved_gpu_hours, 4),
+                "" if ln.used_gpu_hours is None else format_qty(ln.used_gpu_hours, 4),
+                format_money(ln.cost, cur, f"{where} cost"),
+            ]
+        )
+        if ln.corrects_period or ln.line_type == "correction":
+            marked.add(i)
+    return TableBlock(
+        key="lines",
+        title="Charge lines",
+        columns=(
+            Column("#", True, 0.5),
+            Column("Type", weight=1.9),
+            Column("Tenant", weight=1.6),
+            Column("Cluster", weight=1.1),
+            Column("GPU model", weight=1.1),
+            Column("Period segment (UTC, end exclusive)", weight=2.6),
+            Column("Price from", weight=1.1),
+            Column("Quantity", True, 1.5),
+            Column("Unit price", True, 1.5),
+            Column("Reserved GPU-h", True, 1.1),
+            Column("Used GPU-h", True, 1.1),
+            Column("Cost", True, 1.3),
+        ),
+        rows=rows,
+        empty="No charge lines this month.",
+        marked=frozenset(marked),
+        note=(
+            f"Mode {report.mode}: quantity is the billed GPU-hours. Correction lines carry late data "
+            "for a closed month, billed in this one."
+        ),
+    )
+
+
+def build_content(report: MonthReport) -> ReportContent:
+    """Everything a report says, as text and charts, independent of the output format."""
+    _check(report)
+    total = total_cost(report)
+    total_text = format_money(total, report.currency, "total cost")
+    daily = sorted(report.daily, key=lambda p: p.day)
+    cost_rows = _cost_rows(report)
+    has_data = bool(report.lines or daily or report.top_idle or cost_rows)
+
+    sections: list[Section] = []
+    if has_data:
+        month_blocks: list[Chart | TableBlock] = []
+        if daily:
+            month_blocks = [
+                utilization_chart(report.month, daily),
+                gpu_hours_chart(report.month, daily),
+                idle_chart(report.month, daily),
+            ]
+        sections.append(Section("Over the month", month_blocks, "No daily data this month."))
+        cost_blocks: list[Chart | TableBlock] = []
+        if cost_rows:
+            bars = [
+                Bar(f"{c} · {m}", v, format_money(v, report.currency, f"cost of {c}/{m}"))
+                for c, m, v in cost_rows
+            ]
+            cost_blocks += [cost_bars_chart(bars, report.currency), _cost_table(report, cost_rows, total)]
+        if report.tenant is None:
+            cost_blocks.append(_tenant_table(report, total))
+        sections.append(Section("Cost", cost_blocks, "No cost this month."))
+        sections.append(Section("Idle", [_idle_table(report)], ""))
+        sections.append(Section("Charge lines", [_lines_table(report)], ""))
+
+    scope = _scope(report)
+    return ReportContent(
+        title=f"GPU chargeback — {scope} — {report.month}",
+        subtitle=(
+            f"Billing period {report.month} · mode {report.mode} · idle policy {report.idle_policy} "
+            f"· currency {report.currency}"
+        ),
+        month=report.month,
+        has_data=has_data,
+        total=total_text,
+        headline=_headline(report, total_text),
+        sections=sections,
+        footer=(
+            f"Ledger manifest sha256 {report.manifest_sha256} · mode {report.mode} · "
+            f"idle policy {report.idle_policy}"
+        ),
+    )
+
+
+def _no_data(month: str) -> str:
+    return f"No data for {month}: the closed ledger holds no charge lines and no samples for this scope."
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;margin:24px auto;
+max-width:1200px;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:18px 0 6px}.sub{color:#555;margin:0 0 12px}
+.total{font-size:20px;font-weight:600;margin:12px 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:8px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 10px}
+.card .k{color:#555;font-size:12px}.card .v{font-size:16px;font-weight:600}
+.chart svg{max-width:100%;height:auto}
+table{border-collapse:collapse;width:100%;font-size:12px;margin:4px 0}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num,th.num{text-align:right;white-space:nowrap}
+tr.correction td{background:#fff4e0}.note{color:#555;font-size:12px}
+.nodata{font-size:16px;padding:12px;border:1px dashed #bbb;border-radius:6px}
+footer{margin-top:32px;color:#555;font-size:12px;border-top:1px solid #ddd;padding-top:8px;
+word-break:break-all}
+""".strip()
+
+
+_NUM = ' class="num"'
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _html_table(block: TableBlock) -> list[str]:
+    out = [f'<h3 id="{block.key}">{_e(block.title)}</h3>']
+    if not block.rows:
+        out.append(f'<p class="empty">{_e(block.empty)}</p>')
+        return out
+    head = "".join(f"<th{_NUM if c.numeric else ''}>{_e(c.header)}</th>" for c in block.columns)
+    out.append(f"<table><thead><tr>{head}</tr></thead><tbody>")
+    for i, row in enumerate(block.rows):
+        cls = ' class="correction"' if i in block.marked else ""
+        cells = "".join(
+            f"<td{_NUM if c.numeric else ''}>{_e(v)}</td>" for c, v in zip(block.columns, row, strict=True)
+        )
+        out.append(f"<tr{cls}>{cells}</tr>")
+    out.append("</tbody></table>")
+    if block.note:
+        out.append(f'<p class="note">{_e(block.note)}</p>')
+    return out
+
+
+def render_html(report: MonthReport) -> str:
+    """One self-contained page (inline CSS and SVG, no script, no URL); same report, same string."""
+    content = build_content(report)
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        '<head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="generator" content="gpuledger">',
+        f"<title>{_e(content.title)}</title>",
+        f"<style>{_CSS}</style></head>",
+        "<body>",
+        f"<h1>{_e(content.title)}</h1>",
+        f'<p class="sub">{_e(content.subtitle)}</p>',
+        f'<p class="total">Total {_e(content.total)}</p>',
+    ]
+    if not content.has_data:
+        out.append(f'<p class="nodata">{_e(_no_data(content.month))}</p>')
+    out.append('<div class="cards">')
+    out += [
+        f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>'
+        for k, v in content.headline
+    ]
+    out.append("</div>")
+    for section in content.sections:
+        out.append(f"<h2>{_e(section.title)}</h2>")
+        if not section.blocks:
+            out.append(f'<p class="empty">{_e(section.empty)}</p>')
+        for block in section.blocks:
+            if isinstance(block, Chart):
+                out.append(f'<h3 id="{block.key}">{_e(block.title)}</h3>')
+                out.append(f'<div class="chart">{to_svg(block)}</div>')
+            else:
+                out += _html_table(block)
+    out += [f"<footer>{_e(content.footer)}</footer>", "</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# PDF
+
+
+def _pdf_date(month: str):  # type: ignore[no-untyped-def]
+    """The PDF's creation date: the first instant after the billing period (when it could be closed)."""
+    year, mon = (int(p) for p in month.split("-"))
+    year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
+    stamp = f"D:{year:04d}{mon:02d}01000000+00'00'"
+    return lambda *_ymdhms: stamp
+
+
+def render_pdf(report: MonthReport, path: str | os.PathLike[str]) -> None:
+    """The same content as `render_html`, as a landscape A4 PDF with standard fonts.
+
+    Byte-identical output: the same MonthReport gives the same bytes (checked by a test) with the
+    same reportlab and matplotlib versions. The document is built with reportlab's `invariant`
+    mode (fixed internal timestamp, file ID from content), and its CreationDate/ModDate show the
+    first instant after the billing period rather than the time of rendering. Setting
+    SOURCE_DATE_EPOCH in the environment changes reportlab's internal timestamp and so the bytes
+    (still reproducible under the same value). Text is in the standard Helvetica fonts, so
+    pypdf and search find it; characters outside Latin-1 (e.g. CJK tenant names) print as boxes.
+    """
+    from reportlab.lib import colors
+    from reportlab.lib.enums import TA_RIGHT
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    content = build_content(report)
+    page = landscape(A4)
+    margin = 1.2 * cm
+    width = page[0] - 2 * margin
+    ss = getSampleStyleSheet()
+    h1 = ParagraphStyle("h1", parent=ss["Heading1"], fontSize=16, leading=19, spaceAfter=2)
+    h2 = ParagraphStyle("h2", parent=ss["Heading2"], fontSize=13, leading=16, spaceBefore=10)
+    h3 = ParagraphStyle("h3", parent=ss["Heading3"], fontSize=10, leading=12, spaceBefore=6)
+    body = ParagraphStyle("body", parent=ss["Normal"], fontSize=9, leading=11)
+    note = ParagraphStyle("note", parent=body, fontSize=7, leading=9, textColor=colors.HexColor("#555555"))
+    total_style = ParagraphStyle("total", parent=body, fontName="Helvetica-Bold", fontSize=14, leading=18)
+    cell = ParagraphStyle("cell", parent=body, fontSize=6.5, leading=8)
+    cell_num = ParagraphStyle("cellnum", parent=cell, alignment=TA_RIGHT)
+    head = ParagraphStyle("head", parent=cell, fontName="Helvetica-Bold")
+    head_num = ParagraphStyle("headnum", parent=head, alignment=TA_RIGHT)
+    grid = colors.HexColor("#cccccc")
+
+    def p(text: str, style: ParagraphStyle) -> Paragraph:
+        return Paragraph(html.escape(text, quote=False), style)
+
+    def table(block: TableBlock) -> list:  # type: ignore[type-arg]
+        flow: list = [p(block.title, h3)]  # type: ignore[type-arg]
+        if not block.rows:
+            return [*flow, p(block.empty, body)]
+        weights = sum(c.weight for c in block.columns)
+        widths = [width * c.weight / weights for c in block.columns]
+        data = [[p(c.header, head_num if c.numeric else head) for c in block.columns]]
+        # Numbers are short and never wrap: plain strings (drawn as is, no markup, much faster to
+        # lay out than a Paragraph each) in right-aligned columns; text wraps in Paragraphs.
+        data += [
+            [v if c.numeric else p(v, cell) for c, v in zip(block.columns, row, strict=True)]
+            for row in block.rows
+        ]
+        style = [
+            ("FONT", (0, 1), (-1, -1), "Helvetica", cell.fontSize, cell.leading),
+            *[("ALIGN", (i, 1), (i, -1), "RIGHT") for i, c in enumerate(block.columns) if c.numeric],
+            ("GRID", (0, 0), (-1, -1), 0.25, grid),
+            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+            ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+        ]
+        style += [
+            ("BACKGROUND", (0, i + 1), (-1, i + 1), colors.HexColor("#fff4e0")) for i in sorted(block.marked)
+        ]
+        flow.append(Table(data, colWidths=widths, repeatRows=1, style=TableStyle(style)))
+        if block.note:
+            flow.append(p(block.note, note))
+        return flow
+
+    def image(chart: Chart, box_w: float) -> Image:
+        fw, fh = chart.figure.get_size_inches()
+        return Image(io.BytesIO(to_png(chart)), width=box_w, height=box_w * fh / fw)
+
+    def charts(group: Sequence[Chart]) -> list:  # type: ignore[type-arg]
+        half = (width - 0.4 * cm) / 2
+        cells = [[p(c.title, h3), image(c, half)] for c in group]
+        rows = [cells[i : i + 2] for i in range(0, len(cells), 2)]
+        if len(rows[-1]) == 1:
+            rows[-1].append("")
+        tstyle = TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)])
+        return [Table(rows, colWidths=[half + 0.2 * cm] * 2, style=tstyle, hAlign="LEFT")]
+
+    story: list = [  # type: ignore[type-arg]
+        p(content.title, h1),
+        p(content.subtitle, body),
+        Spacer(1, 4),
+        p(f"Total {content.total}", total_style),
+    ]
+    if not content.has_data:
+        story.append(p(_no_data(content.month), total_style))
+    kv = [[p(k, cell), p(v, cell_num)] for k, v in content.headline]
+    half_rows = (len(kv) + 1) // 2
+    left, right = kv[:half_rows], kv[half_rows:] + [["", ""]] * (half_rows - len(kv[half_rows:]))
+    story.append(
+        Table(
+            [a + b for a, b in zip(left, right, strict=True)],
+            colWidths=[width * 0.22, width * 0.18, width * 0.22, width * 0.18],
+            style=TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.25, grid)]),
+            hAlign="LEFT",
+        )
+    )
+    for section in content.sections:
+        story.append(p(section.title, h2))
+        if not section.blocks:
+            story.append(p(section.empty, body))
+        pending: list[Chart] = []
+        for block in [*section.blocks, None]:
+            if isinstance(block, Chart):
+                pending.append(block)
+                continue
+            if pending:
+                story += charts(pending)
+                pending = []
+            if block is not None:
+                story += table(block)
+    story += [Spacer(1, 8), p(content.footer, note)]
+
+    date_formatter = _pdf_date(content.month)
+
+    def on_page(canvas, doc) -> None:  # type: ignore[no-untyped-def]
+        canvas.setDateFormatter(date_formatter)
+        canvas.saveState()
+        canvas.setFont("Helvetica", 6.5)
+        canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.drawString(margin, 0.6 * cm, content.footer)
+        canvas.drawRightString(page[0] - margin, 0.6 * cm, f"page {doc.page}")
+        canvas.restoreState()
+
+    doc = SimpleDocTemplate(
+        str(path),
+        pagesize=page,
+        leftMargin=margin,
+        rightMargin=margin,
+        topMargin=margin,
+        bottomMargin=margin,
+        title=content.title,
+        author="gpuledger",
+        subject=content.subtitle,
+        creator="gpuledger",
+        invariant=1,
+    )
+    doc.build(story, onFirstPage=on_page, onLaterPages=on_page)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def safe_name(tenant: str | None) -> str:
+    """A tenant name as a file name part; a changed (or reserved) name gets a hash so none collide.
+
+    `a/b` and `a_b` are different tenants and must not overwrite each other's report, and a
+    tenant called `fleet` must not overwrite the fleet report.
+    """
+    if tenant is None:
+        return FLEET
+    cleaned = _UNSAFE.sub("_", tenant).strip("._")[:80] or "_"
+    if cleaned != tenant or tenant.lower() == FLEET:
+        cleaned += "-" + hashlib.sha256(tenant.encode()).hexdigest()[:8]
+    return cleaned
+
+
+def report_filename(report: MonthReport, ext: str) -> str:
+    return f"{report.month}-{safe_name(report.tenant)}.{ext}"
+
+
+def _formats(formats: Iterable[str] | str) -> list[str]:
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    wanted: list[str] = []
+    for raw in items:
+        fmt = raw.strip().lower()
+        if fmt not in FORMATS + OTHER_FORMATS:
+            raise ValueError(f"report format {raw!r}: expected some of {', '.join(FORMATS + OTHER_FORMATS)}")
+        if fmt in FORMATS and fmt not in wanted:
+            wanted.append(fmt)
+    return wanted
+
+
+def write_reports(
+    report: MonthReport, out_dir: str | os.PathLike[str], formats: Iterable[str] | str
+) -> list[Path]:
+    """Write the html/pdf reports (csv and focus are accepted and left to the export module).
+
+    Each file is written under a temporary name and renamed into place, so a reader never sees
+    half a report. Returns the written paths in the order of `formats`.
+    """
+    wanted = _formats(formats)
+    _check(report)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for fmt in wanted:
+        target = out / report_filename(report, fmt)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            if fmt == "html":
+                tmp.write_text(render_html(report), encoding="utf-8")
+            else:
+                render_pdf(report, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(target)
+    return written

@@ -1,0 +1,334 @@
+"""Per-date rollups of the raw samples, so that dashboards, reports and the month close never
+rescan a month of slice rows.
+
+Every rollup is computed from ONE date partition of the samples: all rows of a tick land in the
+partition of the tick's timestamp, so a date holds whole ticks, and at-least-once duplicates of a
+tick (same timestamp) always land in the same date. A date is recomputed only when the set of
+sample files under it changed (ingest only ever adds files) or the idle ratio changed; its output
+files are replaced atomically and a small state file, written last, records what they were built
+from. Rebuilding a date with the same inputs writes the same bytes.
+
+GPU-seconds are fixed-point decimals (9 places) per slice tick and summed exactly, so hourly and
+monthly sums do not depend on the order in which DuckDB's threads add them up: the close must be
+byte-identical from run to run.
+
+Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
+
+- ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds.
+- ``gpu_hourly``: per GPU and hour: capacity, reserved, used, unallocated seconds, energy.
+- ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries; the
+  close and the idle views stitch them across hours and dates into idle periods.
+- ``node_ticks``: per node: first and last tick of the date and the unobserved GPU-seconds of the
+  gaps inside the date (the gaps between dates are found from first/last ticks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute
+
+from warehouse.lake import Lake, schema_of
+
+ROLLUPS = "rollups"
+STATE = "_state"
+TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
+ROLLUP_VERSION = 1  # bump when the SQL below changes meaning: every date is rebuilt
+
+# DESIGN §6 share per slice kind; HAMi's core 0 means no core reservation (compute term 0).
+SHARE_SQL = """
+CASE kind
+  WHEN 'whole' THEN 1.0
+  WHEN 'mig' THEN greatest(compute_slices / gpu_compute_slices, memory_slices / gpu_memory_slices)
+  WHEN 'vgpu' THEN least(1.0, greatest(coalesce(mem_cap_mib / gpu_mem_total_mib, 0.0),
+                                       coalesce(core_cap_pct, 0.0) / 100.0))
+  WHEN 'timeslice' THEN 1.0 / replicas
+END"""
+
+# Busy fraction of the whole GPU attributable to the slice (MIG: instance activity x compute fraction).
+# Unknown utilization counts as 0 used (never billed as use) and never as idle (see IDLE_SQL).
+USED_FRAC_SQL = """
+CASE kind
+  WHEN 'mig' THEN util_pct / 100.0 * compute_slices / gpu_compute_slices
+  ELSE util_pct / 100.0
+END"""
+
+IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
+HOUR_SQL = "date_trunc('hour', ts - to_microseconds(CAST(interval_s * 500000 AS BIGINT)))"
+SECONDS = "DECIMAL(18, 9)"  # one tick's GPU-seconds: exact sums, int64 storage
+
+
+@dataclass(frozen=True)
+class RollupStats:
+    dates: int  # dates looked at
+    rebuilt: int  # dates whose rollups were (re)computed
+    slice_rows: int  # raw slice rows read by the rebuilt dates
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _read(files: list[str]) -> str:
+    return "read_parquet([" + ", ".join(_lit(f) for f in files) + "])"
+
+
+class Rollups:
+    """Builds and locates the rollups of one lake."""
+
+    def __init__(
+        self,
+        lake: Lake | str,
+        *,
+        idle_util_ratio: float = 0.05,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self.idle_util_ratio = float(idle_util_ratio)
+        self.threads = threads
+        self.memory_limit = memory_limit
+
+    # -- locations ----------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return self.lake.root / ROLLUPS
+
+    def glob(self, table: str) -> str:
+        return str(self.root / table / "date=*" / "*.parquet")
+
+    def sample_dates(self) -> list[str]:
+        tick_dir = self.lake.table_dir("tick")
+        if not tick_dir.exists():
+            return []
+        return sorted(p.name[5:] for p in tick_dir.glob("date=*") if p.is_dir())
+
+    def _inputs(self, date: str) -> list[tuple[str, int]]:
+        out = []
+        for kind in ("tick", "gpu", "slice"):
+            d = self.lake.table_dir(kind) / f"date={date}"
+            if d.exists():
+                out += [(f"{kind}/{p.name}", p.stat().st_size) for p in sorted(d.glob("*.parquet"))]
+        return out
+
+    def _signature(self, date: str) -> str:
+        blob = json.dumps(
+            {"v": ROLLUP_VERSION, "idle_util_ratio": self.idle_util_ratio, "inputs": self._inputs(date)},
+            sort_keys=True,
+        ).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def _state_path(self, date: str) -> Path:
+        return self.root / STATE / f"date={date}.json"
+
+    def is_current(self, date: str) -> bool:
+        p = self._state_path(date)
+        if not p.exists():
+            return False
+        return json.loads(p.read_text()).get("signature") == self._signature(date)
+
+    # -- building -----------------------------------------------------------------------------
+
+    def update(
+        self,
+        dates: Iterable[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RollupStats:
+        """Bring the rollups of `dates` (default: every date with samples) up to date."""
+        todo = list(dates) if dates is not None else self.sample_dates()
+        rebuilt = rows = 0
+        con = self._connect()
+        try:
+            for i, date in enumerate(todo):
+                if not self.is_current(date):
+                    rows += self._build(con, date)
+                    rebuilt += 1
+                if progress:
+                    progress(i + 1, len(todo))
+        finally:
+            con.close()
+        return RollupStats(dates=len(todo), rebuilt=rebuilt, slice_rows=rows)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(":memory:")
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = false")
+        con.execute("SET enable_progress_bar = false")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = {_lit(self.memory_limit)}")
+        return con
+
+    def _files(self, kind: str, date: str) -> list[str]:
+        """Files of one date whose batch committed (its tick file, written last, exists)."""
+        d = self.lake.table_dir(kind) / f"date={date}"
+        committed = self.lake.table_dir("tick") / f"date={date}"
+        if not d.exists():
+            return []
+        return sorted(str(p) for p in d.glob("*.parquet") if (committed / p.name).exists())
+
+    def _build(self, con: duckdb.DuckDBPyConnection, date: str) -> int:
+        signature = self._signature(date)
+        tick_files = self._files("tick", date)
+        if not tick_files:
+            raise FileNotFoundError(f"no tick files for date {date} under {self.lake.table_dir('tick')}")
+        tables = self._compute(con, tick_files, self._files("slice", date), self._files("gpu", date))
+        for name in TABLES:
+            self._write(name, date, tables[name])
+        state = self._state_path(date)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        tmp_state = state.with_name(state.name + ".tmp")
+        tmp_state.write_text(json.dumps({"signature": signature, "date": date}, sort_keys=True))
+        os.replace(tmp_state, state)
+        return int(pa.compute.sum(tables["slice_hourly"]["ticks"]).as_py() or 0)
+
+    def empty_file(self, table: str) -> str:
+        """An empty file with the rollup table's schema, so views exist before any rollup does."""
+        path = self.root / STATE / f"empty-rollup-{table}-v{ROLLUP_VERSION}.parquet"
+        if not path.exists():
+            con = self._connect()
+            try:
+                tables = self._compute(con, [self._empty("tick")], [], [])
+            finally:
+                con.close()
+            for name, t in tables.items():
+                p = self.root / STATE / f"empty-rollup-{name}-v{ROLLUP_VERSION}.parquet"
+                self.lake.write_file(t.schema.empty_table(), p)
+        return str(path)
+
+    def files(self, table: str) -> list[str]:
+        """The rollup files of a table, or its empty file when there are none yet."""
+        found = sorted(str(p) for p in (self.root / table).glob("date=*/*.parquet"))
+        return found or [self.empty_file(table)]
+
+    def _compute(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        tick_files: list[str],
+        slice_files: list[str],
+        gpu_files: list[str],
+    ) -> dict[str, pa.Table]:
+        ratio = self.idle_util_ratio
+        ticks = _read(tick_files)
+        slices = _read(slice_files or [self._empty("slice")])
+        gpus = _read(gpu_files or [self._empty("gpu")])
+        # Row files of uncommitted batches are already left out by file name. A tick delivered
+        # twice sits in two committed batches: the first batch wins; rows of the others are
+        # "losers" (almost always none, so the anti-join is skipped).
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE t AS
+            SELECT cluster, node, boot_id, seq, ts, interval_s, n_gpus, batch,
+                   row_number() OVER (PARTITION BY node, boot_id, seq ORDER BY batch) AS nth
+            FROM {ticks}""")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE losers AS SELECT node, boot_id, seq, batch FROM t WHERE nth > 1"
+        )
+        has_losers = con.execute("SELECT count(*) FROM losers").fetchall()[0][0] > 0
+        con.execute("DELETE FROM t WHERE nth > 1")
+
+        def rows(src: str) -> str:
+            if not has_losers:
+                return src
+            return f"(SELECT * FROM {src} r ANTI JOIN losers l USING (node, boot_id, seq, batch))"
+
+        # GPU ticks whose shares or busy fractions add up past 1 (over-commit): only these are
+        # normalised, so the join below probes a small table.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE over AS
+            SELECT node, boot_id, seq, gpu_uuid, sum(share) AS sum_share, sum(used_frac) AS sum_used
+            FROM (SELECT node, boot_id, seq, gpu_uuid, ({SHARE_SQL}) AS share,
+                         coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac FROM {rows(slices)})
+            GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0""")
+        acct = f"""(
+            SELECT r.*, {HOUR_SQL} AS hour, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac,
+                   CAST(r.interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce(o.sum_share, 1.0))
+                        AS {SECONDS}) AS reserved_s,
+                   CAST(r.interval_s * coalesce(({USED_FRAC_SQL}), 0.0)
+                        / greatest(1.0, coalesce(o.sum_used, 1.0)) AS {SECONDS}) AS used_s
+            FROM {rows(slices)} r LEFT JOIN over o USING (node, boot_id, seq, gpu_uuid))"""
+        ident = ", ".join(IDENTITY)
+        slice_hourly = con.sql(f"""
+            SELECT hour, cluster, node, gpu_uuid, model, slice_id, kind, {ident},
+                   count(*)::INTEGER AS ticks,
+                   sum(CAST(interval_s AS {SECONDS})) AS observed_s,
+                   sum(reserved_s) AS reserved_s,
+                   sum(used_s) AS used_s,
+                   sum(greatest(used_s - reserved_s, 0::{SECONDS})) AS burst_s,
+                   count(*) FILTER (WHERE used_frac IS NOT NULL
+                                    AND used_s < reserved_s * {ratio})::INTEGER AS idle_ticks,
+                   max(share) AS share_max,
+                   max(mem_used_mib) AS mem_used_mib_max
+            FROM {acct} GROUP BY ALL
+            ORDER BY hour, cluster, node, gpu_uuid, slice_id, namespace, pod, container, pod_uid,
+                     job_id, account, "user", ticks""").to_arrow_table()
+        # Idle ticks -> runs: consecutive seq of one slice in one agent boot, cut at the hour.
+        idle_runs = con.sql(f"""
+            WITH i AS (
+                SELECT *, seq - row_number() OVER (PARTITION BY slice_id, node, boot_id ORDER BY seq) AS run
+                FROM {acct} WHERE used_frac IS NOT NULL AND used_s < reserved_s * {ratio})
+            SELECT cluster, node, boot_id, gpu_uuid, model, slice_id, kind, {ident},
+                   hour, min(seq) AS first_seq, max(seq) AS last_seq,
+                   min(ts - to_microseconds(CAST(interval_s * 1000000 AS BIGINT))) AS start_ts,
+                   max(ts) AS end_ts, count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
+            FROM i GROUP BY cluster, node, boot_id, gpu_uuid, model, slice_id, kind, {ident}, hour, run
+            ORDER BY slice_id, node, boot_id, first_seq, hour""").to_arrow_table()
+        con.register("_slice_hourly", slice_hourly)
+        gpu_hourly = con.sql(f"""
+            WITH gs AS (
+                SELECT {HOUR_SQL} AS hour, cluster, node, uuid AS gpu_uuid, model,
+                       count(*)::INTEGER AS ticks,
+                       sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
+                       sum(energy_j) AS energy_j,
+                       count(energy_j)::INTEGER AS energy_ticks,
+                       count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks
+                FROM {rows(gpus)} GROUP BY ALL),
+            sa AS (
+                SELECT hour, gpu_uuid, sum(reserved_s) AS reserved_s, sum(used_s) AS used_s,
+                       sum(ticks) AS slice_ticks
+                FROM _slice_hourly GROUP BY ALL)
+            SELECT gs.*, coalesce(sa.reserved_s, 0) AS reserved_s, coalesce(sa.used_s, 0) AS used_s,
+                   gs.capacity_s - coalesce(sa.reserved_s, 0) AS unallocated_s,
+                   coalesce(sa.slice_ticks, 0)::BIGINT AS slice_ticks
+            FROM gs LEFT JOIN sa USING (hour, gpu_uuid)
+            ORDER BY hour, cluster, node, gpu_uuid, model""").to_arrow_table()
+        con.unregister("_slice_hourly")
+        node_ticks = con.sql(f"""
+            WITH o AS (
+                SELECT *, lag(ts) OVER w AS prev_ts, lag(n_gpus) OVER w AS prev_gpus
+                FROM t WINDOW w AS (PARTITION BY cluster, node ORDER BY ts, boot_id, seq))
+            SELECT cluster, node,
+                   min(ts) AS first_ts, arg_min(interval_s, ts) AS first_interval_s,
+                   max(ts) AS last_ts, arg_max(n_gpus, ts) AS last_gpus,
+                   count(*)::INTEGER AS ticks,
+                   sum(CAST(interval_s * n_gpus AS {SECONDS})) AS observed_gpu_s,
+                   coalesce(sum(CASE WHEN epoch(ts) - interval_s - epoch(prev_ts) > interval_s / 2
+                                     THEN CAST((epoch(ts) - interval_s - epoch(prev_ts)) * prev_gpus
+                                               AS {SECONDS}) END), 0) AS gap_gpu_s
+            FROM o GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
+        for tmp in ("t", "losers", "over"):
+            con.execute(f"DROP TABLE {tmp}")
+        return {
+            "slice_hourly": slice_hourly,
+            "gpu_hourly": gpu_hourly,
+            "idle_runs": idle_runs,
+            "node_ticks": node_ticks,
+        }
+
+    def _empty(self, kind: str) -> str:
+        """An empty Parquet file of a sample table's schema, for dates that lack that table."""
+        path = self.root / STATE / f"empty-{kind}.parquet"
+        if not path.exists():
+            self.lake.write_file(schema_of(kind).empty_table(), path)
+        return str(path)
+
+    def _write(self, name: str, date: str, table: pa.Table) -> None:
+        self.lake.write_file(table, self.root / name / f"date={date}" / "part.parquet")
