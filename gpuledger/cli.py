@@ -22,6 +22,7 @@ from kafka.errors import KafkaError
 
 from gpuledger.config import Config, ConfigError, load_config
 from gpuledger.progress import Progress, parse_duration
+from warehouse.errors import MONEY_ERRORS
 
 DEMO_MARKER = ".gpuledger-demo"
 EXIT_NOT_BUILT = 2
@@ -255,6 +256,69 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- close and report -----------------------------------------------------------------------------
+
+REPORT_FORMATS = ("html", "pdf", "csv", "focus")
+
+
+def _settings(cfg: Config) -> Any:
+    from warehouse.close import CloseSettings
+    from warehouse.pricing import PriceError
+
+    try:
+        return CloseSettings.from_config(cfg)
+    except PriceError as exc:
+        raise ConfigError(f"config error: {exc}") from exc
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    from warehouse.close import close_month
+
+    cfg = _load(args)
+    res = close_month(cfg.lake.path, args.month, _settings(cfg))
+    totals = res.manifest["totals"]
+    state = "already closed with these exact inputs (unchanged)" if res.unchanged else "closed"
+    print(f"{args.month}: {state}")
+    print(f"ledger       {res.path}")
+    print(f"lines        {len(res.lines)}")
+    print(f"total        {totals['currency']} {totals['cost']}")
+    print(f"capacity     {totals['capacity_gpu_hours']} GPU-h")
+    if res.manifest["corrects"]:
+        months = ", ".join(res.manifest["corrects"])
+        print(f"corrections  {totals['currency']} {totals['corrections']} for {months}")
+    print("conservation ok")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from warehouse.charges_csv import write_charges_csv
+    from warehouse.focus import write_focus
+    from warehouse.monthly import build_reports
+    from warehouse.reports import report_filename, write_reports
+
+    cfg = _load(args)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in REPORT_FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--format {args.format!r}: expected a comma list of {', '.join(REPORT_FORMATS)}")
+    out = Path(args.out or Path(cfg.lake.path) / "reports" / f"month={args.month}")
+    written: list[Path] = []
+    reports = build_reports(cfg.lake.path, args.month, _settings(cfg), tenant=args.tenant)
+    if args.tenant and not reports[0].lines and not reports[0].daily:
+        print(f"gpuledger report: no data for tenant {args.tenant!r} in {args.month}", file=sys.stderr)
+        return 1
+    for rep in reports:
+        written += write_reports(rep, out, [f for f in formats if f in ("html", "pdf")])
+        stem = report_filename(rep, "x")[:-2]
+        if "csv" in formats:
+            written.append(write_charges_csv(rep.lines, out / f"{stem}-charges.csv"))
+        if "focus" in formats:
+            written += list(write_focus(rep.lines, out, f"{stem}-focus"))
+    for p in written:
+        print(p)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuledger", description="GPU observability and chargeback")
     p.add_argument("--config", help="config file (default: ./gpuledger.toml if present)")
@@ -292,13 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("close", help="month close into the ledger")
     cl.add_argument("--month", required=True, metavar="YYYY-MM")
-    cl.set_defaults(func=lambda a: _not_built("close"))
+    cl.add_argument("--lake")
+    cl.set_defaults(func=cmd_close)
 
     r = sub.add_parser("report", help="monthly reports")
     r.add_argument("--month", required=True, metavar="YYYY-MM")
     r.add_argument("--tenant")
-    r.add_argument("--format", default="html")
-    r.set_defaults(func=lambda a: _not_built("report"))
+    r.add_argument("--format", default="html", help="comma list of html, pdf, csv, focus")
+    r.add_argument("--lake")
+    r.add_argument("--out", help="output folder (default: <lake>/reports/month=YYYY-MM)")
+    r.set_defaults(func=cmd_report)
     return p
 
 
@@ -319,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KafkaError as exc:
         print(f"gpuledger {args.command}: Kafka at {_bootstrap_hint(args)} failed: {exc!r}", file=sys.stderr)
+        return 1
+    except MONEY_ERRORS as exc:
+        print(f"gpuledger {args.command}: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         if "bad duration" in str(exc):

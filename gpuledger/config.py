@@ -161,7 +161,10 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("platform", "weighted", "even"),
         "one of platform, weighted, even",
     ),
-    ("pricing", "currency"): (lambda v: len(v) == 3 and v.isalpha() and v.isupper(), "an ISO 4217 code like USD"),
+    ("pricing", "currency"): (
+        lambda v: len(v) == 3 and v.isalpha() and v.isupper(),
+        "an ISO 4217 code like USD",
+    ),
     ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
     ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
     ("enforcer", "mode"): (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -106,11 +107,6 @@ class Accounting:
                    epoch(max(end_ts) OVER pw) - epoch(min(start_ts) OVER pw) >= {self.idle_min_s}
                        AS qualifies
             FROM p WINDOW pw AS (PARTITION BY slice_id, node, boot_id, period)""")
-        # Allocated-idle GPU-seconds per slice and hour: reserved inside qualifying idle periods.
-        c.execute("""
-            CREATE OR REPLACE VIEW idle_hourly AS
-            SELECT slice_id, node, gpu_uuid, hour, sum(reserved_s) AS idle_s
-            FROM idle_run_period WHERE qualifies GROUP BY ALL""")
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
@@ -149,34 +145,34 @@ class Accounting:
         if where:
             conds.append(f"({where})")
         cond = ("WHERE " + " AND ".join(conds)) if conds else ""
-        order = ", ".join(["period"] * bool(grain) + list(by)) or "1"
+        # Allocated-idle comes from the idle periods grouped by the same keys and joined on them
+        # (a slice-hour can sit in two date partitions: joining row by row would count it twice).
+        names = ["period"] * bool(grain) + list(by) or ["all_"]
+        on = " AND ".join(f"m.{n} IS NOT DISTINCT FROM i.{n}" for n in names)
+        idle = f"""SELECT {keys}, sum(reserved_s) AS idle_s FROM idle_run_period
+                   WHERE qualifies {("AND " + " AND ".join(conds)) if conds else ""} GROUP BY ALL"""
         if any(d in SLICE_DIMS for d in by):
-            q = f"""
-                WITH s AS (
-                    SELECT sh.*, coalesce(i.idle_s, 0) AS idle_s
-                    FROM slice_hourly sh
-                    LEFT JOIN idle_hourly i USING (slice_id, node, gpu_uuid, hour) {cond})
+            m = f"""
                 SELECT {keys},
                        sum(reserved_s) / 3600 AS reserved_gpu_h, sum(used_s) / 3600 AS used_gpu_h,
-                       sum(burst_s) / 3600 AS burst_gpu_h, sum(idle_s) / 3600 AS idle_gpu_h,
+                       sum(burst_s) / 3600 AS burst_gpu_h,
                        sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
                        count(DISTINCT slice_id) AS slices
-                FROM s GROUP BY ALL ORDER BY {order}"""
+                FROM slice_hourly {cond} GROUP BY ALL"""
         else:
-            q = f"""
-                WITH i AS (SELECT gpu_uuid, hour, sum(idle_s) AS idle_s FROM idle_hourly GROUP BY ALL),
-                g AS (
-                    SELECT gh.*, coalesce(i.idle_s, 0) AS idle_s
-                    FROM gpu_hourly gh LEFT JOIN i USING (gpu_uuid, hour) {cond})
+            m = f"""
                 SELECT {keys},
                        sum(capacity_s) / 3600 AS capacity_gpu_h, sum(reserved_s) / 3600 AS reserved_gpu_h,
                        sum(used_s) / 3600 AS used_gpu_h, sum(unallocated_s) / 3600 AS unallocated_gpu_h,
-                       sum(idle_s) / 3600 AS idle_gpu_h,
                        sum(used_s) / nullif(sum(capacity_s), 0) AS utilization,
                        sum(reserved_s) / nullif(sum(capacity_s), 0) AS allocation_rate,
                        sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
                        count(DISTINCT gpu_uuid) AS gpus
-                FROM g GROUP BY ALL ORDER BY {order}"""
+                FROM gpu_hourly {cond} GROUP BY ALL"""
+        q = f"""
+            SELECT m.*, coalesce(i.idle_s, 0) / 3600 AS idle_gpu_h
+            FROM ({m}) m LEFT JOIN ({idle}) i ON {on}
+            ORDER BY {", ".join("m." + n for n in names)}"""
         return _dicts(self.sql(q))
 
     # -- idle periods ----------------------------------------------------------------------------
@@ -201,11 +197,7 @@ class Accounting:
         if tenant is not None:
             conds.append(f"tenant = {_lit(tenant)}")
         priced = self.price_book is not None
-        cost = (
-            "round(sum(CAST(reserved_s AS DECIMAL(38, 9)) * p.gpu_hour) / 3600, 2) AS cost"
-            if priced
-            else "NULL AS cost"
-        )
+        cost = "sum(reserved_s * p.gpu_hour) AS cost_s" if priced else "NULL AS cost_s"
         join = (
             "LEFT JOIN prices p ON p.model = r.model AND CAST(r.hour AS DATE) >= p.valid_from "
             "AND CAST(r.hour AS DATE) < p.valid_to"
@@ -222,13 +214,18 @@ class Accounting:
             FROM idle_run_period r {join}
             WHERE {" AND ".join(conds)}
             GROUP BY slice_id, node, boot_id, period, period_start, period_end
-            ORDER BY {"cost DESC NULLS LAST, " if priced else ""}gpu_hours DESC, start, slice_id
+            ORDER BY {"cost_s DESC NULLS LAST, " if priced else ""}gpu_hours DESC, start, slice_id
             {f"LIMIT {int(limit)}" if limit else ""}"""
-        return _dicts(self.sql(q))
+        rows = _dicts(self.sql(q))
+        for r in rows:
+            # price x GPU-seconds is exact in DECIMAL; one division and one rounding, here
+            cost_s = r.pop("cost_s")
+            r["cost"] = None if cost_s is None else (Decimal(cost_s) / 3600).quantize(Decimal("0.01"))
+        return rows
 
     # -- coverage --------------------------------------------------------------------------------
 
-    def coverage(self, start: date, end: date) -> list[dict[str, Any]]:
+    def coverage(self, start: datetime | date, end: datetime | date) -> list[dict[str, Any]]:
         """Observed and unobserved GPU-hours per node and day in [start, end).
 
         Unobserved time is the gaps between a node's ticks (agent down, node gone) times the GPUs
@@ -268,7 +265,8 @@ class Accounting:
                 GROUP BY ALL)
             SELECT cluster, node, day, observed_s / 3600 AS observed_gpu_h,
                    unobserved_s / 3600 AS unobserved_gpu_h
-            FROM u WHERE day >= {_ts(start)}::DATE AND day < {_ts(end)}::DATE
+            FROM u WHERE day >= CAST({_ts(start)} AS DATE)
+              AND day <= CAST({_ts(end)} - INTERVAL 1 MICROSECOND AS DATE)
             ORDER BY day, cluster, node"""
         return _dicts(self.sql(q))
 

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, time
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from warehouse.accounting import Accounting, _ts
+from warehouse.errors import ConservationError
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
 from warehouse.pricing import PriceError, month_bounds
 
@@ -26,10 +27,6 @@ Q12 = Decimal("1e-12")
 MODES = ("reserved", "used", "hybrid")
 POLICIES = ("platform", "weighted", "even")
 LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "energy": 3, "correction": 4}
-
-
-class ConservationError(RuntimeError):
-    """The lines of a period do not add up to the capacity they bill: never write such a ledger."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +116,13 @@ def _compute(
             WHERE s.hour >= {lo} AND s.hour < {hi}),
         g AS (
             SELECT gpu_uuid, hour, sum(burst) AS sum_burst, sum(reserved_s) AS sum_r FROM x GROUP BY ALL),
-        c AS (SELECT gpu_uuid, hour, capacity_s FROM gpu_hourly WHERE hour >= {lo} AND hour < {hi}),
+        c AS (
+            SELECT gpu_uuid, hour, sum(capacity_s) AS capacity_s FROM gpu_hourly
+            WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
         h AS (
             SELECT x.*, x.reserved_s + CASE
-                WHEN g.sum_burst > c.capacity_s - g.sum_r
-                THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(c.capacity_s - g.sum_r AS DOUBLE)
+                WHEN g.sum_burst > greatest(c.capacity_s - g.sum_r, 0)
+                THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(greatest(c.capacity_s - g.sum_r, 0) AS DOUBLE)
                                 / CAST(g.sum_burst AS DOUBLE) * 1e9) / 1e9 AS DECIMAL(18, 9))
                 ELSE x.burst END AS hybrid_s
             FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour))

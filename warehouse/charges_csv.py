@@ -13,13 +13,19 @@ import io
 import os
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
+
+import pyarrow as pa
 
 from warehouse.ledger_model import LEDGER_SCHEMA, ChargeLine
 
 COLUMNS: tuple[str, ...] = tuple(LEDGER_SCHEMA.names)
+# Decimal columns are written at the ledger's scale (12 places, cents at 2), so lines fresh from
+# the close and lines read back from the Parquet ledger give the same text.
+DECIMAL_SCALES: dict[str, int] = {f.name: f.type.scale for f in LEDGER_SCHEMA if pa.types.is_decimal(f.type)}
 TMP_SUFFIX = ".tmp"
+_WIDE = Context(prec=80)  # room for 38 digits either side of the point: quantize never overflows
 
 
 def format_decimal(value: Decimal) -> str:
@@ -29,6 +35,14 @@ def format_decimal(value: Decimal) -> str:
     if value.is_zero():
         value = abs(value)
     return format(value, "f")
+
+
+def at_scale(value: Decimal, scale: int) -> Decimal:
+    """`value` with exactly `scale` places; refuses to drop digits (round before writing)."""
+    scaled = value.quantize(Decimal(1).scaleb(-scale), context=_WIDE)
+    if scaled != value:
+        raise ValueError(f"{value} has more than {scale} decimal places")
+    return scaled
 
 
 def format_timestamp(value: datetime) -> str:
@@ -95,10 +109,16 @@ def charges_csv_bytes(lines: Iterable[ChargeLine]) -> bytes:
         seen.add(key)
     rows = []
     for ln in ordered:
-        try:
-            rows.append([format_cell(getattr(ln, name)) for name in COLUMNS])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"charge line {ln.line_no} of {ln.billing_period}: {exc}") from exc
+        row = []
+        for name in COLUMNS:
+            value = getattr(ln, name)
+            try:
+                if name in DECIMAL_SCALES and value is not None:
+                    value = at_scale(value, DECIMAL_SCALES[name])
+                row.append(format_cell(value))
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise ValueError(f"charge line {ln.line_no} of {ln.billing_period}, {name}: {exc}") from exc
+        rows.append(row)
     return csv_bytes(COLUMNS, rows)
 
 

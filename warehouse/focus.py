@@ -22,6 +22,7 @@ Units follow FOCUS's UnitFormat (`<singular-unit>-<plural-time-units>`, as in "G
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -29,12 +30,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.charges_csv import csv_bytes, write_bytes_atomic
+from warehouse.charges_csv import DECIMAL_SCALES, at_scale, csv_bytes, write_bytes_atomic
 from warehouse.ledger_model import CENTS, LINE_TYPES, MONEY, QTY, UNALLOCATED_TENANT, ChargeLine
 
 FOCUS_VERSION = "1.2"
@@ -44,6 +46,7 @@ SERVICE_CATEGORY = "Compute"
 SERVICE_SUBCATEGORY = "Other (Compute)"
 MODES = ("reserved", "used", "hybrid")
 IDLE_POLICIES = ("platform", "weighted", "even")
+CORRECTABLE = tuple(t for t in LINE_TYPES if t != "correction")
 
 # What this provider supports, in the validator's terms: the conditional FOCUS columns these
 # switch on are all present and checked. Not claimed: availability zones, capacity
@@ -122,14 +125,18 @@ FOCUS_SCHEMA = pa.schema(
         pa.field("x_ReservedGpuHours", QTY),
         pa.field("x_UsedGpuHours", QTY),
         pa.field("x_CorrectsPeriod", pa.string()),
+        pa.field("x_CorrectsLineType", pa.string()),
     ]
 )
 
+CENT = Decimal("0.01")
+_WIDE = Context(prec=80)
+PRODUCT_TOLERANCE = Decimal("1e-9")  # relative, as the validator's price x quantity checks
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-def month_bounds(period: str) -> tuple[datetime, datetime]:
+def billing_period_bounds(period: str) -> tuple[datetime, datetime]:
     """[start, end) of a YYYY-MM billing period in UTC."""
     m = _PERIOD.match(period)
     if not m:
@@ -172,11 +179,13 @@ def _check(ln: ChargeLine) -> None:
             raise ValueError(
                 f"corrects_period {ln.corrects_period} is not before billing period {ln.billing_period}"
             )
-        month_bounds(ln.corrects_period)
-    elif ln.corrects_period is not None:
-        raise ValueError(f"corrects_period {ln.corrects_period!r} set on a {ln.line_type} line")
+        billing_period_bounds(ln.corrects_period)
+        if ln.corrects_line_type not in (None, *CORRECTABLE):
+            raise ValueError(f"corrects_line_type {ln.corrects_line_type!r} is not one of {CORRECTABLE}")
+    elif ln.corrects_period is not None or ln.corrects_line_type is not None:
+        raise ValueError(f"corrects_period/corrects_line_type set on a {ln.line_type} line")
     else:
-        b_start, b_end = month_bounds(ln.billing_period)
+        b_start, b_end = billing_period_bounds(ln.billing_period)
         if start < b_start or end > b_end:
             raise ValueError(
                 f"charge period {start.isoformat()}..{end.isoformat()} is outside billing period "
@@ -184,10 +193,24 @@ def _check(ln: ChargeLine) -> None:
             )
     if ln.line_type == "energy" and ln.kwh is None:
         raise ValueError("an energy line needs kwh")
-    if ln.cost.as_tuple().exponent < -2:
-        raise ValueError(f"cost {ln.cost} is not rounded to the cent")
+    for name, scale in DECIMAL_SCALES.items():
+        value = getattr(ln, name)
+        if value is not None:
+            try:
+                at_scale(value, scale)
+            except (ValueError, ArithmeticError) as exc:
+                raise ValueError(f"{name}: {exc}") from exc
     if ln.unit_price < 0:
         raise ValueError(f"unit_price {ln.unit_price} is negative")
+    if abs(_WIDE.subtract(ln.cost, ln.cost_exact)) >= CENT:
+        raise ValueError(f"cost {ln.cost} is a cent or more away from cost_exact {ln.cost_exact}")
+    # FOCUS: ListUnitPrice x PricingQuantity = ListCost except on corrections, which may differ
+    # (the validator's own check never fires on rows whose ChargeClass is null, so it is here).
+    if ln.line_type == "correction":
+        return
+    product = _WIDE.multiply(ln.kwh if _is_energy(ln) else ln.gpu_hours, ln.unit_price)
+    if abs(_WIDE.subtract(product, ln.cost_exact)) > PRODUCT_TOLERANCE * max(abs(ln.cost_exact), Decimal(1)):
+        raise ValueError(f"quantity x unit_price = {product} does not match cost_exact {ln.cost_exact}")
 
 
 def _is_energy(ln: ChargeLine) -> bool:
@@ -195,27 +218,32 @@ def _is_energy(ln: ChargeLine) -> bool:
     return ln.kwh is not None
 
 
-def _description(ln: ChargeLine) -> str:
+def _what(line_type: str, ln: ChargeLine) -> str:
     where = f"{ln.gpu_model} on {ln.cluster}"
-    if ln.line_type == "usage":
-        text = f"{ln.gpu_model} GPU-hours ({ln.mode}) for {ln.tenant} on {ln.cluster}"
-    elif ln.line_type == "unallocated":
-        text = f"Unallocated {where} GPU-hours, carried by the platform"
-    elif ln.line_type == "idle_share":
-        text = f"Share of unallocated {where} GPU-hours ({ln.idle_policy} policy) for {ln.tenant}"
-    elif ln.line_type == "energy":
-        text = f"Energy of {where} for {ln.tenant}"
-    else:
-        kind = "energy" if _is_energy(ln) else "GPU-hours"
-        text = f"Correction of {ln.corrects_period}: {where} {kind} for {ln.tenant}"
-    return text
+    if line_type == "usage":
+        return f"{ln.gpu_model} GPU-hours ({ln.mode}) for {ln.tenant} on {ln.cluster}"
+    if line_type == "unallocated":
+        return f"Unallocated {where} GPU-hours, carried by the platform"
+    if line_type == "idle_share":
+        return f"Share of unallocated {where} GPU-hours ({ln.idle_policy} policy) for {ln.tenant}"
+    if line_type == "energy":
+        return f"Energy of {where} for {ln.tenant}"
+    kind = "energy" if _is_energy(ln) else "GPU-hours"  # a correction of unknown origin
+    who = "the platform (unallocated)" if ln.tenant == UNALLOCATED_TENANT else ln.tenant
+    return f"{where} {kind} for {who}"
+
+
+def _description(ln: ChargeLine) -> str:
+    if ln.line_type != "correction":
+        return _what(ln.line_type, ln)
+    return f"Correction of {ln.corrects_period}: {_what(ln.corrects_line_type or 'correction', ln)}"
 
 
 def _sub_account_name(tenant: str) -> str:
     return "Unallocated capacity (platform)" if tenant == UNALLOCATED_TENANT else tenant
 
 
-def focus_rows(
+def _focus_rows(
     lines: Iterable[ChargeLine],
     *,
     provider: str = "gpuledger",
@@ -236,7 +264,7 @@ def focus_rows(
         seen.add(key)
         try:
             _check(ln)
-            b_start, b_end = month_bounds(ln.billing_period)
+            b_start, b_end = billing_period_bounds(ln.billing_period)
         except ValueError as exc:
             raise ValueError(f"charge line {ln.line_no} of {ln.billing_period}: {exc}") from exc
         energy = _is_energy(ln)
@@ -283,7 +311,7 @@ def focus_rows(
                 "ServiceSubcategory": SERVICE_SUBCATEGORY,
                 "SkuId": ln.gpu_model,
                 "SkuMeter": meter,
-                "SkuPriceDetails": f'{{"x_EffectiveFrom": "{ln.price_from.isoformat()}"}}',
+                "SkuPriceDetails": json.dumps({"x_EffectiveFrom": ln.price_from.isoformat()}),
                 "SkuPriceId": price_id,
                 "SubAccountId": ln.tenant,
                 "SubAccountName": _sub_account_name(ln.tenant),
@@ -300,14 +328,36 @@ def focus_rows(
                 "x_ReservedGpuHours": ln.reserved_gpu_hours,
                 "x_UsedGpuHours": ln.used_gpu_hours,
                 "x_CorrectsPeriod": ln.corrects_period,
+                "x_CorrectsLineType": ln.corrects_line_type,
             }
         )
     return rows
 
 
-def focus_table(lines: Iterable[ChargeLine], **names: str) -> pa.Table:
-    """The FOCUS 1.2 cost-and-usage table of `lines` (keyword names as for `focus_rows`)."""
-    rows = focus_rows(lines, **names)
+def focus_table(
+    lines: Iterable[ChargeLine],
+    *,
+    provider: str = "gpuledger",
+    publisher: str | None = None,
+    invoice_issuer: str | None = None,
+    billing_account_id: str = "gpuledger-fleet",
+    billing_account_name: str = "GPU fleet",
+    service_name: str = "GPU Compute",
+) -> pa.Table:
+    """The FOCUS 1.2 cost-and-usage table of `lines`, one row per line in (period, line_no) order.
+
+    The platform running the fleet is the provider; publisher and invoice issuer default to it.
+    A line FOCUS cannot express truthfully raises ValueError naming the line and the field.
+    """
+    rows = _focus_rows(
+        lines,
+        provider=provider,
+        publisher=publisher,
+        invoice_issuer=invoice_issuer,
+        billing_account_id=billing_account_id,
+        billing_account_name=billing_account_name,
+        service_name=service_name,
+    )
     cols = {f.name: [r[f.name] for r in rows] for f in FOCUS_SCHEMA}
     return pa.table(cols, schema=FOCUS_SCHEMA)
 
@@ -326,9 +376,12 @@ def focus_csv_bytes(table: pa.Table) -> bytes:
 
 
 def write_focus(
-    lines: Iterable[ChargeLine], out_dir: str | os.PathLike[str], stem: str, **names: str
+    lines: Iterable[ChargeLine], out_dir: str | os.PathLike[str], stem: str, **names: str | None
 ) -> tuple[Path, Path]:
-    """Write `<stem>.parquet` and `<stem>.csv` (each atomically) and return their paths."""
+    """Write `<stem>.parquet` and `<stem>.csv` (each atomically) and return their paths.
+
+    `names` are focus_table's keyword arguments (provider, billing account, ...).
+    """
     table = focus_table(lines, **names)
     out = Path(out_dir)
     parquet_path = write_bytes_atomic(out / f"{stem}.parquet", focus_parquet_bytes(table))
@@ -339,6 +392,17 @@ def write_focus(
 # --- the official validator ---------------------------------------------------------------------
 
 VALIDATOR_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "focus-validator.sh"
+
+
+# Rules that focus-validator 2.2.1 fails on every dataset that holds the column, each with the
+# composite that states the real requirement and must pass for the excuse to hold. Its model
+# checks InvoiceId-C-004-C ("MUST be null when the charge has no invoice") and C-005-C ("MUST NOT
+# be null when it has one") both unconditionally, under an OR (C-003-C): one of the two fails
+# whatever the data (all null: C-005 fails; all set: C-004 fails; column left out: seven rules
+# fail). Our rows belong to a monthly statement, so InvoiceId is set and C-004 is the one.
+KNOWN_VALIDATOR_DEFECTS: dict[str, str] = {
+    "InvoiceId-C-004-C": "InvoiceId-C-003-C",
+}
 
 
 @dataclass(frozen=True)
@@ -352,8 +416,23 @@ class ValidatorReport:
     failed: tuple[tuple[str, str], ...]  # (rule id, message) of each failed or errored rule
 
     @property
+    def failed_rules(self) -> tuple[str, ...]:
+        return tuple(rule for rule, _ in self.failed)
+
+    @property
+    def unexpected(self) -> tuple[tuple[str, str], ...]:
+        """Failed rules other than a known defect whose governing composite passed."""
+        failed = set(self.failed_rules)
+        return tuple(
+            (rule, msg)
+            for rule, msg in self.failed
+            if not (rule in KNOWN_VALIDATOR_DEFECTS and KNOWN_VALIDATOR_DEFECTS[rule] not in failed)
+        )
+
+    @property
     def ok(self) -> bool:
-        return self.failures == 0 and self.errors == 0 and self.tests > 0
+        """True when every checked rule passed but the known defects (and at least one was checked)."""
+        return self.tests > 0 and self.errors == 0 and not self.unexpected
 
     def summary(self, limit: int = 20) -> str:
         head = f"{self.tests} rules: {self.failures} failed, {self.errors} errored, {self.skipped} skipped"

@@ -44,6 +44,7 @@ LEDGER_SCHEMA = pa.schema(
         ("corrects_period", pa.string()),  # correction lines: the closed month they correct, else null
         ("reserved_gpu_hours", QTY),  # context for reading the line; null on platform/energy lines
         ("used_gpu_hours", QTY),
+        ("corrects_line_type", pa.string()),  # correction lines: the line type they correct
     ]
 )
 
@@ -70,6 +71,7 @@ class ChargeLine:
     corrects_period: str | None = None
     reserved_gpu_hours: Decimal | None = None
     used_gpu_hours: Decimal | None = None
+    corrects_line_type: str | None = None
 
 
 def lines_to_table(lines: list[ChargeLine]) -> pa.Table:

@@ -12,11 +12,9 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from warehouse.errors import PriceError
+
 FAR_FUTURE = date(9999, 12, 31)
-
-
-class PriceError(ValueError):
-    """A price book entry that cannot be used, or a model/date the book has no price for."""
 
 
 @dataclass(frozen=True)

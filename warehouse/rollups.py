@@ -40,7 +40,7 @@ from warehouse.lake import Lake, schema_of
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 1  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 2  # bump when the SQL below changes meaning: every date is rebuilt
 
 # DESIGN §6 share per slice kind; HAMi's core 0 means no core reservation (compute term 0).
 SHARE_SQL = """
@@ -74,6 +74,12 @@ class RollupStats:
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _nanos(expr: str) -> str:
+    """GPU-seconds of one slice tick, floored to the nanosecond: the shares of a GPU tick then never
+    add up past its interval, so unallocated time is never negative."""
+    return f"CAST(floor(({expr}) * 1e9) / 1e9 AS {SECONDS})"
 
 
 def _read(files: list[str]) -> str:
@@ -143,7 +149,8 @@ class Rollups:
         progress: Callable[[int, int], None] | None = None,
     ) -> RollupStats:
         """Bring the rollups of `dates` (default: every date with samples) up to date."""
-        todo = list(dates) if dates is not None else self.sample_dates()
+        present = self.sample_dates()
+        todo = present if dates is None else sorted(set(dates) & set(present))
         rebuilt = rows = 0
         con = self._connect()
         try:
@@ -248,12 +255,11 @@ class Rollups:
             FROM (SELECT node, boot_id, seq, gpu_uuid, ({SHARE_SQL}) AS share,
                          coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac FROM {rows(slices)})
             GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0""")
+        reserved = f"r.interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce(o.sum_share, 1.0))"
+        used = f"r.interval_s * coalesce(({USED_FRAC_SQL}), 0.0) / greatest(1.0, coalesce(o.sum_used, 1.0))"
         acct = f"""(
             SELECT r.*, {HOUR_SQL} AS hour, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac,
-                   CAST(r.interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce(o.sum_share, 1.0))
-                        AS {SECONDS}) AS reserved_s,
-                   CAST(r.interval_s * coalesce(({USED_FRAC_SQL}), 0.0)
-                        / greatest(1.0, coalesce(o.sum_used, 1.0)) AS {SECONDS}) AS used_s
+                   {_nanos(reserved)} AS reserved_s, {_nanos(used)} AS used_s
             FROM {rows(slices)} r LEFT JOIN over o USING (node, boot_id, seq, gpu_uuid))"""
         ident = ", ".join(IDENTITY)
         slice_hourly = con.sql(f"""

@@ -1,0 +1,160 @@
+"""Assemble a month's report data: money from the closed ledger, usage and idle from the rollups.
+
+A closed month reports its ledger, tied to the manifest by hash. An open month reports an accrual
+computed now with the current settings, and says so instead of a manifest hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from warehouse.chargeback import compute_charges, quantize_line
+from warehouse.close import MANIFEST, CloseSettings, closed_months, ledger_dir, month_dates, read_ledger
+from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
+from warehouse.pricing import month_bounds
+
+TOP_IDLE = 15
+
+
+def _dec(v: Any, places: str = "1e-9") -> Decimal:
+    return Decimal(0) if v is None else Decimal(repr(float(v))).quantize(Decimal(places))
+
+
+def month_lines(lake: str | Path, month: str, settings: CloseSettings) -> tuple[list[ChargeLine], str, bool]:
+    """(lines, manifest sha256 or accrual note, closed?) for a month."""
+    if month in closed_months(lake):
+        lines, _ = read_ledger(lake, month)
+        sha = hashlib.sha256((ledger_dir(lake, month) / MANIFEST).read_bytes()).hexdigest()
+        return lines, sha, True
+    acct = settings.accounting(lake)
+    try:
+        acct.update(month_dates(month))
+        charges = compute_charges(
+            acct,
+            month,
+            mode=settings.mode,
+            idle_policy=settings.idle_policy,
+            kwh_price=Decimal(settings.kwh) if settings.kwh else None,
+        )
+    finally:
+        acct.close()
+    return [quantize_line(ln) for ln in charges.lines], "not closed: accrual to date", False
+
+
+def build_reports(
+    lake: str | Path, month: str, settings: CloseSettings, tenant: str | None = None, fleet: bool = True
+) -> list[MonthReport]:
+    """The fleet report (unless `tenant` is given) and one report per tenant (or only `tenant`)."""
+    lines, sha, _ = month_lines(lake, month, settings)
+    m0, m1 = month_bounds(month)
+    acct = settings.accounting(lake)
+    try:
+        acct.update(month_dates(month))
+        tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
+        if tenant is not None:
+            tenants = [tenant]
+        scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
+        out = []
+        for scope in scopes:
+            out.append(_report(acct, month, m0, m1, scope, lines, sha, settings))
+        return out
+    finally:
+        acct.close()
+
+
+def _report(
+    acct: Any,
+    month: str,
+    m0: date,
+    m1: date,
+    tenant: str | None,
+    all_lines: list[ChargeLine],
+    sha: str,
+    settings: CloseSettings,
+) -> MonthReport:
+    lines = [ln for ln in all_lines if tenant is None or ln.tenant == tenant]
+    if tenant is None:
+        rows = acct.measures([], grain="day", start=m0, end=m1)
+        daily = [
+            DailyPoint(
+                r["period"].date(),
+                _dec(r["capacity_gpu_h"]),
+                _dec(r["reserved_gpu_h"]),
+                _dec(r["used_gpu_h"]),
+                _dec(r["idle_gpu_h"]),
+            )
+            for r in rows
+        ]
+    else:
+        rows = acct.measures(["tenant"], grain="day", start=m0, end=m1, where=f"tenant = {_lit(tenant)}")
+        # A tenant's capacity is what it holds: its reserved GPU-hours.
+        daily = [
+            DailyPoint(
+                r["period"].date(),
+                _dec(r["reserved_gpu_h"]),
+                _dec(r["reserved_gpu_h"]),
+                _dec(r["used_gpu_h"]),
+                _dec(r["idle_gpu_h"]),
+            )
+            for r in rows
+        ]
+    by_cm: dict[tuple[str, str], Decimal] = {}
+    for ln in lines:
+        by_cm[(ln.cluster, ln.gpu_model)] = by_cm.get((ln.cluster, ln.gpu_model), Decimal(0)) + ln.cost
+    idle_rows = acct.idle_periods(start=m0, end=m1, tenant=tenant)
+    top = [
+        IdlePeriod(
+            tenant=r["tenant"],
+            workload=r["workload"],
+            cluster=r["cluster"],
+            node=r["node"],
+            gpu_uuid=r["gpu_uuid"],
+            gpu_model=r["model"],
+            slice_id=r["slice_id"],
+            start=r["start"],
+            end=r["end"],
+            gpu_hours=_dec(r["gpu_hours"]),
+            cost=Decimal(r["cost"] if r["cost"] is not None else 0).quantize(Decimal("0.01")),
+        )
+        for r in idle_rows[:TOP_IDLE]
+    ]
+    cap = sum((d.capacity_gpu_h for d in daily), Decimal(0))
+    res = sum((d.reserved_gpu_h for d in daily), Decimal(0))
+    used = sum((d.used_gpu_h for d in daily), Decimal(0))
+    idle = sum((d.idle_gpu_h for d in daily), Decimal(0))
+    totals: dict[str, Decimal] = {
+        "capacity_gpu_h": cap,
+        "reserved_gpu_h": res,
+        "used_gpu_h": used,
+        "idle_gpu_h": idle,
+        "idle_cost": sum(
+            (Decimal(r["cost"]) for r in idle_rows if r["cost"] is not None), Decimal(0)
+        ).quantize(Decimal("0.01")),
+        "cost": sum((ln.cost for ln in lines), Decimal(0)),
+    }
+    if cap:
+        totals["utilization"] = (used / cap).quantize(Decimal("1e-6"))
+        totals["allocation_rate"] = (res / cap).quantize(Decimal("1e-6"))
+    if res:
+        totals["efficiency"] = (used / res).quantize(Decimal("1e-6"))
+    return MonthReport(
+        month=month,
+        tenant=tenant,
+        currency=settings.currency,
+        mode=settings.mode,
+        idle_policy=settings.idle_policy,
+        manifest_sha256=sha,
+        daily=daily,
+        lines=lines,
+        cost_by_cluster_model=[(c, m, v) for (c, m), v in sorted(by_cm.items())],
+        top_idle=top,
+        totals=totals,
+    )
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
