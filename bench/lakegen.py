@@ -113,7 +113,9 @@ def generate_lake(
     s_node = lay.gpu_node[sg]
     s_model = lay.gpu_model[sg]
     n_sl = len(sg)
-    slice_ids = np.array([f"{lay.gpu_uuid[g]}:{k}:{i}" for i, (g, k) in enumerate(zip(sg, lay.slices["kind"]))])
+    slice_ids = np.array(
+        [f"{lay.gpu_uuid[g]}:{k}:{i}" for i, (g, k) in enumerate(zip(sg, lay.slices["kind"], strict=True))]
+    )
     # A per-slice busy level: a third idle, the rest mixed.
     level = rng.choice([0.0, 0.02, 0.15, 0.4, 0.8], size=n_sl, p=[0.3, 0.1, 0.25, 0.2, 0.15])
     counts = {"tick": 0, "gpu": 0, "slice": 0}
@@ -122,7 +124,9 @@ def generate_lake(
         batch = 1_000_000 + day
         seq0 = day * per_day
         k = np.arange(per_day)
-        ts = np.datetime64(d0.replace(tzinfo=None), "us") + (k + 1) * np.timedelta64(int(interval_s * 1e6), "us")
+        ts = np.datetime64(d0.replace(tzinfo=None), "us") + (k + 1) * np.timedelta64(
+            int(interval_s * 1e6), "us"
+        )
         ts = ts - np.timedelta64(int(interval_s * 1e6), "us") // 2  # inside the day (no tick on midnight)
         # ticks: node-major
         t_node = np.repeat(np.arange(n_nodes), per_day)
@@ -175,8 +179,8 @@ def generate_lake(
         busy = np.clip(level[s_idx] * (0.5 + rng.random(len(s_idx))), 0, 1) * 100
         kinds = lay.slices["kind"][s_idx]
 
-        def col(name: str) -> np.ndarray:
-            return lay.slices[name][s_idx]
+        def col(name: str, idx: np.ndarray = s_idx) -> np.ndarray:
+            return lay.slices[name][idx]
 
         sl = {
             "batch": np.full(len(s_idx), batch, dtype=np.int64),

@@ -230,7 +230,12 @@ def _compute(
         for sg in sorted(energy_total, key=_seg_key):
             total_kwh = CTX.divide(energy_total[sg], Decimal(3_600_000))
             expected += CTX.multiply(total_kwh, kwh_price)
-            shares = by_seg.get(sg, {})
+            shares = dict(by_seg.get(sg, {}))
+            # Per-row rounding (to the micro-joule) can make the shares pass the total by a few
+            # micro-joules; the largest share gives that back, so no line is ever negative.
+            excess = sum(shares.values(), Decimal(0)) - energy_total[sg]
+            if excess > 0:
+                shares[max(shares, key=lambda t: (shares[t], t))] -= excess
             given = Decimal(0)
             for tenant in sorted(shares):
                 kwh = CTX.divide(shares[tenant], Decimal(3_600_000))

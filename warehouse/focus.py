@@ -5,12 +5,14 @@ publisher and invoice issuer; each tenant is a sub-account; the `__unallocated__
 row of its own so the platform's idle capacity is visible and the rows add up to the fleet.
 
 Why the costs are not all the same number: FOCUS requires ListUnitPrice x PricingQuantity =
-ListCost (and the same for the contracted pair) on every non-correction row, and the validator
-checks it to a relative 1e-9. The ledger rounds each line to the cent by largest remainder, so
-the rounded cost is generally not price x quantity. So BilledCost and EffectiveCost carry the
-line's rounded `cost` (what the tenant pays; they add up to the cent), while ListCost and
-ContractedCost carry the exact `cost_exact` = unit price x quantity. They differ by less than a
-cent per line; with no discounts there is no other difference between them.
+ListCost (and the same for the contracted pair) on every row that is not a correction. The
+ledger rounds each line to the cent by largest remainder, so the rounded cost is generally not
+price x quantity. So BilledCost and EffectiveCost carry the line's rounded `cost` (what the
+tenant pays; they add up to the cent), while ListCost and ContractedCost carry the exact
+`cost_exact` = unit price x quantity. They differ by less than a cent per line; with no
+discounts there is no other difference between them. (focus-validator 2.2.1 writes that rule
+with `ChargeClass IS NOT NULL AND ChargeClass <> 'Correction'`, so it never checks ordinary
+rows; `_check` holds every line to it instead, at the validator's relative 1e-9.)
 
 Corrections (late data for a month already closed) are billed in the next open month with
 ChargeClass "Correction", their ChargePeriod in the month they correct and x_CorrectsPeriod
@@ -39,7 +41,6 @@ import pyarrow.parquet as pq
 from warehouse.charges_csv import DECIMAL_SCALES, at_scale, csv_bytes, write_bytes_atomic
 from warehouse.ledger_model import CENTS, LINE_TYPES, MONEY, QTY, UNALLOCATED_TENANT, ChargeLine
 
-FOCUS_VERSION = "1.2"
 GPU_UNIT = "GPU-Hours"
 ENERGY_UNIT = "kW-Hours"
 SERVICE_CATEGORY = "Compute"
@@ -431,8 +432,13 @@ class ValidatorReport:
 
     @property
     def ok(self) -> bool:
-        """True when every checked rule passed but the known defects (and at least one was checked)."""
-        return self.tests > 0 and self.errors == 0 and not self.unexpected
+        """Every rule passed but the known defects; something was checked; the counts agree."""
+        return (
+            self.tests > 0
+            and self.errors == 0
+            and not self.unexpected
+            and self.failures + self.errors == len(self.failed)
+        )
 
     def summary(self, limit: int = 20) -> str:
         head = f"{self.tests} rules: {self.failures} failed, {self.errors} errored, {self.skipped} skipped"

@@ -1,0 +1,617 @@
+"""Who owns a GPU process: host PID -> container, pod, Slurm job and unix user; pod UID -> workload.
+
+NVML reports host PIDs. The cgroup path of a process already names its container (containerd,
+CRI-O, Docker; cgroup v1 and v2; systemd and cgroupfs drivers), its pod and its Slurm job, so one
+read of `<proc_root>/<pid>/cgroup` attributes it without asking a container runtime. The path is
+searched, never anchored: kind clusters, nested runtimes and distro slices put prefixes in front.
+
+PIDs are reused. Every identity is cached on (pid, start time), the start time being field 22 of
+`<proc_root>/<pid>/stat`, so a steady process costs one small read per lookup and a reused PID is
+read afresh. A process can exit between any two reads: that is a normal event and yields None.
+
+Pod UID -> namespace, pod, container name, labels and annotations comes from a pluggable resolver:
+the Kubernetes API (one list of this node's pods, cached with a TTL, refreshed on a miss at most
+once per interval) or a static JSON file (for tests, air-gapped nodes and non-Kubernetes sites).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger("gpuledger.collector.attribution")
+
+VGPU_ALLOCATED_ANNOTATION = "hami.io/vgpu-devices-allocated"
+
+# `pod<uid>`: dashes with the cgroupfs driver, underscores with the systemd one (kubepods-...-pod<uid>.slice).
+_POD_RE = re.compile(r"pod([0-9a-f_-]{32,36})")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# One path token that is a container: `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`,
+# `libpod-<id>.scope` (systemd driver), a bare `<id>` (cgroupfs: /kubepods/.../pod<uid>/<id>, /docker/<id>),
+# `crio-<id>` (CRI-O with cgroupfs) or the `...slice:cri-containerd:<id>` form (tokens split on ':').
+# `crio-conmon-<id>.scope` (CRI-O's monitor process, never a GPU user) does not match.
+_CONTAINER_TOKEN_RE = re.compile(r"(?:(?:cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?")
+_TOKEN_SPLIT_RE = re.compile(r"[/:]")
+# Slurm: /system.slice/slurmstepd.scope/job_123/step_0/... (v2), /slurm/uid_1000/job_123/step_batch/... (v1).
+_JOB_RE = re.compile(r"(?:^|/)job_(\d+)(?=/|$)")
+
+_STAT_START_TIME_INDEX = 19  # field 22 counted from field 3, the first one after "(comm)"
+_IDENTIFY_ATTEMPTS = 3  # a PID reused while we read it is read again, this many times at most
+_READ_CHUNK = 65536
+_MAX_READ_CHUNKS = 64  # 4 MiB: more than any stat/status/cgroup file; environ beyond it is cut
+
+
+class _Gone(Exception):
+    """The process exited (or its PID was never there) while we were reading it."""
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    pid: int
+    start_time: int  # field 22 of <proc_root>/<pid>/stat (clock ticks since boot): the PID-reuse guard
+    container_id: str | None  # 64-hex container id from the cgroup path
+    pod_uid: str | None  # canonical dashed lowercase UUID
+    job_id: str | None  # Slurm job id (job_<id> in the cgroup path)
+    account: str | None  # SLURM_JOB_ACCOUNT from the process environment, when readable
+    user: str | None  # unix user of the real uid, else "uid:<n>"; None when status was unreadable
+
+
+@dataclass(frozen=True)
+class CgroupIdentity:
+    container_id: str | None
+    pod_uid: str | None
+    job_id: str | None
+
+
+def canonical_pod_uid(text: str) -> str | None:
+    """A pod UID as the API server spells it (dashed lowercase), or None when `text` is not one."""
+    uid = text.strip().lower().replace("_", "-")
+    if len(uid) == 32 and "-" not in uid:
+        uid = f"{uid[:8]}-{uid[8:12]}-{uid[12:16]}-{uid[16:20]}-{uid[20:]}"
+    return uid if _UUID_RE.fullmatch(uid) else None
+
+
+def parse_cgroup(text: str) -> CgroupIdentity:
+    """Container id, pod UID and Slurm job from the text of a /proc/<pid>/cgroup file.
+
+    Every line (`hierarchy:controllers:path`, v2 is `0::path`) is searched; hybrid hosts often have
+    `0::/` next to v1 lines that carry the information, so the first line that names a thing wins.
+    Within a path the innermost (last) match wins, which is the process's own container when
+    runtimes nest. Lines that are not cgroup lines are ignored, so garbage yields all None.
+    """
+    container_id = pod_uid = job_id = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        path = parts[2]
+        if container_id is None:
+            for token in reversed(_TOKEN_SPLIT_RE.split(path)):
+                m = _CONTAINER_TOKEN_RE.fullmatch(token)
+                if m:
+                    container_id = m.group(1)
+                    break
+        if pod_uid is None:
+            for m in reversed(list(_POD_RE.finditer(path))):
+                pod_uid = canonical_pod_uid(m.group(1))
+                if pod_uid:
+                    break
+        if job_id is None:
+            jobs = _JOB_RE.findall(path)
+            if jobs:
+                job_id = jobs[-1]
+    return CgroupIdentity(container_id, pod_uid, job_id)
+
+
+def parse_start_time(stat: bytes) -> int:
+    """Field 22 of a /proc/<pid>/stat line; comm is cut at the LAST ')' as it may hold ' ' and ')'."""
+    rparen = stat.rfind(b")")
+    if rparen < 0:
+        raise ValueError("no ')' closing the command name")
+    fields = stat[rparen + 1 :].split()
+    if len(fields) <= _STAT_START_TIME_INDEX:
+        raise ValueError(f"{len(fields) + 2} fields, expected at least 22")
+    return int(fields[_STAT_START_TIME_INDEX])
+
+
+def _real_uid(status: bytes) -> int | None:
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            parts = line.split()
+            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return None
+
+
+def _environ_value(environ: bytes, name: bytes) -> str | None:
+    prefix = name + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            value = entry[len(prefix) :].decode("utf-8", "replace")
+            return value or None
+    return None
+
+
+class _PasswdFile:
+    """uid -> name from a passwd file, re-read when its mtime changes (users come and go on a node).
+
+    Only the file is consulted (not NSS): in a pod the host's file is mounted (e.g. /host/etc/passwd)
+    and the container's own NSS would answer for the wrong machine. Unknown uids become "uid:<n>".
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._names: dict[int, str] = {}
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            self._stamp, self._names = None, {}
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        names: dict[int, str] = {}
+        try:
+            with open(self._path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split(":")
+                    if len(parts) >= 3 and parts[2].isdigit() and not parts[0].startswith("#"):
+                        names.setdefault(int(parts[2]), parts[0])  # first entry wins, as getpwuid
+        except OSError as e:
+            log.warning("cannot read passwd file %s: %s; users are shown as uid:<n>", self._path, e)
+        self._stamp, self._names = stamp, names
+
+    def name(self, uid: int) -> str:
+        self._refresh()
+        return self._names.get(uid) or f"uid:{uid}"
+
+
+class ProcAttributor:
+    """Host PID -> ProcessIdentity from a proc tree, cached on (pid, start time).
+
+    The cache holds at most `max_entries` PIDs: on overflow, PIDs whose proc directory is gone are
+    dropped first, then the oldest entries. `prune(live_pids)` drops everything else after a tick.
+    """
+
+    def __init__(
+        self, proc_root: str = "/proc", passwd_file: str = "/etc/passwd", *, max_entries: int = 8192
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.proc_root = proc_root
+        self._passwd = _PasswdFile(passwd_file)
+        self._max_entries = max_entries
+        self._cache: dict[int, ProcessIdentity] = {}
+        self._warned_unreadable = False
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _read(self, path: str) -> bytes:
+        """One whole proc file; the single place files are read (tests count calls here).
+
+        Raw os.read instead of open(): the cached path is one stat read per PID per tick, and a
+        buffered file object costs more than the read itself.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            for _ in range(_MAX_READ_CHUNKS):
+                chunk = os.read(fd, _READ_CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _read_proc(self, pid: int, name: str) -> bytes:
+        try:
+            return self._read(f"{self.proc_root}/{pid}/{name}")
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError) as e:
+            raise _Gone from e
+
+    def _start_time(self, pid: int) -> int:
+        try:
+            return parse_start_time(self._read_proc(pid, "stat"))
+        except ValueError as e:
+            log.debug("unreadable %s/%d/stat: %s", self.proc_root, pid, e)
+            raise _Gone from e
+
+    def identify(self, pid: int) -> ProcessIdentity | None:
+        """The identity of a running PID, or None when it is gone (including exiting mid-read)."""
+        try:
+            for _ in range(_IDENTIFY_ATTEMPTS):
+                start = self._start_time(pid)
+                cached = self._cache.get(pid)
+                if cached is not None and cached.start_time == start:
+                    return cached
+                ident = self._read_identity(pid, start)
+                if self._start_time(pid) == start:  # same process from first read to last
+                    self._store(ident)
+                    return ident
+        except _Gone:
+            pass
+        except OSError as e:  # EACCES on stat (hidepid, no CAP_SYS_PTRACE): misconfigured, say so once
+            if not self._warned_unreadable:
+                self._warned_unreadable = True
+                log.warning(
+                    "cannot read %s/%d/stat: %s; such processes stay unattributed", self.proc_root, pid, e
+                )
+        self._cache.pop(pid, None)
+        return None
+
+    def _read_identity(self, pid: int, start: int) -> ProcessIdentity:
+        try:
+            cg = parse_cgroup(self._read_proc(pid, "cgroup").decode("utf-8", "replace"))
+        except OSError as e:  # e.g. EACCES under a restrictive hidepid setup: identify what we can
+            log.debug("unreadable %s/%d/cgroup: %s", self.proc_root, pid, e)
+            cg = CgroupIdentity(None, None, None)
+        user = None
+        try:
+            uid = _real_uid(self._read_proc(pid, "status"))
+            user = None if uid is None else self._passwd.name(uid)
+        except OSError as e:
+            log.debug("unreadable %s/%d/status: %s", self.proc_root, pid, e)
+        account = None
+        if cg.job_id is not None:  # environ is only readable by root or the owner: read it only for jobs
+            try:
+                account = _environ_value(self._read_proc(pid, "environ"), b"SLURM_JOB_ACCOUNT")
+            except OSError as e:
+                log.debug("unreadable %s/%d/environ: %s", self.proc_root, pid, e)
+        return ProcessIdentity(pid, start, cg.container_id, cg.pod_uid, cg.job_id, account, user)
+
+    def _store(self, ident: ProcessIdentity) -> None:
+        self._cache.pop(ident.pid, None)
+        if len(self._cache) >= self._max_entries:
+            for pid in [p for p in self._cache if not os.path.exists(f"{self.proc_root}/{p}")]:
+                del self._cache[pid]
+            while len(self._cache) >= self._max_entries:
+                del self._cache[next(iter(self._cache))]  # oldest first (dicts keep insertion order)
+        self._cache[ident.pid] = ident
+
+    def prune(self, live_pids: Collection[int]) -> int:
+        """Forget every cached PID not in `live_pids` (the PIDs NVML reported this tick); returns how many."""
+        gone = [pid for pid in self._cache if pid not in live_pids]
+        for pid in gone:
+            del self._cache[pid]
+        return len(gone)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pod UID -> workload
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str | None
+    pod: str | None
+    container: str | None
+    pod_uid: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # HAMi's allocation annotation lives here
+
+
+class WorkloadResolver(Protocol):
+    def resolve(self, pod_uid: str, container_id: str | None = None) -> Workload | None: ...
+
+
+class ResolverError(ValueError):
+    """A resolver source that cannot be used; the message names the source and what is wrong."""
+
+
+def normalize_container_id(container_id: str) -> str:
+    """`containerd://<id>`, `cri-o://<id>`, `docker://<id>` (the API's spelling) -> `<id>` (the cgroup's)."""
+    _, sep, rest = container_id.partition("://")
+    return (rest if sep else container_id).strip().lower()
+
+
+@dataclass(frozen=True)
+class _Pod:
+    namespace: str | None
+    name: str | None
+    uid: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    containers: dict[str, str]  # container id -> container name
+
+    def workload(self, container_id: str | None) -> Workload:
+        name = self.containers.get(normalize_container_id(container_id)) if container_id else None
+        return Workload(self.namespace, self.name, name, self.uid, self.labels, self.annotations)
+
+
+class NullResolver:
+    """No source of workload names: processes keep their container id and pod UID only."""
+
+    def resolve(self, pod_uid: str, container_id: str | None = None) -> Workload | None:
+        return None
+
+
+def _str_map(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ResolverError(f"{where} must be an object of string to string, got {json.dumps(value)[:80]}")
+    return dict(value)
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ResolverError(f"{where} must be a string, got {json.dumps(value)[:80]}")
+    return value
+
+
+def _load_static(path: Path) -> dict[str, _Pod]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ResolverError(f"{path}: cannot read the static workload file: {e.strerror or e}") from e
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResolverError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise ResolverError(
+            f"{path}: expected an object mapping pod UID -> "
+            f"{{namespace, pod, labels, annotations, containers}}, got {type(doc).__name__}"
+        )
+    pods: dict[str, _Pod] = {}
+    for key, entry in doc.items():
+        uid = canonical_pod_uid(key)
+        if uid is None:
+            raise ResolverError(f"{path}: key {key!r} is not a pod UID (a UUID such as 8f2c6b1e-...)")
+        where = f"{path}: pod {key}"
+        if not isinstance(entry, dict):
+            raise ResolverError(f"{where} must be an object, got {type(entry).__name__}")
+        unknown = set(entry) - {"namespace", "pod", "labels", "annotations", "containers"}
+        if unknown:
+            raise ResolverError(f"{where} has unknown keys {sorted(unknown)}")
+        containers = _str_map(entry.get("containers"), f"{where}.containers")
+        pods[uid] = _Pod(
+            namespace=_opt_str(entry.get("namespace"), f"{where}.namespace"),
+            name=_opt_str(entry.get("pod"), f"{where}.pod"),
+            uid=uid,
+            labels=_str_map(entry.get("labels"), f"{where}.labels"),
+            annotations=_str_map(entry.get("annotations"), f"{where}.annotations"),
+            containers={normalize_container_id(k): v for k, v in containers.items()},
+        )
+    return pods
+
+
+class StaticFileResolver:
+    """Pod UID -> workload from a JSON file, re-read when its mtime or size changes.
+
+    Format: {"<pod uid>": {"namespace": str, "pod": str, "labels": {..}, "annotations": {..},
+    "containers": {"<container id>": "<name>"}}}. A bad file at start raises ResolverError; a bad
+    edit later keeps the last good contents and logs one error per file version, so a typo in the
+    file never stops the agent.
+    """
+
+    def __init__(
+        self, path: str | Path, *, check_interval_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = Path(path)
+        self._check_interval_s = check_interval_s
+        self._clock = clock
+        self._stamp = self._file_stamp()
+        self._pods = _load_static(self.path)
+        self._checked_at = clock()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> None:
+        """Read the file now; raises ResolverError (and keeps the old contents) when it is bad."""
+        stamp = self._file_stamp()
+        self._stamp = stamp
+        self._pods = _load_static(self.path)
+
+    def _maybe_reload(self) -> None:
+        now = self._clock()
+        if now - self._checked_at < self._check_interval_s:
+            return
+        self._checked_at = now
+        if self._file_stamp() == self._stamp:
+            return
+        try:
+            self.reload()
+        except ResolverError as e:
+            log.error("%s; keeping the previous contents", e)
+
+    def resolve(self, pod_uid: str, container_id: str | None = None) -> Workload | None:
+        self._maybe_reload()
+        uid = canonical_pod_uid(pod_uid)
+        pod = self._pods.get(uid) if uid else None
+        return pod.workload(container_id) if pod else None
+
+
+def _pod_from_api(item: Mapping[str, Any]) -> _Pod | None:
+    meta = item.get("metadata") or {}
+    uid = canonical_pod_uid(str(meta.get("uid") or ""))
+    if uid is None:
+        return None
+    status = item.get("status") or {}
+    containers: dict[str, str] = {}
+    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+        for cs in status.get(key) or []:
+            cid, name = cs.get("containerID"), cs.get("name")
+            if isinstance(cid, str) and cid and isinstance(name, str):
+                containers[normalize_container_id(cid)] = name
+    return _Pod(
+        namespace=meta.get("namespace"),
+        name=meta.get("name"),
+        uid=uid,
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+        containers=containers,
+    )
+
+
+class KubernetesResolver:
+    """Pod UID -> workload from the API server: one list of this node's pods, cached.
+
+    The list (field selector spec.nodeName=<node>, resourceVersion=0 so the API server answers from
+    its watch cache, not etcd) is refreshed when it is older than `ttl_s`, or when a pod UID or
+    container id is not in it (a pod that just started); either way at most once per
+    `min_refresh_interval_s`, so a node full of unknown PIDs cannot storm the API server. When the
+    API fails, the last good list is kept and one warning is logged per failed attempt.
+    """
+
+    def __init__(
+        self,
+        node_name: str,
+        *,
+        api_client: Any = None,
+        ttl_s: float = 60.0,
+        min_refresh_interval_s: float = 10.0,
+        request_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not node_name:
+            raise ValueError(
+                "KubernetesResolver needs the node name (collector.node) to list this node's pods"
+            )
+        import kubernetes  # imported here: the agent on a Slurm or bare-metal node never needs it
+
+        if api_client is None:
+            kubernetes.config.load_incluster_config()
+            api_client = kubernetes.client.ApiClient()
+        self.node_name = node_name
+        self._api = kubernetes.client.CoreV1Api(api_client)
+        self._ttl_s = ttl_s
+        self._min_refresh_interval_s = min_refresh_interval_s
+        self._timeout_s = request_timeout_s
+        self._clock = clock
+        self._pods: dict[str, _Pod] = {}
+        self._loaded_at: float | None = None
+        self._attempted_at: float | None = None
+        self.api_calls = 0  # list requests sent (tests and the exporter read it)
+
+    def _refresh(self, now: float) -> None:
+        self._attempted_at = now
+        self.api_calls += 1
+        try:
+            resp = self._api.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.node_name}",
+                resource_version="0",
+                _preload_content=False,
+                _request_timeout=self._timeout_s,
+            )
+            try:
+                doc = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            items = doc.get("items") if isinstance(doc, dict) else None
+            if not isinstance(items, list):
+                raise ValueError(f"expected a PodList with items, got {str(doc)[:120]}")
+        except Exception as e:  # API errors, refused connections, timeouts, bad bodies: keep the old list
+            log.warning("listing pods on node %s from the Kubernetes API failed: %s", self.node_name, e)
+            return
+        pods = {}
+        for item in items:
+            pod = _pod_from_api(item) if isinstance(item, dict) else None
+            if pod is not None:
+                pods[pod.uid] = pod
+        self._pods, self._loaded_at = pods, now
+
+    def resolve(self, pod_uid: str, container_id: str | None = None) -> Workload | None:
+        uid = canonical_pod_uid(pod_uid)
+        if uid is None:
+            return None
+        now = self._clock()
+        pod = self._pods.get(uid)
+        stale = self._loaded_at is None or now - self._loaded_at >= self._ttl_s
+        miss = pod is None or (
+            container_id is not None and normalize_container_id(container_id) not in pod.containers
+        )
+        may = self._attempted_at is None or now - self._attempted_at >= self._min_refresh_interval_s
+        if (stale or miss) and may:
+            self._refresh(now)
+            pod = self._pods.get(uid)
+        return pod.workload(container_id) if pod else None
+
+
+def make_resolver(kind: str, path: str, node: str) -> WorkloadResolver:
+    """The resolver named in collector config: "kubernetes" (in-cluster), "file" (static JSON), "none"."""
+    if kind == "none":
+        return NullResolver()
+    if kind == "file":
+        if not path:
+            raise ResolverError("collector.resolver = file needs collector.resolver_file (a JSON file path)")
+        return StaticFileResolver(path)
+    if kind == "kubernetes":
+        return KubernetesResolver(node)
+    raise ResolverError(f"collector.resolver = {kind!r}: expected one of kubernetes, file, none")
+
+
+# ---------------------------------------------------------------------------------------------------
+# HAMi allocation annotation
+
+
+@dataclass(frozen=True)
+class VgpuGrant:
+    gpu_uuid: str
+    vendor: str
+    mem_mib: int
+    cores: int  # percent of the GPU's SMs; 0 means no core reservation
+
+
+def parse_vgpu_allocation(annotation: str) -> list[list[VgpuGrant]]:
+    """HAMi's `hami.io/vgpu-devices-allocated`: `UUID,NVIDIA,memMiB,cores:` per device, `;` per container.
+
+    One list per container, in pod-spec order: containers without a GPU keep their (empty) place so
+    indexes line up with spec.containers; only the terminating `;` is dropped, as HAMi's decoder does.
+    """
+    text = annotation.strip()
+    if not text:
+        return []
+    containers = text.split(";")
+    if containers[-1].strip() == "":
+        containers.pop()
+    out: list[list[VgpuGrant]] = []
+    for ci, ctext in enumerate(containers):
+        grants = []
+        for piece in ctext.split(":"):
+            if not piece.strip():
+                continue
+            fields = [f.strip() for f in piece.split(",")]
+            if len(fields) != 4:
+                raise ValueError(
+                    f"{VGPU_ALLOCATED_ANNOTATION}: container {ci} device {piece!r}: "
+                    f"expected UUID,vendor,memMiB,cores, got {len(fields)} fields"
+                )
+            uuid, vendor, mem, cores = fields
+            if not uuid or not vendor:
+                raise ValueError(
+                    f"{VGPU_ALLOCATED_ANNOTATION}: container {ci} device {piece!r}: empty UUID or vendor"
+                )
+            try:
+                mem_mib, core_pct = int(mem), int(cores)
+            except ValueError as e:
+                raise ValueError(
+                    f"{VGPU_ALLOCATED_ANNOTATION}: container {ci} device {piece!r}: "
+                    "memMiB and cores must be integers"
+                ) from e
+            if mem_mib < 0 or not 0 <= core_pct <= 100:
+                raise ValueError(
+                    f"{VGPU_ALLOCATED_ANNOTATION}: container {ci} device {piece!r}: "
+                    f"memMiB must be >= 0 and cores 0-100"
+                )
+            grants.append(VgpuGrant(uuid, vendor, mem_mib, core_pct))
+        out.append(grants)
+    return out

@@ -1,0 +1,409 @@
+"""The node agent's Prometheus endpoint: the same readings as the tick messages, for live dashboards.
+
+Why three families of names: existing Grafana dashboards query dcgm-exporter (``DCGM_FI_DEV_*``)
+and HAMi's vGPU monitor (``hami_*``); exporting their names lets a platform team point those
+dashboards at gpuledger instead of running three agents. What neither has (reserved share, slice
+caps, per-process attribution, the agent's own health) is under ``gpuledger_``.
+
+Everything is derived from one schema-v1 tick message (``update``), so every backend (NVML,
+simulated, replay) exports the same way. Each update replaces that node's whole set of series at
+once: a series of a process, slice or GPU that is gone, or whose value is null this tick, is
+simply not in the new set, and a scrape never mixes two ticks. Null means absent, never 0.
+
+Label conventions (kept the same on every metric of a family):
+
+- DCGM series (``DCGM_FI_DEV_*``): ``gpu`` (index), ``UUID``, ``device`` (``nvidia<index>``),
+  ``modelName``, ``Hostname`` (the tick's node), and ``namespace``/``pod``/``container``: the
+  workload of the GPU's ``whole`` slice when the GPU is handed out whole, else empty strings (a
+  shared GPU has no single owner; its users are on the ``hami_*`` and ``gpuledger_slice_*``
+  series). ``DCGM_FI_DEV_FB_USED``/``FB_FREE`` are MiB, ``POWER_USAGE`` W, ``GPU_TEMP`` °C,
+  ``TOTAL_ENERGY_CONSUMPTION`` mJ accumulated from the ticks' ``energy_j`` deltas since the agent
+  started (a counter in meaning; typed gauge because prometheus_client would rename a counter to
+  ``..._total`` and break the dcgm-exporter name dashboards query with ``rate()``).
+- HAMi series (vGPU slices whose pod is known): labels of HAMi ≥ 2.10's vGPU monitor:
+  ``namespace``, ``pod``, ``container``, ``vdevice_index`` (the slice's position among that
+  container's vGPU slices in the tick), ``device_uuid``. ``hami_vgpu_memory_*_bytes`` are bytes;
+  ``hami_container_device_utilization_ratio`` is SM busy % (0-100), as HAMi exports it.
+- ``gpuledger_slice_*``: ``slice_id``, ``kind``, ``UUID`` (physical GPU), ``Hostname``,
+  ``mig_profile``, ``namespace``, ``pod``, ``container``, ``job_id``, ``account``, ``user``.
+- ``gpuledger_process_*``: ``pid``, ``UUID``, ``slice_id``, ``Hostname``, ``namespace``/``pod``/
+  ``container`` (from the process's slice), ``container_id``, ``pod_uid``, ``job_id``, ``user``.
+Unknown label values are empty strings (Prometheus treats them as absent).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collector.spool import SpoolStats
+
+MIB = 1024 * 1024
+
+GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "namespace", "pod", "container")
+HAMI_LABELS = ("namespace", "pod", "container", "vdevice_index", "device_uuid")
+SLICE_LABELS = (
+    "slice_id",
+    "kind",
+    "UUID",
+    "Hostname",
+    "mig_profile",
+    "namespace",
+    "pod",
+    "container",
+    "job_id",
+    "account",
+    "user",
+)
+PROC_LABELS = (
+    "pid",
+    "UUID",
+    "slice_id",
+    "Hostname",
+    "namespace",
+    "pod",
+    "container",
+    "container_id",
+    "pod_uid",
+    "job_id",
+    "user",
+)
+
+# name -> (type, help). Order is exposition order.
+_SPECS: dict[str, tuple[str, str]] = {
+    "DCGM_FI_DEV_GPU_UTIL": ("gauge", "GPU utilization (in %), busy-time average over the tick."),
+    "DCGM_FI_DEV_FB_USED": ("gauge", "Framebuffer memory used (in MiB)."),
+    "DCGM_FI_DEV_FB_FREE": ("gauge", "Framebuffer memory free (in MiB)."),
+    "DCGM_FI_DEV_POWER_USAGE": ("gauge", "Power draw (in W)."),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": (
+        "gauge",
+        "Total energy consumption since the agent started (in mJ); monotonic, use rate()/increase().",
+    ),
+    "DCGM_FI_DEV_GPU_TEMP": ("gauge", "GPU temperature (in C)."),
+    "hami_vgpu_memory_used_bytes": ("gauge", "vGPU device memory usage in bytes"),
+    "hami_vgpu_memory_limit_bytes": ("gauge", "vGPU device memory limit in bytes"),
+    "hami_container_device_utilization_ratio": ("gauge", "Container device SM utilization ratio (0-100)"),
+    "hami_container_last_kernel_elapsed_seconds": (
+        "gauge",
+        "Seconds since last kernel execution in container",
+    ),
+    "gpuledger_gpu_state": ("gauge", "1 for the GPU's current state (ok, lost, unknown)."),
+    "gpuledger_gpu_energy_counter_resets": (
+        "counter",
+        "Energy counter resets seen (a tick with energy_j = 0 while drawing power), since agent start.",
+    ),
+    "gpuledger_slice_reserved_share": (
+        "gauge",
+        "Fraction of the physical GPU the slice's allocation takes (DESIGN §6 share, before normalisation).",
+    ),
+    "gpuledger_slice_util_percent": ("gauge", "Busy % attributable to the slice (whole-GPU %, MIG: own %)."),
+    "gpuledger_slice_memory_used_bytes": ("gauge", "GPU memory used by the slice in bytes."),
+    "gpuledger_slice_memory_cap_bytes": ("gauge", "GPU memory cap of the slice in bytes."),
+    "gpuledger_slice_core_cap_percent": ("gauge", "Core cap of a vGPU slice in % (0: no reservation)."),
+    "gpuledger_slice_last_kernel_age_seconds": ("gauge", "Seconds since the slice last ran a kernel."),
+    "gpuledger_process_memory_used_bytes": ("gauge", "GPU memory used by the process in bytes."),
+    "gpuledger_process_sm_util_percent": ("gauge", "SM utilization of the process in % of the GPU."),
+    "gpuledger_collector_last_tick_timestamp_seconds": ("gauge", "End of the last tick (unix seconds)."),
+}
+
+_Series = dict[str, dict[tuple[str, ...], tuple[dict[str, str], float]]]
+
+
+def _s(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def _share(sl: dict[str, Any], mem_total: Any) -> float | None:
+    """DESIGN §6 share of one slice, or None when an input is unknown."""
+    kind = sl.get("kind")
+    if kind == "whole":
+        return 1.0
+    if kind == "mig":
+        c, gc = sl.get("compute_slices"), sl.get("gpu_compute_slices")
+        m, gm = sl.get("memory_slices"), sl.get("gpu_memory_slices")
+        if not (c and gc and m and gm):
+            return None
+        return max(c / gc, m / gm)
+    if kind == "vgpu":
+        cap, core = sl.get("mem_cap_mib"), sl.get("core_cap_pct")
+        if cap is None or core is None or not mem_total:
+            return None
+        return max(cap / mem_total, core / 100.0)
+    if kind == "timeslice":
+        r = sl.get("replicas")
+        return 1.0 / r if r else None
+    return None
+
+
+class _TickCollector(Collector):
+    """Serves the series built from the latest tick of each node."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.nodes: dict[str, _Series] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            parts = list(self.nodes.values())
+        for name, (typ, doc) in _SPECS.items():
+            metric = Metric(name, doc, typ)
+            sample_name = name + "_total" if typ == "counter" else name
+            for part in parts:
+                for labels, value in part.get(name, {}).values():
+                    metric.add_sample(sample_name, labels, value)
+            if metric.samples:
+                yield metric
+
+
+class _SpoolCollector(Collector):
+    def __init__(self, source: Callable[[], SpoolStats]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.source()
+        for name, doc, value in (
+            ("gpuledger_spool_spooled_ticks", "Ticks written to the local spool.", st.spooled),
+            ("gpuledger_spool_replayed_ticks", "Spooled ticks later acknowledged by Kafka.", st.replayed),
+            ("gpuledger_spool_dropped_ticks", "Spooled ticks dropped unsent (spool full).", st.dropped),
+            ("gpuledger_spool_torn_records", "Torn record tails cut off at start-up.", st.torn),
+            ("gpuledger_spool_direct_ticks", "Ticks acknowledged by Kafka without spooling.", st.sent_direct),
+        ):
+            m = Metric(name, doc, "counter")
+            m.add_sample(name + "_total", {}, float(value))
+            yield m
+        for name, doc, value in (
+            ("gpuledger_spool_pending_ticks", "Ticks in the spool now.", st.pending_records),
+            ("gpuledger_spool_bytes", "Spool size on disk now.", st.pending_bytes),
+            ("gpuledger_spool_inflight_ticks", "Ticks sent, not yet acknowledged.", st.inflight),
+            ("gpuledger_kafka_up", "1 while ticks go straight to Kafka, 0 while spooling.", int(st.kafka_up)),
+        ):
+            m = Metric(name, doc, "gauge")
+            m.add_sample(name, {}, float(value))
+            yield m
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line
+        pass
+
+
+class _Server6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class AgentExporter:
+    """Prometheus metrics of one node agent on its own registry and HTTP server."""
+
+    def __init__(self, port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None) -> None:
+        self.addr = addr
+        self.port = port
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self._ticks = _TickCollector()
+        self.registry.register(self._ticks)
+        self._tick_count = Counter(
+            "gpuledger_collector_ticks_total", "Tick messages exported.", registry=self.registry
+        )
+        self._tick_seconds = Histogram(
+            "gpuledger_collector_tick_duration_seconds",
+            "Wall time to sample one tick.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self._energy_mj: dict[tuple[str, str], float] = {}
+        self._energy_resets: dict[tuple[str, str], int] = {}
+        self._spool: _SpoolCollector | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Serve /metrics; returns the bound port (pass port 0 for any free one)."""
+        if self._server is None:
+            server_cls = _Server6 if ":" in self.addr else ThreadingWSGIServer
+            self._server = make_server(
+                self.addr, self.port, make_wsgi_app(self.registry), server_cls, handler_class=_QuietHandler
+            )
+            self.port = self._server.server_address[1]
+            # A short poll interval so close() returns at once (tests start and stop many).
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"gpuledger-exporter:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self.port
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def watch_spool(self, source: Callable[[], SpoolStats]) -> None:
+        """Export the spool's counters, read at scrape time (e.g. ``watch_spool(spool.stats)``)."""
+        if self._spool is not None:
+            self.registry.unregister(self._spool)
+        self._spool = _SpoolCollector(source)
+        self.registry.register(self._spool)
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def update(self, message: dict[str, Any], tick_seconds: float | None = None) -> None:
+        """Replace this node's series with those of ``message`` (one schema-v1 tick)."""
+        built = self._build(message)
+        with self._ticks.lock:
+            self._ticks.nodes[message["node"]] = built
+        self._count(1, tick_seconds)
+
+    def update_all(self, messages: Iterable[dict[str, Any]], tick_seconds: float | None = None) -> None:
+        """Replace every node's series with this tick's messages; nodes not in it disappear."""
+        built = {m["node"]: self._build(m) for m in messages}
+        with self._ticks.lock:
+            self._ticks.nodes = built
+        self._count(len(built), tick_seconds)
+
+    def _count(self, n: int, tick_seconds: float | None) -> None:
+        self._tick_count.inc(n)
+        if tick_seconds is not None:
+            self._tick_seconds.observe(tick_seconds)
+
+    def _build(self, msg: dict[str, Any]) -> _Series:
+        try:
+            return self._series(msg)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            where = msg.get("node") if isinstance(msg, dict) else type(msg).__name__
+            raise ValueError(f"exporter: tick message of node {where!r} is not schema v1: {exc!r}") from exc
+
+    def _series(self, msg: dict[str, Any]) -> _Series:
+        node = msg["node"]
+        out: _Series = {}
+
+        def put(name: str, labels: dict[str, str], value: Any) -> None:
+            if value is None or isinstance(value, bool):
+                return
+            out.setdefault(name, {})[tuple(labels.values())] = (labels, float(value))
+
+        slices = msg.get("slices") or []
+        whole_owner: dict[str, dict[str, Any]] = {}
+        for sl in slices:
+            if sl.get("kind") == "whole":
+                whole_owner[sl["gpu_uuid"]] = sl.get("workload") or {}
+
+        mem_total: dict[str, Any] = {}
+        for g in msg.get("gpus") or []:
+            uuid = g["uuid"]
+            mem_total[uuid] = g.get("mem_total_mib")
+            wl = whole_owner.get(uuid, {})
+            gl = {
+                "gpu": str(g["index"]),
+                "UUID": uuid,
+                "device": f"nvidia{g['index']}",
+                "modelName": _s(g.get("model")),
+                "Hostname": node,
+                "namespace": _s(wl.get("namespace")),
+                "pod": _s(wl.get("pod")),
+                "container": _s(wl.get("container")),
+            }
+            put("DCGM_FI_DEV_GPU_UTIL", gl, g.get("util_pct"))
+            used, total = g.get("mem_used_mib"), g.get("mem_total_mib")
+            put("DCGM_FI_DEV_FB_USED", gl, used)
+            if used is not None and total is not None:
+                put("DCGM_FI_DEV_FB_FREE", gl, max(0, total - used))
+            power = g.get("power_w")
+            put("DCGM_FI_DEV_POWER_USAGE", gl, power)
+            put("DCGM_FI_DEV_GPU_TEMP", gl, g.get("temp_c"))
+            key = (node, uuid)
+            energy = g.get("energy_j")
+            if energy is not None:
+                self._energy_mj[key] = self._energy_mj.get(key, 0.0) + energy * 1000.0
+                if energy == 0 and power:
+                    self._energy_resets[key] = self._energy_resets.get(key, 0) + 1
+                put("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", gl, self._energy_mj[key])
+            ident = {"gpu": gl["gpu"], "UUID": uuid, "Hostname": node}
+            put("gpuledger_gpu_state", {**ident, "state": _s(g.get("state"))}, 1)
+            put("gpuledger_gpu_energy_counter_resets", ident, self._energy_resets.get(key, 0))
+
+        slice_wl: dict[str, dict[str, Any]] = {}
+        vdev: dict[tuple[str, str, str], int] = {}
+        for sl in slices:
+            wl = sl.get("workload") or {}
+            slice_wl[sl["slice_id"]] = wl
+            sll = {
+                "slice_id": sl["slice_id"],
+                "kind": _s(sl.get("kind")),
+                "UUID": sl["gpu_uuid"],
+                "Hostname": node,
+                "mig_profile": _s(sl.get("mig_profile")),
+                "namespace": _s(wl.get("namespace")),
+                "pod": _s(wl.get("pod")),
+                "container": _s(wl.get("container")),
+                "job_id": _s(wl.get("job_id")),
+                "account": _s(wl.get("account")),
+                "user": _s(wl.get("user")),
+            }
+            cap, mem = sl.get("mem_cap_mib"), sl.get("mem_used_mib")
+            put("gpuledger_slice_reserved_share", sll, _share(sl, mem_total.get(sl["gpu_uuid"])))
+            put("gpuledger_slice_util_percent", sll, sl.get("util_pct"))
+            put("gpuledger_slice_memory_used_bytes", sll, None if mem is None else mem * MIB)
+            put("gpuledger_slice_memory_cap_bytes", sll, None if cap is None else cap * MIB)
+            put("gpuledger_slice_core_cap_percent", sll, sl.get("core_cap_pct"))
+            put("gpuledger_slice_last_kernel_age_seconds", sll, sl.get("last_kernel_age_s"))
+            if sl.get("kind") == "vgpu" and wl.get("namespace") and wl.get("pod"):
+                ctr = (wl["namespace"], wl["pod"], _s(wl.get("container")))
+                idx = vdev.get(ctr, 0)
+                vdev[ctr] = idx + 1
+                hl = {
+                    "namespace": ctr[0],
+                    "pod": ctr[1],
+                    "container": ctr[2],
+                    "vdevice_index": str(idx),
+                    "device_uuid": sl["gpu_uuid"],
+                }
+                put("hami_vgpu_memory_used_bytes", hl, None if mem is None else mem * MIB)
+                put("hami_vgpu_memory_limit_bytes", hl, None if cap is None else cap * MIB)
+                put("hami_container_device_utilization_ratio", hl, sl.get("util_pct"))
+                put("hami_container_last_kernel_elapsed_seconds", hl, sl.get("last_kernel_age_s"))
+
+        for p in msg.get("processes") or []:
+            wl = slice_wl.get(p.get("slice_id") or "", {})
+            pl = {
+                "pid": str(p["pid"]),
+                "UUID": p["gpu_uuid"],
+                "slice_id": _s(p.get("slice_id")),
+                "Hostname": node,
+                "namespace": _s(wl.get("namespace")),
+                "pod": _s(wl.get("pod")),
+                "container": _s(wl.get("container")),
+                "container_id": _s(p.get("container_id")),
+                "pod_uid": _s(p.get("pod_uid")),
+                "job_id": _s(p.get("job_id")),
+                "user": _s(p.get("user")),
+            }
+            mem = p.get("mem_used_mib")
+            put("gpuledger_process_memory_used_bytes", pl, None if mem is None else mem * MIB)
+            put("gpuledger_process_sm_util_percent", pl, p.get("sm_util_pct"))
+
+        ts = msg.get("ts")
+        if ts:
+            put(
+                "gpuledger_collector_last_tick_timestamp_seconds",
+                {"Hostname": node},
+                datetime.fromisoformat(ts).timestamp(),
+            )
+        return out
