@@ -211,32 +211,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parts --------------------------------------------------------------------------------------
 
 
+class _Exported:
+    """A backend whose ticks also go to the Prometheus exporter, timed (agent.py stays unaware)."""
+
+    def __init__(self, inner: Any, exporter: Any) -> None:
+        self.inner, self.exporter = inner, exporter
+
+    def next_tick(self) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        msgs = self.inner.next_tick()
+        self.exporter.update_all(msgs, tick_seconds=time.perf_counter() - t0)
+        return msgs
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     cfg = _load(args)
     backend = args.backend or cfg.collector.backend
-    if backend != "simulate":
+    if backend == "replay":
         return _not_built(f"collect --backend {backend}")
     from collector.agent import run_collector
-    from collector.fleet import SimulatedFleet
+    from collector.exporter import AgentExporter
+    from collector.spool import SpoolingTransport
     from collector.transport import KafkaTransport
 
+    if args.metrics_port is not None:
+        cfg.collector.metrics_port = args.metrics_port
     interval = cfg.collector.interval_s
     n_ticks = int(parse_duration(args.until) // interval) if args.until else None
-    start = datetime.now(UTC).replace(microsecond=0)
-    if n_ticks and args.fast:
-        start -= timedelta(seconds=n_ticks * interval)
-    fleet = SimulatedFleet(
-        seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
+    if backend == "nvml":
+        if args.fast:
+            raise ConfigError("collect --backend nvml: --fast needs a simulated clock; NVML is real time")
+        from collector.nvml import build_nvml_backend
+
+        try:
+            source: Any = build_nvml_backend(cfg.collector)
+        except RuntimeError as exc:
+            print(f"gpuledger collect: {exc}", file=sys.stderr)
+            return 1
+        what = f"node {cfg.collector.node}"
+    else:
+        from collector.fleet import SimulatedFleet
+
+        start = datetime.now(UTC).replace(microsecond=0)
+        if n_ticks and args.fast:
+            start -= timedelta(seconds=n_ticks * interval)
+        source = SimulatedFleet(
+            seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
+        )
+        what = f"{len(source.nodes)} simulated nodes"
+    # Kafka unreachable -> bounded fsync'd spool, replayed in order when it is back (DESIGN §7).
+    transport = SpoolingTransport(
+        lambda: KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic, client_id=cfg.kafka.client_id),
+        cfg.collector.spool_dir,
+        cfg.collector.spool_max_bytes,
     )
-    transport = KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic)
+    exporter = AgentExporter(cfg.collector.metrics_port)
+    port = exporter.start()
+    exporter.watch_spool(transport.stats)
+    print(f"collect: metrics on :{port}/metrics", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = run_collector(fleet, transport, interval, ticks=n_ticks, realtime=not args.fast, stop=stop)
+        stats = run_collector(
+            _Exported(source, exporter),
+            transport,
+            interval,
+            ticks=n_ticks,
+            realtime=backend == "nvml" or not args.fast,
+            stop=stop,
+        )
     finally:
         transport.close()
-    print(f"collect: sent {stats.messages} ticks from {len(fleet.nodes)} simulated nodes", file=sys.stderr)
+        exporter.close()
+        if hasattr(source, "close"):
+            source.close()
+    spool = transport.stats()
+    print(
+        f"collect: sent {stats.messages} ticks from {what}; spooled {spool.spooled}, "
+        f"replayed {spool.replayed}, dropped {spool.dropped}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -316,6 +371,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             written += list(write_focus(rep.lines, out, f"{stem}-focus"))
     for p in written:
         print(p)
+    if args.validate and "focus" in formats:
+        from warehouse.focus import run_validator
+
+        for p in written:
+            if p.suffix == ".parquet" and p.stem.endswith("-focus"):
+                rep = run_validator(p, p.with_suffix(".validator.xml"))
+                if not rep.ok:
+                    print(f"gpuledger report: {p} fails FOCUS validation:\n{rep.summary()}", file=sys.stderr)
+                    return 1
+                print(f"{p}: FOCUS validation ok ({rep.summary(limit=0).splitlines()[0]})", file=sys.stderr)
     return 0
 
 
@@ -335,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("collect", help="node agent")
     c.add_argument("--backend", choices=("nvml", "simulate", "replay"))
     c.add_argument("--kafka", metavar="HOST:PORT")
-    c.add_argument("--metrics-port", type=int)
+    c.add_argument("--metrics-port", type=int, help="Prometheus exporter port (0: any free port)")
     c.add_argument("--until", help="stop after this much fleet time (simulate)")
     c.add_argument("--fast", action="store_true", help="simulate as fast as possible instead of in real time")
     c.set_defaults(func=cmd_collect)
@@ -365,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", default="html", help="comma list of html, pdf, csv, focus")
     r.add_argument("--lake")
     r.add_argument("--out", help="output folder (default: <lake>/reports/month=YYYY-MM)")
+    r.add_argument(
+        "--validate", action="store_true", help="run the official focus-validator on the FOCUS files"
+    )
     r.set_defaults(func=cmd_report)
     return p
 

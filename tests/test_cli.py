@@ -149,9 +149,6 @@ def test_demo_accepts_an_existing_empty_dir(tmp_path: Path) -> None:
     ("args", "what"),
     [
         (["jobs"], "jobs"),
-        (["close", "--month", "2026-11"], "close"),
-        (["report", "--month", "2026-11"], "report"),
-        (["report", "--month", "2026-11", "--tenant", "nlp", "--format", "html,pdf,csv,focus"], "report"),
     ],
 )
 def test_not_built_commands(tmp_path: Path, args: list[str], what: str) -> None:

@@ -1,7 +1,7 @@
 """`gpuledger collect`, `ingest` and `demo --kafka` run as a user runs them, against the real broker.
 
-The two `collect --backend nvml|replay` checks need no broker (the backend is refused before
-any Kafka client exists); they sit here beside the simulate backend they are the siblings of.
+The `collect --backend nvml|replay` checks need no broker (the backend is refused, or fails to
+find NVML, before any Kafka client exists); they sit here beside the simulate backend.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from warehouse.views import Warehouse
 
 pytestmark = pytest.mark.kafka
 
-SENT_RE = re.compile(r"collect: sent (\d+) ticks from (\d+) simulated nodes")
+SENT_RE = re.compile(
+    r"collect: sent (\d+) ticks from (\d+) simulated nodes; spooled (\d+), replayed (\d+), dropped (\d+)"
+)
 STOPPED_RE = re.compile(r"ingest stopped: (\d+) ticks, \d+ slice rows, (\d+) rejected")
 UNREACHABLE = "127.0.0.1:1"  # a broker address nothing listens on
 COLLECT_5M = ("collect", "--backend", "simulate", "--until", "5m", "--fast")
@@ -28,12 +30,23 @@ def group() -> str:
     return f"g-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.mark.parametrize("backend", ["nvml", "replay"])
-def test_collect_unbuilt_backends_exit_2(tmp_path: Path, backend: str) -> None:
-    r = gpuledger(tmp_path, "collect", "--backend", backend, "--kafka", UNREACHABLE, timeout=60)
+def test_collect_replay_backend_is_not_built_yet(tmp_path: Path) -> None:
+    r = gpuledger(tmp_path, "collect", "--backend", "replay", "--kafka", UNREACHABLE, timeout=60)
     assert r.rc == 2
     assert r.out == ""
-    assert r.err == f"gpuledger collect --backend {backend}: not built yet\n"
+    assert r.err == "gpuledger collect --backend replay: not built yet\n"
+
+
+def test_collect_nvml_without_a_gpu_fails_in_one_clear_line(tmp_path: Path) -> None:
+    """These machines have no NVIDIA driver: the agent says so and exits 1 (scripts/gpu-check.sh
+    runs the real NVML path on a GPU machine)."""
+    r = gpuledger(
+        tmp_path, "collect", "--backend", "nvml", "--kafka", UNREACHABLE, "--metrics-port", "0", timeout=60
+    )
+    assert r.rc == 1
+    assert r.out == ""
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpuledger collect: NVML could not start"), r.err
 
 
 def test_collect_then_ingest_lands_every_tick_once(kafka_bootstrap: str, make_topic, tmp_path: Path) -> None:

@@ -56,6 +56,8 @@ def env_for(bootstrap: str, topic: str, lake: Path, group: str, **extra: str) ->
             "GPULEDGER_KAFKA_GROUP_ID": group,
             "GPULEDGER_LAKE_PATH": str(lake),
             "GPULEDGER_LAKE_BATCH_MAX_SECONDS": "1",
+            "GPULEDGER_COLLECTOR_METRICS_PORT": "0",  # any free port: tests run side by side
+            "GPULEDGER_COLLECTOR_SPOOL_DIR": str(lake.parent / f"spool-{group}"),
         }
     )
     env.update(extra)

@@ -22,7 +22,8 @@ import orjson
 import pytest
 from messages import valid_message
 
-from collector.spool import AckedKafkaTransport, SpoolingTransport
+from collector.spool import SpoolingTransport
+from collector.transport import KafkaTransport
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "kafka.sh"
@@ -94,8 +95,8 @@ class Agent:
 
 
 def _spool(broker: Broker, topic: str, spool_dir: Path) -> SpoolingTransport:
-    def factory() -> AckedKafkaTransport:
-        return AckedKafkaTransport(
+    def factory() -> KafkaTransport:
+        return KafkaTransport(
             broker.bootstrap,
             topic,
             linger_ms=5,
