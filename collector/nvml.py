@@ -783,6 +783,26 @@ class NvmlBackend:
             "user": _nid(ident.user) if ident else None,
         }
 
+    def _grant(self, pod_uid: str, gpu_uuid: str, memo: dict[str, Any]) -> Any:
+        """The pod's HAMi allocation on this GPU (`hami.io/vgpu-devices-allocated`), when unambiguous."""
+        from collector.attribution import VGPU_ALLOCATED_ANNOTATION, parse_vgpu_allocation
+
+        w = self._resolve(pod_uid, None, memo)
+        text = (w.annotations or {}).get(VGPU_ALLOCATED_ANNOTATION) if w is not None else None
+        if not text:
+            return None
+        try:
+            grants = {
+                (x.mem_mib, x.cores): x
+                for c in parse_vgpu_allocation(text)
+                for x in c
+                if x.gpu_uuid == gpu_uuid
+            }
+        except ValueError as exc:
+            self._warn("grant", pod_uid, f"pod {pod_uid}: bad {VGPU_ALLOCATED_ANNOTATION}: {exc}")
+            return None
+        return next(iter(grants.values())) if len(grants) == 1 else None
+
     @staticmethod
     def _owner(ident: Any) -> str:
         if ident is None:
@@ -1049,7 +1069,13 @@ class NvmlBackend:
             sid = f"{g.uuid}:hami:{owner}"[:256]
             limit = region.mem_limit_bytes[i] if i < len(region.mem_limit_bytes) else 0
             cap = limit // _MIB if limit > 0 else total  # 0: HAMi enforces no memory limit
+            # HAMi-core writes sm_limit 100 when the container asked for no core limit, so the
+            # region cannot tell "no reservation" from "all cores": the allocation annotation can.
             core = region.sm_limit_pct[i] if i < len(region.sm_limit_pct) else 0
+            core = 0 if core >= 100 else core
+            grant = self._grant(region.pod_uid, g.uuid, memo) if region.pod_uid else None
+            if grant is not None:
+                cap, core = grant.mem_mib or cap, grant.cores
             used = sum(hp.used_bytes[i] for hp in region.procs if i < len(hp.used_bytes)) // _MIB
             sm = sum(hp.sm_util[i] for hp in region.procs if i < len(hp.sm_util))
             mine = members[k]

@@ -8,6 +8,7 @@ silently wrong bill.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import socket
@@ -35,6 +36,19 @@ def _port(v: Any) -> bool:
 
 def _non_empty(v: Any) -> bool:
     return bool(v)
+
+
+def _header_name(v: str) -> bool:
+    # RFC 9110 token characters, as a proxy would send them
+    return bool(v) and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in v)
+
+
+def _network(v: str) -> bool:
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -117,6 +131,27 @@ class EnforcerConfig:
 class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8050
+    # Login: "password" (users_file with argon2/bcrypt hashes) or "trusted-header" (a reverse proxy
+    # doing single sign-on passes the user and groups in headers; only from trusted_proxies).
+    auth: str = "password"
+    users_file: str = ""  # TOML or JSON: [[users]] name, password_hash, role admin|tenant-viewer, tenants
+    # Signs the session cookie; empty: read from secret_key_file, else a random key per process
+    # (sessions then end when the server restarts). GPULEDGER_DASHBOARD_SECRET_KEY overrides.
+    secret_key: str = ""
+    secret_key_file: str = ""
+    session_hours: float = 12.0
+    cookie_secure: bool = False  # set true behind HTTPS: the session cookie is then never sent in clear
+    user_header: str = "X-Forwarded-User"
+    groups_header: str = "X-Forwarded-Groups"
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    admin_group: str = "gpuledger-admins"
+    tenant_group_prefix: str = "gpuledger-tenant-"  # group gpuledger-tenant-vision: viewer of "vision"
+    # Bad logins per user and address: this many go through at once, then each waits
+    # login_backoff_s x 2^(n - free), at most login_backoff_max_s.
+    login_free_attempts: int = 3
+    login_backoff_s: float = 1.0
+    login_backoff_max_s: float = 300.0
+    connections: int = 4  # DuckDB connections over the rollups (one per concurrent request)
 
 
 @dataclass
@@ -172,6 +207,20 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         "one of off, recommend, grow-only, enforce",
     ),
     ("dashboard", "port"): (_port, "a port number 0-65535"),
+    ("dashboard", "auth"): (lambda v: v in ("password", "trusted-header"), "one of password, trusted-header"),
+    ("dashboard", "session_hours"): (lambda v: 0 < v <= 24 * 31, "a number of hours in (0, 744]"),
+    ("dashboard", "user_header"): (_header_name, "an HTTP header name like X-Forwarded-User"),
+    ("dashboard", "groups_header"): (_header_name, "an HTTP header name like X-Forwarded-Groups"),
+    ("dashboard", "trusted_proxies"): (
+        lambda v: all(isinstance(x, str) and _network(x) for x in v),
+        "a list of IP addresses or networks like 10.0.0.0/8",
+    ),
+    ("dashboard", "admin_group"): (_non_empty, "a group name"),
+    ("dashboard", "tenant_group_prefix"): (_non_empty, "a group name prefix"),
+    ("dashboard", "login_free_attempts"): (lambda v: 0 <= v <= 100, "an integer from 0 to 100"),
+    ("dashboard", "login_backoff_s"): (lambda v: 0 < v <= 3600, "a number of seconds in (0, 3600]"),
+    ("dashboard", "login_backoff_max_s"): (lambda v: 0 < v <= 86400, "a number of seconds in (0, 86400]"),
+    ("dashboard", "connections"): (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
 }
 
 _TENANT_MATCHERS = ("namespace", "label", "account", "user")

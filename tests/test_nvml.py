@@ -1072,3 +1072,38 @@ def test_mixed_node_with_churn_stays_valid_every_tick(tmp_path: Path) -> None:
     assert kinds[0] == ["mig", "mig", "timeslice", "timeslice", "timeslice", "vgpu", "vgpu"]
     assert kinds[4] == ["mig", "mig", "vgpu", "vgpu", "whole"]
     assert kinds[7] == ["mig", "mig", "whole"]
+
+
+def test_hami_caps_come_from_the_allocation_annotation_and_sm_limit_100_is_no_core_reservation(
+    tmp_path: Path,
+) -> None:
+    """HAMi-core writes sm_limit 100 when a container set no core limit: that is not a 100 % core
+    reservation (billed as a whole GPU) but none. The pod's allocation annotation, when the resolver
+    has it, is the durable record and wins over the region."""
+    hook = tmp_path / "vgpu"
+    for pod, ctr, mem, sm in ((POD_A, "main", 10 * GIB, 100), (POD_B, "side", 8 * GIB, 100)):
+        (hook / "containers" / f"{pod}_{ctr}").mkdir(parents=True)
+        write_shared_region(
+            hook / "containers" / f"{pod}_{ctr}" / "x.cache",
+            SharedRegion("", pod, ctr, 1, 2, ["GPU-0"], [mem], [sm], [], 0),
+        )
+    pods = tmp_path / "pods.json"
+    pods.write_text(
+        json.dumps(
+            {
+                POD_A: {
+                    "namespace": "ml-a",
+                    "pod": "a",
+                    "annotations": {"hami.io/vgpu-devices-allocated": "GPU-0,NVIDIA,12000,40:;"},
+                },
+                POD_B: {"namespace": "ml-b", "pod": "b"},
+            }
+        )
+    )
+    g = FakeGpu(0, "GPU-0", util_pct=5)
+    fake, b = make([g], hami_hook_dir=str(hook), resolver=StaticFileResolver(str(pods)))
+    caps = {
+        s["slice_id"].split(":hami:")[1]: (s["mem_cap_mib"], s["core_cap_pct"])
+        for s in tick(fake, b)["slices"]
+    }
+    assert caps == {f"{POD_A}/main": (12000, 40.0), f"{POD_B}/side": (8192, 0.0)}
