@@ -40,7 +40,7 @@ from warehouse.lake import Lake, schema_of
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 2  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 4  # bump when the SQL below changes meaning: every date is rebuilt
 
 # DESIGN §6 share per slice kind; HAMi's core 0 means no core reservation (compute term 0).
 SHARE_SQL = """
@@ -62,6 +62,9 @@ END"""
 
 IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
 HOUR_SQL = "date_trunc('hour', ts - to_microseconds(CAST(interval_s * 500000 AS BIGINT)))"
+# The same hour as a number (hours since the epoch): integer arithmetic instead of a time-zone-
+# aware date_trunc, which cost as much as the rest of a row's work.
+HOUR_NO_SQL = "(epoch_us(ts) - CAST(interval_s * 500000 AS BIGINT)) // 3600000000"
 SECONDS = "DECIMAL(18, 9)"  # one tick's GPU-seconds: exact sums, int64 storage
 
 
@@ -247,50 +250,83 @@ class Rollups:
                 return src
             return f"(SELECT * FROM {src} r ANTI JOIN losers l USING (node, boot_id, seq, batch))"
 
+        # Strings are the expensive part of every row operation here (UUID-prefixed ids compare
+        # slowly), so rows are keyed by 64-bit hashes: gk = (node, boot, GPU), sk = (slice, node,
+        # boot), ident = the workload identity. A collision would merge two keys; `_collisions`
+        # checks every key of the date against its strings and refuses the date if one collides.
+        gk = "hash(node, boot_id, gpu_uuid)"
         # GPU ticks whose shares or busy fractions add up past 1 (over-commit): only these are
         # normalised, so the join below probes a small table.
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE over AS
-            SELECT node, boot_id, seq, gpu_uuid, sum(share) AS sum_share, sum(used_frac) AS sum_used
-            FROM (SELECT node, boot_id, seq, gpu_uuid, ({SHARE_SQL}) AS share,
+            SELECT gk, seq, sum(share) AS sum_share, sum(used_frac) AS sum_used
+            FROM (SELECT {gk} AS gk, seq, ({SHARE_SQL}) AS share,
                          coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac FROM {rows(slices)})
             GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0""")
         reserved = f"r.interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce(o.sum_share, 1.0))"
         used = f"r.interval_s * coalesce(({USED_FRAC_SQL}), 0.0) / greatest(1.0, coalesce(o.sum_used, 1.0))"
-        acct = f"""(
-            SELECT r.*, {HOUR_SQL} AS hour, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac,
-                   {_nanos(reserved)} AS reserved_s, {_nanos(used)} AS used_s
-            FROM {rows(slices)} r LEFT JOIN over o USING (node, boot_id, seq, gpu_uuid))"""
         ident = ", ".join(IDENTITY)
+        # One narrow row per slice tick, computed once: both the hourly sums and the idle runs
+        # read it. The identity's columns are looked up once per slice-hour (`dims`).
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE a AS
+            SELECT hash(r.slice_id, r.node, r.boot_id) AS sk, {HOUR_NO_SQL} AS h, hash({ident}) AS ident,
+                   r.seq, r.ts, r.interval_s, ({SHARE_SQL}) AS share, r.util_pct IS NULL AS util_unknown,
+                   {_nanos(reserved)} AS reserved_s, {_nanos(used)} AS used_s, r.mem_used_mib
+            FROM {rows(slices)} r
+            LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq""")
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE dims AS
+            SELECT hash(slice_id, node, boot_id) AS sk, {HOUR_NO_SQL} AS h, hash({ident}) AS ident,
+                   any_value(slice_id) AS slice_id, any_value(node) AS node, any_value(boot_id) AS boot_id,
+                   min(slice_id) <> max(slice_id) OR min(node) <> max(node) OR min(boot_id) <> max(boot_id)
+                       AS collides,
+                   any_value(cluster) AS cluster, any_value(gpu_uuid) AS gpu_uuid, any_value(model) AS model,
+                   any_value(kind) AS kind, {", ".join(f"any_value({c}) AS {c}" for c in IDENTITY)}
+            FROM {rows(slices)} r GROUP BY sk, h, ident""")
+        self._collisions(con, gpus)
+        keys = "sk, h, ident"
+        idle_cond = f"NOT util_unknown AND used_s < reserved_s * {ratio}"
         slice_hourly = con.sql(f"""
-            SELECT hour, cluster, node, gpu_uuid, model, slice_id, kind, {ident},
-                   count(*)::INTEGER AS ticks,
-                   sum(CAST(interval_s AS {SECONDS})) AS observed_s,
-                   sum(reserved_s) AS reserved_s,
-                   sum(used_s) AS used_s,
-                   sum(greatest(used_s - reserved_s, 0::{SECONDS})) AS burst_s,
-                   count(*) FILTER (WHERE used_frac IS NOT NULL
-                                    AND used_s < reserved_s * {ratio})::INTEGER AS idle_ticks,
-                   max(share) AS share_max,
-                   max(mem_used_mib) AS mem_used_mib_max
-            FROM {acct} GROUP BY ALL
-            ORDER BY hour, cluster, node, gpu_uuid, slice_id, namespace, pod, container, pod_uid,
-                     job_id, account, "user", ticks""").to_arrow_table()
+            WITH n AS (
+                SELECT {keys},
+                       count(*)::INTEGER AS ticks,
+                       sum(CAST(interval_s AS {SECONDS})) AS observed_s,
+                       sum(reserved_s) AS reserved_s,
+                       sum(used_s) AS used_s,
+                       sum(greatest(used_s - reserved_s, 0::{SECONDS})) AS burst_s,
+                       count(*) FILTER (WHERE {idle_cond})::INTEGER AS idle_ticks,
+                       max(share) AS share_max,
+                       max(mem_used_mib) AS mem_used_mib_max
+                FROM a GROUP BY {keys})
+            SELECT to_timestamp(d.h * 3600) AS hour, d.cluster, d.node, d.gpu_uuid, d.model, d.slice_id,
+                   d.kind, {", ".join("d." + c for c in IDENTITY)},
+                   n.ticks, n.observed_s, n.reserved_s, n.used_s, n.burst_s, n.idle_ticks, n.share_max,
+                   n.mem_used_mib_max
+            FROM n JOIN dims d USING ({keys})
+            ORDER BY d.h, d.cluster, d.node, d.gpu_uuid, d.slice_id, d.boot_id, d.namespace, d.pod,
+                     d.container, d.pod_uid, d.job_id, d.account, d."user", n.ticks""").to_arrow_table()
         # Idle ticks -> runs: consecutive seq of one slice in one agent boot, cut at the hour.
         idle_runs = con.sql(f"""
             WITH i AS (
-                SELECT *, seq - row_number() OVER (PARTITION BY slice_id, node, boot_id ORDER BY seq) AS run
-                FROM {acct} WHERE used_frac IS NOT NULL AND used_s < reserved_s * {ratio})
-            SELECT cluster, node, boot_id, gpu_uuid, model, slice_id, kind, {ident},
-                   hour, min(seq) AS first_seq, max(seq) AS last_seq,
-                   min(ts - to_microseconds(CAST(interval_s * 1000000 AS BIGINT))) AS start_ts,
-                   max(ts) AS end_ts, count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
-            FROM i GROUP BY cluster, node, boot_id, gpu_uuid, model, slice_id, kind, {ident}, hour, run
-            ORDER BY slice_id, node, boot_id, first_seq, hour""").to_arrow_table()
+                SELECT sk, h, ident, seq, ts, interval_s, reserved_s,
+                       seq - row_number() OVER (PARTITION BY sk ORDER BY seq) AS run
+                FROM a WHERE {idle_cond}),
+            r AS (
+                SELECT sk, h, ident, min(seq) AS first_seq, max(seq) AS last_seq,
+                       min(ts - to_microseconds(CAST(interval_s * 1000000 AS BIGINT))) AS start_ts,
+                       max(ts) AS end_ts, count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
+                FROM i GROUP BY sk, h, ident, run)
+            SELECT d.cluster, d.node, d.boot_id, d.gpu_uuid, d.model, d.slice_id, d.kind,
+                   {", ".join("d." + c for c in IDENTITY)},
+                   to_timestamp(r.h * 3600) AS hour, r.first_seq, r.last_seq, r.start_ts, r.end_ts, r.ticks,
+                   r.reserved_s
+            FROM r JOIN dims d USING ({keys})
+            ORDER BY d.slice_id, d.node, d.boot_id, r.first_seq, r.h""").to_arrow_table()
         con.register("_slice_hourly", slice_hourly)
         gpu_hourly = con.sql(f"""
             WITH gs AS (
-                SELECT {HOUR_SQL} AS hour, cluster, node, uuid AS gpu_uuid, model,
+                SELECT to_timestamp(({HOUR_NO_SQL}) * 3600) AS hour, cluster, node, uuid AS gpu_uuid, model,
                        count(*)::INTEGER AS ticks,
                        sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
                        sum(energy_j) AS energy_j,
@@ -320,7 +356,7 @@ class Rollups:
                                      THEN CAST((epoch(ts) - interval_s - epoch(prev_ts)) * prev_gpus
                                                AS {SECONDS}) END), 0) AS gap_gpu_s
             FROM o GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
-        for tmp in ("t", "losers", "over"):
+        for tmp in ("t", "losers", "over", "a", "dims"):
             con.execute(f"DROP TABLE {tmp}")
         return {
             "slice_hourly": slice_hourly,
@@ -328,6 +364,22 @@ class Rollups:
             "idle_runs": idle_runs,
             "node_ticks": node_ticks,
         }
+
+    @staticmethod
+    def _collisions(con: duckdb.DuckDBPyConnection, gpus: str) -> None:
+        """Refuse a date where two different ids got the same 64-bit key (never seen; ~1e-12/day)."""
+        bad = con.execute("SELECT count(*) FROM dims WHERE collides").fetchall()[0][0]
+        if not bad:
+            bad = con.execute(f"""
+                SELECT count(*) FROM (
+                    SELECT hash(node, boot_id, uuid) AS gk
+                    FROM (SELECT DISTINCT node, boot_id, uuid FROM {gpus})
+                    GROUP BY gk HAVING count(*) > 1)""").fetchall()[0][0]
+        if bad:
+            raise RuntimeError(
+                f"{bad} 64-bit key collision(s) among slice or GPU ids in one date: the rollup keys "
+                f"must be widened (warehouse/rollups.py) before this date can be rolled up"
+            )
 
     def _empty(self, kind: str) -> str:
         """An empty Parquet file of a sample table's schema, for dates that lack that table."""
