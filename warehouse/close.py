@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -92,6 +93,17 @@ class CloseSettings:
 
     def sha256(self) -> str:
         return hashlib.sha256(_canonical(self.as_json())).hexdigest()
+
+    def charges(self, acct: Accounting, month: str, extra_lines: Sequence[ChargeLine] = ()) -> Charges:
+        """The month's lines under these settings (`acct` must have been made by `accounting`)."""
+        return compute_charges(
+            acct,
+            month,
+            mode=self.mode,
+            idle_policy=self.idle_policy,
+            kwh_price=Decimal(self.kwh) if self.kwh else None,
+            extra_lines=extra_lines,
+        )
 
     def accounting(self, lake: str | Path, **kw: Any) -> Accounting:
         return Accounting(
@@ -193,13 +205,7 @@ def _corrections(
             if _inputs(acct, past) == manifest["inputs"]:
                 continue
             # What the month would be billed now, with the settings it was closed with ...
-            now = compute_charges(
-                acct,
-                past,
-                mode=settings.mode,
-                idle_policy=settings.idle_policy,
-                kwh_price=Decimal(settings.kwh) if settings.kwh else None,
-            ).lines
+            now = settings.charges(acct, past).lines
         finally:
             acct.close()
         # ... minus what was billed: the closed lines and corrections already issued for it.
@@ -275,14 +281,7 @@ def close_month(
     acct = settings.accounting(lake, **acct_kw)
     try:
         acct.update(month_dates(month))
-        charges: Charges = compute_charges(
-            acct,
-            month,
-            mode=settings.mode,
-            idle_policy=settings.idle_policy,
-            kwh_price=Decimal(settings.kwh) if settings.kwh else None,
-            extra_lines=corrections,
-        )
+        charges = settings.charges(acct, month, corrections)
         inputs = _inputs(acct, month)
     finally:
         acct.close()

@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from warehouse.chargeback import compute_charges, quantize_line
+from warehouse.chargeback import quantize_line
 from warehouse.close import MANIFEST, CloseSettings, closed_months, ledger_dir, month_dates, read_ledger
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
 from warehouse.pricing import month_bounds
@@ -33,13 +33,7 @@ def month_lines(lake: str | Path, month: str, settings: CloseSettings) -> tuple[
     acct = settings.accounting(lake)
     try:
         acct.update(month_dates(month))
-        charges = compute_charges(
-            acct,
-            month,
-            mode=settings.mode,
-            idle_policy=settings.idle_policy,
-            kwh_price=Decimal(settings.kwh) if settings.kwh else None,
-        )
+        charges = settings.charges(acct, month)
     finally:
         acct.close()
     return [quantize_line(ln) for ln in charges.lines], "not closed: accrual to date", False

@@ -16,6 +16,7 @@ import duckdb
 
 from gpuledger.decode import TABLES
 from warehouse.lake import DLQ_SCHEMA, Lake, schema_of
+from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
 
 
 def _lit(text: str) -> str:
@@ -45,23 +46,6 @@ def tenant_sql(rules: Sequence[dict[str, Any]], default: str = "unassigned") -> 
     if not whens:
         return _lit(default)
     return "CASE " + " ".join(whens) + f" ELSE {_lit(default)} END"
-
-
-# DESIGN §6: the fraction of the physical GPU an allocation takes out of the pool.
-SHARE_SQL = """
-CASE kind
-  WHEN 'whole' THEN 1.0
-  WHEN 'mig' THEN greatest(compute_slices / gpu_compute_slices, memory_slices / gpu_memory_slices)
-  WHEN 'vgpu' THEN least(1.0, greatest(coalesce(mem_cap_mib / gpu_mem_total_mib, 0.0), core_cap_pct / 100.0))
-  WHEN 'timeslice' THEN 1.0 / replicas
-END"""
-
-# Busy fraction of the whole GPU attributable to the slice (MIG: instance activity x compute fraction).
-USED_FRAC_SQL = """
-CASE kind
-  WHEN 'mig' THEN util_pct / 100.0 * compute_slices / gpu_compute_slices
-  ELSE util_pct / 100.0
-END"""
 
 
 class Warehouse:
