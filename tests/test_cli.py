@@ -145,19 +145,6 @@ def test_demo_accepts_an_existing_empty_dir(tmp_path: Path) -> None:
     assert int(s["rejected to DLQ"]) == 0
 
 
-@pytest.mark.parametrize(
-    ("args", "what"),
-    [
-        (["jobs"], "jobs"),
-    ],
-)
-def test_not_built_commands(tmp_path: Path, args: list[str], what: str) -> None:
-    r = gpuledger(tmp_path, *args)
-    assert r.rc == 2
-    assert r.out == ""
-    assert r.err == f"gpuledger {what}: not built yet\n"
-
-
 def test_bad_env_value_exits_2_naming_the_key(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     r = gpuledger(

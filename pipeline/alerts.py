@@ -1,0 +1,977 @@
+"""Alert rules over the freshest lake data, their lifecycle, and the record of every transition.
+
+Where the data comes from, and why: each evaluation reads only the raw samples that arrived since
+the previous one (the ticks of today's date partition, and yesterday's around midnight, with a
+timestamp filter that Parquet row-group statistics turn into skipped row groups), never a month
+and never the rollups (which lag by up to their 5-minute schedule). The per-slice and per-GPU
+state the rules need across evaluations (how long a slice has been idle, the GPU-seconds and the
+cost wasted so far) is carried forward in a small JSON state file, so an idle period of three
+days costs no more to evaluate than one of three minutes. Ticks that arrive later than
+``reorder_slack_s`` after newer ticks of the fleet are accounted by the rollups but not alerted on.
+
+Rules (names are the ``alertname`` label):
+
+- ``GpuSliceIdle``: a slice whose used/reserved GPU-seconds stay under ``idle_util_ratio`` for at
+  least ``idle_min_minutes`` (DESIGN §6: the same tick test and the same period length as the
+  accounting, so the alert fires exactly when an idle period starts to qualify).
+- ``GpuIdle``: a physical GPU that is allocated (some slice holds it) but busy under the ratio as a
+  whole (its own utilization; the sum of its slices' where the GPU reports none, e.g. MIG).
+- ``GpuPoolUnallocated``: a pool (cluster + GPU model) with more than ``pool_unallocated_pct`` %
+  of its GPUs unallocated for ``pool_unallocated_minutes``.
+- ``GpuCollectorSilent``: a node whose last tick is older than ``silent_intervals`` of its interval.
+- ``GpuledgerIngestLag``: the ingest consumer group's lag (end offsets - committed offsets, summed
+  over partitions) above ``ingest_lag_messages`` for ``ingest_lag_minutes``.
+
+Lifecycle, as Prometheus does it, with one addition against flapping: inactive -> pending when the
+condition starts; pending -> inactive as soon as it stops (an idle period is a run of idle ticks);
+pending -> firing once it has held for the rule's duration; firing -> resolved only after
+``resolve_ticks`` consecutive ticks (evaluations, for the fleet-level rules) without it, so one busy
+tick inside an idle period neither resolves nor re-fires it. Slice and GPU rules step on data
+ticks (fire and resolve times are tick timestamps, independent of when the job happened to run);
+pool, silence and lag rules step on evaluations. A firing alert is notified once when it fires,
+again every ``repeat_interval_minutes`` and once when it resolves; each notification has an id
+derived from the alert's fingerprint, start and sequence number, sits in a persisted outbox until
+each of its targets took it, and is never enqueued twice (a restart reloads the state).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from gpuledger.config import Config
+from warehouse.accounting import WORKLOAD_SQL
+from warehouse.errors import PriceError
+from warehouse.lake import Lake
+from warehouse.pricing import PriceBook
+from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
+from warehouse.views import tenant_sql
+
+log = logging.getLogger(__name__)
+
+ALERTS = "alerts"
+STATE_FILE = "_state.json"
+STATE_VERSION = 1
+ALERTNAMES = {
+    "idle_slice": "GpuSliceIdle",
+    "idle_gpu": "GpuIdle",
+    "pool_unallocated": "GpuPoolUnallocated",
+    "collector_silent": "GpuCollectorSilent",
+    "ingest_lag": "GpuledgerIngestLag",
+}
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" for firing alerts
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("event_ts", pa.timestamp("us", tz="UTC")),  # when it fired / resolved / was repeated
+        ("evaluated_at", pa.timestamp("us", tz="UTC")),
+        ("event", pa.string()),  # firing | repeat | resolved
+        ("status", pa.string()),  # firing | resolved (Alertmanager's)
+        ("alertname", pa.string()),
+        ("fingerprint", pa.string()),
+        ("notification_id", pa.string()),
+        ("severity", pa.string()),
+        ("tenant", pa.string()),
+        ("starts_at", pa.timestamp("us", tz="UTC")),
+        ("ends_at", pa.timestamp("us", tz="UTC")),
+        ("cost", pa.decimal128(18, 2)),  # wasted so far (idle rules), in `currency`
+        ("currency", pa.string()),
+        ("labels", pa.string()),  # JSON object, sorted keys
+        ("annotations", pa.string()),  # JSON object, sorted keys
+        ("targets", pa.string()),  # JSON list of receiver/url the notification is routed to
+    ]
+)
+
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_SEP = 0xFF
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """Alertmanager's fingerprint of a label set: FNV-1a 64 over sorted name, 0xff, value, 0xff.
+
+    The same labels give the same fingerprint here and in an Alertmanager, in any order.
+    """
+    h = _FNV_OFFSET
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for b in part.encode():
+                h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+            h = ((h ^ _SEP) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    """The alert settings of the config in the units the evaluation uses."""
+
+    enabled: frozenset[str]
+    idle_util_ratio: float
+    idle_min_s: float
+    severity: Mapping[str, str]
+    labels: Mapping[str, str]
+    pool_unallocated_ratio: float
+    pool_for_s: float
+    silent_intervals: float
+    lag_messages: int
+    lag_for_s: float
+    resolve_ticks: int
+    repeat_s: float
+    lookback_s: float
+    reorder_slack_s: float
+    outbox_max_s: float
+    external_url: str = ""
+    silent_forget_s: float = 86400.0  # a node silent this long is forgotten (its alert resolves)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> AlertRules:
+        a = cfg.alerts
+        return cls(
+            enabled=frozenset(a.rules),
+            idle_util_ratio=a.idle_util_ratio,
+            idle_min_s=a.idle_min_minutes * 60.0,
+            severity={r: getattr(a, f"{r}_severity") for r in ALERTNAMES},
+            labels=dict(a.labels),
+            pool_unallocated_ratio=a.pool_unallocated_pct / 100.0,
+            pool_for_s=a.pool_unallocated_minutes * 60.0,
+            silent_intervals=a.silent_intervals,
+            lag_messages=a.ingest_lag_messages,
+            lag_for_s=a.ingest_lag_minutes * 60.0,
+            resolve_ticks=a.resolve_ticks,
+            repeat_s=a.repeat_interval_minutes * 60.0,
+            lookback_s=a.lookback_minutes * 60.0,
+            reorder_slack_s=a.reorder_slack_s,
+            outbox_max_s=a.outbox_max_hours * 3600.0,
+            external_url=a.external_url,
+        )
+
+
+@dataclass(frozen=True)
+class LagReading:
+    """Consumer-group lag of the ingest: messages not yet committed, per partition."""
+
+    group: str
+    topic: str
+    per_partition: Mapping[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_partition.values())
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation did: the notifications it enqueued and the record file it wrote."""
+
+    now: datetime
+    ticks_read: int = 0
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    record: Path | None = None
+    pending: int = 0
+    firing: int = 0
+    late_ticks: int = 0
+
+
+# -- reading the freshest samples -------------------------------------------------------------
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts_lit(dt: datetime) -> str:
+    return f"TIMESTAMPTZ {_lit(dt.astimezone(UTC).isoformat())}"
+
+
+class RecentSamples:
+    """Deduplicated slice and GPU ticks of a time window, read from the date partitions it spans."""
+
+    def __init__(self, lake: Lake, tenant_rules: Sequence[dict[str, Any]], default_tenant: str) -> None:
+        self.lake = lake
+        self.tenant = tenant_sql(tenant_rules, default_tenant)
+        self.con = duckdb.connect(":memory:")
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")
+        self.con.execute("SET threads = 2")  # a minute of ticks: more threads only cost start-up
+
+    def _files(self, kind: str, since: datetime, until: datetime) -> list[str]:
+        out: list[str] = []
+        day = since.date()
+        while day <= until.date():
+            d = self.lake.table_dir(kind) / f"date={day.isoformat()}"
+            committed = self.lake.table_dir("tick") / f"date={day.isoformat()}"
+            if d.exists():
+                # a batch counts once its tick file (written last: the commit record) exists
+                out += sorted(str(p) for p in d.glob("*.parquet") if (committed / p.name).exists())
+            day += timedelta(days=1)
+        return out
+
+    def load(self, since: datetime, until: datetime) -> int:
+        """Ticks with since < ts <= until into temp tables `ticks`, `slices`, `gpus`; returns #ticks."""
+        files = {k: self._files(k, since, until) for k in ("tick", "slice", "gpu")}
+        window = f"ts > {_ts_lit(since)} AND ts <= {_ts_lit(until)}"
+        c = self.con
+        if not files["tick"]:
+            for t in ("ticks", "slices", "gpus"):
+                c.execute(f"DROP TABLE IF EXISTS {t}")
+            c.execute(
+                "CREATE TEMP TABLE ticks (cluster VARCHAR, node VARCHAR, boot_id VARCHAR, seq BIGINT, "
+                "ts TIMESTAMPTZ, interval_s DOUBLE, batch BIGINT)"
+            )
+            c.execute("CREATE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
+            c.execute("CREATE TEMP TABLE gpus AS SELECT NULL::VARCHAR AS uuid WHERE false")
+            return 0
+
+        def src(kind: str) -> str:
+            return "read_parquet([" + ", ".join(_lit(f) for f in files[kind]) + "], union_by_name = true)"
+
+        c.execute(f"""
+            CREATE OR REPLACE TEMP TABLE ticks AS
+            SELECT cluster, node, boot_id, seq, ts, interval_s, batch FROM {src("tick")}
+            WHERE {window}
+            QUALIFY row_number() OVER (PARTITION BY node, boot_id, seq ORDER BY batch) = 1""")
+        n = c.execute("SELECT count(*) FROM ticks").fetchone()[0]  # type: ignore[index]
+        if files["slice"]:
+            c.execute(f"""
+                CREATE OR REPLACE TEMP TABLE slices AS
+                WITH r AS (
+                    SELECT s.*, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac
+                    FROM {src("slice")} s SEMI JOIN ticks t USING (node, boot_id, seq, batch)
+                    WHERE {window}),
+                w AS (
+                    SELECT *, sum(share) OVER g AS sum_share, sum(coalesce(used_frac, 0)) OVER g AS sum_used
+                    FROM r WINDOW g AS (PARTITION BY node, boot_id, seq, gpu_uuid))
+                SELECT slice_id, cluster, node, boot_id, seq, ts, interval_s, gpu_uuid, model, kind,
+                       namespace, pod, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
+                       share, used_frac, sum_share,
+                       -- GPU-seconds as the rollups count them (DESIGN §6), floored to the nanosecond
+                       CAST(floor(interval_s * share / greatest(1.0, sum_share) * 1e9) / 1e9
+                            AS DECIMAL(18, 9)) AS reserved_s,
+                       CAST(floor(interval_s * coalesce(used_frac, 0) / greatest(1.0, sum_used) * 1e9) / 1e9
+                            AS DECIMAL(18, 9)) AS used_s
+                FROM w""")
+        else:
+            c.execute("CREATE OR REPLACE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
+        if files["gpu"]:
+            c.execute(f"""
+                CREATE OR REPLACE TEMP TABLE gpus AS
+                SELECT g.cluster, g.node, g.boot_id, g.seq, g.ts, g.interval_s, g.uuid, g.model, g.util_pct
+                FROM {src("gpu")} g SEMI JOIN ticks t USING (node, boot_id, seq, batch)
+                WHERE {window}""")
+        else:
+            c.execute("CREATE OR REPLACE TEMP TABLE gpus AS SELECT NULL::VARCHAR AS uuid WHERE false")
+        return int(n)
+
+    def slice_ticks(self, ratio: float) -> list[tuple]:
+        if self.con.execute("SELECT count(*) FROM slices").fetchone()[0] == 0:  # type: ignore[index]
+            return []
+        return self.con.execute(f"""
+            SELECT node || '|' || boot_id || '|' || slice_id AS key, slice_id, cluster, node, gpu_uuid,
+                   model, kind, tenant, workload, ts, interval_s, reserved_s,
+                   CASE WHEN used_frac IS NULL THEN NULL ELSE used_s < reserved_s * {float(ratio)!r} END
+                       AS idle
+            FROM slices ORDER BY key, ts""").fetchall()
+
+    def gpu_ticks(self, ratio: float) -> list[tuple]:
+        """Per GPU tick: allocated share, busy fraction (own util, else its slices'), idle test."""
+        if self.con.execute("SELECT count(*) FROM gpus").fetchone()[0] == 0:  # type: ignore[index]
+            return []
+        has_slices = self.con.execute("SELECT count(*) FROM slices").fetchone()[0] > 0  # type: ignore[index]
+        s = (
+            """(SELECT node, boot_id, seq, gpu_uuid, sum(share) AS sum_share, count(*) AS n_slices,
+                       sum(used_frac) AS used_frac, count(used_frac) AS known,
+                       list(DISTINCT tenant ORDER BY tenant) AS tenants
+                FROM slices GROUP BY ALL)"""
+            if has_slices
+            else """(SELECT NULL::VARCHAR AS node, NULL::VARCHAR AS boot_id, NULL::BIGINT AS seq,
+                      NULL::VARCHAR AS gpu_uuid, NULL::DOUBLE AS sum_share, 0 AS n_slices,
+                      NULL::DOUBLE AS used_frac, 0 AS known, NULL::VARCHAR[] AS tenants WHERE false)"""
+        )
+        return self.con.execute(f"""
+            SELECT g.node || '|' || g.boot_id || '|' || g.uuid AS key, g.cluster, g.node, g.uuid, g.model,
+                   g.ts, g.interval_s, coalesce(s.sum_share, 0) AS sum_share,
+                   coalesce(g.util_pct / 100.0,
+                            CASE WHEN s.known = s.n_slices THEN s.used_frac END) AS busy,
+                   coalesce(s.n_slices, 0) AS n_slices, coalesce(s.tenants, []) AS tenants
+            FROM gpus g LEFT JOIN {s} s
+              ON g.node = s.node AND g.boot_id = s.boot_id AND g.seq = s.seq AND g.uuid = s.gpu_uuid
+            ORDER BY key, g.ts""").fetchall()
+
+    def node_last(self) -> list[tuple]:
+        return self.con.execute(
+            "SELECT cluster, node, max(ts), arg_max(interval_s, ts) FROM ticks GROUP BY ALL ORDER BY node"
+        ).fetchall()
+
+    def close(self) -> None:
+        self.con.close()
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def _empty_state() -> dict[str, Any]:
+    # series: per slice/GPU key: last tick seen and the current idle episode
+    # alerts: per fingerprint: pending or firing alerts; outbox: notifications not yet delivered
+    return {
+        "version": STATE_VERSION,
+        "watermark": None,
+        "series": {},
+        "alerts": {},
+        "nodes": {},
+        "outbox": [],
+        "seq": {},
+    }
+
+
+class AlertEngine:
+    """Evaluates the rules against one lake and keeps the alert state under ``<lake>/alerts``."""
+
+    def __init__(
+        self,
+        lake: Lake | str,
+        rules: AlertRules,
+        *,
+        tenant_rules: Sequence[dict[str, Any]] = (),
+        default_tenant: str = "unassigned",
+        price_book: PriceBook | None = None,
+        lag_probe: Callable[[], LagReading | None] | None = None,
+        route: Callable[[Mapping[str, str]], list[dict[str, str]]] | None = None,
+    ) -> None:
+        self.lake = lake if isinstance(lake, Lake) else Lake(lake)
+        self.rules = rules
+        self.tenant_rules = list(tenant_rules)
+        self.default_tenant = default_tenant
+        self.price_book = price_book
+        self.lag_probe = lag_probe
+        self.route = route or (lambda labels: [])
+        self.root = self.lake.root / ALERTS
+        self.state_path = self.root / STATE_FILE
+        self._unpriced: set[str] = set()
+        self._samples: RecentSamples | None = None
+
+    def close(self) -> None:
+        if self._samples is not None:
+            self._samples.close()
+            self._samples = None
+
+    # -- state file ---------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """The state, loaded under an exclusive lock and saved back atomically on success."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "_state.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                state = self.load_state()
+                yield state
+                self.save_state(state)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def load_state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return _empty_state()
+        state = json.loads(self.state_path.read_text())
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.state_path}: state version {state.get('version')!r}, expected 1")
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_name(STATE_FILE + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh, sort_keys=True, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_path)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, now: datetime | None = None) -> Evaluation:
+        """One evaluation at `now` (data time: ticks with ts <= now count)."""
+        now = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        ev = Evaluation(now=now)
+        with self.locked() as state:
+            self._evaluate(state, now, ev)
+            ev.record = self._write_record(ev.notifications, now)
+            ev.pending = sum(1 for a in state["alerts"].values() if a["state"] == "pending")
+            ev.firing = sum(1 for a in state["alerts"].values() if a["state"] == "firing")
+        return ev
+
+    def _evaluate(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        r = self.rules
+        wm = state["watermark"]
+        since = now - timedelta(seconds=r.lookback_s) if wm is None else parse_iso(wm)
+        since -= timedelta(seconds=r.reorder_slack_s) if wm is not None else timedelta(0)
+        if self._samples is None:  # one connection for the engine's life: connecting costs more than reading
+            self._samples = RecentSamples(self.lake, self.tenant_rules, self.default_tenant)
+        samples = self._samples
+        ev.ticks_read = samples.load(since, now)
+        slices = samples.slice_ticks(r.idle_util_ratio)
+        gpus = samples.gpu_ticks(r.idle_util_ratio)
+        nodes = samples.node_last()
+        if ev.ticks_read:
+            latest = max(n[2] for n in nodes)
+            state["watermark"] = iso(max(latest, parse_iso(wm)) if wm else latest)
+        elif wm is None:
+            state["watermark"] = iso(since)
+
+        self._step_slices(state, slices, ev)
+        self._step_gpus(state, gpus, ev)
+        self._end_stale_series(state, now, ev)
+        for _cluster, node, ts, interval in nodes:
+            known = state["nodes"].get(node)
+            if known is None or parse_iso(known["last_ts"]) < ts:
+                state["nodes"][node] = {"cluster": _cluster, "last_ts": iso(ts), "interval_s": interval}
+        self._eval_pools(state, gpus, now, ev)
+        self._eval_silent(state, now, ev)
+        self._eval_lag(state, now, ev)
+        self._repeat(state, now, ev)
+        self._expire_outbox(state, now)
+
+    # -- per-tick rules: idle slices and idle GPUs ---------------------------------------------
+
+    def _labels(self, rule: str, **labels: Any) -> dict[str, str]:
+        out = {k: v for k, v in self.rules.labels.items()}
+        out.update({k: "" if v is None else str(v) for k, v in labels.items()})
+        out["alertname"] = ALERTNAMES[rule]
+        out["severity"] = self.rules.severity[rule]
+        return {k: v for k, v in out.items() if v != ""}
+
+    def _price(self, model: str, ts: datetime, interval_s: float) -> Decimal | None:
+        """Price per GPU-hour for the hour the tick counts in (the rollups' hour: ts - Δ/2)."""
+        if self.price_book is None:
+            return None
+        day = (ts - timedelta(seconds=interval_s / 2)).date()
+        try:
+            return self.price_book.price_at(model, day).gpu_hour
+        except PriceError as exc:
+            if model not in self._unpriced:
+                self._unpriced.add(model)
+                log.warning("alerts: idle cost unknown: %s", exc)
+            return None
+
+    def _step_slices(self, state: dict[str, Any], rows: list[tuple], ev: Evaluation) -> None:
+        if "idle_slice" not in self.rules.enabled:
+            return
+        for key, sid, cluster, node, gpu, model, kind, tenant, workload, ts, interval, res_s, idle in rows:
+            labels = self._labels(
+                "idle_slice",
+                tenant=tenant,
+                workload=workload,
+                cluster=cluster,
+                node=node,
+                gpu=gpu,
+                model=model,
+                slice_id=sid,
+                kind=kind,
+            )
+            info = {
+                "what": f"slice {sid}",
+                "tenant": tenant,
+                "workload": workload,
+                "gpu": gpu,
+                "model": model,
+            }
+            self._step_tick(state, "idle_slice", key, labels, info, ts, interval, idle, Decimal(res_s), ev)
+
+    def _step_gpus(self, state: dict[str, Any], rows: list[tuple], ev: Evaluation) -> None:
+        if "idle_gpu" not in self.rules.enabled:
+            return
+        ratio = self.rules.idle_util_ratio
+        for key, cluster, node, gpu, model, ts, interval, sum_share, busy, n_slices, tenants in rows:
+            idle = None if busy is None or n_slices == 0 else busy < ratio
+            labels = self._labels("idle_gpu", cluster=cluster, node=node, gpu=gpu, model=model)
+            info = {
+                "what": f"GPU {gpu}",
+                "tenant": ",".join(tenants),
+                "workload": "",
+                "gpu": gpu,
+                "model": model,
+            }
+            reserved = Decimal(repr(float(interval) * min(1.0, float(sum_share))))
+            self._step_tick(state, "idle_gpu", "gpu|" + key, labels, info, ts, interval, idle, reserved, ev)
+
+    def _step_tick(
+        self,
+        state: dict[str, Any],
+        rule: str,
+        key: str,
+        labels: dict[str, str],
+        info: dict[str, Any],
+        ts: datetime,
+        interval: float,
+        idle: bool | None,
+        reserved_s: Decimal,
+        ev: Evaluation,
+    ) -> None:
+        r = self.rules
+        s = state["series"].get(key)
+        if s is None:
+            s = state["series"][key] = {"last_ts": None, "interval_s": interval, "ep": None, "fp": None}
+        if s["last_ts"] is not None:
+            last = parse_iso(s["last_ts"])
+            if ts <= last:
+                return  # seen in an earlier evaluation (the reorder slack re-reads a little)
+            if (ts - last).total_seconds() > r.silent_intervals * interval:
+                self._end_episode(state, s, at=last, reason="no ticks", ev=ev)  # a gap: not one period
+        s["last_ts"], s["interval_s"] = iso(ts), interval
+        ep = s["ep"]
+        if idle:
+            if ep is None:
+                start = ts - timedelta(seconds=interval)
+                fp = fingerprint(labels)
+                ep = s["ep"] = {
+                    "since": iso(start),
+                    "last_idle": iso(ts),
+                    "idle_s": "0",
+                    "cost": "0",
+                    "busy": 0,
+                }
+                s["fp"] = fp
+                if fp not in state["alerts"]:
+                    state["alerts"][fp] = {
+                        "rule": rule,
+                        "labels": labels,
+                        "state": "pending",
+                        "active_since": iso(start),
+                        "fired_at": None,
+                        "info": info,
+                        "key": key,
+                    }
+            ep["busy"] = 0
+            ep["last_idle"] = iso(ts)
+            ep["idle_s"] = str(Decimal(ep["idle_s"]) + reserved_s)
+            price = self._price(info["model"], ts, interval)
+            ep["cost"] = (
+                None
+                if price is None or ep["cost"] is None
+                else str(Decimal(ep["cost"]) + reserved_s * price)  # exact; / 3600 once when shown
+            )
+            alert = state["alerts"].get(s["fp"])
+            if alert is None:
+                return
+            alert["annotations"] = self._idle_annotations(rule, alert, ep, ts)
+            if alert["state"] == "pending" and (ts - parse_iso(ep["since"])).total_seconds() >= r.idle_min_s:
+                self._fire(state, s["fp"], ts, ev)
+        elif ep is not None:
+            alert = state["alerts"].get(s["fp"])
+            if alert is None or alert["state"] == "pending":
+                self._end_episode(state, s, at=ts, reason="busy", ev=ev)
+            else:
+                ep["busy"] += 1
+                if ep["busy"] >= r.resolve_ticks:
+                    self._end_episode(state, s, at=ts, reason="busy", ev=ev)
+
+    def _idle_annotations(
+        self, rule: str, alert: dict[str, Any], ep: dict[str, Any], ts: datetime
+    ) -> dict[str, str]:
+        info = alert["info"]
+        since = parse_iso(ep["since"])
+        minutes = (parse_iso(ep["last_idle"]) - since).total_seconds() / 60.0
+        gpu_h = Decimal(ep["idle_s"]) / 3600
+        cur = self.price_book.currency if self.price_book else ""
+        wasted = None if ep["cost"] is None else _cents(Decimal(ep["cost"]) / 3600)
+        cost = "unknown (no price)" if wasted is None else f"{wasted} {cur}"
+        who = f"tenant {info['tenant']}" + (f", workload {info['workload']}" if info["workload"] else "")
+        what = "slice" if rule == "idle_slice" else "allocated GPU"
+        return {
+            "summary": f"Idle {what} for {minutes:.0f} min: {who} on GPU {info['gpu']} ({info['model']})",
+            "description": (
+                f"{info['what']} has used under {self.rules.idle_util_ratio:.0%} of what it reserves since "
+                f"{iso(since)} ({minutes:.0f} min); {gpu_h:.3f} GPU-hours reserved while idle, "
+                f"cost wasted so far {cost}."
+            ),
+            "tenant": info["tenant"],
+            "workload": info["workload"],
+            "gpu": info["gpu"],
+            "idle_since": iso(since),
+            "idle_minutes": f"{minutes:.1f}",
+            "wasted_gpu_hours": f"{gpu_h:.6f}",
+            "wasted_cost": "" if wasted is None else str(wasted),
+            "currency": cur,
+        }
+
+    def _end_episode(
+        self, state: dict[str, Any], s: dict[str, Any], at: datetime, reason: str, ev: Evaluation
+    ) -> None:
+        fp = s.get("fp")
+        s["ep"] = None
+        s["fp"] = None
+        alert = state["alerts"].get(fp) if fp else None
+        if alert is None:
+            return
+        if alert["state"] == "firing":
+            self._resolve(state, fp, at, ev, reason)
+        else:
+            del state["alerts"][fp]
+
+    def _end_stale_series(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        """A slice or GPU that stopped reporting (pod ended, node down) ends its episode."""
+        r = self.rules
+        for key in list(state["series"]):
+            s = state["series"][key]
+            last = parse_iso(s["last_ts"])
+            age = (now - last).total_seconds()
+            if s["ep"] is not None and age > r.silent_intervals * s["interval_s"]:
+                self._end_episode(state, s, at=last, reason="no longer reported", ev=ev)
+            if s["ep"] is None and age > r.lookback_s + r.reorder_slack_s:
+                del state["series"][key]  # keeps the state small: only recently seen series
+
+    # -- per-evaluation rules -------------------------------------------------------------------
+
+    def _step_eval(
+        self,
+        state: dict[str, Any],
+        rule: str,
+        labels: dict[str, str],
+        cond: bool,
+        now: datetime,
+        for_s: float,
+        annotations: dict[str, str],
+        ev: Evaluation,
+        resolve_after: int | None = None,
+    ) -> None:
+        fp = fingerprint(labels)
+        alert = state["alerts"].get(fp)
+        if cond:
+            if alert is None:
+                alert = state["alerts"][fp] = {
+                    "rule": rule,
+                    "labels": labels,
+                    "state": "pending",
+                    "active_since": iso(now),
+                    "fired_at": None,
+                    "info": {},
+                    "key": None,
+                }
+            alert["annotations"] = annotations
+            alert["misses"] = 0
+            if (
+                alert["state"] == "pending"
+                and (now - parse_iso(alert["active_since"])).total_seconds() >= for_s
+            ):
+                self._fire(state, fp, now, ev)
+        elif alert is not None:
+            if alert["state"] == "pending":
+                del state["alerts"][fp]
+                return
+            alert["misses"] = alert.get("misses", 0) + 1
+            if alert["misses"] >= (resolve_after or self.rules.resolve_ticks):
+                self._resolve(state, fp, now, ev, "condition cleared")
+
+    def _eval_pools(self, state: dict[str, Any], gpus: list[tuple], now: datetime, ev: Evaluation) -> None:
+        if "pool_unallocated" not in self.rules.enabled:
+            return
+        # The latest tick of each GPU seen recently; GPUs that stopped reporting drop out of the pool.
+        latest = state.setdefault("gpu_last", {})
+        for _key, cluster, node, gpu, model, ts, interval, sum_share, _busy, _n, _t in gpus:
+            g = latest.get(gpu)
+            if g is None or parse_iso(g["ts"]) < ts:
+                latest[gpu] = {
+                    "cluster": cluster,
+                    "model": model,
+                    "node": node,
+                    "ts": iso(ts),
+                    "interval_s": interval,
+                    "share": float(sum_share),
+                }
+        pools: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for gpu in list(latest):
+            g = latest[gpu]
+            if (now - parse_iso(g["ts"])).total_seconds() > self.rules.silent_intervals * g["interval_s"]:
+                del latest[gpu]
+                continue
+            pools[(g["cluster"], g["model"])].append(max(0.0, 1.0 - g["share"]))
+        seen = set()
+        for (cluster, model), free in sorted(pools.items()):
+            ratio = sum(free) / len(free)
+            labels = self._labels("pool_unallocated", cluster=cluster, model=model)
+            seen.add(fingerprint(labels))
+            price = self._price(model, now, 0.0)
+            cur = self.price_book.currency if self.price_book else ""
+            per_h = "" if price is None else f"{_cents(price * Decimal(repr(sum(free))))} {cur}"
+            self._step_eval(
+                state,
+                "pool_unallocated",
+                labels,
+                ratio > self.rules.pool_unallocated_ratio,
+                now,
+                self.rules.pool_for_s,
+                {
+                    "summary": f"{ratio:.0%} of the {model} GPUs in cluster {cluster} are unallocated",
+                    "description": (
+                        f"{sum(free):.2f} of {len(free)} GPUs unallocated (threshold "
+                        f"{self.rules.pool_unallocated_ratio:.0%})"
+                        + (f"; capacity nobody pays for: {per_h} per hour." if per_h else ".")
+                    ),
+                    "unallocated_ratio": f"{ratio:.4f}",
+                    "unallocated_gpus": f"{sum(free):.3f}",
+                    "gpus": str(len(free)),
+                },
+                ev,
+            )
+        # pools that vanished (no GPU reporting) count as cleared
+        for fp, a in list(state["alerts"].items()):
+            if a["rule"] == "pool_unallocated" and fp not in seen:
+                self._step_eval(state, "pool_unallocated", a["labels"], False, now, 0, {}, ev)
+
+    def _eval_silent(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        if "collector_silent" not in self.rules.enabled:
+            return
+        for node in sorted(state["nodes"]):
+            n = state["nodes"][node]
+            last = parse_iso(n["last_ts"])
+            age = (now - last).total_seconds()
+            labels = self._labels("collector_silent", cluster=n["cluster"], node=node)
+            if age > self.rules.silent_forget_s:
+                del state["nodes"][node]
+                if fingerprint(labels) in state["alerts"]:
+                    self._resolve(state, fingerprint(labels), now, ev, "node forgotten")
+                continue
+            silent = age > self.rules.silent_intervals * n["interval_s"]
+            self._step_eval(
+                state,
+                "collector_silent",
+                labels,
+                silent,
+                now,
+                0.0,
+                {
+                    "summary": f"No ticks from node {node} for {age / 60:.1f} min",
+                    "description": (
+                        f"The collector of node {node} (cluster {n['cluster']}) last reported at "
+                        f"{iso(last)}; its GPU time is unobserved (reported as coverage, never billed)."
+                    ),
+                    "last_tick": iso(last),
+                },
+                ev,
+                resolve_after=1,  # a tick arrived: the node is back
+            )
+
+    def _eval_lag(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        if "ingest_lag" not in self.rules.enabled or self.lag_probe is None:
+            return
+        try:
+            reading = self.lag_probe()
+        except Exception as exc:  # the broker being away must not stop idle alerts
+            log.warning("alerts: ingest lag unknown: %r", exc)
+            return
+        if reading is None:
+            return
+        labels = self._labels("ingest_lag", group=reading.group, topic=reading.topic)
+        self._step_eval(
+            state,
+            "ingest_lag",
+            labels,
+            reading.total > self.rules.lag_messages,
+            now,
+            self.rules.lag_for_s,
+            {
+                "summary": f"Ingest is {reading.total} messages behind on {reading.topic}",
+                "description": (
+                    f"Consumer group {reading.group} lags {reading.total} messages "
+                    f"(threshold {self.rules.lag_messages}); per partition: "
+                    + ", ".join(f"{p}={v}" for p, v in sorted(reading.per_partition.items()))
+                ),
+                "lag_messages": str(reading.total),
+            },
+            ev,
+        )
+
+    # -- transitions and notifications ----------------------------------------------------------
+
+    def _fire(self, state: dict[str, Any], fp: str, at: datetime, ev: Evaluation) -> None:
+        alert = state["alerts"][fp]
+        alert["state"] = "firing"
+        alert["fired_at"] = iso(at)
+        alert["last_sent"] = iso(at)
+        alert["repeats"] = 0
+        self._enqueue(state, fp, alert, "firing", at, ev)
+
+    def _resolve(self, state: dict[str, Any], fp: str, at: datetime, ev: Evaluation, reason: str) -> None:
+        alert = state["alerts"].pop(fp)
+        ann = dict(alert.get("annotations") or {})
+        ann["resolved_reason"] = reason
+        alert["annotations"] = ann
+        self._enqueue(state, fp, alert, "resolved", at, ev)
+
+    def _repeat(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        for fp, alert in sorted(state["alerts"].items()):
+            if alert["state"] != "firing":
+                continue
+            if (now - parse_iso(alert["last_sent"])).total_seconds() >= self.rules.repeat_s:
+                alert["repeats"] += 1
+                alert["last_sent"] = iso(now)
+                self._enqueue(state, fp, alert, "repeat", now, ev)
+
+    def _enqueue(
+        self, state: dict[str, Any], fp: str, alert: dict[str, Any], event: str, at: datetime, ev: Evaluation
+    ) -> None:
+        starts = alert["fired_at"]
+        nid = hashlib.sha256(f"{fp}|{starts}|{event}|{alert.get('repeats', 0)}".encode()).hexdigest()[:32]
+        if any(n["id"] == nid for n in state["outbox"]):
+            return
+        status = "resolved" if event == "resolved" else "firing"
+        targets = self.route(alert["labels"])
+        note = {
+            "id": nid,
+            "event": event,
+            "fingerprint": fp,
+            "status": status,
+            "labels": alert["labels"],
+            "annotations": alert.get("annotations") or {},
+            "startsAt": starts,
+            "endsAt": iso(at) if status == "resolved" else ZERO_TIME,
+            "event_ts": iso(at),
+            "generatorURL": self.rules.external_url,
+            "enqueued_at": iso(ev.now),
+            "targets": {t["key"]: "pending" for t in targets},
+            "attempts": 0,
+        }
+        if targets:
+            state["outbox"].append(note)
+        ev.notifications.append(note)
+
+    def _expire_outbox(self, state: dict[str, Any], now: datetime) -> None:
+        keep = []
+        for n in state["outbox"]:
+            age = (now - parse_iso(n["enqueued_at"])).total_seconds()
+            if all(v != "pending" for v in n["targets"].values()):
+                continue
+            if age > self.rules.outbox_max_s:
+                log.error(
+                    "alerts: notification %s (%s) dropped undelivered after %.0f h",
+                    n["id"],
+                    n["labels"].get("alertname"),
+                    age / 3600,
+                )
+                continue
+            keep.append(n)
+        state["outbox"] = keep
+
+    def active(self) -> list[dict[str, Any]]:
+        """Pending and firing alerts now (for dashboards and the Alertmanager v2 resend)."""
+        state = self.load_state()
+        return [dict(a, fingerprint=fp) for fp, a in sorted(state["alerts"].items())]
+
+    # -- lake record ----------------------------------------------------------------------------
+
+    def _write_record(self, notes: list[dict[str, Any]], now: datetime) -> Path | None:
+        """Transitions of this evaluation into alerts/date=D/; the name derives from the notification
+        ids, so an evaluation redone after a crash rewrites the same file instead of adding one."""
+        if not notes:
+            return None
+        cur = self.price_book.currency if self.price_book else None
+        by_date: dict[date, list[dict[str, Any]]] = defaultdict(list)
+        for n in notes:
+            by_date[parse_iso(n["event_ts"]).date()].append(n)
+        last = None
+        for day, group in sorted(by_date.items()):
+            rows = []
+            for n in group:
+                cost = n["annotations"].get("wasted_cost") or None
+                rows.append(
+                    {
+                        "event_ts": parse_iso(n["event_ts"]),
+                        "evaluated_at": now,
+                        "event": n["event"],
+                        "status": n["status"],
+                        "alertname": n["labels"]["alertname"],
+                        "fingerprint": n["fingerprint"],
+                        "notification_id": n["id"],
+                        "severity": n["labels"].get("severity"),
+                        "tenant": n["labels"].get("tenant"),
+                        "starts_at": parse_iso(n["startsAt"]),
+                        "ends_at": None if n["status"] == "firing" else parse_iso(n["endsAt"]),
+                        "cost": None if cost is None else Decimal(cost),
+                        "currency": cur if cost is not None else None,
+                        "labels": json.dumps(n["labels"], sort_keys=True),
+                        "annotations": json.dumps(n["annotations"], sort_keys=True),
+                        "targets": json.dumps(sorted(n["targets"])),
+                    }
+                )
+            name = hashlib.sha256("|".join(n["id"] for n in group).encode()).hexdigest()[:24]
+            table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+            last = self.lake.write_file(table, self.root / f"date={day.isoformat()}" / f"part-{name}.parquet")
+        return last
+
+
+def _cents(v: Decimal) -> Decimal:
+    return v.quantize(Decimal("0.01"))
+
+
+def records_glob(lake: Lake | str) -> str:
+    root = lake.root if isinstance(lake, Lake) else Path(lake)
+    return str(root / ALERTS / "date=*" / "*.parquet")
+
+
+def kafka_lag(bootstrap: str, group: str, topic: str, client_id: str = "gpuledger-jobs") -> LagReading:
+    """Lag of a consumer group on a topic: end offset - committed offset per partition (kafka-python).
+
+    A partition the group never committed counts from its beginning offset (all of it is unread).
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    # short timeouts: an unreachable broker must not hold up the idle alerts evaluated with it
+    kw = {"request_timeout_ms": 10000, "bootstrap_timeout_ms": 5000}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **kw)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id=client_id, **kw)
+    try:
+        committed = {
+            tp.partition: om.offset for tp, om in _group_offsets(admin, group).items() if tp.topic == topic
+        }
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = consumer.end_offsets(tps) if tps else {}
+        begins = consumer.beginning_offsets(tps) if tps else {}
+        lag = {}
+        for tp in tps:
+            done = committed.get(tp.partition)
+            if done is None or done < 0:
+                done = begins[tp]
+            lag[tp.partition] = max(0, ends[tp] - done)
+        return LagReading(group=group, topic=topic, per_partition=lag)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def _group_offsets(admin: Any, group: str, tries: int = 10, wait_s: float = 0.5) -> dict[Any, Any]:
+    """Committed offsets of a group; retried while the broker has no coordinator yet (a fresh broker
+    creates its offsets topic on the first lookup and answers COORDINATOR_NOT_AVAILABLE meanwhile)."""
+    import time
+
+    from kafka.errors import CoordinatorNotAvailableError
+
+    for i in range(tries):
+        try:
+            return dict(admin.list_group_offsets({group: None}).get(group, {}))
+        except CoordinatorNotAvailableError:
+            if i == tries - 1:
+                raise
+            time.sleep(wait_s)
+    return {}
