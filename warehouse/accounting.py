@@ -90,26 +90,43 @@ class Accounting:
             CREATE OR REPLACE VIEW slice_hourly AS
             SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload FROM r_slice_hourly""")
         c.execute("CREATE OR REPLACE VIEW gpu_hourly AS SELECT * FROM r_gpu_hourly")
-        # Idle runs stitched into periods across hours and dates: a run continues the previous
-        # one of the same slice and agent boot when its first tick is the next seq.
-        c.execute(f"""
-            CREATE OR REPLACE VIEW idle_run_period AS
+        self._idle_ready = False
+
+    def _ensure_idle(self) -> None:
+        """Stitch idle runs into periods, once per change of the rollup files.
+
+        A run continues the previous one of the same slice and agent boot when its first tick is
+        the next seq, across hours and dates. The stitching is window functions over every idle
+        run of the lake, so its result is kept as a table until the rollups change, instead of
+        being recomputed by every query. Partitions lead with a 64-bit hash so that the sort
+        rarely compares the UUID-prefixed strings behind it.
+        """
+        if self._idle_ready:
+            return
+        self.con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE idle_run_period AS
             WITH r AS (
                 SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
+                       hash(slice_id, node, boot_id) AS rk,
                        CASE WHEN first_seq = lag(last_seq) OVER w + 1 THEN 0 ELSE 1 END AS new_period
                 FROM r_idle_runs
-                WINDOW w AS (PARTITION BY slice_id, node, boot_id ORDER BY first_seq, hour)),
+                WINDOW w AS (PARTITION BY hash(slice_id, node, boot_id), slice_id, node, boot_id
+                             ORDER BY first_seq, hour)),
             p AS (
-                SELECT *, sum(new_period) OVER (PARTITION BY slice_id, node, boot_id ORDER BY first_seq, hour
-                                                ROWS UNBOUNDED PRECEDING) AS period
+                SELECT *, sum(new_period) OVER (PARTITION BY rk, slice_id, node, boot_id
+                                                ORDER BY first_seq, hour ROWS UNBOUNDED PRECEDING) AS period
                 FROM r)
-            SELECT *, min(start_ts) OVER pw AS period_start, max(end_ts) OVER pw AS period_end,
+            SELECT * EXCLUDE (rk, new_period), min(start_ts) OVER pw AS period_start,
+                   max(end_ts) OVER pw AS period_end,
                    epoch(max(end_ts) OVER pw) - epoch(min(start_ts) OVER pw) >= {self.idle_min_s}
                        AS qualifies
-            FROM p WINDOW pw AS (PARTITION BY slice_id, node, boot_id, period)""")
+            FROM p WINDOW pw AS (PARTITION BY rk, slice_id, node, boot_id, period)""")
+        self._idle_ready = True
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
+        if "idle_run_period" in query:
+            self._ensure_idle()
         return self.con.sql(query, params=params) if params else self.con.sql(query)
 
     # -- measures --------------------------------------------------------------------------------
