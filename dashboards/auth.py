@@ -11,6 +11,7 @@ password (a guessing script gets nothing from sending faster).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -164,10 +165,9 @@ class UserStore:
         stamp = self._stat()
         if stamp is not None and stamp != self._stamp:
             with self._lock:
-                try:
+                # A half-edited file keeps the last good users: it must not lock everyone out.
+                with contextlib.suppress(AuthConfigError):
                     self._users = load_users(self.path)
-                except AuthConfigError:
-                    pass  # keep the last good users: a half-edited file must not lock everyone out
                 self._stamp = stamp
         return self._users
 
@@ -259,7 +259,10 @@ class TrustedHeaders:
         tenants = frozenset(g[len(self.tenant_prefix) :] for g in groups if g.startswith(self.tenant_prefix))
         tenants -= {""}
         if not tenants:
-            return None, f"user {user!r} is in no dashboard group ({self.admin_group} or {self.tenant_prefix}*)"
+            return (
+                None,
+                f"user {user!r} is in no dashboard group ({self.admin_group} or {self.tenant_prefix}*)",
+            )
         return Principal(user, "tenant-viewer", tenants), ""
 
 

@@ -180,10 +180,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         transport.close()
         return 0
 
-    # Live: keep producing in real time and serve the dashboard.
-    from dashboards.app import create_app
-
+    # Live: keep producing in real time and serve the dashboards.
     cfg.tenants.rules = rules
+    if not cfg.pricing.book:  # the demo fleet's models get embedded prices, so costs show
+        cfg.pricing.book = _demo_price_book()
+    if cfg.dashboard.auth == "password" and not cfg.dashboard.users_file:
+        cfg.dashboard.users_file = str(_demo_users(lake_path, sorted({r["tenant"] for r in rules})))
     stop_live = threading.Event()
 
     def after_live_tick(_s: CollectStats) -> None:
@@ -199,13 +201,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
         name="live-fleet",
         daemon=True,
     ).start()
-    app = create_app(cfg)
-    print(f"dashboard on http://{cfg.dashboard.host}:{cfg.dashboard.port}/ (Ctrl-C stops)", file=sys.stderr)
     try:
-        app.run(host=cfg.dashboard.host, port=cfg.dashboard.port, debug=False)
+        _serve_dashboards(cfg, cfg.dashboard.port, DEMO_ROLLUP_EVERY_S)
     finally:
         stop_live.set()
     return 0
+
+
+DEMO_ROLLUP_EVERY_S = 60.0
+DASHBOARD_ROLLUP_EVERY_S = 300.0
+# $ per GPU-hour for the simulated fleet's models (illustrative on-demand-like prices).
+DEMO_PRICES = {"H200": "4.20", "H100": "3.10", "A100": "1.90", "V100": "0.70", "RTX4090": "0.50"}
+
+
+def _demo_price_book() -> list[dict[str, str]]:
+    from collector.fleet import MODELS
+
+    return [{"model": MODELS[k].name, "gpu_hour": p, "from": "2020-01-01"} for k, p in DEMO_PRICES.items()]
+
+
+def _demo_users(lake_path: Path, tenants: list[str]) -> Path:
+    """A users file for the demo: admin plus one viewer per tenant, one random password, printed."""
+    import secrets
+
+    from dashboards.auth import hash_password
+
+    password = secrets.token_urlsafe(9)
+    h = hash_password(password)
+    entries = [f'[[users]]\nname = "admin"\npassword_hash = "{h}"\nrole = "admin"\n']
+    for t in tenants:
+        entries.append(
+            f'[[users]]\nname = "viewer-{t}"\npassword_hash = "{h}"\nrole = "tenant-viewer"\n'
+            f'tenants = ["{t}"]\n'
+        )
+    path = lake_path / "demo-users.toml"
+    path.write_text("\n".join(entries))
+    print(
+        f"dashboard users: admin, viewer-<tenant> ({', '.join(tenants)}); password for all: {password}",
+        file=sys.stderr,
+    )
+    return path
+
+
+def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
+    """Rollups brought up to date, then the dashboards served while a timer keeps the rollups current."""
+    from dashboards.app import create_app, dashboard_data
+    from dashboards.auth import AuthConfigError
+
+    settings = _settings(cfg)
+    acct = settings.accounting(cfg.lake.path)
+    try:
+        stats = acct.update()
+        print(f"rollups: {stats.rebuilt} of {stats.dates} dates rebuilt", file=sys.stderr)
+    finally:
+        acct.close()
+    try:
+        app = create_app(cfg)
+    except (AuthConfigError, ValueError) as exc:
+        raise ConfigError(f"config error: {exc}") from exc
+    data = dashboard_data(app)
+    stop = threading.Event()
+
+    def refresh_rollups() -> None:
+        # Rollups of changed dates only; then the page caches are filled again (a quick next load).
+        first = True
+        while first or not stop.wait(rollup_every_s):
+            first = False
+            a = settings.accounting(cfg.lake.path)
+            try:
+                a.update()
+                data.warm()
+            except Exception as exc:  # a bad file must not stop the dashboards; say it and go on
+                logging.getLogger("gpuledger.dashboard").warning("rollup update failed: %s", exc)
+            finally:
+                a.close()
+
+    threading.Thread(target=refresh_rollups, name="rollups", daemon=True).start()
+    print(f"dashboard on http://{cfg.dashboard.host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    try:
+        app.run(host=cfg.dashboard.host, port=port, debug=False)
+    finally:
+        stop.set()
 
 
 # -- parts --------------------------------------------------------------------------------------
@@ -303,11 +379,44 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboards.app import create_app
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pipeline.jobs import run_jobs
 
     cfg = _load(args)
-    create_app(cfg).run(host=cfg.dashboard.host, port=args.port or cfg.dashboard.port, debug=False)
+    from gpuledger.config import JOB_NAMES
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    bad = [j for j in only or [] if j not in JOB_NAMES]
+    if bad:
+        raise ConfigError(
+            f"gpuledger jobs: --only {args.only!r}: unknown job(s) {bad}: "
+            f"expected among {', '.join(JOB_NAMES)}"
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runs = run_jobs(
+        cfg, once=args.once, for_s=args.for_s, jobs=only, metrics_port=args.metrics_port, stop=stop
+    )
+    for run in runs:
+        print(f"{run.job:8} {run.result:8} {run.duration_s:7.3f} s  {run.error or ''}".rstrip())
+    return 1 if any(r.result == "error" for r in runs) else 0
+
+
+def cmd_alerts_export_rules(args: argparse.Namespace) -> int:
+    from pipeline.prom_rules import render_rules, write_rules
+
+    cfg = _load(args)
+    if args.out:
+        print(write_rules(cfg, args.out, args.evaluation_interval))
+    else:
+        sys.stdout.write(render_rules(cfg, args.evaluation_interval))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _serve_dashboards(cfg, args.port or cfg.dashboard.port, DASHBOARD_ROLLUP_EVERY_S)
     return 0
 
 
@@ -411,8 +520,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long with no messages")
     i.set_defaults(func=cmd_ingest)
 
-    j = sub.add_parser("jobs", help="scheduled rollups, idle alerts, enforcer, month close")
-    j.set_defaults(func=lambda a: _not_built("jobs"))
+    j = sub.add_parser("jobs", help="scheduled rollups, idle alerts, accrual, month close")
+    j.add_argument("--lake")
+    j.add_argument("--kafka", metavar="HOST:PORT", help="broker whose ingest lag is watched")
+    j.add_argument("--once", action="store_true", help="run each selected job once now and exit")
+    j.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="run the scheduler this long")
+    j.add_argument(
+        "--only", help="comma list of jobs among rollups, alerts, accrual, close (default: config)"
+    )
+    j.add_argument("--metrics-port", type=int, help="gpuledger_job_* metrics port (0: any free port)")
+    j.set_defaults(func=cmd_jobs)
+
+    al = sub.add_parser("alerts", help="alert rules")
+    alsub = al.add_subparsers(dest="alerts_command", required=True)
+    ex = alsub.add_parser("export-rules", help="the alert rules as a Prometheus rules file")
+    ex.add_argument("--out", help="file to write (default: stdout)")
+    ex.add_argument(
+        "--evaluation-interval",
+        type=float,
+        metavar="SECONDS",
+        help="the rule group's interval (default: global)",
+    )
+    ex.set_defaults(func=cmd_alerts_export_rules)
 
     db = sub.add_parser("dashboard", help="Dash server")
     db.add_argument("--lake")

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -36,6 +37,27 @@ def _port(v: Any) -> bool:
 
 def _non_empty(v: Any) -> bool:
     return bool(v)
+
+
+def _is_url(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"https?://[^\s/]+(/\S*)?", v) is not None
+
+
+def _is_label(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", v) is not None
+
+
+def _hhmm(v: str) -> tuple[int, int] | None:
+    """'02:00' -> (2, 0); None when it is not a 24-hour HH:MM time."""
+    m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+_RESERVED_LABELS = ("alertname", "severity", "tenant")
+
+
+def _label_ok(name: Any, value: Any) -> bool:
+    return _is_label(name) and name not in _RESERVED_LABELS and isinstance(value, str)
 
 
 def _header_name(v: str) -> bool:
@@ -115,11 +137,56 @@ class PricingConfig:
     idle_policy: str = "platform"  # unallocated capacity: platform | weighted | even
 
 
+ALERT_RULES = ("idle_slice", "idle_gpu", "pool_unallocated", "collector_silent", "ingest_lag")
+SEVERITIES = ("critical", "warning", "info")
+JOB_NAMES = ("rollups", "alerts", "accrual", "close")
+
+
 @dataclass
 class AlertsConfig:
     idle_util_ratio: float = 0.05
     idle_min_minutes: float = 30.0
-    webhooks: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)  # Alertmanager-style webhook receivers (payload v4)
+    rules: list[str] = field(default_factory=lambda: list(ALERT_RULES))  # enabled rules
+    receiver: str = "gpuledger"  # receiver name in webhook payloads for alerts no route claims
+    # Per-tenant routing, first match wins: {"tenant": T, "receiver": R, "webhooks": [URL, ...],
+    # "continue": false}; "continue": true also sends to the default receiver.
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    alertmanager_url: str = ""  # e.g. http://alertmanager:9093: alerts also go to its v2 API
+    external_url: str = ""  # the link receivers show (the dashboard); payload externalURL/generatorURL
+    labels: dict[str, Any] = field(default_factory=dict)  # static labels on every alert, e.g. env=prod
+    idle_slice_severity: str = "warning"
+    idle_gpu_severity: str = "warning"
+    pool_unallocated_pct: float = 50.0  # a pool (cluster + GPU model) with more unallocated than this
+    pool_unallocated_minutes: float = 60.0  # ... for this long
+    pool_unallocated_severity: str = "info"
+    silent_intervals: float = 3.0  # a node with no tick for this many of its intervals is silent
+    collector_silent_severity: str = "critical"
+    ingest_lag_messages: int = 10000  # consumer-group lag (messages, all partitions) above this
+    ingest_lag_minutes: float = 5.0  # ... for this long
+    ingest_lag_severity: str = "warning"
+    resolve_ticks: int = 3  # a firing alert resolves after this many consecutive non-idle ticks
+    repeat_interval_minutes: float = 240.0  # a still-firing alert is sent again this often
+    lookback_minutes: float = 120.0  # how far back the first evaluation (no saved state) reads
+    reorder_slack_s: float = 120.0  # ticks arriving up to this late are still evaluated
+    send_timeout_s: float = 5.0
+    send_attempts: int = 5  # per notification and evaluation; failed ones are retried next evaluation
+    backoff_s: float = 0.5  # first retry delay, doubled per attempt ...
+    backoff_max_s: float = 8.0  # ... up to this
+    outbox_max_hours: float = 24.0  # undeliverable notifications are dropped (and counted) after this
+
+
+@dataclass
+class JobsConfig:
+    rollups_minutes: float = 5.0
+    alerts_seconds: float = 60.0  # idle detection + alert evaluation
+    accrual_time: str = "00:30"  # HH:MM UTC, daily: month-to-date charges of the open month
+    close_day: int = 1  # the month close of the previous month: day of month ...
+    close_time: str = "02:00"  # ... and HH:MM UTC
+    misfire_grace_s: float = 300.0  # a run this late (process paused, clock jump) still runs; later: skipped
+    metrics_port: int = 9402  # gpuledger_job_* metrics (0: any free port)
+    metrics_addr: str = "127.0.0.1"
+    enabled: list[str] = field(default_factory=lambda: list(JOB_NAMES))
 
 
 @dataclass
@@ -162,6 +229,7 @@ class Config:
     tenants: TenantsConfig = field(default_factory=TenantsConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     enforcer: EnforcerConfig = field(default_factory=EnforcerConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
@@ -202,6 +270,52 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ),
     ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
     ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
+    # non-strings are left to the list item check ("a list of strings")
+    ("alerts", "webhooks"): (
+        lambda v: all(_is_url(u) for u in v if isinstance(u, str)),
+        "a list of http:// or https:// URLs",
+    ),
+    ("alerts", "rules"): (
+        lambda v: all(r in ALERT_RULES for r in v) and len(set(v)) == len(v),
+        f"a list of distinct rule names among {', '.join(ALERT_RULES)}",
+    ),
+    ("alerts", "receiver"): (_non_empty, "a receiver name"),
+    ("alerts", "alertmanager_url"): (lambda v: v == "" or _is_url(v), "empty or an http(s):// URL"),
+    ("alerts", "external_url"): (lambda v: v == "" or _is_url(v), "empty or an http(s):// URL"),
+    ("alerts", "labels"): (
+        lambda v: all(_label_ok(k, x) for k, x in v.items()),
+        "a table of label names ([a-zA-Z_][a-zA-Z0-9_]*, not alertname/severity/tenant) to strings",
+    ),
+    **{
+        ("alerts", f"{r}_severity"): (lambda v: v in SEVERITIES, f"one of {', '.join(SEVERITIES)}")
+        for r in ALERT_RULES
+    },
+    ("alerts", "pool_unallocated_pct"): (lambda v: 0 <= v < 100, "a percentage from 0 to below 100"),
+    ("alerts", "pool_unallocated_minutes"): (lambda v: v >= 0, "a number of minutes >= 0"),
+    ("alerts", "silent_intervals"): (lambda v: v >= 1, "a number of intervals >= 1"),
+    ("alerts", "ingest_lag_messages"): (lambda v: v >= 0, "a number of messages >= 0"),
+    ("alerts", "ingest_lag_minutes"): (lambda v: v >= 0, "a number of minutes >= 0"),
+    ("alerts", "resolve_ticks"): (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
+    ("alerts", "repeat_interval_minutes"): (_positive, "a number of minutes > 0"),
+    ("alerts", "lookback_minutes"): (_positive, "a number of minutes > 0"),
+    ("alerts", "reorder_slack_s"): (lambda v: v >= 0, "a number of seconds >= 0"),
+    ("alerts", "send_timeout_s"): (_positive, "a number of seconds > 0"),
+    ("alerts", "send_attempts"): (lambda v: 1 <= v <= 20, "an integer from 1 to 20"),
+    ("alerts", "backoff_s"): (lambda v: 0 <= v <= 60, "a number of seconds from 0 to 60"),
+    ("alerts", "backoff_max_s"): (lambda v: 0 <= v <= 600, "a number of seconds from 0 to 600"),
+    ("alerts", "outbox_max_hours"): (_positive, "a number of hours > 0"),
+    ("jobs", "rollups_minutes"): (lambda v: 0 < v <= 1440, "a number of minutes in (0, 1440]"),
+    ("jobs", "alerts_seconds"): (lambda v: 1 <= v <= 3600, "a number of seconds from 1 to 3600"),
+    ("jobs", "accrual_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
+    ("jobs", "close_day"): (lambda v: 1 <= v <= 28, "a day of month from 1 to 28"),
+    ("jobs", "close_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
+    ("jobs", "misfire_grace_s"): (_positive, "a number of seconds > 0"),
+    ("jobs", "metrics_port"): (_port, "a port number 0-65535"),
+    ("jobs", "metrics_addr"): (_non_empty, "an address to listen on"),
+    ("jobs", "enabled"): (
+        lambda v: all(j in JOB_NAMES for j in v) and len(set(v)) == len(v),
+        f"a list of distinct job names among {', '.join(JOB_NAMES)}",
+    ),
     ("enforcer", "mode"): (
         lambda v: v in ("off", "recommend", "grow-only", "enforce"),
         "one of off, recommend, grow-only, enforce",
@@ -298,6 +412,27 @@ def _check_tenant_rules(rules: list[Any], source: str) -> None:
             raise ConfigError(f"config error: {where}: expected label as 'key=value'")
 
 
+def _check_alert_routes(routes: list[Any], source: str) -> None:
+    allowed = {"tenant", "receiver", "webhooks", "continue"}
+    for i, route in enumerate(routes):
+        where = f"alerts.routes[{i}] = {route!r} (from {source})"
+        if not isinstance(route, dict):
+            raise ConfigError(f"config error: {where}: expected a table")
+        extra = sorted(set(route) - allowed)
+        if extra:
+            raise ConfigError(f"config error: {where}: unknown key(s) {extra}: expected {sorted(allowed)}")
+        for key in ("tenant", "receiver"):
+            if not isinstance(route.get(key), str) or not route[key]:
+                raise ConfigError(f"config error: {where}: expected a non-empty string '{key}'")
+        hooks = route.get("webhooks")
+        if not isinstance(hooks, list) or not hooks or not all(_is_url(u) for u in hooks):
+            raise ConfigError(
+                f"config error: {where}: expected 'webhooks' as a non-empty list of http(s) URLs"
+            )
+        if not isinstance(route.get("continue", False), bool):
+            raise ConfigError(f"config error: {where}: expected 'continue' as true or false")
+
+
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the config file (if any) and apply environment overrides, validating every key.
 
@@ -373,6 +508,8 @@ def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> No
                 )
         if (section, key) == ("tenants", "rules"):
             _check_tenant_rules(value, source)
+        if (section, key) == ("alerts", "routes"):
+            _check_alert_routes(value, source)
         setattr(obj, key, value)
 
 

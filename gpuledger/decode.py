@@ -184,7 +184,7 @@ def decode_batch(
         if fast and len(raw) <= max_message_bytes:
             try:
                 t = dec.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
                 slow.append(i)
                 continue
             ts = _semantics_ok(t)

@@ -22,7 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from gpuledger.decode import DecodedBatch, decode_batch
+from gpuledger.batch_decode import decode_batch_fast
+from gpuledger.decode import DecodedBatch
 from warehouse.lake import Lake
 
 log = logging.getLogger("gpuledger.decoder")
@@ -93,7 +94,7 @@ def decode_and_write(lake: Lake, batch_records: Batch, batch: int, max_message_b
 
 
 def decode_records(b: Batch, batch: int, max_message_bytes: int) -> DecodedBatch:
-    return decode_batch(
+    return decode_batch_fast(
         b.values, batch=batch, max_message_bytes=max_message_bytes, partitions=b.partitions, offsets=b.offsets
     )
 

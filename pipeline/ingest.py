@@ -156,6 +156,7 @@ class KafkaIngester:
         self.fault = _FaultHook()
         self.epoch = 0  # bumped on every partition revocation
         self.resync = False
+        self.unseen = 0  # records read, then dropped by a revoke (read again after the rewind)
         self.start_offsets = start_offsets or {}
         self.worker_peaks_mb: list[float] = []
         self.worker_cpu_s: list[float] = []
@@ -202,6 +203,8 @@ class KafkaIngester:
                         len(ingester.pending),
                         len(ingester.pipe.inflight),
                     )
+                # Those records come again after the rewind: they were read but are not "seen".
+                ingester.unseen += len(ingester.pending) + sum(len(f[0]) for f in ingester.pipe.inflight)
                 ingester.pending, ingester.pending_bytes = [], 0
                 ingester.resync = True  # the main loop rewinds to the committed offsets
 
@@ -349,6 +352,7 @@ class KafkaIngester:
                 if self.resync:
                     self._rewind()
                     polled = {}  # read from positions that the rewind just moved
+                    seen, self.unseen = max(0, seen - self.unseen), 0
                 now = time.monotonic()
                 for tp_records in polled.values():
                     for m in tp_records:

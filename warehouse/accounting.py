@@ -14,12 +14,20 @@ from decimal import Decimal
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 from warehouse.rollups import TABLES, Rollups, RollupStats
 from warehouse.views import _dicts, _lit, tenant_sql
 
+# Qualifying idle periods per slice and hour: the one table every idle measure reads.
+IDLE_SQL = """
+    SELECT hour, cluster, model, node, gpu_uuid, slice_id, boot_id, period, period_start, period_end,
+           any_value(tenant) AS tenant, any_value(workload) AS workload, any_value(kind) AS kind,
+           sum(reserved_s) AS reserved_s
+    FROM idle_run_period WHERE qualifies
+    GROUP BY hour, cluster, model, node, gpu_uuid, slice_id, boot_id, period, period_start, period_end"""
 WORKLOAD_SQL = """coalesce(namespace || '/' || coalesce(pod, slice_id), 'slurm-job/' || job_id,
                            'user/' || "user", slice_id)"""
 GRAINS = {"hour": "hour", "day": "date_trunc('day', hour)", "month": "date_trunc('month', hour)"}
@@ -90,21 +98,11 @@ class Accounting:
             CREATE OR REPLACE VIEW slice_hourly AS
             SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload FROM r_slice_hourly""")
         c.execute("CREATE OR REPLACE VIEW gpu_hourly AS SELECT * FROM r_gpu_hourly")
-        self._idle_ready = False
-
-    def _ensure_idle(self) -> None:
-        """Stitch idle runs into periods, once per change of the rollup files.
-
-        A run continues the previous one of the same slice and agent boot when its first tick is
-        the next seq, across hours and dates. The stitching is window functions over every idle
-        run of the lake, so its result is kept as a table until the rollups change, instead of
-        being recomputed by every query. Partitions lead with a 64-bit hash so that the sort
-        rarely compares the UUID-prefixed strings behind it.
-        """
-        if self._idle_ready:
-            return
+        # Idle runs stitched into periods across hours and dates: a run continues the previous one
+        # of the same slice and agent boot when its first tick is the next seq. Partitions lead
+        # with a 64-bit hash so that the sort rarely compares the UUID-prefixed strings behind it.
         self.con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE idle_run_period AS
+            CREATE OR REPLACE VIEW idle_run_period AS
             WITH r AS (
                 SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
                        hash(slice_id, node, boot_id) AS rk,
@@ -121,11 +119,43 @@ class Accounting:
                    epoch(max(end_ts) OVER pw) - epoch(min(start_ts) OVER pw) >= {self.idle_min_s}
                        AS qualifies
             FROM p WINDOW pw AS (PARTITION BY rk, slice_id, node, boot_id, period)""")
+        self._idle_ready = False
+
+    def idle_table(self) -> pa.Table:
+        """The qualifying idle periods per hour (what `measures` and `idle_periods` read).
+
+        Stitching periods is window functions over every idle run of the lake (seconds on a month
+        of a large fleet), so it is done once per change of the rollups and kept; a process with
+        several connections computes it on one and hands it to the others with `share_idle`.
+        """
+        self._ensure_idle()
+        return self.con.sql("SELECT * FROM idle_period_hours").to_arrow_table()
+
+    def share_idle(self, table: pa.Table) -> None:
+        """Use an `idle_table()` computed on another connection over the same rollups."""
+        self.refresh()
+        self.con.register("_shared_idle", table)
+        self._drop_idle()
+        self.con.execute("CREATE TEMP VIEW idle_period_hours AS SELECT * FROM _shared_idle")
+        self._idle_ready = True
+
+    def _drop_idle(self) -> None:
+        kinds = self.con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'idle_period_hours'"
+        ).fetchall()
+        for (kind,) in kinds:
+            self.con.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} idle_period_hours")
+
+    def _ensure_idle(self) -> None:
+        if self._idle_ready:
+            return
+        self._drop_idle()
+        self.con.execute(f"CREATE TEMP TABLE idle_period_hours AS {IDLE_SQL}")
         self._idle_ready = True
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
-        if "idle_run_period" in query:
+        if "idle_period_hours" in query:
             self._ensure_idle()
         return self.con.sql(query, params=params) if params else self.con.sql(query)
 
@@ -166,8 +196,11 @@ class Accounting:
         # (a slice-hour can sit in two date partitions: joining row by row would count it twice).
         names = ["period"] * bool(grain) + list(by) or ["all_"]
         on = " AND ".join(f"m.{n} IS NOT DISTINCT FROM i.{n}" for n in names)
-        idle = f"""SELECT {keys}, sum(reserved_s) AS idle_s FROM idle_run_period
-                   WHERE qualifies {("AND " + " AND ".join(conds)) if conds else ""} GROUP BY ALL"""
+        idle_keys = keys.replace(" AS period", " AS period_") if grain else keys
+        idle = f"""SELECT {idle_keys}, sum(reserved_s) AS idle_s FROM idle_period_hours
+                   {("WHERE " + " AND ".join(conds)) if conds else ""} GROUP BY ALL"""
+        if grain:  # idle_period_hours has its own `period` column (the period's number)
+            idle = f"SELECT * RENAME (period_ AS period) FROM ({idle})"
         if any(d in SLICE_DIMS for d in by):
             m = f"""
                 SELECT {keys},
@@ -206,7 +239,7 @@ class Accounting:
         GPU-hours and cost count the part of the period inside [start, end); cost at each hour's
         price (needs a price book), exact, then rounded to the cent per period.
         """
-        conds = ["qualifies"]
+        conds = ["TRUE"]
         if start is not None:
             conds.append(f"hour >= {_ts(start)}")
         if end is not None:
@@ -228,7 +261,7 @@ class Accounting:
                    any_value(kind) AS kind, period_start AS start, period_end AS "end",
                    (epoch(period_end) - epoch(period_start)) / 60 AS minutes,
                    sum(reserved_s) / 3600 AS gpu_hours, {cost}
-            FROM idle_run_period r {join}
+            FROM idle_period_hours r {join}
             WHERE {" AND ".join(conds)}
             GROUP BY slice_id, node, boot_id, period, period_start, period_end
             ORDER BY {"cost_s DESC NULLS LAST, " if priced else ""}gpu_hours DESC, start, slice_id

@@ -1,0 +1,716 @@
+"""What the pages show, computed from the rollups and the ledger, always within a tenant scope.
+
+Every function takes the tenants the caller may see (`allowed`: None = all, for an admin) and
+puts them into the SQL, so data of other tenants never leaves DuckDB. Nothing here reads raw
+samples, except the process list of one GPU's drill-down (one date partition, one GPU).
+
+A bounded pool of `Accounting` connections serves concurrent requests (a DuckDB connection is
+not shared between threads); month-sized results (charge lines, idle periods, coverage) are
+cached per process and dropped when a rollup date or a ledger month changes on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from dashboards.filters import Filters
+from warehouse.accounting import Accounting
+from warehouse.chargeback import compute_charges, quantize_line
+from warehouse.close import MANIFEST, CloseSettings, closed_months, ledger_dir, read_ledger
+from warehouse.errors import MONEY_ERRORS
+from warehouse.lake import Lake
+from warehouse.ledger_model import ChargeLine
+from warehouse.pricing import month_bounds
+from warehouse.rollups import ROLLUPS, STATE
+
+Allowed = frozenset[str] | None
+
+
+def lit(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def in_list(col: str, values: frozenset[str] | tuple[str, ...] | None) -> str:
+    if values is None:
+        return ""
+    if not values:
+        return "FALSE"
+    return f"{col} IN ({', '.join(lit(v) for v in sorted(values))})"
+
+
+def ts_lit(t: datetime | date) -> str:
+    if not isinstance(t, datetime):
+        t = datetime(t.year, t.month, t.day, tzinfo=UTC)
+    return f"TIMESTAMPTZ {lit(t.isoformat())}"
+
+
+def where(*conds: str) -> str:
+    return " AND ".join(f"({c})" for c in conds if c)
+
+
+def month_of(t: datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}"
+
+
+def prev_month(month: str) -> str:
+    y, m = (int(x) for x in month.split("-"))
+    return f"{y - (m == 1):04d}-{(m - 2) % 12 + 1:02d}"
+
+
+@dataclass(frozen=True)
+class MonthCharges:
+    month: str
+    lines: list[ChargeLine]
+    closed: bool
+    source: str  # manifest sha256 of a closed month, or the accrual note
+    expected_exact: Decimal | None  # Σ capacity x price (+ energy, + corrections), independent of the lines
+    error: str | None = None  # e.g. a GPU model without a price
+
+    def conservation(self) -> tuple[bool, Decimal, Decimal, Decimal | None]:
+        """(ok, Σ exact, Σ cents, expected): the lines add up exactly and to the cent."""
+        exact = sum((ln.cost_exact for ln in self.lines), Decimal(0))
+        cents = sum((ln.cost for ln in self.lines), Decimal(0))
+        if self.expected_exact is None:
+            return False, exact, cents, None
+        ok = abs(exact - self.expected_exact) <= Decimal("1e-9") and cents == self.expected_exact.quantize(
+            Decimal("0.01")
+        )
+        return ok, exact, cents, self.expected_exact
+
+
+class AccountingPool:
+    """At most `size` Accounting connections; a request borrows one and gives it back."""
+
+    def __init__(self, factory: Callable[[], Accounting], size: int, timeout_s: float = 60.0) -> None:
+        self.factory, self.size, self.timeout_s = factory, size, timeout_s
+        self._idle: queue.LifoQueue[Accounting] = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def get(self) -> Iterator[Accounting]:
+        try:
+            acct = self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._made < self.size
+                if make:
+                    self._made += 1
+            if make:
+                try:
+                    acct = self.factory()
+                except BaseException:
+                    with self._lock:
+                        self._made -= 1
+                    raise
+            else:
+                acct = self._idle.get(timeout=self.timeout_s)
+        ok = False
+        try:
+            acct.refresh()  # new rollup files -> views re-pointed (replaced files are re-read anyway)
+            yield acct
+            ok = True
+        finally:
+            if ok:
+                self._idle.put(acct)
+            else:  # a failed query may leave the connection in a bad state: drop it
+                acct.close()
+                with self._lock:
+                    self._made -= 1
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class DashboardData:
+    """Queries for the pages; one per server process."""
+
+    def __init__(self, lake: str | os.PathLike[str], settings: CloseSettings, connections: int = 4) -> None:
+        self.lake = Lake(lake)
+        self.settings = settings
+        self.pool = AccountingPool(self._accounting, connections)
+        self._cache: dict[Any, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._fp: tuple[float, Any] = (-1.0, None)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def acct(self) -> Iterator[Accounting]:
+        """A pooled connection sharing the idle periods (computed once per rollup change per process)."""
+        with self.pool.get() as a:
+            table = self.cached("idle_cache", a.idle_table)
+            if getattr(a, "_idle_cache", None) is not table:
+                a.share_idle(table)
+                a._idle_cache = table  # type: ignore[attr-defined]
+            yield a
+
+    def _accounting(self) -> Accounting:
+        s = self.settings
+        if s.book:
+            return s.accounting(self.lake, threads=2)
+        # No price book: usage and idle still show; costs say that prices are missing.
+        return Accounting(
+            self.lake,
+            tenant_rules=s.tenant_rules,
+            default_tenant=s.default_tenant,
+            idle_util_ratio=s.idle_util_ratio,
+            idle_min_minutes=s.idle_min_minutes,
+            threads=2,
+        )
+
+    # -- caching -----------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """Changes whenever a rollup date is rebuilt or a month is closed (looked at most once a second)."""
+        now = time.monotonic()
+        at, fp = self._fp
+        if now - at < 1.0 and fp is not None:
+            return fp
+        h = hashlib.sha256()
+        for d, pattern in (
+            (self.lake.root / ROLLUPS / STATE, "date=*.json"),
+            (self.lake.root / "ledger", "*/*"),
+        ):
+            if d.exists():
+                for p in sorted(d.glob(pattern)):
+                    try:
+                        st = p.stat()
+                    except OSError:
+                        continue
+                    h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
+        fp = h.hexdigest()
+        self._fp = (now, fp)
+        return fp
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        fp = self.fingerprint()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == fp:
+            return hit[1]
+        value = compute()
+        with self._lock:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[key] = (fp, value)
+        return value
+
+    def warm(self) -> None:
+        """Fill the month caches (called after a rollup update, so the next page load is quick)."""
+        end = self.latest()
+        if end is None:
+            return
+        month = month_of(end - timedelta(microseconds=1))
+        for m in (month, prev_month(month)):
+            self.month_charges(m)
+        self.month_idle(month)
+        self.month_coverage(month)
+
+    # -- time ---------------------------------------------------------------------------------------
+
+    def latest(self) -> datetime | None:
+        """The end of the last hour with data: 'now' for the pages (a lake of last year shows its end)."""
+
+        def q() -> datetime | None:
+            with self.acct() as acct:
+                (h,) = acct.sql("SELECT max(hour) FROM gpu_hourly").fetchall()[0]
+            return None if h is None else h + timedelta(hours=1)
+
+        return self.cached("latest", q)
+
+    def latest_tick(self) -> datetime | None:
+        """The fleet's last tick: coverage counts a node as unobserved from its last tick to this."""
+
+        def q() -> datetime | None:
+            with self.acct() as acct:
+                return acct.sql("SELECT max(last_ts) FROM r_node_ticks").fetchall()[0][0]
+
+        return self.cached("latest_tick", q)
+
+    def window(self, f: Filters) -> tuple[datetime, datetime] | None:
+        end = self.latest()
+        if end is None:
+            return None
+        return end - timedelta(hours=f.hours), end
+
+    # -- filters -----------------------------------------------------------------------------------
+
+    def options(self, allowed: Allowed) -> dict[str, list[str]]:
+        """Clusters, GPU models and tenants to offer in the filters (a viewer: only where it holds slices)."""
+
+        def q() -> dict[str, list[str]]:
+            with self.acct() as acct:
+                if allowed is None:
+                    cm = acct.sql("SELECT DISTINCT cluster, model FROM gpu_hourly").fetchall()
+                    tenants = [r[0] for r in acct.sql("SELECT DISTINCT tenant FROM slice_hourly").fetchall()]
+                else:
+                    cm = acct.sql(
+                        f"SELECT DISTINCT cluster, model FROM slice_hourly WHERE {in_list('tenant', allowed)}"
+                    ).fetchall()
+                    tenants = sorted(allowed)
+            return {
+                "clusters": sorted({c for c, _ in cm}),
+                "models": sorted({m for _, m in cm}),
+                "tenants": sorted(tenants),
+            }
+
+        return self.cached(("options", allowed), q)
+
+    def gpu_visible(self, allowed: Allowed, gpu: str) -> bool:
+        """Whether `gpu` carries a slice of `allowed` (any GPU for an admin that exists)."""
+        table = "gpu_hourly" if allowed is None else "slice_hourly"
+        with self.acct() as acct:
+            cond = where(f"gpu_uuid = {lit(gpu)}", in_list("tenant", allowed))
+            rows = acct.sql(f"SELECT 1 FROM {table} WHERE {cond} LIMIT 1").fetchall()
+        return bool(rows)
+
+    @staticmethod
+    def gpu_where(f: Filters) -> str:
+        return where(in_list("cluster", f.clusters or None), in_list("model", f.models or None))
+
+    # -- month-sized, cached ------------------------------------------------------------------------
+
+    def months(self) -> list[str]:
+        def q() -> list[str]:
+            with self.acct() as acct:
+                rows = acct.sql(
+                    "SELECT DISTINCT strftime(hour, '%Y-%m') FROM gpu_hourly WHERE hour IS NOT NULL"
+                ).fetchall()
+            return sorted({r[0] for r in rows} | set(closed_months(self.lake.root)), reverse=True)
+
+        return self.cached("months", q)
+
+    def month_charges(self, month: str) -> MonthCharges:
+        """The closed ledger's lines, else the accrual to date (what warehouse.monthly.month_lines gives)."""
+
+        def q() -> MonthCharges:
+            if month in closed_months(self.lake.root):
+                lines, manifest = read_ledger(self.lake.root, month)
+                sha = hashlib.sha256((ledger_dir(self.lake.root, month) / MANIFEST).read_bytes()).hexdigest()
+                return MonthCharges(month, lines, True, sha, Decimal(manifest["totals"]["expected_exact"]))
+            try:
+                with self.acct() as acct:
+                    ch = compute_charges(
+                        acct,
+                        month,
+                        mode=self.settings.mode,
+                        idle_policy=self.settings.idle_policy,
+                        kwh_price=Decimal(self.settings.kwh) if self.settings.kwh else None,
+                    )
+            except MONEY_ERRORS as exc:
+                return MonthCharges(month, [], False, "not closed: accrual to date", None, str(exc))
+            lines = [quantize_line(ln) for ln in ch.lines]
+            return MonthCharges(month, lines, False, "not closed: accrual to date", ch.expected_total)
+
+        return self.cached(("charges", month), q)
+
+    def month_idle(self, month: str) -> list[dict[str, Any]]:
+        m0, m1 = month_bounds(month)
+
+        def q() -> list[dict[str, Any]]:
+            with self.acct() as acct:
+                return acct.idle_periods(start=m0, end=m1)
+
+        return self.cached(("idle", month), q)
+
+    def month_coverage(self, month: str) -> list[dict[str, Any]]:
+        m0, m1 = month_bounds(month)
+        end = self.latest_tick()  # not the end of the last hour: the rest of that hour is not missing yet
+        stop = min(end, datetime(m1.year, m1.month, m1.day, tzinfo=UTC)) if end else m1
+
+        def q() -> list[dict[str, Any]]:
+            with self.acct() as acct:
+                return acct.coverage(m0, stop)
+
+        return self.cached(("coverage", month), q)
+
+    def tenant_nodes(self, allowed: frozenset[str], start: datetime | date, end: datetime | date) -> set[str]:
+        with self.acct() as acct:
+            rows = acct.sql(
+                f"SELECT DISTINCT node FROM slice_hourly WHERE "
+                f"{where(in_list('tenant', allowed), f'hour >= {ts_lit(start)}', f'hour < {ts_lit(end)}')}"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    @staticmethod
+    def scoped_lines(lines: list[ChargeLine], allowed: Allowed, f: Filters) -> list[ChargeLine]:
+        return [
+            ln
+            for ln in lines
+            if (allowed is None or ln.tenant in allowed)
+            and (not f.clusters or ln.cluster in f.clusters)
+            and (not f.models or ln.gpu_model in f.models)
+        ]
+
+    @staticmethod
+    def scoped_idle(rows: list[dict[str, Any]], allowed: Allowed, f: Filters) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in rows
+            if (allowed is None or r["tenant"] in allowed)
+            and (not f.clusters or r["cluster"] in f.clusters)
+            and (not f.models or r["model"] in f.models)
+        ]
+
+    # -- pages -------------------------------------------------------------------------------------
+    # Each page query is answered from the cache until the rollups or the ledger change: the same
+    # view (the principal's tenants + the filters) asked again costs a dictionary lookup.
+
+    def overview(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("overview", allowed, f), lambda: self._overview(allowed, f))
+
+    def tenants(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("tenants", allowed, f), lambda: self._tenants(allowed, f))
+
+    def tenant(self, allowed: Allowed, tenant: str, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("tenant", allowed, tenant, f), lambda: self._tenant(allowed, tenant, f))
+
+    def gpu_heatmap(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("heatmap", allowed, f), lambda: self._gpu_heatmap(allowed, f))
+
+    def gpu_detail(self, allowed: Allowed, gpu: str, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("gpu", allowed, gpu, f), lambda: self._gpu_detail(allowed, gpu, f))
+
+    def _overview(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        win = self.window(f)
+        if win is None:
+            return None
+        start, end = win
+        grain = "hour" if f.hours <= 7 * 24 else "day"
+        month = month_of(end - timedelta(microseconds=1))
+        m0, _ = month_bounds(month)
+        gw = self.gpu_where(f)
+        with self.acct() as acct:
+            if allowed is None:
+                series = {
+                    dim: acct.measures([dim], grain=grain, start=start, end=end, where=gw)
+                    for dim in ("cluster", "model")
+                }
+                totals = acct.measures([], grain=None, start=start, end=end, where=gw)
+            else:
+                tw = where(in_list("tenant", allowed), gw)
+                series = {
+                    dim: _sum_over(
+                        acct.measures(["tenant", dim], grain=grain, start=start, end=end, where=tw),
+                        dim,
+                    )
+                    for dim in ("cluster", "model")
+                }
+                totals = _sum_over(
+                    acct.measures(["tenant"], grain=None, start=start, end=end, where=tw), None
+                )
+        charges = self.month_charges(month)
+        lines = self.scoped_lines(charges.lines, allowed, f)
+        idle = self.scoped_idle(self.month_idle(month), allowed, f)
+        cov = self.month_coverage(month)
+        nodes = None if allowed is None else self.tenant_nodes(allowed, m0, end)
+        cov = [
+            c
+            for c in cov
+            if (nodes is None or c["node"] in nodes) and (not f.clusters or c["cluster"] in f.clusters)
+        ]
+        t = totals[0] if totals else {}
+        return {
+            "scope": "fleet" if allowed is None else "tenants",
+            "start": start,
+            "end": end,
+            "grain": grain,
+            "month": month,
+            "currency": self.settings.currency,
+            "series": series,
+            "capacity_gpu_h": t.get("capacity_gpu_h"),
+            "reserved_gpu_h": t.get("reserved_gpu_h") or 0.0,
+            "used_gpu_h": t.get("used_gpu_h") or 0.0,
+            "utilization": t.get("utilization"),
+            "allocation_rate": t.get("allocation_rate"),
+            "efficiency": t.get("efficiency"),
+            "cost_to_date": sum((ln.cost for ln in lines), Decimal(0)),
+            "cost_error": charges.error,
+            "idle_gpu_h": sum(float(r["gpu_hours"]) for r in idle),
+            "idle_cost": sum((r["cost"] for r in idle if r["cost"] is not None), Decimal(0)),
+            "unobserved_gpu_h": sum(float(c["unobserved_gpu_h"] or 0) for c in cov),
+        }
+
+    def _tenants(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        end = self.latest()
+        if end is None:
+            return None
+        month = month_of(end - timedelta(microseconds=1))
+        m0, _ = month_bounds(month)
+        with self.acct() as acct:
+            rows = acct.measures(
+                ["tenant"],
+                grain=None,
+                start=m0,
+                end=end,
+                where=where(in_list("tenant", allowed), self.gpu_where(f)),
+            )
+        now = self.scoped_lines(self.month_charges(month).lines, allowed, f)
+        last = self.scoped_lines(self.month_charges(prev_month(month)).lines, allowed, f)
+        cost_now: dict[str, Decimal] = {}
+        cost_last: dict[str, Decimal] = {}
+        for ln in now:
+            cost_now[ln.tenant] = cost_now.get(ln.tenant, Decimal(0)) + ln.cost
+        for ln in last:
+            cost_last[ln.tenant] = cost_last.get(ln.tenant, Decimal(0)) + ln.cost
+        out = []
+        for r in rows:
+            t = r["tenant"]
+            out.append(
+                {
+                    "tenant": t,
+                    "cost_to_date": cost_now.get(t, Decimal(0)),
+                    "cost_last_month": cost_last.get(t, Decimal(0)),
+                    "reserved_gpu_h": r["reserved_gpu_h"] or 0.0,
+                    "used_gpu_h": r["used_gpu_h"] or 0.0,
+                    "efficiency": r["efficiency"],
+                    "idle_gpu_h": r["idle_gpu_h"] or 0.0,
+                    "slices": r["slices"],
+                }
+            )
+        out.sort(key=lambda r: (-r["cost_to_date"], r["tenant"]))
+        return {
+            "month": month,
+            "last_month": prev_month(month),
+            "currency": self.settings.currency,
+            "rows": out,
+        }
+
+    def _tenant(self, allowed: Allowed, tenant: str, f: Filters) -> dict[str, Any] | None:
+        """One tenant's page; None when the tenant is outside `allowed` or unknown (same answer for both)."""
+        if allowed is not None and tenant not in allowed:
+            return None
+        win = self.window(f)
+        if win is None:
+            return None
+        start, end = win
+        month = month_of(end - timedelta(microseconds=1))
+        m0, _ = month_bounds(month)
+        tw = where(f"tenant = {lit(tenant)}", self.gpu_where(f))
+        grain = "hour" if f.hours <= 7 * 24 else "day"
+        with self.acct() as acct:
+            month_rows = acct.measures(["tenant"], grain=None, start=m0, end=end, where=tw)
+            trend = acct.measures(["tenant"], grain=grain, start=start, end=end, where=tw)
+            slices = acct.measures(
+                ["slice", "workload", "kind", "cluster", "model", "node"],
+                grain=None,
+                start=start,
+                end=end,
+                where=tw,
+            )
+            idle = acct.idle_periods(start=start, end=end, tenant=tenant, limit=200)
+        if not month_rows and not slices:
+            return None
+        idle = self.scoped_idle(idle, frozenset([tenant]), f)
+        now = [
+            ln for ln in self.scoped_lines(self.month_charges(month).lines, None, f) if ln.tenant == tenant
+        ]
+        last = [
+            ln
+            for ln in self.scoped_lines(self.month_charges(prev_month(month)).lines, None, f)
+            if ln.tenant == tenant
+        ]
+        m = month_rows[0] if month_rows else {}
+        return {
+            "tenant": tenant,
+            "month": month,
+            "last_month": prev_month(month),
+            "currency": self.settings.currency,
+            "cost_to_date": sum((ln.cost for ln in now), Decimal(0)),
+            "cost_last_month": sum((ln.cost for ln in last), Decimal(0)),
+            "efficiency": m.get("efficiency"),
+            "reserved_gpu_h": m.get("reserved_gpu_h") or 0.0,
+            "used_gpu_h": m.get("used_gpu_h") or 0.0,
+            "trend": trend,
+            "slices": sorted(slices, key=lambda r: (-(r["reserved_gpu_h"] or 0), r["slice"])),
+            "idle": idle,
+        }
+
+    def chargeback(self, allowed: Allowed, f: Filters, fleet_totals: bool = False) -> dict[str, Any]:
+        months = self.months()
+        month = f.month if f.month in months else (months[0] if months else None)
+        if month is None:
+            return {"months": [], "month": None}
+        ch = self.month_charges(month)
+        ok, exact, cents, expected = ch.conservation()
+        lines = self.scoped_lines(ch.lines, allowed, f)
+        out: dict[str, Any] = {
+            "months": months,
+            "month": month,
+            "closed": ch.closed,
+            "source": ch.source,
+            "error": ch.error,
+            "currency": self.settings.currency,
+            "lines": lines,
+            "total": sum((ln.cost for ln in lines), Decimal(0)),
+            "conservation_ok": ok,
+        }
+        if fleet_totals:  # fleet totals are everybody's money: admins only
+            out.update({"sum_exact": exact, "sum_cents": cents, "expected_exact": expected})
+        return out
+
+    def _gpu_heatmap(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        """Utilization per (node, GPU) over the window: used / capacity (a viewer: its slices' use)."""
+        win = self.window(f)
+        if win is None:
+            return None
+        start, end = win
+        tcond = where(f"hour >= {ts_lit(start)}", f"hour < {ts_lit(end)}", self.gpu_where(f))
+        with self.acct() as acct:
+            if allowed is None:
+                rows = acct.sql(f"""
+                    SELECT cluster, node, gpu_uuid, any_value(model) AS model,
+                           sum(used_s) / nullif(sum(capacity_s), 0) AS util,
+                           sum(reserved_s) / nullif(sum(capacity_s), 0) AS alloc
+                    FROM gpu_hourly WHERE {tcond} GROUP BY ALL ORDER BY cluster, node, gpu_uuid""").fetchall()
+            else:
+                rows = acct.sql(f"""
+                    WITH s AS (
+                        SELECT gpu_uuid, hour, sum(used_s) AS u, sum(reserved_s) AS r FROM slice_hourly
+                        WHERE {where(tcond, in_list("tenant", allowed))} GROUP BY ALL),
+                    -- an hour can sit in two date partitions: one row per GPU-hour on each side
+                    g AS (
+                        SELECT gpu_uuid, hour, any_value(cluster) AS cluster, any_value(node) AS node,
+                               any_value(model) AS model, sum(capacity_s) AS capacity_s FROM gpu_hourly
+                        WHERE {tcond} GROUP BY gpu_uuid, hour)
+                    SELECT g.cluster, g.node, g.gpu_uuid, any_value(g.model) AS model,
+                           sum(s.u) / nullif(sum(g.capacity_s), 0) AS util,
+                           sum(s.r) / nullif(sum(g.capacity_s), 0) AS alloc
+                    FROM s JOIN g USING (gpu_uuid, hour)
+                    GROUP BY ALL ORDER BY g.cluster, g.node, g.gpu_uuid""").fetchall()
+        cells = [
+            {"cluster": c, "node": n, "gpu": g, "model": m, "util": _f(u), "alloc": _f(a)}
+            for c, n, g, m, u, a in rows
+        ]
+        return {"start": start, "end": end, "cells": cells}
+
+    def _gpu_detail(self, allowed: Allowed, gpu: str, f: Filters) -> dict[str, Any] | None:
+        """Slices on one GPU in the window and the processes of its last hour; None if out of scope."""
+        win = self.window(f)
+        if win is None:
+            return None
+        start, end = win
+        cond = where(f"gpu_uuid = {lit(gpu)}", in_list("tenant", allowed))
+        with self.acct() as acct:
+            slices = acct.measures(
+                ["slice", "workload", "tenant", "kind", "node", "model"],
+                grain=None,
+                start=start,
+                end=end,
+                where=cond,
+            )
+            if not slices:
+                return None
+            node = slices[0]["node"]
+            model = slices[0]["model"]
+            last_hour = acct.sql(
+                f"SELECT max(hour) FROM slice_hourly WHERE {cond} AND hour < {ts_lit(end)}"
+            ).fetchall()[0][0]
+        procs = self._processes(gpu, {s["slice"] for s in slices}, last_hour, allowed is None)
+        return {
+            "gpu": gpu,
+            "node": node,
+            "model": model,
+            "slices": slices,
+            "processes": procs,
+            "hour": last_hour,
+        }
+
+    def _processes(
+        self, gpu: str, slice_ids: set[str], hour: datetime | None, admin: bool
+    ) -> list[dict[str, Any]]:
+        """Processes seen on `gpu` in `hour` (raw process samples of that date only), of `slice_ids`."""
+        if hour is None:
+            return []
+        d = self.lake.table_dir("process") / f"date={hour.date().isoformat()}"
+        files = sorted(str(p) for p in d.glob("*.parquet")) if d.exists() else []
+        if not files:
+            return []
+        slice_cond = in_list("slice_id", frozenset(slice_ids))
+        if admin:
+            slice_cond = f"({slice_cond} OR slice_id IS NULL)"
+        with self.acct() as acct:
+            src = "read_parquet([" + ", ".join(lit(p) for p in files) + "])"
+            cols = set(acct.sql(f"SELECT * FROM {src} LIMIT 0").columns)
+            if not {"pid", "gpu_uuid", "slice_id"} <= cols:
+                return []
+            user = '"user"' if "user" in cols else "NULL"
+            ts = "ts" if "ts" in cols else None
+            tcond = f"AND ts >= {ts_lit(hour)} AND ts < {ts_lit(hour + timedelta(hours=1))}" if ts else ""
+            rows = acct.sql(f"""
+                SELECT pid, slice_id, any_value({user}) AS user, avg(sm_util_pct) AS sm_util_pct,
+                       max(mem_used_mib) AS mem_used_mib, count(*) AS samples
+                FROM {src} WHERE gpu_uuid = {lit(gpu)} AND {slice_cond} {tcond}
+                GROUP BY pid, slice_id ORDER BY slice_id NULLS LAST, pid LIMIT 500""").fetchall()
+        return [
+            {"pid": p, "slice": s, "user": u, "sm_util_pct": _f(su), "mem_used_mib": mm, "samples": n}
+            for p, s, u, su, mm, n in rows
+        ]
+
+    def idle_now(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        """Allocations idle at their node's latest tick, longest first, with their cost so far."""
+        end = self.latest()
+        if end is None:
+            return None
+        start = end - timedelta(days=31)
+
+        def q() -> list[dict[str, Any]]:
+            with self.acct() as acct:
+                last = dict(
+                    acct.sql(
+                        "SELECT node, max(last_ts) FROM r_node_ticks WHERE node IS NOT NULL GROUP BY node"
+                    ).fetchall()
+                )
+                rows = acct.idle_periods(start=start, end=end)
+            return [r for r in rows if last.get(r["node"]) is not None and r["end"] >= last[r["node"]]]
+
+        rows = self.scoped_idle(self.cached("idle_now", q), allowed, f)
+        rows.sort(key=lambda r: (-r["minutes"], r["slice_id"]))
+        return {"end": end, "currency": self.settings.currency, "rows": rows}
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _sum_over(rows: list[dict[str, Any]], dim: str | None) -> list[dict[str, Any]]:
+    """Slice measures of several tenants added up per (period, dim)."""
+    acc: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in rows:
+        key = (r.get("period"), r.get(dim) if dim else None)
+        a = acc.setdefault(
+            key,
+            {
+                "period": key[0],
+                **({dim: key[1]} if dim else {}),
+                "reserved_gpu_h": 0.0,
+                "used_gpu_h": 0.0,
+                "idle_gpu_h": 0.0,
+                "slices": 0,
+            },
+        )
+        a["reserved_gpu_h"] += float(r["reserved_gpu_h"] or 0)
+        a["used_gpu_h"] += float(r["used_gpu_h"] or 0)
+        a["idle_gpu_h"] += float(r["idle_gpu_h"] or 0)
+        a["slices"] += int(r["slices"] or 0)
+    out = []
+    for key in sorted(acc, key=lambda k: (str(k[0]), str(k[1]))):
+        a = acc[key]
+        a["efficiency"] = a["used_gpu_h"] / a["reserved_gpu_h"] if a["reserved_gpu_h"] else None
+        out.append(a)
+    return out
