@@ -14,7 +14,6 @@ Prints a table; record the numbers in bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -81,21 +80,13 @@ def main() -> None:
     ap.add_argument("--threads", default="")
     ap.add_argument("--memory-limit", default="3GB")
     args = ap.parse_args()
-    lake = Path(args.lake)
-    params = {"gpus": args.gpus, "slices": args.slices, "days": args.days, "interval": args.interval}
-    marker = lake / "bench-params.json"
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "bench"))
-    if not marker.exists() or json.loads(marker.read_text()) != params:
-        from lakegen import generate_lake
+    from lakegen import ensure_lake
 
-        shutil.rmtree(lake, ignore_errors=True)
-        t = time.perf_counter()
-        counts = generate_lake(
-            lake, gpus=args.gpus, slices=args.slices, days=args.days, interval_s=args.interval
-        )
-        print(f"generated {counts} in {time.perf_counter() - t:.0f} s", flush=True)
-        marker.write_text(json.dumps(params))
+    lake = ensure_lake(
+        args.lake, gpus=args.gpus, slices=args.slices, days=args.days, interval_s=args.interval
+    )
     for sub in ("rollups", "ledger"):
         shutil.rmtree(lake / sub, ignore_errors=True)
     size = sum(p.stat().st_size for p in (lake / "samples").rglob("*.parquet")) / 1e9

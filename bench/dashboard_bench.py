@@ -58,25 +58,15 @@ def main() -> None:
     args = ap.parse_args()
 
     import duckdb
-    from lakegen import MODELS, generate_lake
+    from lakegen import MODELS, ensure_lake
 
     from dashboards.app import create_app
     from dashboards.testing import Client, app_config, call, serve, write_users
     from warehouse.accounting import Accounting
 
-    lake = Path(args.lake)
-    params = {"gpus": args.gpus, "slices": args.slices, "days": args.days, "interval": args.interval}
-    marker = lake / "bench-params.json"
-    if not marker.exists() or json.loads(marker.read_text()) != params:
-        import shutil
-
-        shutil.rmtree(lake, ignore_errors=True)
-        t = time.perf_counter()
-        counts = generate_lake(
-            lake, gpus=args.gpus, slices=args.slices, days=args.days, interval_s=args.interval
-        )
-        print(f"generated {counts} in {time.perf_counter() - t:.0f} s", flush=True)
-        marker.write_text(json.dumps(params))
+    lake = ensure_lake(
+        args.lake, gpus=args.gpus, slices=args.slices, days=args.days, interval_s=args.interval
+    )
     t = time.perf_counter()
     acct = Accounting(lake)
     stats = acct.update()

@@ -236,3 +236,23 @@ def generate_lake(
             lake.write_file(table, lake.table_dir(kind) / f"date={date}" / name)
             counts[kind] += n
     return counts
+
+
+def ensure_lake(
+    root: str | Path, *, gpus: int = 1000, slices: int = 4000, days: int = 30, interval_s: float = 60.0
+) -> Path:
+    """The lake at `root`, generated unless one with the same parameters is already there."""
+    import json
+    import shutil
+    import time
+
+    lake = Path(root)
+    params = {"gpus": gpus, "slices": slices, "days": days, "interval": interval_s}
+    marker = lake / "bench-params.json"
+    if not marker.exists() or json.loads(marker.read_text()) != params:
+        shutil.rmtree(lake, ignore_errors=True)
+        t = time.perf_counter()
+        counts = generate_lake(lake, gpus=gpus, slices=slices, days=days, interval_s=interval_s)
+        print(f"generated {counts} in {time.perf_counter() - t:.0f} s", flush=True)
+        marker.write_text(json.dumps(params))
+    return lake

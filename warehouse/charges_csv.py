@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from warehouse.ledger_model import LEDGER_SCHEMA, ChargeLine
+from warehouse.ledger_model import LEDGER_SCHEMA, ChargeLine, ordered_lines
 
 COLUMNS: tuple[str, ...] = tuple(LEDGER_SCHEMA.names)
 # Decimal columns are written at the ledger's scale (12 places, cents at 2), so lines fresh from
@@ -100,13 +100,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def charges_csv_bytes(lines: Iterable[ChargeLine]) -> bytes:
     """The CSV for `lines`, ordered by (billing_period, line_no) whatever order they came in."""
-    ordered = sorted(lines, key=lambda ln: (ln.billing_period, ln.line_no))
-    seen: set[tuple[str, int]] = set()
-    for ln in ordered:
-        key = (ln.billing_period, ln.line_no)
-        if key in seen:
-            raise ValueError(f"charge line {ln.line_no} of {ln.billing_period} appears twice")
-        seen.add(key)
+    ordered = ordered_lines(lines)
     rows = []
     for ln in ordered:
         row = []

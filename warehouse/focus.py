@@ -39,7 +39,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.charges_csv import DECIMAL_SCALES, at_scale, csv_bytes, write_bytes_atomic
-from warehouse.ledger_model import CENTS, LINE_TYPES, MONEY, QTY, UNALLOCATED_TENANT, ChargeLine
+from warehouse.ledger_model import (
+    CENTS,
+    LINE_TYPES,
+    MONEY,
+    QTY,
+    UNALLOCATED_TENANT,
+    ChargeLine,
+    ordered_lines,
+)
 
 GPU_UNIT = "GPU-Hours"
 ENERGY_UNIT = "kW-Hours"
@@ -255,14 +263,9 @@ def _focus_rows(
     service_name: str = "GPU Compute",
 ) -> list[dict[str, object]]:
     """One FOCUS row (a dict keyed by FOCUS_SCHEMA names) per line, in (period, line_no) order."""
-    ordered = sorted(lines, key=lambda ln: (ln.billing_period, ln.line_no))
+    ordered = ordered_lines(lines)
     rows: list[dict[str, object]] = []
-    seen: set[tuple[str, int]] = set()
     for ln in ordered:
-        key = (ln.billing_period, ln.line_no)
-        if key in seen:
-            raise ValueError(f"charge line {ln.line_no} of {ln.billing_period} appears twice")
-        seen.add(key)
         try:
             _check(ln)
             b_start, b_end = billing_period_bounds(ln.billing_period)

@@ -7,9 +7,11 @@ Parquet schema is written down once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from itertools import pairwise
 
 import pyarrow as pa
 
@@ -72,6 +74,15 @@ class ChargeLine:
     reserved_gpu_hours: Decimal | None = None
     used_gpu_hours: Decimal | None = None
     corrects_line_type: str | None = None
+
+
+def ordered_lines(lines: Iterable[ChargeLine]) -> list[ChargeLine]:
+    """Lines in (billing_period, line_no) order, refusing a line number that appears twice."""
+    ordered = sorted(lines, key=lambda ln: (ln.billing_period, ln.line_no))
+    for a, b in pairwise(ordered):
+        if (a.billing_period, a.line_no) == (b.billing_period, b.line_no):
+            raise ValueError(f"charge line {a.line_no} of {a.billing_period} appears twice")
+    return ordered
 
 
 def lines_to_table(lines: list[ChargeLine]) -> pa.Table:
