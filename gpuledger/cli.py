@@ -25,6 +25,7 @@ from gpuledger.progress import Progress, parse_duration
 from warehouse.errors import MONEY_ERRORS
 
 DEMO_MARKER = ".gpuledger-demo"
+SUMMARY_WIDTH = 20  # the demo summary's key column
 EXIT_NOT_BUILT = 2
 
 
@@ -75,9 +76,34 @@ def _print_summary(s: dict[str, Any], produced: int, rejected: int, out: Any = s
         ("fleet utilization", pct(s["utilization"])),
         ("allocation rate", pct(s["allocation_rate"])),
     ]
-    width = max(len(k) for k, _ in lines)
     for k, v in lines:
-        print(f"{k:<{width}}  {v}", file=out)
+        print(f"{k:<{SUMMARY_WIDTH}}  {v}", file=out)
+
+
+def _print_money(cfg: Config, lake: Path, start: datetime, end: datetime, out: Any = sys.stdout) -> None:
+    """Cost of the replayed span (rollups, then the open months' charges) and its idle waste."""
+    settings = _settings(cfg)
+    acct = settings.accounting(lake)
+    try:
+        acct.update()
+        months = sorted({start.strftime("%Y-%m"), end.strftime("%Y-%m")})
+        charges = [settings.charges(acct, m) for m in months]
+        idle = acct.idle_periods(start, end)
+    finally:
+        acct.close()
+    cur = settings.currency
+    lines = [
+        (f"cost ({settings.mode})", f"{cur} {sum(c.total for c in charges):,.2f}"),
+        (
+            "unallocated cost",
+            f"{cur} {sum(ln.cost for c in charges for ln in c.lines if ln.line_type == 'unallocated'):,.2f}",
+        ),
+        ("idle periods", f"{len(idle)}"),
+        ("allocated-idle GPU-h", f"{sum(r['gpu_hours'] for r in idle):.2f}"),
+        ("allocated-idle cost", f"{cur} {sum(r['cost'] or 0 for r in idle):,.2f}"),
+    ]
+    for k, v in lines:
+        print(f"{k:<{SUMMARY_WIDTH}}  {v}", file=out)
 
 
 def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -170,6 +196,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     wh = Warehouse(lake, rules, cfg.tenants.default)
     _print_summary(wh.summary(), produced, stats.rejected)
     wh.close()
+    cfg.tenants.rules = rules
+    if not cfg.pricing.book:  # the demo fleet's models get embedded prices, so costs show
+        cfg.pricing.book = _demo_price_book()
+    _print_money(cfg, lake_path, start, datetime.now(UTC))
 
     if args.no_serve:
         if args.kafka:
@@ -181,9 +211,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
 
     # Live: keep producing in real time and serve the dashboards.
-    cfg.tenants.rules = rules
-    if not cfg.pricing.book:  # the demo fleet's models get embedded prices, so costs show
-        cfg.pricing.book = _demo_price_book()
     if cfg.dashboard.auth == "password" and not cfg.dashboard.users_file:
         cfg.dashboard.users_file = str(_demo_users(lake_path, sorted({r["tenant"] for r in rules})))
     stop_live = threading.Event()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from warehouse.views import Warehouse
+
 SUMMARY_KEYS = (
     "ticks produced",
     "ticks ingested",
@@ -25,6 +27,11 @@ SUMMARY_KEYS = (
     "unallocated GPU-h",
     "fleet utilization",
     "allocation rate",
+    "cost (reserved)",
+    "unallocated cost",
+    "idle periods",
+    "allocated-idle GPU-h",
+    "allocated-idle cost",
 )
 
 
@@ -183,3 +190,29 @@ def test_bad_until_exits_2(tmp_path: Path, until: str) -> None:
     assert "Traceback" not in r.err
     assert r.out == ""
     assert not lake.exists()  # nothing touched before the arguments were checked
+
+
+def test_demo_prints_the_money_of_the_replay(tmp_path: Path) -> None:
+    """The demo's cost is the fleet's capacity at the embedded prices (conservation), recomputed
+    here from the raw GPU samples of its lake."""
+    from decimal import Decimal
+
+    from collector.fleet import MODELS
+    from gpuledger.cli import DEMO_PRICES
+
+    run = gpuledger(tmp_path, "demo", "--until", "1h", "--no-serve", "--lake", str(tmp_path / "lake"))
+    s = check_demo_summary(run)
+    price = {MODELS[k].name: Decimal(p) for k, p in DEMO_PRICES.items()}
+    wh = Warehouse(tmp_path / "lake")
+    try:
+        rows = wh.sql(
+            "SELECT model, sum(CAST(capacity_s AS DECIMAL(38, 6))) FROM gpu_acct GROUP BY model"
+        ).fetchall()
+    finally:
+        wh.close()
+    want = sum(Decimal(cap) * price[model] / 3600 for model, cap in rows)
+    assert s["cost (reserved)"] == f"USD {want:,.2f}"
+    unallocated = Decimal(s["unallocated cost"].split()[1].replace(",", ""))
+    idle = Decimal(s["allocated-idle cost"].split()[1].replace(",", ""))
+    assert 0 < unallocated < want and 0 <= idle < want
+    assert int(s["idle periods"]) >= 0
