@@ -228,6 +228,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         name="live-fleet",
         daemon=True,
     ).start()
+    # The jobs the demo needs beside the dashboards' own rollup timer: idle detection and alerts
+    # (recorded in the lake's alerts/, sent to [alerts] webhooks when configured).
+    from pipeline.jobs import run_jobs
+
+    if not args.kafka:  # no consumer group to measure the lag of
+        cfg.alerts.rules = [r for r in cfg.alerts.rules if r != "ingest_lag"]
+    threading.Thread(
+        target=run_jobs,
+        args=(cfg,),
+        kwargs={"jobs": ["alerts"], "metrics_port": 0, "stop": stop_live},
+        name="demo-jobs",
+        daemon=True,
+    ).start()
     try:
         _serve_dashboards(cfg, cfg.dashboard.port, DEMO_ROLLUP_EVERY_S)
     finally:
@@ -304,6 +317,12 @@ def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
                 a.close()
 
     threading.Thread(target=refresh_rollups, name="rollups", daemon=True).start()
+    if port == 0:  # any free port (Dash would take 0 to mean its default, 8050)
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((cfg.dashboard.host, 0))
+            port = sock.getsockname()[1]
     print(f"dashboard on http://{cfg.dashboard.host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
     try:
         app.run(host=cfg.dashboard.host, port=port, debug=False)

@@ -47,7 +47,8 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert port and password, "".join(lines)[-3000:]
         text = "".join(lines)
-        assert re.search(r"rollups: 1 of 1 dates rebuilt|rollups: 2 of 2 dates rebuilt", text), text[-2000:]
+        # the replay's summary already brought the rollups up to date (it prints their cost)
+        assert re.search(r"rollups: 0 of [12] dates rebuilt", text), text[-2000:]
         c = Client(port)
         assert c.login("admin", password)[0] == 302
         deps = json.loads(c.get("/_dash-dependencies")[2])
