@@ -25,19 +25,17 @@ from typing import Any
 
 from dashboards.filters import Filters
 from warehouse.accounting import Accounting
-from warehouse.chargeback import compute_charges, quantize_line
-from warehouse.close import MANIFEST, CloseSettings, closed_months, ledger_dir, read_ledger
+from warehouse.chargeback import quantize_line
+from warehouse.close import CloseSettings, closed_months, manifest_sha256, read_ledger
 from warehouse.errors import MONEY_ERRORS
 from warehouse.lake import Lake
 from warehouse.ledger_model import ChargeLine
+from warehouse.monthly import ACCRUAL_NOTE
 from warehouse.pricing import month_bounds
 from warehouse.rollups import ROLLUPS, STATE
+from warehouse.sql import lit, ts_lit
 
 Allowed = frozenset[str] | None
-
-
-def lit(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 def in_list(col: str, values: frozenset[str] | tuple[str, ...] | None) -> str:
@@ -46,12 +44,6 @@ def in_list(col: str, values: frozenset[str] | tuple[str, ...] | None) -> str:
     if not values:
         return "FALSE"
     return f"{col} IN ({', '.join(lit(v) for v in sorted(values))})"
-
-
-def ts_lit(t: datetime | date) -> str:
-    if not isinstance(t, datetime):
-        t = datetime(t.year, t.month, t.day, tzinfo=UTC)
-    return f"TIMESTAMPTZ {lit(t.isoformat())}"
 
 
 def where(*conds: str) -> str:
@@ -301,21 +293,15 @@ class DashboardData:
         def q() -> MonthCharges:
             if month in closed_months(self.lake.root):
                 lines, manifest = read_ledger(self.lake.root, month)
-                sha = hashlib.sha256((ledger_dir(self.lake.root, month) / MANIFEST).read_bytes()).hexdigest()
+                sha = manifest_sha256(self.lake.root, month)
                 return MonthCharges(month, lines, True, sha, Decimal(manifest["totals"]["expected_exact"]))
             try:
                 with self.acct() as acct:
-                    ch = compute_charges(
-                        acct,
-                        month,
-                        mode=self.settings.mode,
-                        idle_policy=self.settings.idle_policy,
-                        kwh_price=Decimal(self.settings.kwh) if self.settings.kwh else None,
-                    )
+                    ch = self.settings.charges(acct, month)
             except MONEY_ERRORS as exc:
-                return MonthCharges(month, [], False, "not closed: accrual to date", None, str(exc))
+                return MonthCharges(month, [], False, ACCRUAL_NOTE, None, str(exc))
             lines = [quantize_line(ln) for ln in ch.lines]
-            return MonthCharges(month, lines, False, "not closed: accrual to date", ch.expected_total)
+            return MonthCharges(month, lines, False, ACCRUAL_NOTE, ch.expected_total)
 
         return self.cached(("charges", month), q)
 

@@ -40,7 +40,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,9 +55,11 @@ import pyarrow as pa
 from gpuledger.config import Config
 from warehouse.accounting import WORKLOAD_SQL
 from warehouse.errors import PriceError
-from warehouse.lake import Lake
+from warehouse.lake import Lake, write_bytes_atomic
 from warehouse.pricing import PriceBook
 from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
+from warehouse.sql import lit as _lit
+from warehouse.sql import ts_lit as _ts_lit
 from warehouse.views import tenant_sql
 
 log = logging.getLogger(__name__)
@@ -195,14 +196,6 @@ class Evaluation:
 
 
 # -- reading the freshest samples -------------------------------------------------------------
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ts_lit(dt: datetime) -> str:
-    return f"TIMESTAMPTZ {_lit(dt.astimezone(UTC).isoformat())}"
 
 
 class RecentSamples:
@@ -400,12 +393,7 @@ class AlertEngine:
         return state
 
     def save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_name(STATE_FILE + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(state, fh, sort_keys=True, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
+        write_bytes_atomic(self.state_path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
 
     # -- evaluation ---------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ import pyarrow as pa
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 from warehouse.rollups import TABLES, Rollups, RollupStats
-from warehouse.views import _dicts, _lit, tenant_sql
+from warehouse.sql import lit as _lit
+from warehouse.sql import read_parquet
+from warehouse.sql import ts_lit as _ts
+from warehouse.views import _dicts, tenant_sql
 
 # Qualifying idle periods per slice and hour: the one table every idle measure reads.
 IDLE_SQL = """
@@ -85,7 +88,7 @@ class Accounting:
             files = self.rollups.files(table)
             if files != self._files.get(table):
                 self._files[table] = files
-                src = "read_parquet([" + ", ".join(_lit(f) for f in files) + "])"
+                src = read_parquet(files)
                 self.con.execute(f"CREATE OR REPLACE VIEW r_{table} AS SELECT * FROM {src}")
                 changed = True
         if changed or not getattr(self, "_defined", False):
@@ -155,8 +158,6 @@ class Accounting:
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
-        if "idle_period_hours" in query:
-            self._ensure_idle()
         return self.con.sql(query, params=params) if params else self.con.sql(query)
 
     # -- measures --------------------------------------------------------------------------------
@@ -179,6 +180,8 @@ class Accounting:
         unknown = [d for d in by if d not in SLICE_DIMS and d not in GPU_DIMS]
         if unknown:
             raise ValueError(f"unknown dimension(s) {unknown}: expected among {[*SLICE_DIMS, *GPU_DIMS]}")
+        self.refresh()
+        self._ensure_idle()
         if grain is not None and grain not in GRAINS:
             raise ValueError(f"unknown grain {grain!r}: expected one of {list(GRAINS)}")
         cols = [SLICE_DIMS.get(d) or GPU_DIMS[d] for d in by]
@@ -239,6 +242,8 @@ class Accounting:
         GPU-hours and cost count the part of the period inside [start, end); cost at each hour's
         price (needs a price book), exact, then rounded to the cent per period.
         """
+        self.refresh()
+        self._ensure_idle()
         conds = ["TRUE"]
         if start is not None:
             conds.append(f"hour >= {_ts(start)}")
@@ -322,9 +327,3 @@ class Accounting:
 
     def close(self) -> None:
         self.con.close()
-
-
-def _ts(value: datetime | date) -> str:
-    if isinstance(value, datetime):
-        return f"TIMESTAMPTZ {_lit(value.isoformat())}"
-    return f"TIMESTAMPTZ {_lit(value.isoformat() + ' 00:00:00+00')}"

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
-from warehouse.accounting import Accounting, _ts
+from warehouse.accounting import Accounting
 from warehouse.errors import ConservationError
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
 from warehouse.pricing import PriceError, month_bounds
+from warehouse.sql import ts_lit as _ts
 
 CTX = decimal.Context(prec=60)
 CENT = Decimal("0.01")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from warehouse.lake import write_bytes_atomic
 from warehouse.ledger_model import LEDGER_SCHEMA, ChargeLine, ordered_lines
 
 COLUMNS: tuple[str, ...] = tuple(LEDGER_SCHEMA.names)
@@ -83,19 +84,6 @@ def csv_bytes(header: Iterable[str], rows: Iterable[Iterable[object]]) -> bytes:
     for row in rows:
         writer.writerow([format_cell(v) for v in row])
     return buf.getvalue().encode("utf-8")
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write under a temporary name, fsync and rename: readers see the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def charges_csv_bytes(lines: Iterable[ChargeLine]) -> bytes:

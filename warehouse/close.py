@@ -13,11 +13,10 @@ from __future__ import annotations
 import decimal
 import hashlib
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from warehouse.accounting import Accounting
 from warehouse.chargeback import CTX, Charges, compute_charges, quantize_line
 from warehouse.errors import CloseError
+from warehouse.lake import write_bytes_atomic
 from warehouse.ledger_model import ChargeLine, lines_to_table, table_to_lines
 from warehouse.pricing import PriceBook, days, month_bounds
 
@@ -158,6 +158,11 @@ def read_ledger(lake: str | Path, month: str) -> tuple[list[ChargeLine], dict[st
     d = ledger_dir(lake, month)
     manifest = json.loads((d / MANIFEST).read_text())
     return table_to_lines(pq.read_table(d / CHARGES)), manifest
+
+
+def manifest_sha256(lake: str | Path, month: str) -> str:
+    """What ties a report or a page to the closed ledger it shows."""
+    return hashlib.sha256((ledger_dir(lake, month) / MANIFEST).read_bytes()).hexdigest()
 
 
 def _inputs(acct: Accounting, month: str) -> list[dict[str, Any]]:
@@ -318,8 +323,8 @@ def close_month(
             f"month {month} is already closed with other inputs or settings; a closed month is never "
             f"rewritten: late data for it becomes correction lines when the next open month closes"
         )
-    _atomic_write(d / CHARGES, charges_bytes)
-    _atomic_write(d / MANIFEST, manifest_bytes)  # last: the commit record
+    write_bytes_atomic(d / CHARGES, charges_bytes)
+    write_bytes_atomic(d / MANIFEST, manifest_bytes)  # last: the commit record
     return CloseResult(month, d, manifest, lines, unchanged=False)
 
 
@@ -333,26 +338,3 @@ def _parquet_bytes(table: Any) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", write_statistics=True)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def first_open_month(lake: str | Path, after: date) -> str:
-    closed = set(closed_months(lake))
-    y, m = after.year, after.month
-    while f"{y:04d}-{m:02d}" in closed:
-        y, m = y + (m == 12), m % 12 + 1
-    return f"{y:04d}-{m:02d}"

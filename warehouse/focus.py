@@ -38,7 +38,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.charges_csv import DECIMAL_SCALES, at_scale, csv_bytes, write_bytes_atomic
+from warehouse.charges_csv import DECIMAL_SCALES, at_scale, csv_bytes
+from warehouse.lake import write_bytes_atomic
 from warehouse.ledger_model import (
     CENTS,
     LINE_TYPES,

@@ -111,6 +111,21 @@ class Lake:
         return last
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Any file of the lake (ledger, manifests, exports, state): temp name, fsync, rename, fsync dir,
+    so a reader sees the whole file or the previous one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
 def _split_by_date(table: pa.Table, column: str = "ts") -> list[tuple[str, pa.Table]]:
     # UTC day of each row; a cast, not strftime (which formats row by row and cost 13 % of ingest).
     dates = table[column].cast(pa.timestamp("us")).cast(pa.date32())

@@ -6,48 +6,58 @@ computed now with the current settings, and says so instead of a manifest hash.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from warehouse.accounting import Accounting
 from warehouse.chargeback import quantize_line
-from warehouse.close import MANIFEST, CloseSettings, closed_months, ledger_dir, month_dates, read_ledger
+from warehouse.close import CloseSettings, closed_months, manifest_sha256, month_dates, read_ledger
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
 from warehouse.pricing import month_bounds
+from warehouse.sql import lit as _lit
 
 TOP_IDLE = 15
+ACCRUAL_NOTE = "not closed: accrual to date"
 
 
 def _dec(v: Any, places: str = "1e-9") -> Decimal:
     return Decimal(0) if v is None else Decimal(repr(float(v))).quantize(Decimal(places))
 
 
-def month_lines(lake: str | Path, month: str, settings: CloseSettings) -> tuple[list[ChargeLine], str, bool]:
-    """(lines, manifest sha256 or accrual note, closed?) for a month."""
+def month_lines(
+    lake: str | Path, month: str, settings: CloseSettings, acct: Accounting | None = None
+) -> tuple[list[ChargeLine], str, bool]:
+    """(lines, manifest sha256 or accrual note, closed?) for a month.
+
+    An open month is accrued on `acct` as it stands (the caller keeps its rollups current), or on
+    a connection of its own after bringing the month's rollups up to date.
+    """
     if month in closed_months(lake):
         lines, _ = read_ledger(lake, month)
-        sha = hashlib.sha256((ledger_dir(lake, month) / MANIFEST).read_bytes()).hexdigest()
-        return lines, sha, True
-    acct = settings.accounting(lake)
+        return lines, manifest_sha256(lake, month), True
+    own = acct is None
+    acct = acct or settings.accounting(lake)
     try:
-        acct.update(month_dates(month))
+        if own:
+            acct.update(month_dates(month))
         charges = settings.charges(acct, month)
     finally:
-        acct.close()
-    return [quantize_line(ln) for ln in charges.lines], "not closed: accrual to date", False
+        if own:
+            acct.close()
+    return [quantize_line(ln) for ln in charges.lines], ACCRUAL_NOTE, False
 
 
 def build_reports(
     lake: str | Path, month: str, settings: CloseSettings, tenant: str | None = None, fleet: bool = True
 ) -> list[MonthReport]:
     """The fleet report (unless `tenant` is given) and one report per tenant (or only `tenant`)."""
-    lines, sha, _ = month_lines(lake, month, settings)
     m0, m1 = month_bounds(month)
     acct = settings.accounting(lake)
     try:
         acct.update(month_dates(month))
+        lines, sha, _ = month_lines(lake, month, settings, acct)
         tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
         if tenant is not None:
             tenants = [tenant]
@@ -148,7 +158,3 @@ def _report(
         top_idle=top,
         totals=totals,
     )
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

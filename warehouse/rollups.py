@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute
 
-from warehouse.lake import Lake, schema_of
+from warehouse.lake import Lake, schema_of, write_bytes_atomic
+from warehouse.sql import lit as _lit
+from warehouse.sql import read_parquet as _read
 
 ROLLUPS = "rollups"
 STATE = "_state"
@@ -61,7 +62,6 @@ CASE kind
 END"""
 
 IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
-HOUR_SQL = "date_trunc('hour', ts - to_microseconds(CAST(interval_s * 500000 AS BIGINT)))"
 # The same hour as a number (hours since the epoch): integer arithmetic instead of a time-zone-
 # aware date_trunc, which cost as much as the rest of a row's work.
 HOUR_NO_SQL = "(epoch_us(ts) - CAST(interval_s * 500000 AS BIGINT)) // 3600000000"
@@ -75,18 +75,10 @@ class RollupStats:
     slice_rows: int  # raw slice rows read by the rebuilt dates
 
 
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _nanos(expr: str) -> str:
     """GPU-seconds of one slice tick, floored to the nanosecond: the shares of a GPU tick then never
     add up past its interval, so unallocated time is never negative."""
     return f"CAST(floor(({expr}) * 1e9) / 1e9 AS {SECONDS})"
-
-
-def _read(files: list[str]) -> str:
-    return "read_parquet([" + ", ".join(_lit(f) for f in files) + "])"
 
 
 class Rollups:
@@ -110,9 +102,6 @@ class Rollups:
     @property
     def root(self) -> Path:
         return self.lake.root / ROLLUPS
-
-    def glob(self, table: str) -> str:
-        return str(self.root / table / "date=*" / "*.parquet")
 
     def sample_dates(self) -> list[str]:
         tick_dir = self.lake.table_dir("tick")
@@ -194,11 +183,11 @@ class Rollups:
         tables = self._compute(con, tick_files, self._files("slice", date), self._files("gpu", date))
         for name in TABLES:
             self._write(name, date, tables[name])
-        state = self._state_path(date)
-        state.parent.mkdir(parents=True, exist_ok=True)
-        tmp_state = state.with_name(state.name + ".tmp")
-        tmp_state.write_text(json.dumps({"signature": signature, "date": date}, sort_keys=True))
-        os.replace(tmp_state, state)
+        # Written last: the state file says the date's files are complete.
+        write_bytes_atomic(
+            self._state_path(date),
+            json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
+        )
         return int(pa.compute.sum(tables["slice_hourly"]["ticks"]).as_py() or 0)
 
     def empty_file(self, table: str) -> str:

@@ -17,10 +17,7 @@ import duckdb
 from gpuledger.decode import TABLES
 from warehouse.lake import DLQ_SCHEMA, Lake, schema_of
 from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+from warehouse.sql import lit as _lit
 
 
 def tenant_sql(rules: Sequence[dict[str, Any]], default: str = "unassigned") -> str:
