@@ -318,3 +318,47 @@ def test_close_is_byte_identical_and_late_data_becomes_corrections(tmp_path: Pat
     assert close_month(root, "2026-11", settings(), now=NOV_CLOSED).unchanged
     dec = close_month(root, "2026-12", settings(), now=datetime(2027, 1, 1, 1, tzinfo=UTC))
     assert dec.lines == [] and dec.manifest["totals"]["cost"] == "0.00"
+
+
+def test_cents_follow_the_independent_total_on_a_half_cent() -> None:
+    """Lines whose own sum passes a half cent in the 40th digit still round to the independent
+    total (2.925 -> 2.92 half-even), not to their own sum (found by the property test)."""
+    from dataclasses import replace as _replace
+
+    from warehouse.chargeback import _round_cents, check_conservation
+
+    c = _line()
+    third = Decimal("2.925") / 3
+    lines = [
+        _replace(c, cost_exact=third),
+        _replace(c, cost_exact=third),
+        _replace(c, cost_exact=Decimal("2.925") - 2 * third + Decimal("1e-40")),
+    ]
+    rounded = _round_cents(lines, Decimal("2.925"))
+    assert sum(ln.cost for ln in rounded) == Decimal("2.92")
+    check_conservation("2026-10", rounded, Decimal("2.925"))
+
+
+def _line():
+    from warehouse.ledger_model import ChargeLine
+
+    t = datetime(2026, 10, 1, tzinfo=UTC)
+    return ChargeLine(
+        "2026-10",
+        0,
+        "usage",
+        "x",
+        "c",
+        "m",
+        t,
+        t,
+        date(2026, 1, 1),
+        Decimal(0),
+        Decimal(1),
+        None,
+        "USD",
+        Decimal(0),
+        Decimal(0),
+        "reserved",
+        "platform",
+    )

@@ -249,7 +249,7 @@ def _compute(
     extra = list(extra_lines)
     for ln in extra:
         expected += ln.cost_exact
-    lines = _number(_round_cents([*lines, *extra]))
+    lines = _number(_round_cents([*lines, *extra], expected))
     total = sum((ln.cost for ln in lines), Decimal(0))
     check_conservation(month, lines, expected)
     return Charges(lines, expected, total, CTX.divide(capacity_s_total, Decimal(3600)))
@@ -263,9 +263,13 @@ def _seg_key(sg: Segment) -> tuple:
     return (sg.cluster, sg.model, sg.start)
 
 
-def _round_cents(lines: list[ChargeLine]) -> list[ChargeLine]:
-    """Cents by largest remainder: floor every line, hand the missing cents to the largest fractions."""
-    total = sum((ln.cost_exact for ln in lines), Decimal(0))
+def _round_cents(lines: list[ChargeLine], total: Decimal) -> list[ChargeLine]:
+    """Cents by largest remainder: floor every line, hand the missing cents to the largest fractions.
+
+    The cents add up to `total` (the period's independently computed exact total) rounded half-even:
+    the lines' own sum can differ from it in the 30th digit, which flips a total that sits exactly
+    on a half cent.
+    """
     target = int((total / CENT).to_integral_value(ROUND_HALF_EVEN))
     floors = [int((ln.cost_exact / CENT).to_integral_value(ROUND_FLOOR)) for ln in lines]
     fracs = [CTX.subtract(CTX.divide(ln.cost_exact, CENT), f) for ln, f in zip(lines, floors, strict=True)]
