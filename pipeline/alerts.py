@@ -948,18 +948,23 @@ def kafka_lag(bootstrap: str, group: str, topic: str, client_id: str = "gpuledge
         admin.close()
 
 
-def _group_offsets(admin: Any, group: str, tries: int = 10, wait_s: float = 0.5) -> dict[Any, Any]:
-    """Committed offsets of a group; retried while the broker has no coordinator yet (a fresh broker
-    creates its offsets topic on the first lookup and answers COORDINATOR_NOT_AVAILABLE meanwhile)."""
+def _group_offsets(admin: Any, group: str, tries: int = 20, wait_s: float = 0.5) -> dict[Any, Any]:
+    """Committed offsets of a group, retried while the group's coordinator is not ready.
+
+    A fresh broker creates its offsets topic on the first lookup and answers
+    COORDINATOR_NOT_AVAILABLE, then COORDINATOR_LOAD_IN_PROGRESS while it loads the partition;
+    NOT_COORDINATOR follows a move. All are retriable and pass within seconds, so a bounded retry
+    (tries x wait_s) beats failing the evaluation that asked.
+    """
     import time
 
-    from kafka.errors import CoordinatorNotAvailableError
+    from kafka.errors import KafkaError
 
     for i in range(tries):
         try:
             return dict(admin.list_group_offsets({group: None}).get(group, {}))
-        except CoordinatorNotAvailableError:
-            if i == tries - 1:
+        except KafkaError as e:
+            if not getattr(e, "retriable", False) or i == tries - 1:
                 raise
             time.sleep(wait_s)
     return {}
