@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gpuledger.memory import peak_rss_mb  # noqa: E402
+
 
 def ensure_broker(bootstrap: str | None) -> str:
     if bootstrap:
@@ -96,7 +98,7 @@ def bare(bootstrap: str, topic: str, n: int) -> dict:
     return {
         "messages": got,
         "seconds": dt,
-        "max_rss_mb": use.ru_maxrss / 1024,
+        "max_rss_mb": peak_rss_mb(),
         "main_cpu_s": use.ru_utime + use.ru_stime,
         "worker_cpu_s": 0.0,
     }
@@ -138,7 +140,7 @@ def child(n: int) -> None:
     stats = ing.run(max_messages=n, max_seconds=600)
     # Like the bare consumer: from the first record polled to the last batch committed.
     dt = (ing.finished_at or 0.0) - (ing.first_data_at or 0.0)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = peak_rss_mb()
     kids = sum(ing.worker_peaks_mb)
     use = resource.getrusage(resource.RUSAGE_SELF)
     cpu = {"main_cpu_s": use.ru_utime + use.ru_stime, "worker_cpu_s": sum(ing.worker_cpu_s)}

@@ -204,8 +204,13 @@ def fast_decode(
     max_message_bytes: int,
     partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
+    joined: bytes | None = None,
 ) -> DecodedBatch | None:
-    """The batch decoded in whole-batch form, or None when it is not provably clean."""
+    """The batch decoded in whole-batch form, or None when it is not provably clean.
+
+    `joined` is `b"\\n".join(raws)` when the caller already holds it (ingest ships batches in
+    that form), saving a copy of the batch.
+    """
     n = len(raws)
     if n == 0:
         return None
@@ -218,7 +223,10 @@ def fast_decode(
             return None
     # A message with a line break inside still reads as one object or fails: it starts with '{',
     # the one before it ends with '}', so no object can run across two messages.
-    blob = b"\n".join(raws)
+    if joined is not None and len(joined) == sum(len(r) for r in raws) + n - 1:
+        blob = joined
+    else:
+        blob = b"\n".join(raws)
     if not blob.isascii():
         try:
             blob.decode("utf-8")  # strict: no lone surrogates, as the JSON decoders require
@@ -368,6 +376,7 @@ def decode_batch_fast(
     max_message_bytes: int,
     partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
+    joined: bytes | None = None,
 ) -> DecodedBatch:
     """`decode_batch`'s exact result; the whole-batch path when the batch is clean, else `decode_batch`.
 
@@ -376,7 +385,12 @@ def decode_batch_fast(
     """
     try:
         out = fast_decode(
-            raws, batch=batch, max_message_bytes=max_message_bytes, partitions=partitions, offsets=offsets
+            raws,
+            batch=batch,
+            max_message_bytes=max_message_bytes,
+            partitions=partitions,
+            offsets=offsets,
+            joined=joined,
         )
     except Exception:
         log.exception("whole-batch decode failed on batch %d; decoding it message by message", batch)

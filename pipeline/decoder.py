@@ -18,26 +18,17 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
 
 from gpuledger.batch_decode import decode_batch_fast
 from gpuledger.decode import DecodedBatch
+from gpuledger.memory import peak_rss_mb
 from warehouse.lake import Lake
 
 log = logging.getLogger("gpuledger.decoder")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One consumed message, transport-neutral (Kafka or the in-process bus)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
 
 
 @dataclass
@@ -50,57 +41,115 @@ class BatchResult:
     process_rows: int
     rejects: list[tuple[int, str]] = field(default_factory=list)
     duplicates: int = 0
+    # The rejected messages' bytes, parallel to `rejects`: the consumer stops holding a batch's
+    # payload once it is handed over, so the DLQ topic gets its copies from here.
+    reject_values: list[bytes] = field(default_factory=list)
+
+
+class BatchBuilder:
+    """Messages gathered for the next batch, as columns: no Python object per message."""
+
+    __slots__ = ("keys", "nbytes", "offsets", "partitions", "topics", "values")
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes] = []
+        self.nbytes = 0
+
+    def add(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
+        self.topics.append(topic)
+        self.partitions.append(partition)
+        self.offsets.append(offset)
+        self.keys.append(key)
+        self.values.append(value)
+        self.nbytes += len(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def build(self) -> Batch:
+        return Batch.of(self.topics, self.partitions, self.offsets, self.keys, self.values)
 
 
 @dataclass
 class Batch:
-    """A batch of records as columns: cheap to send to a worker (one bytes blob, a few lists)."""
+    """One batch: per-message columns plus every payload joined by single newlines.
+
+    The joined form is what crosses to a worker (one `send_bytes`, no pickling of payloads)
+    and what Arrow's JSON reader parses there, so a payload is copied once on its way from the
+    Kafka client to the decoder. `values` are views into it.
+    """
 
     topics: list[str]
     partitions: list[int]
     offsets: list[int]
     keys: list[bytes | None]
-    values: Sequence[bytes | memoryview]
+    blob: bytes
+    ends: list[int]  # end of each payload in blob; the next one starts one byte later
 
     @classmethod
-    def of(cls, records: Sequence[Record]) -> Batch:
-        return cls(
-            [r.topic for r in records],
-            [r.partition for r in records],
-            [r.offset for r in records],
-            [r.key for r in records],
-            [r.value for r in records],
-        )
+    def of(
+        cls,
+        topics: list[str],
+        partitions: list[int],
+        offsets: list[int],
+        keys: list[bytes | None],
+        values: Sequence[bytes | memoryview],
+    ) -> Batch:
+        ends = [end - 1 for end in accumulate(len(v) + 1 for v in values)]
+        return cls(topics, partitions, offsets, keys, b"\n".join(values), ends)
 
-    def pack(self) -> tuple[Any, ...]:
-        ends, pos = [], 0
-        for v in self.values:
-            pos += len(v)
-            ends.append(pos)
-        return (self.topics, self.partitions, self.offsets, self.keys, b"".join(self.values), ends)
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def values(self) -> list[memoryview]:
+        view = memoryview(self.blob)
+        return [view[a:b] for a, b in zip([0, *(e + 1 for e in self.ends[:-1])], self.ends, strict=True)]
+
+    def header(self) -> tuple[Any, ...]:
+        return (self.topics, self.partitions, self.offsets, self.keys, self.ends)
 
     @classmethod
-    def unpack(cls, packed: tuple[Any, ...]) -> Batch:
-        topics, partitions, offsets, keys, blob, ends = packed
-        view = memoryview(blob)
-        starts = [0, *ends[:-1]]
-        return cls(topics, partitions, offsets, keys, [view[a:b] for a, b in zip(starts, ends, strict=True)])
+    def from_parts(cls, header: tuple[Any, ...], blob: bytes) -> Batch:
+        topics, partitions, offsets, keys, ends = header
+        return cls(topics, partitions, offsets, keys, blob, ends)
+
+    def commit_offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the offset to commit once this batch is in the lake."""
+        out: dict[tuple[str, int], int] = {}
+        for t, p, o in zip(self.topics, self.partitions, self.offsets, strict=True):
+            if out.get((t, p), -1) <= o:
+                out[(t, p)] = o + 1
+        return out
+
+    def drop_payload(self) -> None:
+        """Forget the payloads (the worker has them): what stays is enough to commit."""
+        self.blob, self.ends = b"", []
 
 
-def decode_and_write(lake: Lake, batch_records: Batch, batch: int, max_message_bytes: int) -> BatchResult:
+def decode_and_write(lake: Lake, b: Batch, batch: int, max_message_bytes: int) -> BatchResult:
     """Decode one batch and put its files (and its rejects' dlq/ file) durably in the lake."""
-    decoded = decode_records(batch_records, batch, max_message_bytes)
-    return write_decoded(lake, batch_records, decoded, batch)
+    return write_decoded(lake, b, decode_records(b, batch, max_message_bytes), batch)
 
 
 def decode_records(b: Batch, batch: int, max_message_bytes: int) -> DecodedBatch:
     return decode_batch_fast(
-        b.values, batch=batch, max_message_bytes=max_message_bytes, partitions=b.partitions, offsets=b.offsets
+        b.values,
+        batch=batch,
+        max_message_bytes=max_message_bytes,
+        partitions=b.partitions,
+        offsets=b.offsets,
+        joined=b.blob,
     )
 
 
 def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> BatchResult:
     lake.write_batch(decoded, batch)
+    values = b.values if decoded.rejects else []
     if decoded.rejects:
         now = datetime.now(UTC)
         lake.write_dlq(
@@ -112,8 +161,8 @@ def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> Ba
                     "offset": b.offsets[r.index],
                     "key": b.keys[r.index],
                     "reason": r.reason,
-                    "size": len(b.values[r.index]),
-                    "payload": bytes(b.values[r.index]),
+                    "size": len(values[r.index]),
+                    "payload": bytes(values[r.index]),
                 }
                 for r in decoded.rejects
             ),
@@ -123,13 +172,14 @@ def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> Ba
     pa.default_memory_pool().release_unused()  # keep the worker's footprint flat between batches
     return BatchResult(
         batch=batch,
-        messages=len(b.values),
+        messages=len(b),
         ticks=decoded.ticks,
         gpu_rows=t["gpu"].num_rows,
         slice_rows=t["slice"].num_rows,
         process_rows=t["process"].num_rows,
         rejects=[(r.index, r.reason) for r in decoded.rejects],
         duplicates=decoded.duplicates,
+        reject_values=[bytes(values[r.index]) for r in decoded.rejects],
     )
 
 
@@ -140,8 +190,8 @@ class InlineDecoder:
         self.lake, self.max_message_bytes = lake, max_message_bytes
         self._done: list[BatchResult] = []
 
-    def submit(self, records: Sequence[Record], batch: int) -> None:
-        self._done.append(decode_and_write(self.lake, Batch.of(records), batch, self.max_message_bytes))
+    def submit(self, records: Batch, batch: int) -> None:
+        self._done.append(decode_and_write(self.lake, records, batch, self.max_message_bytes))
 
     def ready(self) -> bool:
         return bool(self._done)
@@ -159,15 +209,28 @@ class InlineDecoder:
     peak_rss_mb: float | None = None
 
 
+def use_returning_memory_pool() -> None:
+    """Arrow's jemalloc pool with immediate decay, else the system allocator.
+
+    Both give a freed batch's memory back to the system (mimalloc, Arrow's default here, kept
+    ~35 MB more resident per worker); jemalloc also decodes ~15 % faster than the system
+    allocator (bench/RESULTS.md).
+    """
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
+
+
 def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> None:
     """Worker main: decode here, write in a thread, answer in order.
 
     If the parent dies the worker exits at once: whatever it had not acknowledged was never
     committed to Kafka and will be delivered again.
     """
-    # The system allocator gives freed batch memory back; Arrow's default (mimalloc) kept ~35 MB
-    # more per worker resident, which took ingest past its 500 MB budget.
-    pa.set_memory_pool(pa.system_memory_pool())
+    use_returning_memory_pool()
     lake = Lake(root, zstd_level)
     todo: queue.Queue[Any] = queue.Queue(maxsize=1)
 
@@ -202,8 +265,12 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
             os._exit(0)  # parent gone
         if job is None:
             break
-        packed, batch = job
-        records = Batch.unpack(packed)
+        header, batch = job
+        try:
+            blob = conn.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(0)
+        records = Batch.from_parts(header, blob)
         try:
             decoded = decode_records(records, batch, max_message_bytes)
         except Exception:
@@ -213,7 +280,7 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
     todo.put(None)
     thread.join()
     use = resource.getrusage(resource.RUSAGE_SELF)
-    answer(("bye", (use.ru_maxrss / 1024, use.ru_utime + use.ru_stime)))
+    answer(("bye", (peak_rss_mb(), use.ru_utime + use.ru_stime)))
 
 
 class ProcessDecoder:
@@ -234,8 +301,9 @@ class ProcessDecoder:
         self.peak_rss_mb: float | None = None
         self.cpu_s: float | None = None
 
-    def submit(self, records: Sequence[Record], batch: int) -> None:
-        self._conn.send((Batch.of(records).pack(), batch))
+    def submit(self, records: Batch, batch: int) -> None:
+        self._conn.send((records.header(), batch))
+        self._conn.send_bytes(records.blob)
         self.inflight += 1
 
     def ready(self) -> bool:

@@ -19,12 +19,12 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuledger.config import Config
-from pipeline.decoder import BatchResult, Record, make_decoder
+from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
 log = logging.getLogger("gpuledger.ingest")
@@ -33,7 +33,7 @@ FAULT_ENV = "GPULEDGER_FAULT_CRASH_BEFORE_COMMIT"  # test hook: exit hard after 
 MAX_INFLIGHT = 2
 REJOIN_AFTER_S = 15.0  # a member with no partitions this long rejoins (see _watch_assignment)
 
-__all__ = ["IngestStats", "KafkaIngester", "MemoryIngester", "Record", "run_ingest"]
+__all__ = ["IngestStats", "KafkaIngester", "MemoryIngester", "run_ingest"]
 
 
 @dataclass
@@ -71,23 +71,24 @@ class _Pipeline:
     """
 
     def __init__(
-        self, cfg: Config, lake: Lake, finish: Callable[[list[Record], BatchResult, int], None], workers: int
+        self, cfg: Config, lake: Lake, finish: Callable[[Batch, BatchResult, int], None], workers: int
     ) -> None:
         n = max(1, workers)
         self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers) for _ in range(n)]
         self.finish = finish
-        self.inflight: deque[tuple[list[Record], int, Any, int]] = deque()
+        self.inflight: deque[tuple[Batch, int, Any, int]] = deque()
         self.max_inflight = MAX_INFLIGHT * n
         self.worker_cpu_s: list[float] = []
         self._rr = 0
 
-    def submit(self, records: list[Record], tag: int = 0) -> None:
+    def submit(self, records: Batch, tag: int = 0) -> None:
         while len(self.inflight) >= self.max_inflight:
             self.reap(block=True, limit=1)
         batch = new_batch_id()
         decoder = self.decoders[self._rr % len(self.decoders)]
         self._rr += 1
         decoder.submit(records, batch)
+        records.drop_payload()  # the decoder has it; rejects come back with their bytes
         self.inflight.append((records, batch, decoder, tag))
 
     def reap(self, block: bool, limit: int | None = None) -> None:
@@ -150,8 +151,7 @@ class KafkaIngester:
         self.lake = lake or Lake(cfg.lake.path, cfg.lake.zstd_level)
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
-        self.pending: list[Record] = []
-        self.pending_bytes = 0
+        self.pending = BatchBuilder()
         self.pending_since = 0.0
         self.fault = _FaultHook()
         self.epoch = 0  # bumped on every partition revocation
@@ -205,7 +205,7 @@ class KafkaIngester:
                     )
                 # Those records come again after the rewind: they were read but are not "seen".
                 ingester.unseen += len(ingester.pending) + sum(len(f[0]) for f in ingester.pipe.inflight)
-                ingester.pending, ingester.pending_bytes = [], 0
+                ingester.pending = BatchBuilder()
                 ingester.resync = True  # the main loop rewinds to the committed offsets
 
             def on_partitions_assigned(self, assigned: Any) -> None:
@@ -229,16 +229,16 @@ class KafkaIngester:
         self.consumer.partitions_for_topic(self.cfg.kafka.topic)
         self.consumer.subscribe([self.cfg.kafka.topic], listener=self._listener)
 
-    def _publish_dlq(self, bad: list[tuple[Record, str]]) -> None:
+    def _publish_dlq(self, records: Batch, result: BatchResult) -> None:
         limit = self.cfg.kafka.dlq_max_payload_bytes
         futures = []
-        for rec, reason in bad:
-            value = rec.value
+        for (i, reason), value in zip(result.rejects, result.reject_values, strict=True):
+            key = records.keys[i]
             headers = [
                 ("reason", reason.encode()[:4096]),
-                ("src-topic", rec.topic.encode()),
-                ("src-partition", str(rec.partition).encode()),
-                ("src-offset", str(rec.offset).encode()),
+                ("src-topic", records.topics[i].encode()),
+                ("src-partition", str(records.partitions[i]).encode()),
+                ("src-offset", str(records.offsets[i]).encode()),
                 ("original-size", str(len(value)).encode()),
             ]
             if len(value) > limit:
@@ -246,13 +246,13 @@ class KafkaIngester:
                 value = value[:limit]
                 headers.append(("truncated", b"true"))
             futures.append(
-                self.producer.send(self.cfg.kafka.dlq_topic, key=rec.key, value=value, headers=headers)
+                self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
             )
         self.producer.flush()
         for f in futures:
             f.get(timeout=30)
 
-    def _finish(self, records: list[Record], result: BatchResult, epoch: int) -> None:
+    def _finish(self, records: Batch, result: BatchResult, epoch: int) -> None:
         """Files are in place: publish rejects, then commit the batch's offsets."""
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -261,14 +261,14 @@ class KafkaIngester:
             log.info("batch %d finished after a rebalance: files kept, offsets not committed", result.batch)
             return
         if result.rejects:
-            self._publish_dlq([(records[i], reason) for i, reason in result.rejects])
+            self._publish_dlq(records, result)
         self.fault.before_commit(result.batch)
-        offsets: dict[Any, Any] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if tp not in offsets or offsets[tp].offset < r.offset + 1:
-                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-        self.consumer.commit(offsets)
+        self.consumer.commit(
+            {
+                TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                for (topic, partition), offset in records.commit_offsets().items()
+            }
+        )
         self.stats.add(result)
         log.info(
             "batch: %d msgs, %d ticks, %d slice rows, %d rejected (total %d ticks)",
@@ -297,7 +297,7 @@ class KafkaIngester:
             log.warning("no partitions for %.0f s: leaving and rejoining the group", now - self._empty_since)
             self._empty_since = None
             self.epoch += 1
-            self.pending, self.pending_bytes = [], 0
+            self.pending = BatchBuilder()
             self.consumer.unsubscribe()
             self._subscribe()
 
@@ -321,8 +321,8 @@ class KafkaIngester:
 
     def _submit_pending(self) -> None:
         if self.pending:
-            records = self.pending
-            self.pending, self.pending_bytes = [], 0
+            records = self.pending.build()
+            self.pending = BatchBuilder()
             self.pipe.submit(records, self.epoch)
 
     def flush(self) -> None:
@@ -354,21 +354,20 @@ class KafkaIngester:
                     polled = {}  # read from positions that the rewind just moved
                     seen, self.unseen = max(0, seen - self.unseen), 0
                 now = time.monotonic()
+                add = self.pending.add
                 for tp_records in polled.values():
+                    if tp_records and not self.pending:
+                        self.pending_since = now
                     for m in tp_records:
-                        if not self.pending:
-                            self.pending_since = now
-                        value = m.value or b""
-                        self.pending.append(Record(m.topic, m.partition, m.offset, m.key, value))
-                        self.pending_bytes += len(value)
-                        seen += 1
+                        add(m.topic, m.partition, m.offset, m.key, m.value or b"")
+                    seen += len(tp_records)
                 if polled:
                     last_data = now
                     if self.first_data_at is None:
                         self.first_data_at = now
                 if self.pending and (
                     len(self.pending) >= lake_cfg.batch_max_messages
-                    or self.pending_bytes >= lake_cfg.batch_max_bytes
+                    or self.pending.nbytes >= lake_cfg.batch_max_bytes
                     or now - self.pending_since >= lake_cfg.batch_max_seconds
                     or not polled
                     or (max_messages is not None and seen >= max_messages)
@@ -435,8 +434,8 @@ class MemoryIngester:
             cfg, lake, self._finish, cfg.lake.decode_workers if workers is None else workers
         )
 
-    def _finish(self, records: Sequence[Record], result: BatchResult, _tag: int) -> None:
-        self.bus.commit(self.topic, self.group, records[-1].offset + 1)
+    def _finish(self, records: Batch, result: BatchResult, _tag: int) -> None:
+        self.bus.commit(self.topic, self.group, records.offsets[-1] + 1)
         self.stats.add(result)
 
     def poll(self) -> int:
@@ -447,7 +446,10 @@ class MemoryIngester:
             if not chunk:
                 break
             self._next = chunk[-1][0] + 1
-            self.pipe.submit([Record(self.topic, 0, off, k, v) for off, k, v in chunk])
+            b = BatchBuilder()
+            for off, k, v in chunk:
+                b.add(self.topic, 0, off, k, v)
+            self.pipe.submit(b.build())
             n += len(chunk)
         self.pipe.reap(block=False)
         return n
