@@ -17,6 +17,7 @@ fallback, never a reject; rejects and their reasons always come from `decode_bat
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC
 from functools import cache
@@ -232,40 +233,18 @@ def fast_decode(
             blob.decode("utf-8")  # strict: no lone surrogates, as the JSON decoders require
         except UnicodeDecodeError:
             return None
-    try:
-        table = pj.read_json(
-            pa.BufferReader(blob),
-            read_options=pj.ReadOptions(use_threads=False, block_size=max(READ_BLOCK_BYTES, longest + 1)),
-            parse_options=pj.ParseOptions(explicit_schema=read_schema(), unexpected_field_behavior="infer"),
-        )
-    except (pa.ArrowException, ValueError):  # parse errors, bad UTF-8, duplicate keys, wrong types
+    read = _read_native(blob, raws) if native_reader() is not None else _read_arrow(blob, n, longest)
+    if read is None:
         return None
-    if table.num_rows != n or not _same_shape(pa.struct(list(table.schema)), pa.struct(list(read_schema()))):
-        return None
-    top = {name: table.column(name).combine_chunks() for name in table.column_names}
+    top, cols, owners, counts, wl, labels = read
     if _columns_break(top, "message"):
         return None
-
-    cols: dict[str, dict[str, pa.Array]] = {}
-    owners: dict[str, pa.Array] = {}
-    counts: dict[str, pa.Array] = {}
     limits = _max_items()
     for name, kind in _LISTS.items():
-        lists = top[name]
-        if lists.null_count:
-            return None
-        counts[kind] = pc.list_value_length(lists)
         if _any(pc.greater(counts[kind], limits[name])):
             return None
-        items = pc.list_flatten(lists)
-        if items.null_count:
-            return None
-        owners[kind] = pc.list_parent_indices(lists)
-        cols[kind] = dict(zip([f.name for f in items.type], items.flatten(), strict=True))
         if _columns_break(cols[kind], kind):
             return None
-    workload = cols["slice"]["workload"]
-    wl = dict(zip([f.name for f in workload.type], workload.flatten(), strict=True))
     if _columns_break(wl, "workload"):
         return None
     s = cols["slice"]
@@ -305,9 +284,10 @@ def fast_decode(
     if ident_table.group_by(["node", "boot_id", "seq"]).aggregate([]).num_rows != n:
         return None  # a tick twice in one batch: decode_batch keeps the first
 
-    labels = _labels(raws, counts["slice"], owners["slice"], wl["labels"])
     if labels is None:
-        return None
+        labels = _labels(raws, counts["slice"], owners["slice"], wl["labels"])
+        if labels is None:
+            return None
 
     ident = {
         "batch": pa.array([batch] * n, pa.int64()),
@@ -342,6 +322,151 @@ def fast_decode(
         schema=table_schema("tick"),
     )
     return DecodedBatch(tables, list(range(n)), [], 0)
+
+
+_Read = tuple[
+    dict[str, pa.Array],  # message columns
+    dict[str, dict[str, pa.Array]],  # gpu / slice / process columns
+    dict[str, pa.Array],  # the message row of each item (int64)
+    dict[str, pa.Array],  # items per message (int32)
+    dict[str, pa.Array],  # workload columns, one row per slice
+    pa.Array | None,  # labels, when the reader has read them already
+]
+
+
+def _read_arrow(blob: bytes, n: int, longest: int) -> _Read | None:
+    """Columns through Arrow's JSON reader (labels are read later, by `_labels`)."""
+    try:
+        table = pj.read_json(
+            pa.BufferReader(blob),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(READ_BLOCK_BYTES, longest + 1)),
+            parse_options=pj.ParseOptions(explicit_schema=read_schema(), unexpected_field_behavior="infer"),
+        )
+    except (pa.ArrowException, ValueError):  # parse errors, bad UTF-8, duplicate keys, wrong types
+        return None
+    if table.num_rows != n or not _same_shape(pa.struct(list(table.schema)), pa.struct(list(read_schema()))):
+        return None
+    top = {name: table.column(name).combine_chunks() for name in table.column_names}
+    cols: dict[str, dict[str, pa.Array]] = {}
+    owners: dict[str, pa.Array] = {}
+    counts: dict[str, pa.Array] = {}
+    for name, kind in _LISTS.items():
+        lists = top[name]
+        if lists.null_count:
+            return None
+        counts[kind] = pc.list_value_length(lists)
+        items = pc.list_flatten(lists)
+        if items.null_count:
+            return None
+        owners[kind] = pc.list_parent_indices(lists)
+        cols[kind] = dict(zip([f.name for f in items.type], items.flatten(), strict=True))
+    workload = cols["slice"].pop("workload")
+    wl = dict(zip([f.name for f in workload.type], workload.flatten(), strict=True))
+    return top, cols, owners, counts, wl, None
+
+
+# -- the native reader (gpuledger/native, Rust) ----------------------------------------------
+
+_NATIVE_TYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "double", pa.bool_(): "bool"}
+
+
+@cache
+def native_reader() -> Any | None:
+    """The compiled reader for this schema, or None where the extension is not built.
+
+    `GPULEDGER_NATIVE_DECODE=0` turns it off (to compare both readers, or to rule it out).
+    """
+    if os.environ.get("GPULEDGER_NATIVE_DECODE", "1") == "0":
+        return None
+    try:
+        from gpuledger._native import BatchReader
+    except ImportError:
+        log.info("native batch reader not built; using Arrow's JSON reader")
+        return None
+    return BatchReader(_native_spec())
+
+
+def _native_spec() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The message layout for the native reader, from the same compiled rules as `read_schema`."""
+    r = rules()
+    spec = []
+    for kind in ("message", "gpu", "slice", "workload", "process"):
+        fields = []
+        for name, rule in r[kind].fields.items():
+            if rule.arrow is not None:
+                fields.append((name, _NATIVE_TYPES[rule.arrow]))
+            elif kind == "message" and name in _LISTS:
+                fields.append((name, f"list:{_LISTS[name]}"))
+            elif (kind, name) == ("slice", "workload"):
+                fields.append((name, "struct:workload"))
+            elif (kind, name) == ("workload", "labels"):
+                fields.append((name, "map"))
+            else:
+                raise ValueError(f"schema field {kind}.{name}: no native reading for {rule.json_types}")
+        spec.append((kind, fields))
+    return spec
+
+
+def _native_array(t: pa.DataType, col: tuple[Any, ...]) -> pa.Array:
+    n, nulls, valid, data, offsets, _ = col
+    vb = pa.py_buffer(valid) if valid is not None else None
+    if t == pa.string():
+        return pa.Array.from_buffers(t, n, [vb, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls)
+    return pa.Array.from_buffers(t, n, [vb, pa.py_buffer(data)], null_count=nulls)
+
+
+@cache
+def _label_limits() -> tuple[int, int]:
+    node = load_schema()["$defs"]["workload"]["properties"]["labels"]
+    return node["maxProperties"], node["additionalProperties"]["maxLength"]
+
+
+def _read_native(blob: bytes, raws: Sequence[bytes | memoryview]) -> _Read | None:
+    """Columns through the native reader, labels included (as the typed decode reads them)."""
+    ends = list(accumulate(len(r) + 1 for r in raws))
+    out = native_reader().read(blob, [e - 1 for e in ends])
+    if out is None:
+        return None
+    r = rules()
+    msg = out["message"]
+    top = {
+        name: _native_array(rule.arrow, msg[name]) for name, rule in r["message"].fields.items() if rule.arrow
+    }
+    cols: dict[str, dict[str, pa.Array]] = {}
+    owners: dict[str, pa.Array] = {}
+    counts: dict[str, pa.Array] = {}
+    for name, kind in _LISTS.items():
+        k = out[kind]
+        rows = k["rows"]
+        counts[kind] = pa.Array.from_buffers(pa.int32(), len(raws), [None, pa.py_buffer(msg[name][3])])
+        owners[kind] = (
+            pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(k["owners"])])
+            if rows
+            else pa.array([], pa.int64())
+        )
+        cols[kind] = {f: _native_array(rule.arrow, k[f]) for f, rule in r[kind].fields.items() if rule.arrow}
+    w = out["workload"]
+    wl = {f: _native_array(rule.arrow, w[f]) for f, rule in r["workload"].fields.items() if rule.arrow}
+    n, nulls, valid, _, offsets, (keys, values) = w["labels"]
+    keys, values = _native_array(pa.string(), keys), _native_array(pa.string(), values)
+    max_props, max_len = _label_limits()
+    off = pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(offsets)])
+    if n and _any(pc.greater(pc.subtract(off[1:], off[:-1]), max_props)):
+        return None
+    if len(values) and _any(pc.greater(pc.utf8_length(values), max_len)):
+        return None
+    entries = pa.StructArray.from_arrays(
+        [keys, values], fields=[LABELS_TYPE.key_field, LABELS_TYPE.item_field]
+    )
+    labels = pa.Array.from_buffers(
+        LABELS_TYPE,
+        n,
+        [pa.py_buffer(valid) if valid is not None else None, pa.py_buffer(offsets)],
+        null_count=nulls,
+        children=[entries],
+    )
+    wl["labels"] = labels
+    return top, cols, owners, counts, wl, labels
 
 
 def _labels(
@@ -394,6 +519,11 @@ def decode_batch_fast(
         )
     except Exception:
         log.exception("whole-batch decode failed on batch %d; decoding it message by message", batch)
+        out = None
+    except BaseException as exc:  # a panic in the native reader is a BaseException (pyo3)
+        if type(exc).__name__ != "PanicException":
+            raise
+        log.exception("native reader panicked on batch %d; decoding it message by message", batch)
         out = None
     if out is not None:
         return out

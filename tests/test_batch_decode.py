@@ -30,6 +30,18 @@ from warehouse.lake import Lake
 MAX = 1 << 20
 
 
+@pytest.fixture(autouse=True, params=["native", "arrow"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case runs with both column readers: the native one (gpuledger/native) and Arrow's."""
+    import gpuledger.batch_decode as bd
+
+    if request.param == "native":
+        assert bd.native_reader() is not None, "the native reader is not built (pip install -e .)"
+    else:
+        monkeypatch.setattr(bd, "native_reader", lambda: None)
+    return request.param
+
+
 @cache
 def fleet(ticks: int = 8, seed: int = 7) -> tuple[bytes, ...]:
     """Real simulated-fleet messages (25 nodes per tick), as the collector sends them."""
@@ -257,6 +269,18 @@ TEXT_CASES: list[tuple[str, bytes, bool | None]] = [
     ("single quotes", _sub(b'"cluster":"c1"', b"'cluster':'c1'"), False),
     ("json array", b"[" + BASE + b"]", False),
     ("empty message", b"", False),
+    ("escaped key", _sub(b'{"schema"', b'{"sch\\u0065ma"'), True),
+    (
+        "escaped duplicate label key",
+        _sub(b'"labels":{"team":"nlp"}', b'"labels":{"team":"a","t\\u0065am":"b"}'),
+        False,
+    ),
+    ("empty label key", _sub(b'"labels":{"team":"nlp"}', b'"labels":{"":"nlp"}'), True),
+    ("labels null", _sub(b'"labels":{"team":"nlp"}', b'"labels":null'), True),
+    ("tabs and carriage returns between tokens", _sub(b'"cluster":"c1"', b'"cluster"\t:\r\n"c1"'), True),
+    ("array for a number", _sub(b'"util_pct":37.5', b'"util_pct":[37.5]'), False),
+    ("object for a string", _sub(b'"pod":"infer-1"', b'"pod":{"a":"b"}'), False),
+    ("truncated inside a string", BASE[: BASE.index(b'"cluster"') + 5], False),
     (
         "gpu uuid of another tick",
         _sub(b'"gpu_uuid":"' + G1.encode() + b'","kind":"vgpu"', b'"gpu_uuid":"GPU-x","kind":"vgpu"'),
@@ -316,6 +340,7 @@ def test_an_error_in_the_whole_batch_path_falls_back(monkeypatch: pytest.MonkeyP
         raise RuntimeError("reader bug")
 
     monkeypatch.setattr(bd.pj, "read_json", broken)
+    monkeypatch.setattr(bd, "_read_native", broken)
     raws = list(fleet()[:5])
     with caplog.at_level("ERROR", logger="gpuledger.batch_decode"):
         got = decode_batch_fast(raws, batch=3, max_message_bytes=MAX)
@@ -363,7 +388,11 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES, st.booleans()), min_size=1, max_size=3))
 def test_mutated_messages_agree(mutations: list[tuple[tuple, Any, bool]]) -> None:
     doc = copy.deepcopy(DOC)
@@ -406,8 +435,25 @@ def number_text(draw: Any) -> bytes:
     return text[form].encode()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(NUMBER_FIELDS), number_text())
 def test_number_spellings_read_the_same(field: tuple[bytes, bytes], text: bytes) -> None:
     old, key = field
     check([*fleet()[:2], _sub(old, key + text)], clean=None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=len(BASE) - 1), st.binary(min_size=0, max_size=3)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_byte_level_edits_agree(edits: list[tuple[int, bytes]]) -> None:
+    """Any bytes at all (cut, inserted, replaced) read the same as through the exact decoder."""
+    raw = bytearray(BASE)
+    for pos, new in edits:
+        pos = min(pos, len(raw))
+        raw[pos : pos + 1] = new
+    check(mixed(bytes(raw)), None)
