@@ -5,8 +5,8 @@
 Decodes the same batch of simulated-fleet ticks (seed 7, as the ingest bench produces) with
 both paths, alternating them round by round so load on the machine hits both alike, and prints
 median wall and CPU microseconds per message (CPU = this process's time, the steadier number on
-a shared machine) plus the load average. Arrow's JSON reader alone is shown as the floor of the
-whole-batch path.
+a shared machine) plus the load average. The whole-batch path runs with the native reader
+(gpuledger/native) and with Arrow's JSON reader; each reader alone is shown as its floor.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.json as pj
 
+    import gpuledger.batch_decode as bd
     from gpuledger.batch_decode import READ_BLOCK_BYTES, decode_batch_fast, fast_decode, read_schema
     from gpuledger.decode import decode_batch
+
+    native = bd.native_reader()
+    assert native is not None, "the native reader is not built (pip install -e .)"
 
     raws = fleet_messages(args.messages)
     n = len(raws)
@@ -67,9 +72,21 @@ def main() -> None:
             parse_options=pj.ParseOptions(explicit_schema=read_schema(), unexpected_field_behavior="infer"),
         )
 
+    blob = b"\n".join(raws)
+    ends = [e - 1 for e in accumulate(len(r) + 1 for r in raws)]
+
+    def arrow_fast() -> Any:
+        bd.native_reader = lambda: None  # type: ignore[assignment]
+        try:
+            return decode_batch_fast(raws, **kw)
+        finally:
+            bd.native_reader = lambda: native  # type: ignore[assignment]
+
     cases: dict[str, Callable[[], Any]] = {
         "decode_batch": lambda: decode_batch(raws, **kw),
-        "decode_batch_fast": lambda: decode_batch_fast(raws, **kw),
+        "decode_batch_fast, native": lambda: decode_batch_fast(raws, **kw),
+        "  (native read alone)": lambda: native.read(blob, ends),
+        "decode_batch_fast, Arrow": arrow_fast,
         "  (Arrow JSON read alone)": arrow_only,
     }
     wall: dict[str, list[float]] = {k: [] for k in cases}

@@ -67,6 +67,16 @@ class BatchBuilder:
         self.values.append(value)
         self.nbytes += len(value)
 
+    def add_records(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+        """One partition's polled records (kafka-python `ConsumerRecord`s), column by column."""
+        values = [b"" if r.value is None else r.value for r in records]
+        self.topics.extend([topic] * len(values))
+        self.partitions.extend([partition] * len(values))
+        self.offsets.extend([r.offset for r in records])
+        self.keys.extend([r.key for r in records])
+        self.values.extend(values)
+        self.nbytes += sum(map(len, values))
+
     def __len__(self) -> int:
         return len(self.values)
 

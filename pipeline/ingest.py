@@ -354,12 +354,10 @@ class KafkaIngester:
                     polled = {}  # read from positions that the rewind just moved
                     seen, self.unseen = max(0, seen - self.unseen), 0
                 now = time.monotonic()
-                add = self.pending.add
-                for tp_records in polled.values():
+                for tp, tp_records in polled.items():
                     if tp_records and not self.pending:
                         self.pending_since = now
-                    for m in tp_records:
-                        add(m.topic, m.partition, m.offset, m.key, m.value or b"")
+                    self.pending.add_records(tp.topic, tp.partition, tp_records)
                     seen += len(tp_records)
                 if polled:
                     last_data = now

@@ -110,3 +110,26 @@ def test_peak_rss_is_the_processs_own_not_its_parents() -> None:
     assert peak_rss_mb() >= 300 > own
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 >= 300
     del ballast
+
+
+def test_polled_records_land_in_columns_like_single_adds() -> None:
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    recs = [
+        ConsumerRecord("t", 2, -1, 10 + i, 0, 0, b"k%d" % i, v, [], None, 2, len(v or b""), -1)
+        for i, v in enumerate([b"{}", None, b'{"a":1}'])
+    ]
+    bulk = BatchBuilder()
+    bulk.add_records("t", 2, recs)
+    one = BatchBuilder()
+    for r in recs:
+        one.add("t", 2, r.offset, r.key, r.value or b"")
+    assert (bulk.topics, bulk.partitions, bulk.offsets, bulk.keys, bulk.values, bulk.nbytes) == (
+        one.topics,
+        one.partitions,
+        one.offsets,
+        one.keys,
+        one.values,
+        one.nbytes,
+    )
+    assert bulk.values[1] == b"" and bulk.offsets == [10, 11, 12] and bulk.nbytes == 9
