@@ -32,11 +32,12 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gpuledger.config import JOB_NAMES, Config
@@ -184,7 +185,8 @@ class JobRunner:
         from warehouse.rollups import Rollups
 
         st = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio).update()
-        return {"dates": st.dates, "rebuilt": st.rebuilt, "slice_rows": st.slice_rows}
+        compacted = compact_job_log(self.lake, before=now.date())
+        return {"dates": st.dates, "rebuilt": st.rebuilt, "slice_rows": st.slice_rows, "log_days": compacted}
 
     def alerts(self, now: datetime) -> dict[str, Any]:
         ev = self.engine.evaluate(now)
@@ -316,6 +318,44 @@ class JobRunner:
 
 def job_log_glob(lake: str | Path) -> str:
     return str(Path(lake) / JOBS / "date=*" / "*.parquet")
+
+
+def job_log_sql(lake: str | Path) -> str:
+    """The job log as a query: one row per run.
+
+    A compaction stopped between writing a day's file and removing that day's run files leaves
+    a run in both for a moment (the next compaction cleans up); counting by `run_id` keeps it once.
+    """
+    from warehouse.sql import lit
+
+    return f"""SELECT * FROM read_parquet({lit(job_log_glob(lake))})
+               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY run_id) = 1"""
+
+
+def compact_job_log(lake: Lake, before: date) -> int:
+    """Merge each finished day's one-file-per-run log into `log.parquet`; returns the days merged.
+
+    Every run writes its own small file (durable the moment the run ends), ~1,500 a day with the
+    default schedule. A day before `before` is over: its files become one, written atomically
+    before the run files are removed, so a crash loses nothing (see `job_log_sql`).
+    """
+    root = lake.root / JOBS
+    merged = 0
+    for day_dir in sorted(root.glob("date=*")) if root.exists() else []:
+        day = date.fromisoformat(day_dir.name.removeprefix("date="))
+        parts = sorted(day_dir.glob("part-*.parquet"))
+        if day >= before or not parts:
+            continue
+        target = day_dir / "log.parquet"
+        tables = [pq.read_table(f, schema=JOB_LOG_SCHEMA) for f in [*parts, target] if f.exists()]
+        rows = pa.concat_tables(tables).sort_by("run_id")
+        ids = rows["run_id"].to_pylist()
+        first = [i for i, r in enumerate(ids) if i == 0 or r != ids[i - 1]]
+        lake.write_file(rows.take(first), target)
+        for f in parts:
+            f.unlink()
+        merged += 1
+    return merged
 
 
 # -- scheduling -------------------------------------------------------------------------------

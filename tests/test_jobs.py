@@ -17,7 +17,15 @@ import scenario
 
 from gpuledger.cli import main
 from gpuledger.config import Config
-from pipeline.jobs import JobRunner, build_scheduler, job_log_glob, previous_month, run_jobs
+from pipeline.jobs import (
+    JobRunner,
+    build_scheduler,
+    compact_job_log,
+    job_log_glob,
+    job_log_sql,
+    previous_month,
+    run_jobs,
+)
 from warehouse.lake import Lake
 
 
@@ -45,7 +53,7 @@ def at(text: str) -> datetime:
 
 def log_rows(lake: Path) -> list[tuple]:
     return duckdb.sql(
-        f"SELECT job, result, error IS NULL, detail FROM read_parquet('{job_log_glob(lake)}') ORDER BY run_id"
+        f"SELECT job, result, error IS NULL, detail FROM ({job_log_sql(lake)}) ORDER BY run_id"
     ).fetchall()
 
 
@@ -215,3 +223,30 @@ def test_cli_jobs_once(
         "gpuledger jobs: --only 'rollups,bogus': unknown job(s) ['bogus']: expected among rollups, alerts, "
         "accrual, close"
     )
+
+
+def test_finished_days_of_the_job_log_become_one_file(lake: Path) -> None:
+    clock = {"now": at("2026-10-16 00:30:00")}
+    runner = JobRunner(_cfg(lake), clock=lambda: clock["now"])
+    for job in ("rollups", "alerts", "rollups", "alerts", "accrual"):
+        runner.run(job)
+    day = lake / "jobs" / "date=2026-10-16"
+    assert len(list(day.glob("part-*.parquet"))) == 5
+    before = log_rows(lake)
+    clock["now"] = at("2026-10-17 00:05:00")
+    r = runner.run("rollups")  # the first run of a new day merges the finished one
+    assert r.detail["log_days"] == 1
+    assert sorted(p.name for p in day.iterdir()) == ["log.parquet"]
+    assert log_rows(lake)[:5] == before and len(log_rows(lake)) == 6
+    assert len(list((lake / "jobs" / "date=2026-10-17").glob("part-*.parquet"))) == 1  # today stays open
+
+    # A compaction that stopped before removing the run files: each run still counts once, and
+    # the next compaction finishes the job.
+    merged = pq.read_table(day / "log.parquet")
+    pq.write_table(merged.slice(0, 2), day / "part-00000000000000000001.parquet")
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{job_log_glob(lake)}')").fetchall()[0][0] == 8
+    assert log_rows(lake)[:5] == before and len(log_rows(lake)) == 6
+    assert compact_job_log(Lake(lake), before=at("2026-10-17 00:00:00").date()) == 1
+    assert sorted(p.name for p in day.iterdir()) == ["log.parquet"]
+    assert pq.read_table(day / "log.parquet").equals(merged)
+    assert compact_job_log(Lake(lake), before=at("2026-10-17 00:00:00").date()) == 0  # nothing left to do
