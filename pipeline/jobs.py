@@ -184,7 +184,9 @@ class JobRunner:
     def rollups(self, now: datetime) -> dict[str, Any]:
         from warehouse.rollups import Rollups
 
-        st = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio).update()
+        rollups = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio)
+        st = rollups.update()
+        rollups.mark_kept("gpuledger jobs", now)
         compacted = compact_job_log(self.lake, before=now.date())
         return {"dates": st.dates, "rebuilt": st.rebuilt, "slice_rows": st.slice_rows, "log_days": compacted}
 

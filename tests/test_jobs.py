@@ -6,7 +6,7 @@ import fcntl
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +250,32 @@ def test_finished_days_of_the_job_log_become_one_file(lake: Path) -> None:
     assert sorted(p.name for p in day.iterdir()) == ["log.parquet"]
     assert pq.read_table(day / "log.parquet").equals(merged)
     assert compact_job_log(Lake(lake), before=at("2026-10-17 00:00:00").date()) == 0  # nothing left to do
+
+
+def test_dashboard_leaves_rollups_to_the_jobs_runner_that_keeps_them(lake: Path) -> None:
+    from gpuledger.cli import keep_rollups_current
+    from warehouse.accounting import Accounting
+    from warehouse.rollups import Rollups
+
+    now = at("2026-10-16 00:30:00")
+    acct = Accounting(Lake(lake))
+    try:
+        assert Rollups(Lake(lake)).kept_within(600, now) is None
+        assert keep_rollups_current(acct, 600, now) is True  # nobody keeps them: the dashboard builds
+        state = sorted((lake / "rollups" / "_state").glob("date=*.json"))
+        assert state and all(Rollups(Lake(lake)).is_current(p.stem[5:]) for p in state)
+
+        runner = JobRunner(_cfg(lake), clock=lambda: now)
+        assert runner.run("rollups").result == "success"
+        assert Rollups(Lake(lake)).kept_within(600, now) == "gpuledger jobs"
+        # new samples arrive: the jobs runner will build them; the dashboard only re-reads
+        scenario.write(Lake(lake), scenario.messages()[:3])
+        stale = [d for d in Rollups(Lake(lake)).sample_dates() if not Rollups(Lake(lake)).is_current(d)]
+        assert stale
+        assert keep_rollups_current(acct, 600, now + timedelta(minutes=5)) is False
+        assert [d for d in stale if Rollups(Lake(lake)).is_current(d)] == []
+        # the keeper went quiet for longer than the window: the dashboard builds again
+        assert keep_rollups_current(acct, 600, now + timedelta(minutes=11)) is True
+        assert all(Rollups(Lake(lake)).is_current(d) for d in stale)
+    finally:
+        acct.close()

@@ -28,6 +28,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -132,6 +133,27 @@ class Rollups:
         if not p.exists():
             return False
         return json.loads(p.read_text()).get("signature") == self._signature(date)
+
+    # -- who keeps them current ---------------------------------------------------------------
+
+    def mark_kept(self, by: str, now: datetime) -> None:
+        """Say that a scheduler (`gpuledger jobs`) keeps the rollups current, as of `now`.
+
+        Other readers (the dashboard) then only re-read the rollups instead of building them too.
+        """
+        body = json.dumps({"by": by, "at": now.astimezone(UTC).isoformat()}).encode()
+        write_bytes_atomic(self.root / STATE / "keeper.json", body)
+
+    def kept_within(self, seconds: float, now: datetime) -> str | None:
+        """Who marked the rollups kept within the last `seconds`, or None."""
+        p = self.root / STATE / "keeper.json"
+        try:
+            doc = json.loads(p.read_text())
+            at = datetime.fromisoformat(doc["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        age = (now - at).total_seconds()
+        return str(doc.get("by", "?")) if 0 <= age <= seconds else None
 
     # -- building -----------------------------------------------------------------------------
 
