@@ -1,10 +1,11 @@
 """Server time per dashboard page callback on a big lake's rollups, beside bare DuckDB baselines.
 
     python bench/dashboard_bench.py [--gpus 1000] [--slices 4000] [--days 30] [--interval 60]
-                                    [--lake /tmp/gpuledger-dash-bench] [--repeat 20]
+                                    [--lake /tmp/gpuledger-dash-bench] [--repeat 20] [--no-saved-idle]
 
 Generates the lake once (bench/lakegen.py, reused while the parameters match) and brings its
-rollups up to date (Accounting.update(); only changed dates are rebuilt). Then, in this process,
+rollups up to date (Accounting.update(); only changed dates are rebuilt) and, as `gpuledger
+jobs` does after each rollup update, stitches and saves the idle periods. Then, in this process,
 the app is served on a loopback port and every page's data callback is POSTed the way the
 browser's renderer does, as an admin (whole fleet) and as a tenant-viewer (one tenant): the first
 call (cold: month caches filled) and `--repeat` more (p50 / p95 / max). Baselines in the same run:
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=60.0)
     ap.add_argument("--lake", default="/tmp/gpuledger-dash-bench")
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-saved-idle", dest="saved_idle", action="store_false")
     args = ap.parse_args()
 
     import duckdb
@@ -80,7 +82,22 @@ def main() -> None:
     book = [{"model": m[0], "gpu_hour": p, "from": "2026-01-01"} for m, p in zip(MODELS, PRICES, strict=True)]
     users = lake / "bench-users.toml"
     write_users(users, "bench", {"admin": None, "viewer": ["tenant-3"]})
-    app = create_app(app_config(lake, users, rules, book))
+    cfg = app_config(lake, users, rules, book)
+    # What `gpuledger jobs` does after each rollup update: stitch the idle periods once and save
+    # them beside the rollups (`--no-saved-idle`: the dashboard stitches them on its first request).
+    stitch_s = 0.0
+    if args.saved_idle:
+        from warehouse.close import CloseSettings
+
+        t = time.perf_counter()
+        keeper = CloseSettings.from_config(cfg).accounting(lake)
+        for old in (lake / "rollups" / "_derived").glob("idle-*.parquet"):
+            old.unlink()  # stitched for this run, not left over from another
+        keeper.save_idle()
+        keeper.close()
+        stitch_s = time.perf_counter() - t
+        print(f"idle periods stitched and saved (jobs runner) in {stitch_s:.1f} s", flush=True)
+    app = create_app(cfg)
     results: list[tuple[str, str, float, float, float, float]] = []
     with serve(app) as port:
         for user in ("admin", "viewer"):

@@ -290,6 +290,7 @@ def keep_rollups_current(acct: Any, fresh_s: float, now: datetime | None = None)
 
     if Rollups(acct.lake).kept_within(fresh_s, now or datetime.now(UTC)) is None:
         acct.update()
+        acct.save_idle()  # stitched here, off the request path; the page connections load it
         return True
     acct.refresh()
     return False

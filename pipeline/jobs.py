@@ -186,9 +186,20 @@ class JobRunner:
 
         rollups = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio)
         st = rollups.update()
+        acct = self.settings.accounting(self.lake)
+        try:
+            idle = acct.save_idle()  # stitched here once, read by every dashboard process
+        finally:
+            acct.close()
         rollups.mark_kept("gpuledger jobs", now)
         compacted = compact_job_log(self.lake, before=now.date())
-        return {"dates": st.dates, "rebuilt": st.rebuilt, "slice_rows": st.slice_rows, "log_days": compacted}
+        return {
+            "dates": st.dates,
+            "rebuilt": st.rebuilt,
+            "slice_rows": st.slice_rows,
+            "idle_periods": idle.name,
+            "log_days": compacted,
+        }
 
     def alerts(self, now: datetime) -> dict[str, Any]:
         ev = self.engine.evaluate(now)

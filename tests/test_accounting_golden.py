@@ -362,3 +362,41 @@ def _line():
         "reserved",
         "platform",
     )
+
+
+def test_saved_idle_periods_read_the_same_and_follow_their_inputs(tmp_path: Path, lake_root: Path) -> None:
+    root = tmp_path / "lake"
+    shutil.copytree(lake_root, root)
+    a = Accounting(root, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
+    a.update()
+    computed = (a.idle_periods(), a.measures(by=["tenant"], grain="day"))
+    assert a.idle_source == "computed"
+    path = a.save_idle()
+    assert path.exists() and path.parent.name == "_derived"
+    a.close()
+
+    b = Accounting(root, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
+    assert (b.idle_periods(), b.measures(by=["tenant"], grain="day")) == computed
+    assert b.idle_source == "saved" and b.idle_path() == path
+    b.close()
+
+    # other tenant rules or idle settings: not the saved periods
+    c = Accounting(root, price_book=PriceBook(scenario.BOOK))
+    d = Accounting(
+        root, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK), idle_min_minutes=61
+    )
+    assert c.idle_path() != path and d.idle_path() != path
+    assert d.idle_periods() == [] and d.idle_source == "computed"
+    c.close()
+    d.close()
+
+    # new samples change the idle-run rollups: a new key, computed again; older files pruned
+    late = Accounting(root, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
+    scenario.write(Lake(root), scenario.messages(late=True))
+    assert late.update().rebuilt > 0
+    assert late.idle_path() != path
+    late.idle_periods()
+    assert late.idle_source == "computed"
+    newer = late.save_idle(keep=1)
+    assert sorted(p.name for p in (root / "rollups" / "_derived").iterdir()) == [newer.name]
+    late.close()

@@ -8,9 +8,13 @@ brought up to date first (`update()`), which only recomputes dates whose files c
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -18,11 +22,13 @@ import pyarrow as pa
 
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
-from warehouse.rollups import TABLES, Rollups, RollupStats
+from warehouse.rollups import ROLLUP_VERSION, TABLES, Rollups, RollupStats
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet
 from warehouse.sql import ts_lit as _ts
 from warehouse.views import _dicts, tenant_sql
+
+DERIVED = "_derived"  # under rollups/: tables computed from the rollups, keyed by their inputs
 
 # Qualifying idle periods per slice and hour: the one table every idle measure reads.
 IDLE_SQL = """
@@ -69,6 +75,7 @@ class Accounting:
         if memory_limit:
             self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
         self._files: dict[str, list[str]] = {}
+        self.idle_source = ""  # where the idle periods came from: computed, saved or shared
         if price_book is not None:
             self.con.execute(
                 "CREATE TABLE prices (model VARCHAR, valid_from DATE, valid_to DATE, gpu_hour DECIMAL(18, 6))"
@@ -140,6 +147,7 @@ class Accounting:
         self.con.register("_shared_idle", table)
         self._drop_idle()
         self.con.execute("CREATE TEMP VIEW idle_period_hours AS SELECT * FROM _shared_idle")
+        self.idle_source = "shared"
         self._idle_ready = True
 
     def _drop_idle(self) -> None:
@@ -153,8 +161,59 @@ class Accounting:
         if self._idle_ready:
             return
         self._drop_idle()
-        self.con.execute(f"CREATE TEMP TABLE idle_period_hours AS {IDLE_SQL}")
+        self.idle_source = "computed"
+        saved = self.idle_path()
+        if saved.exists():
+            try:
+                self.con.execute(
+                    f"CREATE TEMP TABLE idle_period_hours AS SELECT * FROM read_parquet({_lit(saved)})"
+                )
+                self.idle_source = "saved"
+            except duckdb.Error:  # pruned by its writer between the check and the read: compute
+                self._drop_idle()
+        if self.idle_source == "computed":
+            self.con.execute(f"CREATE TEMP TABLE idle_period_hours AS {IDLE_SQL}")
         self._idle_ready = True
+
+    # -- idle periods kept beside the rollups ----------------------------------------------------
+
+    def idle_key(self) -> str:
+        """What the idle periods depend on: the idle-run rollup files as they are on disk, the
+        tenant rules, the idle settings and the rollup version."""
+        self.refresh()
+        h = hashlib.sha256()
+        h.update(
+            json.dumps(
+                [ROLLUP_VERSION, self.tenant, WORKLOAD_SQL, self.idle_min_s, self.rollups.idle_util_ratio]
+            ).encode()
+        )
+        for f in self._files.get("idle_runs", []):
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()
+
+    def idle_path(self) -> Path:
+        return self.rollups.root / DERIVED / f"idle-{self.idle_key()[:32]}.parquet"
+
+    def save_idle(self, keep: int = 3) -> Path:
+        """Stitch the idle periods once for every process over these rollups (the jobs runner
+        does it after each rollup update), so no dashboard request waits for the stitching.
+
+        Written atomically under a name keyed by `idle_key`; the oldest beyond `keep` are removed
+        (a reader that loses the race computes the periods itself).
+        """
+        path = self.idle_path()
+        if not path.exists():
+            self.lake.write_file(self.idle_table(), path)
+        older = sorted(
+            (p for p in path.parent.glob("idle-*.parquet") if p != path), key=lambda p: p.stat().st_mtime_ns
+        )
+        for p in older[: max(0, len(older) - (keep - 1))]:
+            p.unlink(missing_ok=True)
+        return path
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         self.refresh()
