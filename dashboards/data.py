@@ -560,10 +560,11 @@ class DashboardData:
         with self.acct() as acct:
             if allowed is None:
                 rows = acct.sql(f"""
-                    SELECT cluster, node, gpu_uuid, any_value(model) AS model,
+                    SELECT cluster, node, gpu_uuid, any_value(model) AS model, min(gpu_index) AS gpu_index,
                            sum(used_s) / nullif(sum(capacity_s), 0) AS util,
                            sum(reserved_s) / nullif(sum(capacity_s), 0) AS alloc
-                    FROM gpu_hourly WHERE {tcond} GROUP BY ALL ORDER BY cluster, node, gpu_uuid""").fetchall()
+                    FROM gpu_hourly WHERE {tcond} GROUP BY ALL
+                    ORDER BY cluster, node, gpu_index, gpu_uuid""").fetchall()
             else:
                 rows = acct.sql(f"""
                     WITH s AS (
@@ -572,16 +573,19 @@ class DashboardData:
                     -- an hour can sit in two date partitions: one row per GPU-hour on each side
                     g AS (
                         SELECT gpu_uuid, hour, any_value(cluster) AS cluster, any_value(node) AS node,
-                               any_value(model) AS model, sum(capacity_s) AS capacity_s FROM gpu_hourly
+                               any_value(model) AS model, min(gpu_index) AS gpu_index,
+                               sum(capacity_s) AS capacity_s FROM gpu_hourly
                         WHERE {tcond} GROUP BY gpu_uuid, hour)
                     SELECT g.cluster, g.node, g.gpu_uuid, any_value(g.model) AS model,
+                           min(g.gpu_index) AS gpu_index,
                            sum(s.u) / nullif(sum(g.capacity_s), 0) AS util,
                            sum(s.r) / nullif(sum(g.capacity_s), 0) AS alloc
                     FROM s JOIN g USING (gpu_uuid, hour)
-                    GROUP BY ALL ORDER BY g.cluster, g.node, g.gpu_uuid""").fetchall()
+                    GROUP BY g.cluster, g.node, g.gpu_uuid
+                    ORDER BY g.cluster, g.node, gpu_index, g.gpu_uuid""").fetchall()
         cells = [
-            {"cluster": c, "node": n, "gpu": g, "model": m, "util": _f(u), "alloc": _f(a)}
-            for c, n, g, m, u, a in rows
+            {"cluster": c, "node": n, "gpu": g, "model": m, "index": i, "util": _f(u), "alloc": _f(a)}
+            for c, n, g, m, i, u, a in rows
         ]
         return {"start": start, "end": end, "cells": cells}
 

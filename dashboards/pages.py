@@ -478,7 +478,7 @@ def chargeback(c: dict[str, Any], tenants: list[str], admin: bool) -> list[Any]:
 
 
 def heatmap(h: dict[str, Any]) -> dict[str, Any]:
-    """Node x GPU (position within the node, by UUID) heatmap of utilization, UUID in customdata."""
+    """Node x GPU heatmap of utilization, GPUs in NVML index order within a node, UUID in customdata."""
     nodes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in h["cells"]:
         nodes[f"{c['cluster']}/{c['node']}"].append(c)
@@ -486,13 +486,16 @@ def heatmap(h: dict[str, Any]) -> dict[str, Any]:
     width = max((len(v) for v in nodes.values()), default=0)
     z, text, custom = [], [], []
     for n in names:
-        cells = sorted(nodes[n], key=lambda c: c["gpu"])
+        cells = sorted(nodes[n], key=lambda c: (c.get("index") is None, c.get("index") or 0, c["gpu"]))
         z.append(
             [None if c["util"] is None else round(100 * c["util"], 2) for c in cells]
             + [None] * (width - len(cells))
         )
         text.append(
-            [f"{c['gpu']}<br>{c['model']}<br>allocated {pct(c['alloc'])}" for c in cells]
+            [
+                f"GPU {c.get('index', '?')}: {c['gpu']}<br>{c['model']}<br>allocated {pct(c['alloc'])}"
+                for c in cells
+            ]
             + [""] * (width - len(cells))
         )
         custom.append([c["gpu"] for c in cells] + [None] * (width - len(cells)))

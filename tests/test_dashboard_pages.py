@@ -333,3 +333,46 @@ def test_shared_idle_periods_answer_like_a_fresh_connection(tmp_path: Path) -> N
     finally:
         own.close()
         shared.close()
+
+
+def test_heatmap_orders_gpus_by_their_index_within_a_node() -> None:
+    from dashboards.pages import heatmap
+
+    def cell(node: str, gpu: str, index: int | None, util: float) -> dict[str, Any]:
+        return {
+            "cluster": "c",
+            "node": node,
+            "gpu": gpu,
+            "model": "H100",
+            "index": index,
+            "util": util,
+            "alloc": 1,
+        }
+
+    fig = heatmap(
+        {
+            "cells": [
+                cell("n1", "GPU-ff", 0, 0.1),
+                cell("n1", "GPU-00", 2, 0.3),
+                cell("n1", "GPU-77", 1, 0.2),
+                cell("n2", "GPU-zz", None, 0.9),  # index unknown: after the known ones
+                cell("n2", "GPU-aa", 3, 0.4),
+            ]
+        }
+    )["data"][0]
+    assert fig["y"] == ["c/n1", "c/n2"]
+    assert fig["customdata"] == [["GPU-ff", "GPU-77", "GPU-00"], ["GPU-aa", "GPU-zz", None]]
+    assert fig["z"] == [[10.0, 20.0, 30.0], [40.0, 90.0, None]]
+    assert fig["text"][0][1].startswith("GPU 1: GPU-77")
+
+
+def test_gpu_rollups_keep_the_nvml_index(golden: tuple[int, Any]) -> None:
+    _, cfg = golden
+    from warehouse.accounting import Accounting
+
+    a = Accounting(cfg.lake.path)
+    try:
+        got = dict(a.sql("SELECT DISTINCT gpu_uuid, gpu_index FROM gpu_hourly").fetchall())
+    finally:
+        a.close()
+    assert got == {scenario.A0: 0, scenario.A1: 1, scenario.B0: 0, scenario.B1: 1}

@@ -15,7 +15,8 @@ byte-identical from run to run.
 Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
 
 - ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds.
-- ``gpu_hourly``: per GPU and hour: capacity, reserved, used, unallocated seconds, energy.
+- ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
+  energy.
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries; the
   close and the idle views stitch them across hours and dates into idle periods.
 - ``node_ticks``: per node: first and last tick of the date and the unobserved GPU-seconds of the
@@ -42,7 +43,7 @@ from warehouse.sql import read_parquet as _read
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 4  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 5  # bump when the SQL below changes meaning: every date is rebuilt
 
 # DESIGN §6 share per slice kind; HAMi's core 0 means no core reservation (compute term 0).
 SHARE_SQL = """
@@ -338,6 +339,7 @@ class Rollups:
         gpu_hourly = con.sql(f"""
             WITH gs AS (
                 SELECT to_timestamp(({HOUR_NO_SQL}) * 3600) AS hour, cluster, node, uuid AS gpu_uuid, model,
+                       min("index")::INTEGER AS gpu_index,
                        count(*)::INTEGER AS ticks,
                        sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
                        sum(energy_j) AS energy_j,
