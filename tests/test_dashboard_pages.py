@@ -376,3 +376,24 @@ def test_gpu_rollups_keep_the_nvml_index(golden: tuple[int, Any]) -> None:
     finally:
         a.close()
     assert got == {scenario.A0: 0, scenario.A1: 1, scenario.B0: 0, scenario.B1: 1}
+
+
+def test_pdf_download_is_the_report_the_cli_writes(golden: tuple[int, Any], tmp_path: Path) -> None:
+    from warehouse.close import CloseSettings
+    from warehouse.monthly import build_reports
+    from warehouse.reports import render_pdf
+
+    port, cfg = golden
+    settings = CloseSettings.from_config(cfg)
+    for user, path, tenant in (
+        ("root", "/download/2026-10.pdf", None),
+        ("vis", "/download/2026-10.pdf", "vision"),
+    ):
+        c, _ = signed_in(port, user)
+        status, _, body = c.get(path)
+        assert status == 200 and body.startswith(b"%PDF")
+        report = build_reports(cfg.lake.path, "2026-10", settings, tenant=tenant, fleet=tenant is None)[0]
+        assert report.tenant == tenant
+        out = tmp_path / f"{user}.pdf"
+        render_pdf(report, out)
+        assert body == out.read_bytes(), user

@@ -50,13 +50,25 @@ def month_lines(
 
 
 def build_reports(
-    lake: str | Path, month: str, settings: CloseSettings, tenant: str | None = None, fleet: bool = True
+    lake: str | Path,
+    month: str,
+    settings: CloseSettings,
+    tenant: str | None = None,
+    fleet: bool = True,
+    acct: Accounting | None = None,
 ) -> list[MonthReport]:
-    """The fleet report (unless `tenant` is given) and one report per tenant (or only `tenant`)."""
+    """The fleet report (unless `tenant` is given) and one report per tenant (or only `tenant`).
+
+    With `acct` (a caller's connection over rollups it keeps current, e.g. the dashboard's) the
+    rollups are read as they are; without, the month's rollups are brought up to date first.
+    """
     m0, m1 = month_bounds(month)
-    acct = settings.accounting(lake)
+    own = acct is None
+    if acct is None:
+        acct = settings.accounting(lake)
     try:
-        acct.update(month_dates(month))
+        if own:
+            acct.update(month_dates(month))
         lines, sha, _ = month_lines(lake, month, settings, acct)
         tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
         if tenant is not None:
@@ -67,7 +79,8 @@ def build_reports(
             out.append(_report(acct, month, m0, m1, scope, lines, sha, settings))
         return out
     finally:
-        acct.close()
+        if own:
+            acct.close()
 
 
 def _report(
