@@ -57,6 +57,7 @@ class Trace:
     _busy_cum: list[array] = field(repr=False)
     _mem: list[array] = field(repr=False)
     _coverage: list[float] = field(repr=False)
+    _life: list[tuple[int, int]] = field(repr=False, default_factory=list)  # first, last step
 
     @property
     def period_s(self) -> int:
@@ -99,6 +100,11 @@ class Trace:
     def coverage(self, pod_index: int) -> float:
         """Fraction of grid steps where the pod has a real sample in both files (0..1)."""
         return self._coverage[pod_index]
+
+    def lifetime_s(self, pod_index: int) -> tuple[float, float]:
+        """Seconds from the trace start of the pod's first sample and the end of its last one."""
+        first, last = self._life[pod_index]
+        return first * self.step_s, (last + 1) * self.step_s
 
     def full_pods(self, min_coverage: float = 0.95) -> list[int]:
         """Positions of the pods that run (almost) the whole trace, in ``pods`` order."""
@@ -177,6 +183,15 @@ def load_gentd26_from(directory: Path) -> Trace:
         cum[n_steps] = acc
         busy_cum.append(cum)
     coverage = [min(dc, mc) / n_steps for dc, mc in zip(d_counts, m_counts, strict=True)]
+    first, last = [n_steps] * len(pod_names), [-1] * len(pod_names)
+    for pods_, idx in ((d_pods, d_idx), (m_pods, m_idx)):
+        for p, i in zip(pods_, idx, strict=True):
+            k = pos[p]
+            if i < first[k]:
+                first[k] = i
+            if i > last[k]:
+                last[k] = i
+    life = list(zip(first, last, strict=True))
     zeros = sum(1 for v in d_vals if v == 0.0)
     return Trace(
         pods=pod_names,
@@ -193,6 +208,7 @@ def load_gentd26_from(directory: Path) -> Trace:
         _busy_cum=busy_cum,
         _mem=mem,
         _coverage=coverage,
+        _life=life,
     )
 
 

@@ -26,12 +26,6 @@ from warehouse.errors import MONEY_ERRORS
 
 DEMO_MARKER = ".gpuledger-demo"
 SUMMARY_WIDTH = 20  # the demo summary's key column
-EXIT_NOT_BUILT = 2
-
-
-def _not_built(what: str) -> int:
-    print(f"gpuledger {what}: not built yet", file=sys.stderr)
-    return EXIT_NOT_BUILT
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -362,8 +356,11 @@ class _Exported:
 def cmd_collect(args: argparse.Namespace) -> int:
     cfg = _load(args)
     backend = args.backend or cfg.collector.backend
-    if backend == "replay":
-        return _not_built(f"collect --backend {backend}")
+    if backend == "replay" and not args.trace:
+        print(
+            "gpuledger collect --backend replay: give the trace directory (GenTD26 layout)", file=sys.stderr
+        )
+        return 2
     from collector.agent import run_collector
     from collector.exporter import AgentExporter
     from collector.spool import SpoolingTransport
@@ -384,6 +381,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
             print(f"gpuledger collect: {exc}", file=sys.stderr)
             return 1
         what = f"node {cfg.collector.node}"
+    elif backend == "replay":
+        from collector.replay import TraceReplay
+
+        start = datetime.now(UTC).replace(microsecond=0)
+        try:
+            source = TraceReplay(args.trace, start=start, interval_s=interval)
+        except ValueError as exc:
+            raise ConfigError(f"gpuledger collect: {exc}") from exc
+        n_ticks = min(n_ticks or source.ticks_total, source.ticks_total)
+        if args.fast:  # the replayed span ends now
+            source.start = start - timedelta(seconds=n_ticks * interval)
+        what = f"{len(source.nodes)} replay nodes ({len(source.trace.pods)} pods of {args.trace})"
     else:
         from collector.fleet import SimulatedFleet
 
@@ -567,10 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("collect", help="node agent")
     c.add_argument("--backend", choices=("nvml", "simulate", "replay"))
+    c.add_argument("trace", nargs="?", help="replay: a trace directory in the GenTD26 layout (DESIGN §10)")
     c.add_argument("--kafka", metavar="HOST:PORT")
     c.add_argument("--metrics-port", type=int, help="Prometheus exporter port (0: any free port)")
-    c.add_argument("--until", help="stop after this much fleet time (simulate)")
-    c.add_argument("--fast", action="store_true", help="simulate as fast as possible instead of in real time")
+    c.add_argument("--until", help="stop after this much fleet time (simulate, replay)")
+    c.add_argument(
+        "--fast", action="store_true", help="simulate or replay as fast as possible, not in real time"
+    )
     c.set_defaults(func=cmd_collect)
 
     i = sub.add_parser("ingest", help="Kafka consumer group -> Parquet lake")

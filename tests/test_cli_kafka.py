@@ -1,7 +1,7 @@
 """`gpuledger collect`, `ingest` and `demo --kafka` run as a user runs them, against the real broker.
 
-The `collect --backend nvml|replay` checks need no broker (the backend is refused, or fails to
-find NVML, before any Kafka client exists); they sit here beside the simulate backend.
+The `collect --backend nvml` and replay-without-a-trace checks need no broker (they fail before
+any Kafka client exists); they sit here beside the simulate and replay runs.
 """
 
 from __future__ import annotations
@@ -30,11 +30,48 @@ def group() -> str:
     return f"g-{uuid.uuid4().hex[:8]}"
 
 
-def test_collect_replay_backend_is_not_built_yet(tmp_path: Path) -> None:
+def test_collect_replay_needs_its_trace(tmp_path: Path) -> None:
     r = gpuledger(tmp_path, "collect", "--backend", "replay", "--kafka", UNREACHABLE, timeout=60)
     assert r.rc == 2
     assert r.out == ""
-    assert r.err == "gpuledger collect --backend replay: not built yet\n"
+    assert r.err == "gpuledger collect --backend replay: give the trace directory (GenTD26 layout)\n"
+
+
+def test_collect_replay_of_a_trace_lands_every_tick_once(
+    kafka_bootstrap: str, make_topic, tmp_path: Path
+) -> None:
+    from test_replay import GIB, write_trace
+
+    # two pods, 10 steps of 57 s: at the default 10 s interval, 57 ticks of one node
+    trace = write_trace(
+        tmp_path / "trace",
+        [(s, p, float(10 * s + (5 if p == "y" else 0))) for s in range(10) for p in ("x", "y")],
+        [(s, p, GIB) for s in range(10) for p in ("x", "y")],
+    )
+    topic = make_topic("replay", partitions=2)
+    lake = tmp_path / "lake"
+    env = env_for(UNREACHABLE, topic, lake, group())
+    c = gpuledger(
+        tmp_path, "collect", "--backend", "replay", str(trace), "--fast", "--kafka", kafka_bootstrap, env=env
+    )
+    assert c.rc == 0, c.err[-2000:]
+    assert c.err.strip().splitlines()[-1] == (
+        f"collect: sent 57 ticks from 1 replay nodes (2 pods of {trace}); spooled 0, replayed 0, dropped 0"
+    )
+    env["GPULEDGER_KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    i = gpuledger(tmp_path, "ingest", "--idle-exit", "5", env=env)
+    assert i.rc == 0, i.err[-2000:]
+    ids, rows, raw = lake_ids(lake)
+    assert len(ids) == rows == raw == 57
+    wh = Warehouse(lake)
+    try:
+        got = wh.sql(
+            "SELECT labels['trace-pod'], count(*), round(avg(util_pct), 4) FROM slice_sample GROUP BY ALL"
+        ).fetchall()
+    finally:
+        wh.close()
+    # busy 10 s % per 57 s step: the mean over the 570 s replayed is 45 % for x, 50 % for y
+    assert sorted(got) == [("x", 57, 45.0), ("y", 57, 50.0)]
 
 
 def test_collect_nvml_without_a_gpu_fails_in_one_clear_line(tmp_path: Path) -> None:
