@@ -226,8 +226,13 @@ class KafkaIngester:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        self.consumer.partitions_for_topic(self.cfg.kafka.topic)
+        # Subscribe, then fetch the topic's metadata, both before the first poll joins: the
+        # coordinator builds its snapshot of the subscribed topics' partitions from metadata that
+        # arrives after `subscribe`. Fetched before, the snapshot stayed empty until a later
+        # update, which then differed from the first assignment's and forced a second rebalance
+        # right after the join (the first batch redone).
         self.consumer.subscribe([self.cfg.kafka.topic], listener=self._listener)
+        self.consumer.partitions_for_topic(self.cfg.kafka.topic)
 
     def _publish_dlq(self, records: Batch, result: BatchResult) -> None:
         limit = self.cfg.kafka.dlq_max_payload_bytes
