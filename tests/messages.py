@@ -131,3 +131,29 @@ def whole_slice(gpu: str = G1) -> dict[str, Any]:
         "util_pct": 37.5,
         "workload": {"user": "carol"},
     }
+
+
+def mutated(doc: dict[str, Any], mutations: list[tuple[tuple, Any, bool]]) -> dict[str, Any]:
+    """A copy of `doc` with each (path, value, delete) applied where its path still exists.
+
+    Property tests draw these: a mutation may have turned a list into an object (or a value
+    into anything), so a later path that no longer fits is skipped, never forced (an int key in
+    an object would not even be JSON).
+    """
+    out = copy.deepcopy(doc)
+    for path, value, delete in mutations:
+        node: Any = out
+        try:
+            for p in path[:-1]:
+                node = node[p]
+        except (KeyError, IndexError, TypeError):
+            continue
+        key = path[-1]
+        if isinstance(node, dict) and isinstance(key, str):
+            if delete:
+                node.pop(key, None)
+            else:
+                node[key] = copy.deepcopy(value)
+        elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+            node[key] = copy.deepcopy(value)
+    return out

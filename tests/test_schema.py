@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from messages import G0, G1, valid_message, whole_slice
+from messages import G0, G1, mutated, valid_message, whole_slice
 
 from gpuledger.decode import decode_batch
 from gpuledger.schema import load_schema, reference_errors
@@ -261,18 +260,7 @@ VALUES = st.one_of(
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES, st.booleans()), min_size=1, max_size=3))
 def test_fast_path_agrees_with_reference(mutations: list[tuple[tuple, Any, bool]]) -> None:
-    doc = copy.deepcopy(BASE)
-    for path, value, delete in mutations:
-        node: Any = doc
-        try:
-            for p in path[:-1]:
-                node = node[p]
-            if delete and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = copy.deepcopy(value)
-        except (KeyError, IndexError, TypeError):
-            continue
+    doc = mutated(BASE, mutations)
     ref = reference_errors(doc) if isinstance(doc, dict) else ["not an object"]
     ok, reason = fast(doc)
     assert ok == (not ref), f"fast={ok} {reason!r} reference={ref[:2]}"
