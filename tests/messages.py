@@ -157,3 +157,15 @@ def mutated(doc: dict[str, Any], mutations: list[tuple[tuple, Any, bool]]) -> di
         elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
             node[key] = copy.deepcopy(value)
     return out
+
+
+def paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in `doc` (object keys and list positions), for mutation tests to aim at."""
+    out = [prefix] if prefix else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.extend(paths(v, (*prefix, k)))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out.extend(paths(v, (*prefix, i)))
+    return out

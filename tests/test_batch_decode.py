@@ -18,7 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from messages import G0, G1, mutated, valid_message
+from messages import G0, G1, mutated, paths, valid_message
 from test_schema import ACCEPTED, REJECTED
 
 from collector.fleet import SimulatedFleet
@@ -358,19 +358,8 @@ def test_oversized_message_falls_back() -> None:
 # -- differential: random mutations of a message inside a fleet batch -------------------------
 
 
-def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix] if prefix else []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
 DOC = valid_message()
-PATHS = _paths(DOC)
+PATHS = paths(DOC)
 VALUES = st.one_of(
     st.none(),
     st.booleans(),

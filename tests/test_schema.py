@@ -12,7 +12,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from messages import G0, G1, mutated, valid_message, whole_slice
+from messages import G0, G1, mutated, paths, valid_message, whole_slice
 
 from gpuledger.decode import decode_batch
 from gpuledger.schema import load_schema, reference_errors
@@ -229,19 +229,8 @@ def test_rows_carry_values_and_gpu_facts() -> None:
 # -- differential: random single-field mutations, fast path agrees with the reference ----------
 
 
-def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix] if prefix else []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
 BASE = valid_message()
-PATHS = _paths(BASE)
+PATHS = paths(BASE)
 VALUES = st.one_of(
     st.none(),
     st.booleans(),

@@ -42,7 +42,7 @@ struct Col {
     bits: Vec<u8>,
     offsets: Vec<i32>,
     data: Vec<u8>,
-    counts: Vec<i32>, // List: items per row
+    counts: Vec<i32>,             // List: items per row
     map: Option<Box<(Col, Col)>>, // Map: keys and values (entries); offsets index them
 }
 
@@ -239,7 +239,9 @@ impl<'a> Parser<'a> {
                         b'u' => {
                             let hi = self.hex4()?;
                             let cp = if (0xD800..0xDC00).contains(&hi) {
-                                if self.b.get(self.i) != Some(&b'\\') || self.b.get(self.i + 1) != Some(&b'u') {
+                                if self.b.get(self.i) != Some(&b'\\')
+                                    || self.b.get(self.i + 1) != Some(&b'u')
+                                {
                                     return Err(());
                                 }
                                 self.i += 2;
@@ -314,6 +316,23 @@ impl<'a> Parser<'a> {
         Ok((text, int))
     }
 
+    /// After a member or item: true at a comma (and the whitespace after it), false at `close`
+    /// (consumed), an error at anything else.
+    #[inline]
+    fn more(&mut self, close: u8) -> R<bool> {
+        self.ws();
+        let c = self.peek()?;
+        self.i += 1;
+        if c == b',' {
+            self.ws();
+            Ok(true)
+        } else if c == close {
+            Ok(false)
+        } else {
+            Err(())
+        }
+    }
+
     fn word(&mut self, w: &[u8]) -> R<()> {
         if self.b.len() - self.i >= w.len() && &self.b[self.i..self.i + w.len()] == w {
             self.i += w.len();
@@ -370,17 +389,8 @@ impl Reader {
                 p.eat(b':')?;
                 p.ws();
                 self.value(p, kind, f)?;
-                p.ws();
-                match p.peek()? {
-                    b',' => {
-                        p.i += 1;
-                        p.ws();
-                    }
-                    b'}' => {
-                        p.i += 1;
-                        break;
-                    }
-                    _ => return Err(()),
+                if !p.more(b'}')? {
+                    break;
                 }
             }
         }
@@ -457,17 +467,8 @@ impl Reader {
                         self.object(p, child)?;
                         self.kinds[child].owners.push(owner);
                         count += 1;
-                        p.ws();
-                        match p.peek()? {
-                            b',' => {
-                                p.i += 1;
-                                p.ws();
-                            }
-                            b']' => {
-                                p.i += 1;
-                                break;
-                            }
-                            _ => return Err(()),
+                        if !p.more(b']')? {
+                            break;
                         }
                     }
                 }
@@ -503,17 +504,8 @@ impl Reader {
                         let v = p.string()?;
                         entries.0.push_str(&k)?;
                         entries.1.push_str(&v)?;
-                        p.ws();
-                        match p.peek()? {
-                            b',' => {
-                                p.i += 1;
-                                p.ws();
-                            }
-                            b'}' => {
-                                p.i += 1;
-                                break;
-                            }
-                            _ => return Err(()),
+                        if !p.more(b'}')? {
+                            break;
                         }
                     }
                 }
@@ -532,7 +524,10 @@ impl Reader {
             if end < start || end > blob.len() {
                 return Err(());
             }
-            let mut p = Parser { b: &blob[start..end], i: 0 };
+            let mut p = Parser {
+                b: &blob[start..end],
+                i: 0,
+            };
             p.ws();
             self.object(&mut p, 0)?;
             p.ws();
@@ -560,9 +555,15 @@ fn col_tuple<'py>(py: Python<'py>, c: &Col) -> PyResult<Bound<'py, PyTuple>> {
         Ty::Int => (PyBytes::new(py, bytes_of(&c.ints)), None),
         Ty::Float => (PyBytes::new(py, bytes_of(&c.floats)), None),
         Ty::Bool => (PyBytes::new(py, &c.bits), None),
-        Ty::Str => (PyBytes::new(py, &c.data), Some(PyBytes::new(py, bytes_of(&c.offsets)))),
+        Ty::Str => (
+            PyBytes::new(py, &c.data),
+            Some(PyBytes::new(py, bytes_of(&c.offsets))),
+        ),
         Ty::List(_) => (PyBytes::new(py, bytes_of(&c.counts)), None),
-        Ty::Map => (PyBytes::new(py, b""), Some(PyBytes::new(py, bytes_of(&c.offsets)))),
+        Ty::Map => (
+            PyBytes::new(py, b""),
+            Some(PyBytes::new(py, bytes_of(&c.offsets))),
+        ),
         Ty::Struct(_) => (PyBytes::new(py, b""), None),
     };
     let offsets = match offsets {
@@ -570,7 +571,9 @@ fn col_tuple<'py>(py: Python<'py>, c: &Col) -> PyResult<Bound<'py, PyTuple>> {
         None => py.None().into_bound(py),
     };
     let items = match (&c.map, c.ty) {
-        (Some(m), Ty::Map) => PyTuple::new(py, [col_tuple(py, &m.0)?, col_tuple(py, &m.1)?])?.into_any(),
+        (Some(m), Ty::Map) => {
+            PyTuple::new(py, [col_tuple(py, &m.0)?, col_tuple(py, &m.1)?])?.into_any()
+        }
         _ => py.None().into_bound(py),
     };
     PyTuple::new(
@@ -603,7 +606,9 @@ impl BatchReader {
         let mut kinds = Vec::new();
         for (kname, fields) in &spec {
             if fields.len() > 64 {
-                return Err(PyValueError::new_err(format!("{kname}: more than 64 fields")));
+                return Err(PyValueError::new_err(format!(
+                    "{kname}: more than 64 fields"
+                )));
             }
             let mut names = Vec::new();
             let mut cols = Vec::new();
@@ -615,22 +620,33 @@ impl BatchReader {
                     "bool" => Ty::Bool,
                     "map" => Ty::Map,
                     other => {
-                        let (how, child) = other
-                            .split_once(':')
-                            .ok_or_else(|| PyValueError::new_err(format!("{kname}.{fname}: unknown type {other}")))?;
-                        let ci = index(child)
-                            .ok_or_else(|| PyValueError::new_err(format!("{kname}.{fname}: no kind {child}")))?;
+                        let (how, child) = other.split_once(':').ok_or_else(|| {
+                            PyValueError::new_err(format!("{kname}.{fname}: unknown type {other}"))
+                        })?;
+                        let ci = index(child).ok_or_else(|| {
+                            PyValueError::new_err(format!("{kname}.{fname}: no kind {child}"))
+                        })?;
                         match how {
                             "list" => Ty::List(ci),
                             "struct" => Ty::Struct(ci),
-                            _ => return Err(PyValueError::new_err(format!("{kname}.{fname}: unknown type {other}"))),
+                            _ => {
+                                return Err(PyValueError::new_err(format!(
+                                    "{kname}.{fname}: unknown type {other}"
+                                )))
+                            }
                         }
                     }
                 };
                 names.push(fname.as_bytes().to_vec());
                 cols.push(Col::new(ty));
             }
-            kinds.push(Kind { name: kname.clone(), names, cols, owners: Vec::new(), rows: 0 });
+            kinds.push(Kind {
+                name: kname.clone(),
+                names,
+                cols,
+                owners: Vec::new(),
+                rows: 0,
+            });
         }
         if kinds.is_empty() {
             return Err(PyValueError::new_err("empty spec"));
@@ -641,8 +657,15 @@ impl BatchReader {
     /// Columns of every kind as {kind: {"rows": n, "owners": bytes|None, field: tuple}}, or
     /// None when some message is not plainly readable. `ends[i]` is where message i ends in
     /// `blob`; the next one starts one byte (the newline) later.
-    fn read<'py>(&self, py: Python<'py>, blob: &[u8], ends: Vec<usize>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let mut r = Reader { kinds: self.template.clone() };
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        blob: &[u8],
+        ends: Vec<usize>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut r = Reader {
+            kinds: self.template.clone(),
+        };
         let ok = py.detach(|| r.read(blob, &ends).is_ok());
         if !ok {
             return Ok(None);
@@ -658,7 +681,8 @@ impl BatchReader {
             }
             let fields = PyList::empty(py);
             for (name, c) in k.names.iter().zip(&k.cols) {
-                let name = std::str::from_utf8(name).map_err(|e| PyValueError::new_err(e.to_string()))?;
+                let name =
+                    std::str::from_utf8(name).map_err(|e| PyValueError::new_err(e.to_string()))?;
                 fields.append(name)?;
                 d.set_item(name, col_tuple(py, c)?)?;
             }
