@@ -17,6 +17,7 @@ Two hours around the midnight of 2026-10-15/16, one tick a minute:
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -199,3 +200,16 @@ def write(lake: Lake, msgs: list[dict[str, Any]]) -> None:
     decoded = decode_batch([orjson.dumps(m) for m in msgs], batch=batch, max_message_bytes=1 << 20)
     assert not decoded.rejects, decoded.rejects[:3]
     lake.write_batch(decoded, batch)
+
+
+def built_lake(root: Path) -> Path:
+    """The scenario written to `root/lake` with its rollups built (what the dashboard tests serve)."""
+    from warehouse.accounting import Accounting
+    from warehouse.pricing import PriceBook
+
+    lake = root / "lake"
+    write(Lake(lake), messages())
+    acct = Accounting(lake, tenant_rules=RULES, price_book=PriceBook(BOOK))
+    acct.update()
+    acct.close()
+    return lake

@@ -27,9 +27,6 @@ from selenium.webdriver.common.keys import Keys
 
 from dashboards.app import create_app
 from dashboards.testing import app_config, serve, write_users
-from warehouse.accounting import Accounting
-from warehouse.lake import Lake
-from warehouse.pricing import PriceBook
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -40,11 +37,7 @@ WAIT_S = 30
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("browser")
-    lake = root / "lake"
-    scenario.write(Lake(lake), scenario.messages())
-    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
-    acct.update()
-    acct.close()
+    lake = scenario.built_lake(root)
     users = root / "users.toml"
     write_users(users, PASSWORD, {"root": None, "vis": ["vision"]})
     with serve(create_app(app_config(lake, users, scenario.RULES, scenario.BOOK))) as port:

@@ -22,9 +22,6 @@ from pypdf import PdfReader
 
 from dashboards.app import create_app
 from dashboards.testing import Client, app_config, callback_body, serve, write_users
-from warehouse.accounting import Accounting
-from warehouse.lake import Lake
-from warehouse.pricing import PriceBook
 
 PASSWORD = "correct horse battery staple"
 A1, B0, B1 = scenario.A1, scenario.B0, scenario.B1
@@ -66,11 +63,7 @@ SEARCHES = ["", f"?{FOREIGN}", f"?gpu={B0}&{FOREIGN}", f"?gpu={A1}", "?range=90d
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Any]]:
     root = tmp_path_factory.mktemp("iso")
-    lake = root / "lake"
-    scenario.write(Lake(lake), scenario.messages())
-    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
-    acct.update()
-    acct.close()
+    lake = scenario.built_lake(root)
     users = root / "users.toml"
     write_users(users, PASSWORD, {"root": None, "vis": ["vision"]})
     app = create_app(app_config(lake, users, scenario.RULES, scenario.BOOK))

@@ -25,26 +25,16 @@ from dashboards.filters import Filters
 from dashboards.testing import Client, app_config, call, serve, write_users
 from warehouse.accounting import Accounting
 from warehouse.close import CloseSettings, close_month
-from warehouse.lake import Lake
 from warehouse.monthly import month_lines
 from warehouse.pricing import PriceBook
 
 PASSWORD = "pages-test-password"
 
 
-def build_lake(root: Path) -> Path:
-    lake = root / "lake"
-    scenario.write(Lake(lake), scenario.messages())
-    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
-    acct.update()
-    acct.close()
-    return lake
-
-
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Any]]:
     root = tmp_path_factory.mktemp("pages")
-    lake = build_lake(root)
+    lake = scenario.built_lake(root)
     users = root / "users.toml"
     write_users(users, PASSWORD, {"root": None, "vis": ["vision"], "two": ["vision", "nlp"]})
     cfg = app_config(lake, users, scenario.RULES, scenario.BOOK, login_backoff_s=30.0)
@@ -246,7 +236,7 @@ def test_throttle_delays_grow_and_reset() -> None:
 
 
 def test_trusted_header_mode(tmp_path: Path) -> None:
-    lake = build_lake(tmp_path)
+    lake = scenario.built_lake(tmp_path)
     cfg = app_config(lake, "", scenario.RULES, scenario.BOOK, auth="trusted-header")
     with serve(create_app(cfg)) as port:
         c = Client(port, {"X-Forwarded-User": "eve", "X-Forwarded-Groups": "staff, gpuledger-tenant-vision"})
@@ -307,7 +297,7 @@ def test_shared_idle_periods_answer_like_a_fresh_connection(tmp_path: Path) -> N
     """The dashboards compute the idle periods once per process and share them over their pooled
     connections (Accounting.share_idle): a connection using the shared table answers exactly as
     one that stitched the periods itself."""
-    lake = build_lake(tmp_path)
+    lake = scenario.built_lake(tmp_path)
 
     def acct() -> Accounting:
         return Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
