@@ -31,7 +31,12 @@ DATA_INPUTS = [Input("url", "pathname"), Input("url", "search"), Input("tick", "
 def create_app(cfg: Config, data: DashboardData | None = None) -> dash.Dash:
     """The dashboards for `cfg` (lake, tenants, prices, dashboard login settings)."""
     if data is None:
-        data = DashboardData(cfg.lake.path, CloseSettings.from_config(cfg), cfg.dashboard.connections)
+        data = DashboardData(
+            cfg.lake.path,
+            CloseSettings.from_config(cfg),
+            cfg.dashboard.connections,
+            retire_after_hours=cfg.alerts.node_retire_hours,
+        )
     server = build_server(cfg, data)
     app = dash.Dash(
         __name__,

@@ -131,9 +131,16 @@ class AccountingPool:
 class DashboardData:
     """Queries for the pages; one per server process."""
 
-    def __init__(self, lake: str | os.PathLike[str], settings: CloseSettings, connections: int = 4) -> None:
+    def __init__(
+        self,
+        lake: str | os.PathLike[str],
+        settings: CloseSettings,
+        connections: int = 4,
+        retire_after_hours: float = 24.0,
+    ) -> None:
         self.lake = Lake(lake)
         self.settings = settings
+        self.retire_after_hours = retire_after_hours
         self.pool = AccountingPool(self._accounting, connections)
         self._cache: dict[Any, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
@@ -155,7 +162,7 @@ class DashboardData:
     def _accounting(self) -> Accounting:
         s = self.settings
         if s.book:
-            return s.accounting(self.lake, threads=2)
+            return s.accounting(self.lake, threads=2, retire_after_hours=self.retire_after_hours)
         # No price book: usage and idle still show; costs say that prices are missing.
         return Accounting(
             self.lake,
@@ -163,6 +170,7 @@ class DashboardData:
             default_tenant=s.default_tenant,
             idle_util_ratio=s.idle_util_ratio,
             idle_min_minutes=s.idle_min_minutes,
+            retire_after_hours=self.retire_after_hours,
             threads=2,
         )
 

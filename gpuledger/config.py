@@ -146,6 +146,9 @@ JOB_NAMES = ("rollups", "alerts", "accrual", "close")
 class AlertsConfig:
     idle_util_ratio: float = 0.05
     idle_min_minutes: float = 30.0
+    # A node with no tick for this long, and none after, is retired: its capacity leaves the fleet
+    # and its silence stops counting as unobserved GPU time (DESIGN §6 coverage).
+    node_retire_hours: float = 24.0
     webhooks: list[str] = field(default_factory=list)  # Alertmanager-style webhook receivers (payload v4)
     rules: list[str] = field(default_factory=lambda: list(ALERT_RULES))  # enabled rules
     receiver: str = "gpuledger"  # receiver name in webhook payloads for alerts no route claims
@@ -270,6 +273,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ),
     ("alerts", "idle_util_ratio"): (lambda v: 0 <= v <= 1, "a ratio from 0 to 1"),
     ("alerts", "idle_min_minutes"): (_positive, "a number of minutes > 0"),
+    ("alerts", "node_retire_hours"): (_positive, "a number of hours > 0"),
     # non-strings are left to the list item check ("a list of strings")
     ("alerts", "webhooks"): (
         lambda v: all(_is_url(u) for u in v if isinstance(u, str)),

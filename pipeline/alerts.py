@@ -58,6 +58,7 @@ from warehouse.errors import PriceError
 from warehouse.lake import Lake, write_bytes_atomic
 from warehouse.pricing import PriceBook
 from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
+from warehouse.rules import follows, idle_tick_sql
 from warehouse.sql import lit as _lit
 from warehouse.sql import ts_lit as _ts_lit
 from warehouse.views import tenant_sql
@@ -201,8 +202,15 @@ class Evaluation:
 class RecentSamples:
     """Deduplicated slice and GPU ticks of a time window, read from the date partitions it spans."""
 
-    def __init__(self, lake: Lake, tenant_rules: Sequence[dict[str, Any]], default_tenant: str) -> None:
+    def __init__(
+        self,
+        lake: Lake,
+        tenant_rules: Sequence[dict[str, Any]],
+        default_tenant: str,
+        idle_util_ratio: float = 0.05,
+    ) -> None:
         self.lake = lake
+        self.idle_util_ratio = idle_util_ratio
         self.tenant = tenant_sql(tenant_rules, default_tenant)
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
@@ -247,6 +255,11 @@ class RecentSamples:
             QUALIFY row_number() OVER (PARTITION BY node, boot_id, seq ORDER BY batch) = 1""")
         n = c.execute("SELECT count(*) FROM ticks").fetchone()[0]  # type: ignore[index]
         if files["slice"]:
+            ratio = self.idle_util_ratio
+
+            def over(total: str) -> str:  # the GPU tick's total only where it passes the whole GPU
+                return f"CASE WHEN sum_share > 1.0 OR sum_used > 1.0 THEN {total} END"
+
             c.execute(f"""
                 CREATE OR REPLACE TEMP TABLE slices AS
                 WITH r AS (
@@ -263,7 +276,8 @@ class RecentSamples:
                        CAST(floor(interval_s * share / greatest(1.0, sum_share) * 1e9) / 1e9
                             AS DECIMAL(18, 9)) AS reserved_s,
                        CAST(floor(interval_s * coalesce(used_frac, 0) / greatest(1.0, sum_used) * 1e9) / 1e9
-                            AS DECIMAL(18, 9)) AS used_s
+                            AS DECIMAL(18, 9)) AS used_s,
+                       {idle_tick_sql(ratio, over("sum_share"), over("sum_used"))} AS idle
                 FROM w""")
         else:
             c.execute("CREATE OR REPLACE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
@@ -277,14 +291,14 @@ class RecentSamples:
             c.execute("CREATE OR REPLACE TEMP TABLE gpus AS SELECT NULL::VARCHAR AS uuid WHERE false")
         return int(n)
 
-    def slice_ticks(self, ratio: float) -> list[tuple]:
+    def slice_ticks(self) -> list[tuple]:
+        """Per slice tick: who, where, reserved GPU-seconds and the idle test (None: util unknown)."""
         if self.con.execute("SELECT count(*) FROM slices").fetchone()[0] == 0:  # type: ignore[index]
             return []
-        return self.con.execute(f"""
+        return self.con.execute("""
             SELECT node || '|' || boot_id || '|' || slice_id AS key, slice_id, cluster, node, gpu_uuid,
                    model, kind, tenant, workload, ts, interval_s, reserved_s,
-                   CASE WHEN used_frac IS NULL THEN NULL ELSE used_s < reserved_s * {float(ratio)!r} END
-                       AS idle
+                   CASE WHEN used_frac IS NULL THEN NULL ELSE idle END AS idle
             FROM slices ORDER BY key, ts""").fetchall()
 
     def gpu_ticks(self, ratio: float) -> list[tuple]:
@@ -414,10 +428,12 @@ class AlertEngine:
         since = now - timedelta(seconds=r.lookback_s) if wm is None else parse_iso(wm)
         since -= timedelta(seconds=r.reorder_slack_s) if wm is not None else timedelta(0)
         if self._samples is None:  # one connection for the engine's life: connecting costs more than reading
-            self._samples = RecentSamples(self.lake, self.tenant_rules, self.default_tenant)
+            self._samples = RecentSamples(
+                self.lake, self.tenant_rules, self.default_tenant, self.rules.idle_util_ratio
+            )
         samples = self._samples
         ev.ticks_read = samples.load(since, now)
-        slices = samples.slice_ticks(r.idle_util_ratio)
+        slices = samples.slice_ticks()
         gpus = samples.gpu_ticks(r.idle_util_ratio)
         nodes = samples.node_last()
         if ev.ticks_read:
@@ -523,8 +539,9 @@ class AlertEngine:
             last = parse_iso(s["last_ts"])
             if ts <= last:
                 return  # seen in an earlier evaluation (the reorder slack re-reads a little)
-            if (ts - last).total_seconds() > r.silent_intervals * interval:
-                self._end_episode(state, s, at=last, reason="no ticks", ev=ev)  # a gap: not one period
+            if not follows(last, ts, interval):
+                # a gap (DESIGN §6: the tick does not start where the last ended): not one period
+                self._end_episode(state, s, at=last, reason="no ticks", ev=ev)
         s["last_ts"], s["interval_s"] = iso(ts), interval
         ep = s["ep"]
         if idle:

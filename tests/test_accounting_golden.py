@@ -124,7 +124,7 @@ def test_hybrid_bills_burst_into_free_capacity(acct: Accounting) -> None:
     assert c.total == Decimal("22.00")
 
 
-def test_even_idle_policy_with_energy_and_global_largest_remainder(acct: Accounting) -> None:
+def test_even_idle_policy_with_energy_and_largest_remainder_per_subtotal(acct: Accounting) -> None:
     c = compute_charges(acct, "2026-10", idle_policy="even", kwh_price=Decimal("0.20"))
     idle = [(ln.tenant, ln.gpu_model, f"{ln.cost:.2f}") for ln in c.lines if ln.line_type == "idle_share"]
     energy = [
@@ -133,9 +133,11 @@ def test_even_idle_policy_with_energy_and_global_largest_remainder(acct: Account
         if ln.line_type == "energy"
     ]
     # A100: 1.00 and 1.20 unallocated, split evenly over vision and research. H100: 1.65 over
-    # the four tenants on B0/B1 = 0.4125 each (fraction .25 of a cent each).
+    # the four tenants on B0/B1 = 0.4125 each (fraction .25 of a cent each): the H100 subtotal is
+    # 13.20 exactly, so one of the four gets the missing cent; equal fractions go by line order
+    # (tenant name): alice-lab.
     assert idle == [
-        ("alice-lab", H100, "0.41"),
+        ("alice-lab", H100, "0.42"),
         ("hpc-chem", H100, "0.41"),
         ("nlp", H100, "0.41"),
         ("research", A100, "0.50"),
@@ -146,13 +148,13 @@ def test_even_idle_policy_with_energy_and_global_largest_remainder(acct: Account
     ]
     # Energy: 18 kJ per GPU tick = 0.3 kWh per GPU-hour ($0.06). A0 and A1 go whole to their one
     # tenant; B0 (0.55 kWh) by used share 0.3:0.2; B1 (0.55 kWh) by 0.4:0.1:0.1. Exact cents:
-    # alice 7.333, hpc 4.4, nlp 6.6 + 1.8333 = 8.4333, vision 1.8333. The period's missing cents
-    # (0.25 x 4 from the idle shares and the energy fractions) go to the largest fractions of the
-    # whole period: vision .833, nlp .433, hpc .4 win; the idle shares' .25 lose.
+    # alice 7.333, hpc 4.4, nlp 6.6 + 1.8333 = 8.4333, vision 1.8333: 22 cents of H100 energy,
+    # rounded within that subtotal: floors 20, the two missing cents go to the largest fractions,
+    # vision .833 and nlp .433 (hpc's .4 loses).
     q = Decimal("1e-9")
     assert energy == [
         ("alice-lab", H100, (Decimal("0.55") * 4 / 6).quantize(q), "0.07"),
-        ("hpc-chem", H100, Decimal("0.22").quantize(q), "0.05"),
+        ("hpc-chem", H100, Decimal("0.22").quantize(q), "0.04"),
         ("nlp", H100, (Decimal("0.33") + Decimal("0.55") / 6).quantize(q), "0.09"),
         ("research", A100, Decimal("0.3").quantize(q), "0.06"),
         ("research", A100, Decimal("0.3").quantize(q), "0.06"),
@@ -334,7 +336,7 @@ def test_cents_follow_the_independent_total_on_a_half_cent() -> None:
         _replace(c, cost_exact=third),
         _replace(c, cost_exact=Decimal("2.925") - 2 * third + Decimal("1e-40")),
     ]
-    rounded = _round_cents(lines, Decimal("2.925"))
+    rounded = _round_cents(lines)
     assert sum(ln.cost for ln in rounded) == Decimal("2.92")
     check_conservation("2026-10", rounded, Decimal("2.925"))
 

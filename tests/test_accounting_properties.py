@@ -158,6 +158,21 @@ def _expected_capacity_cost(msgs: list[dict[str, Any]], month: str) -> Decimal:
     return total / 3600  # one division, at the end: exact sums, no 28-digit rounding per term
 
 
+def expected_capacity_cost_by_segment(msgs: list[dict[str, Any]], month: str) -> dict[tuple, Decimal]:
+    """Capacity x price per (cluster, model, price from), computed in Python from the messages."""
+    with localcontext(Context(prec=60)):
+        out: dict[tuple, Decimal] = defaultdict(Decimal)
+        for m in msgs:
+            ts = datetime.fromisoformat(m["ts"].replace("Z", "+00:00"))
+            hour = (ts - timedelta(seconds=m["interval_s"] / 2)).replace(minute=0, second=0, microsecond=0)
+            if hour.strftime("%Y-%m") != month:
+                continue
+            for g in m["gpus"]:
+                p = PriceBook(BOOK).price_at(g["model"], hour.date())
+                out[(m["cluster"], g["model"], p.valid_from)] += Decimal(str(m["interval_s"])) * p.gpu_hour
+        return {k: v / 3600 for k, v in out.items()}
+
+
 def expected_reserved(msgs: list[dict[str, Any]]) -> dict[str, float]:
     """DESIGN §6 share and reserved per tenant, in plain Python floats (GPU-hours)."""
     out: dict[str, float] = defaultdict(float)
@@ -203,9 +218,18 @@ def test_conservation_under_every_mode_and_policy(msgs: list[dict[str, Any]]) ->
                         c = compute_charges(acct, month, mode=mode, idle_policy=policy, kwh_price=None)
                         # lines add up to the independently computed capacity cost, to the cent
                         assert abs(c.expected_total - want) < Decimal("1e-20")
+                        # every (cluster, model, price segment) subtotal is its own capacity cost
+                        # rounded to the cent, and the month is the sum of its subtotals
+                        cap_cost = expected_capacity_cost_by_segment(msgs, month)
+                        billed: dict[tuple, Decimal] = defaultdict(Decimal)
+                        for ln in c.lines:
+                            billed[(ln.cluster, ln.gpu_model, ln.price_from)] += ln.cost
+                        assert set(billed) == set(cap_cost)
                         with localcontext(Context(prec=60)):
-                            assert c.total == want.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
-                        assert sum(ln.cost for ln in c.lines) == c.total
+                            for key, exact in cap_cost.items():
+                                assert billed[key] == exact.quantize(Decimal("0.01"), ROUND_HALF_EVEN), key
+                        assert sum(ln.cost for ln in c.lines) == c.total == sum(billed.values())
+                        assert abs(c.total - want) <= Decimal("0.005") * len(cap_cost)
                         # every line within a cent of its exact cost; no negative line
                         for ln in c.lines:
                             assert abs(ln.cost - ln.cost_exact) < Decimal("0.01")

@@ -23,10 +23,11 @@ import pyarrow as pa
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 from warehouse.rollups import ROLLUP_VERSION, TABLES, Rollups, RollupStats
+from warehouse.rules import WORKLOAD_SQL, follows_sql, price_join, tenant_sql
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet
 from warehouse.sql import ts_lit as _ts
-from warehouse.views import _dicts, tenant_sql
+from warehouse.views import _dicts
 
 DERIVED = "_derived"  # under rollups/: tables computed from the rollups, keyed by their inputs
 
@@ -37,8 +38,6 @@ IDLE_SQL = """
            sum(reserved_s) AS reserved_s
     FROM idle_run_period WHERE qualifies
     GROUP BY hour, cluster, model, node, gpu_uuid, slice_id, boot_id, period, period_start, period_end"""
-WORKLOAD_SQL = """coalesce(namespace || '/' || coalesce(pod, slice_id), 'slurm-job/' || job_id,
-                           'user/' || "user", slice_id)"""
 GRAINS = {"hour": "hour", "day": "date_trunc('day', hour)", "month": "date_trunc('month', hour)"}
 # Dimensions a measure can be grouped by; the first four exist only on slice rows.
 SLICE_DIMS = {"slice": "slice_id", "workload": "workload", "tenant": "tenant", "kind": "kind"}
@@ -57,6 +56,7 @@ class Accounting:
         idle_util_ratio: float = 0.05,
         idle_min_minutes: float = 30.0,
         price_book: PriceBook | None = None,
+        retire_after_hours: float = 24.0,
         threads: int | None = None,
         memory_limit: str | None = None,
     ) -> None:
@@ -67,6 +67,7 @@ class Accounting:
         self.tenant = tenant_sql(tenant_rules, default_tenant)
         self.idle_min_s = float(idle_min_minutes) * 60.0
         self.price_book = price_book
+        self.retire_after_s = float(retire_after_hours) * 3600.0
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
@@ -109,14 +110,17 @@ class Accounting:
             SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload FROM r_slice_hourly""")
         c.execute("CREATE OR REPLACE VIEW gpu_hourly AS SELECT * FROM r_gpu_hourly")
         # Idle runs stitched into periods across hours and dates: a run continues the previous one
-        # of the same slice and agent boot when its first tick is the next seq. Partitions lead
+        # of the same slice and agent boot when its first tick is the next seq and starts where
+        # the previous run ended (DESIGN §6: a silence is unobserved, never idle). Partitions lead
         # with a 64-bit hash so that the sort rarely compares the UUID-prefixed strings behind it.
+        follows = follows_sql("lag(end_ts) OVER w", "epoch(start_ts)", "interval_s")
         self.con.execute(f"""
             CREATE OR REPLACE VIEW idle_run_period AS
             WITH r AS (
                 SELECT *, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
                        hash(slice_id, node, boot_id) AS rk,
-                       CASE WHEN first_seq = lag(last_seq) OVER w + 1 THEN 0 ELSE 1 END AS new_period
+                       CASE WHEN first_seq = lag(last_seq) OVER w + 1 AND {follows} THEN 0 ELSE 1 END
+                           AS new_period
                 FROM r_idle_runs
                 WINDOW w AS (PARTITION BY hash(slice_id, node, boot_id), slice_id, node, boot_id
                              ORDER BY first_seq, hour)),
@@ -312,12 +316,7 @@ class Accounting:
             conds.append(f"tenant = {_lit(tenant)}")
         priced = self.price_book is not None
         cost = "sum(reserved_s * p.gpu_hour) AS cost_s" if priced else "NULL AS cost_s"
-        join = (
-            "LEFT JOIN prices p ON p.model = r.model AND CAST(r.hour AS DATE) >= p.valid_from "
-            "AND CAST(r.hour AS DATE) < p.valid_to"
-            if priced
-            else ""
-        )
+        join = "LEFT " + price_join("r") if priced else ""
         q = f"""
             SELECT any_value(tenant) AS tenant, any_value(workload) AS workload,
                    any_value(cluster) AS cluster,
@@ -343,9 +342,13 @@ class Accounting:
         """Observed and unobserved GPU-hours per node and day in [start, end).
 
         Unobserved time is the gaps between a node's ticks (agent down, node gone) times the GPUs
-        it had before the gap, split over the days it spans; after a node's last tick in the
-        range, until `end`, it is unobserved too (the node went away). Never billed.
+        it had before the gap, split over the days it spans. After a node's last tick it is
+        unobserved until `end`, or until it is retired: a node with no tick for `retire_after`
+        and none after leaves the fleet (DESIGN §6) at last tick + `retire_after`, and its rows
+        say so in `retired_at`. Never billed.
         """
+        retire_us = int(self.retire_after_s * 1_000_000)
+        follows = follows_sql("prev_last", "epoch(first_ts) - first_interval_s", "first_interval_s")
         q = f"""
             WITH n AS (SELECT * FROM r_node_ticks),
             cross_gaps AS (      -- gaps between the last tick of one date and the first of the next
@@ -354,12 +357,14 @@ class Accounting:
                        prev_gpus AS gpus
                 FROM (SELECT *, lag(last_ts) OVER w AS prev_last, lag(last_gpus) OVER w AS prev_gpus
                       FROM n WINDOW w AS (PARTITION BY cluster, node ORDER BY first_ts))
-                WHERE prev_last IS NOT NULL
-                  AND epoch(first_ts) - first_interval_s - epoch(prev_last) > first_interval_s / 2),
-            tail AS (            -- after the node's last tick, to the end of the range
-                SELECT cluster, node, max(last_ts) AS gap_start, {_ts(end)} AS gap_end,
-                       arg_max(last_gpus, last_ts) AS gpus
-                FROM n GROUP BY cluster, node HAVING max(last_ts) < {_ts(end)}),
+                WHERE prev_last IS NOT NULL AND NOT {follows}),
+            last AS (            -- each node's last tick, and when it retires without another
+                SELECT cluster, node, max(last_ts) AS last_ts, arg_max(last_gpus, last_ts) AS gpus,
+                       max(last_ts) + to_microseconds({retire_us}) AS retires
+                FROM n GROUP BY cluster, node),
+            tail AS (            -- after the node's last tick, to the end of the range or retirement
+                SELECT cluster, node, last_ts AS gap_start, least({_ts(end)}, retires) AS gap_end, gpus
+                FROM last WHERE last_ts < {_ts(end)}),
             gaps AS (SELECT * FROM cross_gaps UNION ALL SELECT * FROM tail),
             split AS (
                 SELECT cluster, node, CAST(d AS DATE) AS day,
@@ -377,11 +382,24 @@ class Accounting:
                 FROM (SELECT cluster, node, day, observed_s, gap_s FROM within
                       UNION ALL SELECT cluster, node, day, 0, gpu_s FROM split WHERE gpu_s > 0)
                 GROUP BY ALL)
-            SELECT cluster, node, day, observed_s / 3600 AS observed_gpu_h,
-                   unobserved_s / 3600 AS unobserved_gpu_h
-            FROM u WHERE day >= CAST({_ts(start)} AS DATE)
-              AND day <= CAST({_ts(end)} - INTERVAL 1 MICROSECOND AS DATE)
-            ORDER BY day, cluster, node"""
+            SELECT u.cluster, u.node, u.day, u.observed_s / 3600 AS observed_gpu_h,
+                   u.unobserved_s / 3600 AS unobserved_gpu_h,
+                   CASE WHEN l.retires < {_ts(end)} THEN l.retires END AS retired_at
+            FROM u JOIN last l USING (cluster, node)
+            WHERE u.day >= CAST({_ts(start)} AS DATE)
+              AND u.day <= CAST({_ts(end)} - INTERVAL 1 MICROSECOND AS DATE)
+            ORDER BY u.day, u.cluster, u.node"""
+        return _dicts(self.sql(q))
+
+    def retired_nodes(self, end: datetime | date) -> list[dict[str, Any]]:
+        """Nodes retired by `end`: no tick for `retire_after` since their last, and none after."""
+        retire_us = int(self.retire_after_s * 1_000_000)
+        q = f"""
+            SELECT cluster, node, last_ts, retired_at, last_gpus AS gpus FROM (
+                SELECT cluster, node, max(last_ts) AS last_ts, arg_max(last_gpus, last_ts) AS last_gpus,
+                       max(last_ts) + to_microseconds({retire_us}) AS retired_at
+                FROM r_node_ticks GROUP BY cluster, node)
+            WHERE retired_at < {_ts(end)} ORDER BY cluster, node"""
         return _dicts(self.sql(q))
 
     def close(self) -> None:

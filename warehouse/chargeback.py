@@ -2,9 +2,10 @@
 
 Quantities come out of DuckDB as fixed-point GPU-seconds (exact sums); from there everything is
 Python `Decimal` at 60 digits: costs are seconds x price / 3600, splits give their residue to the
-last share, and only the final step rounds to cents, by largest remainder over all lines of the
-period, so the lines add up to the rounded total exactly. The conservation check recomputes the
-total independently from GPU capacity and fails loudly with the difference.
+last share, and only the final step rounds to cents, by largest remainder within each (cluster,
+GPU model, price segment) subtotal, so every subtotal is right to the cent and the period adds up
+to its subtotals. The conservation check recomputes the total independently from GPU capacity and
+fails loudly with the difference.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
+from warehouse import rules
 from warehouse.accounting import Accounting
 from warehouse.errors import ConservationError
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
@@ -25,6 +27,7 @@ from warehouse.sql import ts_lit as _ts
 CTX = decimal.Context(prec=60)
 CENT = Decimal("0.01")
 Q12 = Decimal("1e-12")
+TIE = Decimal("1e-30")  # cents are compared to this many places: below it is division noise
 MODES = ("reserved", "used", "hybrid")
 POLICIES = ("platform", "weighted", "even")
 LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "energy": 3, "correction": 4}
@@ -99,22 +102,25 @@ def _compute(
     if missing:
         model, day = missing[0]
         acct.price_book.price_at(model, day)  # raises PriceError naming the model and date
-    price_join = """JOIN prices p ON p.model = x.model AND CAST(x.hour AS DATE) >= p.valid_from
-                                 AND CAST(x.hour AS DATE) < p.valid_to"""
+    price_join = rules.price_join("x")
     seg_cols = "x.cluster, x.model, p.valid_from, p.valid_to, p.gpu_hour"
     cap_rows = acct.sql(f"""
         SELECT {seg_cols}, sum(x.capacity_s) AS capacity_s,
                sum(CAST(x.energy_j AS DECIMAL(38, 6))) AS energy_j
         FROM gpu_hourly x {price_join}
         WHERE x.hour >= {lo} AND x.hour < {hi} GROUP BY ALL ORDER BY ALL""").fetchall()
-    # Hybrid bills max(reserved, used) per slice-hour. Where the bursts (used above reserved) of a
-    # GPU-hour add up past the capacity left unreserved, each burst is scaled down to its share of
-    # that free capacity (floored to the nanosecond), so nobody pays below what they reserved and
-    # the GPU is never billed past its capacity.
+    # Hybrid bills max(reserved, used) per slice-hour: a slice is its slice_id across agent restarts
+    # and date partitions (the rollup rows of one hour can sit under two boots and two dates), so
+    # reserved and used are summed per (slice_id, hour) before the burst is taken. Where the bursts
+    # (used above reserved) of a GPU-hour add up past the capacity left unreserved, each burst is
+    # scaled down to its share of that free capacity (floored to the nanosecond), so nobody pays
+    # below what they reserved and the GPU is never billed past its capacity.
     tenant_rows = acct.sql(f"""
-        WITH x AS (
-            SELECT s.*, greatest(s.used_s - s.reserved_s, 0) AS burst FROM slice_hourly s
-            WHERE s.hour >= {lo} AND s.hour < {hi}),
+        WITH s AS (
+            SELECT slice_id, gpu_uuid, hour, tenant, cluster, model,
+                   sum(reserved_s) AS reserved_s, sum(used_s) AS used_s
+            FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
+        x AS (SELECT *, greatest(used_s - reserved_s, 0) AS burst FROM s),
         g AS (
             SELECT gpu_uuid, hour, sum(burst) AS sum_burst, sum(reserved_s) AS sum_r FROM x GROUP BY ALL),
         c AS (
@@ -249,7 +255,7 @@ def _compute(
     extra = list(extra_lines)
     for ln in extra:
         expected += ln.cost_exact
-    lines = _number(_round_cents([*lines, *extra], expected))
+    lines = _number(_round_cents([*lines, *extra]))
     total = sum((ln.cost for ln in lines), Decimal(0))
     check_conservation(month, lines, expected)
     return Charges(lines, expected, total, CTX.divide(capacity_s_total, Decimal(3600)))
@@ -263,25 +269,17 @@ def _seg_key(sg: Segment) -> tuple:
     return (sg.cluster, sg.model, sg.start)
 
 
-def _round_cents(lines: list[ChargeLine], total: Decimal) -> list[ChargeLine]:
-    """Cents by largest remainder: floor every line, hand the missing cents to the largest fractions.
-
-    The cents add up to `total` (the period's independently computed exact total) rounded half-even:
-    the lines' own sum can differ from it in the 30th digit, which flips a total that sits exactly
-    on a half cent.
-    """
-    target = int((total / CENT).to_integral_value(ROUND_HALF_EVEN))
-    floors = [int((ln.cost_exact / CENT).to_integral_value(ROUND_FLOOR)) for ln in lines]
-    fracs = [CTX.subtract(CTX.divide(ln.cost_exact, CENT), f) for ln, f in zip(lines, floors, strict=True)]
-    missing = target - sum(floors)
-    order = sorted(range(len(lines)), key=lambda i: (-fracs[i], i))
-    for i in order[:missing]:
-        floors[i] += 1
-    return [replace(ln, cost=Decimal(c) * CENT) for ln, c in zip(lines, floors, strict=True)]
+def subtotal_key(ln: ChargeLine) -> tuple:
+    """The subtotal a line's cents are rounded within: its (cluster, GPU model, price segment),
+    GPU time and energy apart. Corrections are billed in whole cents already (see close.py)."""
+    return ("energy" if ln.line_type == "energy" else "gpu", ln.cluster, ln.gpu_model, ln.price_from)
 
 
-def _number(lines: list[ChargeLine]) -> list[ChargeLine]:
-    key = lambda ln: (  # noqa: E731
+def line_order(ln: ChargeLine) -> tuple:
+    """The documented order of a period's lines: type, corrected period, tenant, cluster, model, start.
+
+    Line numbers follow it, and so do the cents of exact ties (below)."""
+    return (
         LINE_ORDER[ln.line_type],
         ln.corrects_period or "",
         ln.tenant,
@@ -289,25 +287,80 @@ def _number(lines: list[ChargeLine]) -> list[ChargeLine]:
         ln.gpu_model,
         ln.charge_start,
     )
-    return [replace(ln, line_no=i + 1) for i, ln in enumerate(sorted(lines, key=key))]
+
+
+def _exact_cents(value: Decimal) -> Decimal:
+    """A cost in cents, cleared of the last digits' noise of 60-digit division (seconds / 3600 and
+    weighted splits), so equal costs compare equal and a half cent is exactly a half cent."""
+    return CTX.divide(value, CENT).quantize(TIE, rounding=ROUND_HALF_EVEN, context=CTX)
+
+
+def _subtotal_cents(group: list[ChargeLine]) -> int:
+    """A subtotal's exact cost in whole cents, rounded half-even (summed before it is rounded)."""
+    with decimal.localcontext(CTX):
+        exact = sum((ln.cost_exact for ln in group), Decimal(0))
+    return int(_exact_cents(exact).to_integral_value(ROUND_HALF_EVEN))
+
+
+def _round_cents(lines: list[ChargeLine]) -> list[ChargeLine]:
+    """Cents by largest remainder within each subtotal: floor every line, then hand the cents the
+    subtotal is missing to the largest fractions.
+
+    Each (cluster, model, price segment) subtotal is its exact cost rounded half-even to the cent,
+    so a model's lines always add up to its own cost and the month adds up to its subtotals.
+    Ties (equal fractions, e.g. tenants with identical exact costs) go to the line that comes first
+    in `line_order`. Correction lines keep the cents they were given.
+    """
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, ln in enumerate(lines):
+        if ln.line_type != "correction":
+            groups[subtotal_key(ln)].append(i)
+    cents: dict[int, int] = {}
+    for idx in groups.values():
+        exact = {i: _exact_cents(lines[i].cost_exact) for i in idx}
+        target = _subtotal_cents([lines[i] for i in idx])
+        floors = {i: int(exact[i].to_integral_value(ROUND_FLOOR)) for i in idx}
+        missing = target - sum(floors.values())
+        order = sorted(idx, key=lambda i: (floors[i] - exact[i], line_order(lines[i])))
+        for i in order[:missing]:
+            floors[i] += 1
+        cents.update(floors)
+    return [replace(ln, cost=Decimal(cents[i]) * CENT) if i in cents else ln for i, ln in enumerate(lines)]
+
+
+def _number(lines: list[ChargeLine]) -> list[ChargeLine]:
+    return [replace(ln, line_no=i + 1) for i, ln in enumerate(sorted(lines, key=line_order))]
 
 
 def check_conservation(month: str, lines: list[ChargeLine], expected: Decimal) -> None:
-    """Lines add up to the independently computed total, exactly, and to its rounding in cents."""
+    """Lines add up exactly to the independently computed total, every subtotal to its own exact
+    cost rounded to the cent, and every correction is a whole number of cents."""
     with decimal.localcontext(CTX):
         exact = sum((ln.cost_exact for ln in lines), Decimal(0))
-        cents = sum((ln.cost for ln in lines), Decimal(0))
-    want = expected.quantize(CENT, rounding=ROUND_HALF_EVEN)
     if abs(exact - expected) > Decimal("1e-30"):
         raise ConservationError(
             f"{month}: charge lines add up to {exact}, capacity x price is {expected} "
             f"(difference {exact - expected})"
         )
-    if cents != want:
-        raise ConservationError(
-            f"{month}: charge lines add up to {cents} in cents, the rounded total is {want} "
-            f"(difference {cents - want})"
+    groups: dict[tuple, list[ChargeLine]] = defaultdict(list)
+    for ln in lines:
+        if ln.line_type == "correction":
+            if ln.cost != ln.cost.quantize(CENT):
+                raise ConservationError(
+                    f"{month}: correction line {ln.line_no} is {ln.cost}, not whole cents"
+                )
+        else:
+            groups[subtotal_key(ln)].append(ln)
+    for key, group in groups.items():
+        want = sum((_exact_cents(ln.cost_exact) for ln in group), Decimal(0)).to_integral_value(
+            ROUND_HALF_EVEN
         )
+        cents = sum((ln.cost for ln in group), Decimal(0))
+        if cents != want * CENT:
+            raise ConservationError(
+                f"{month}: subtotal {key} adds up to {cents} in cents, its exact cost rounds to "
+                f"{want * CENT} (difference {cents - want * CENT})"
+            )
 
 
 def quantize_line(ln: ChargeLine) -> ChargeLine:

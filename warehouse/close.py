@@ -1,6 +1,7 @@
 """The month close: a ledger and its manifest, reproducible to the byte, with corrections.
 
-`ledger/month=YYYY-MM/charges.parquet` holds the lines; `manifest.json` (written last: the
+`ledger/month=YYYY-MM/charges.parquet` holds the lines, `usage.parquet` and `idle.parquet` the
+usage they were computed from (what the month's reports show); `manifest.json` (written last: the
 commit record) holds what they were computed from: the rollup files and their hashes, the sample
 files the rollups were built from, the configuration that matters for money and its hash, the code
 version, totals and the conservation check. Closing again with the same inputs writes the same
@@ -24,6 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from warehouse import closed_usage
 from warehouse.accounting import Accounting
 from warehouse.chargeback import CTX, Charges, compute_charges, quantize_line
 from warehouse.errors import CloseError
@@ -214,7 +216,7 @@ def _corrections(
         finally:
             acct.close()
         # ... minus what was billed: the closed lines and corrections already issued for it.
-        billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 3)
+        billed: dict[tuple, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 4)
         templates: dict[tuple, ChargeLine] = {}
         issued = [
             ln
@@ -230,6 +232,7 @@ def _corrections(
                 b[0] -= ln.gpu_hours
                 b[1] -= ln.kwh or 0
                 b[2] -= ln.cost_exact
+                b[3] -= ln.cost
                 templates.setdefault(k, ln)
             for ln in map(quantize_line, now):
                 k = _key(ln)
@@ -237,10 +240,11 @@ def _corrections(
                 b[0] += ln.gpu_hours
                 b[1] += ln.kwh or 0
                 b[2] += ln.cost_exact
+                b[3] += ln.cost
                 templates[k] = ln
         for k in sorted(billed, key=lambda k: tuple(str(x) for x in k)):
-            d_hours, d_kwh, d_cost = billed[k]
-            if d_hours == 0 and d_kwh == 0 and d_cost == 0:
+            d_hours, d_kwh, d_cost, d_cents = billed[k]
+            if d_hours == 0 and d_kwh == 0 and d_cost == 0 and d_cents == 0:
                 continue
             t = templates[k]
             out.append(
@@ -251,6 +255,8 @@ def _corrections(
                     gpu_hours=d_hours,
                     kwh=d_kwh if t.kwh is not None else None,
                     cost_exact=d_cost,
+                    # billed as the cents difference: what the month bills now minus what it billed
+                    cost=d_cents,
                     corrects_period=past,
                     reserved_gpu_hours=None,
                     used_gpu_hours=None,
@@ -288,6 +294,7 @@ def close_month(
         acct.update(month_dates(month))
         charges = settings.charges(acct, month, corrections)
         inputs = _inputs(acct, month)
+        usage, idle = closed_usage.build(acct, *month_bounds(month))
     finally:
         acct.close()
     lines = [quantize_line(ln) for ln in charges.lines]
@@ -314,6 +321,9 @@ def close_month(
     d = ledger_dir(lake, month)
     charges_bytes = _parquet_bytes(table)
     manifest["charges_sha256"] = hashlib.sha256(charges_bytes).hexdigest()
+    usage_bytes, idle_bytes = _parquet_bytes(usage), _parquet_bytes(idle)
+    manifest["usage_sha256"] = hashlib.sha256(usage_bytes).hexdigest()
+    manifest["idle_sha256"] = hashlib.sha256(idle_bytes).hexdigest()
     manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode() + b"\n"
     if month in closed:
         old = (d / MANIFEST).read_bytes()
@@ -324,6 +334,8 @@ def close_month(
             f"rewritten: late data for it becomes correction lines when the next open month closes"
         )
     write_bytes_atomic(d / CHARGES, charges_bytes)
+    write_bytes_atomic(d / closed_usage.USAGE, usage_bytes)  # the usage the bill was made from
+    write_bytes_atomic(d / closed_usage.IDLE, idle_bytes)
     write_bytes_atomic(d / MANIFEST, manifest_bytes)  # last: the commit record
     return CloseResult(month, d, manifest, lines, unchanged=False)
 

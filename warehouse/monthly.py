@@ -13,17 +13,21 @@ from typing import Any
 
 from warehouse.accounting import Accounting
 from warehouse.chargeback import quantize_line
-from warehouse.close import CloseSettings, closed_months, manifest_sha256, month_dates, read_ledger
+from warehouse.close import (
+    CloseSettings,
+    closed_months,
+    ledger_dir,
+    manifest_sha256,
+    month_dates,
+    read_ledger,
+)
+from warehouse.closed_usage import ClosedUsage, dec9
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
 from warehouse.pricing import month_bounds
 from warehouse.sql import lit as _lit
 
 TOP_IDLE = 15
 ACCRUAL_NOTE = "not closed: accrual to date"
-
-
-def _dec(v: Any, places: str = "1e-9") -> Decimal:
-    return Decimal(0) if v is None else Decimal(repr(float(v))).quantize(Decimal(places))
 
 
 def month_lines(
@@ -69,14 +73,16 @@ def build_reports(
     try:
         if own:
             acct.update(month_dates(month))
-        lines, sha, _ = month_lines(lake, month, settings, acct)
+        lines, sha, closed = month_lines(lake, month, settings, acct)
+        # A closed month reports the usage its bill was made from (late data: next month's corrections).
+        kept = ClosedUsage.read(ledger_dir(lake, month)) if closed else None
         tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
         if tenant is not None:
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
         out = []
         for scope in scopes:
-            out.append(_report(acct, month, m0, m1, scope, lines, sha, settings))
+            out.append(_report(acct, month, m0, m1, scope, lines, sha, settings, kept))
         return out
     finally:
         if own:
@@ -92,17 +98,23 @@ def _report(
     all_lines: list[ChargeLine],
     sha: str,
     settings: CloseSettings,
+    kept: ClosedUsage | None = None,
 ) -> MonthReport:
     lines = [ln for ln in all_lines if tenant is None or ln.tenant == tenant]
-    if tenant is None:
+    if kept is not None:
+        daily = [
+            DailyPoint(r["day"], r["capacity_gpu_h"], r["reserved_gpu_h"], r["used_gpu_h"], r["idle_gpu_h"])
+            for r in kept.daily(tenant)
+        ]
+    elif tenant is None:
         rows = acct.measures([], grain="day", start=m0, end=m1)
         daily = [
             DailyPoint(
                 r["period"].date(),
-                _dec(r["capacity_gpu_h"]),
-                _dec(r["reserved_gpu_h"]),
-                _dec(r["used_gpu_h"]),
-                _dec(r["idle_gpu_h"]),
+                dec9(r["capacity_gpu_h"]),
+                dec9(r["reserved_gpu_h"]),
+                dec9(r["used_gpu_h"]),
+                dec9(r["idle_gpu_h"]),
             )
             for r in rows
         ]
@@ -112,17 +124,17 @@ def _report(
         daily = [
             DailyPoint(
                 r["period"].date(),
-                _dec(r["reserved_gpu_h"]),
-                _dec(r["reserved_gpu_h"]),
-                _dec(r["used_gpu_h"]),
-                _dec(r["idle_gpu_h"]),
+                dec9(r["reserved_gpu_h"]),
+                dec9(r["reserved_gpu_h"]),
+                dec9(r["used_gpu_h"]),
+                dec9(r["idle_gpu_h"]),
             )
             for r in rows
         ]
     by_cm: dict[tuple[str, str], Decimal] = {}
     for ln in lines:
         by_cm[(ln.cluster, ln.gpu_model)] = by_cm.get((ln.cluster, ln.gpu_model), Decimal(0)) + ln.cost
-    idle_rows = acct.idle_periods(start=m0, end=m1, tenant=tenant)
+    idle_rows = kept.idle_periods(tenant) if kept else acct.idle_periods(start=m0, end=m1, tenant=tenant)
     top = [
         IdlePeriod(
             tenant=r["tenant"],
@@ -134,7 +146,7 @@ def _report(
             slice_id=r["slice_id"],
             start=r["start"],
             end=r["end"],
-            gpu_hours=_dec(r["gpu_hours"]),
+            gpu_hours=dec9(r["gpu_hours"]),
             cost=Decimal(r["cost"] if r["cost"] is not None else 0).quantize(Decimal("0.01")),
         )
         for r in idle_rows[:TOP_IDLE]

@@ -37,37 +37,28 @@ import pyarrow as pa
 import pyarrow.compute
 
 from warehouse.lake import Lake, schema_of, write_bytes_atomic
+from warehouse.rules import (
+    HOUR_NO_SQL,
+    SECONDS,
+    SHARE_SQL,
+    TICK_START_SQL,
+    USED_FRAC_SQL,
+    follows_sql,
+    gap_s_sql,
+    idle_tick_sql,
+    reserved_s_sql,
+    tick_start_s,
+    used_s_sql,
+)
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet as _read
 
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 5  # bump when the SQL below changes meaning: every date is rebuilt
-
-# DESIGN §6 share per slice kind; HAMi's core 0 means no core reservation (compute term 0).
-SHARE_SQL = """
-CASE kind
-  WHEN 'whole' THEN 1.0
-  WHEN 'mig' THEN greatest(compute_slices / gpu_compute_slices, memory_slices / gpu_memory_slices)
-  WHEN 'vgpu' THEN least(1.0, greatest(coalesce(mem_cap_mib / gpu_mem_total_mib, 0.0),
-                                       coalesce(core_cap_pct, 0.0) / 100.0))
-  WHEN 'timeslice' THEN 1.0 / replicas
-END"""
-
-# Busy fraction of the whole GPU attributable to the slice (MIG: instance activity x compute fraction).
-# Unknown utilization counts as 0 used (never billed as use) and never as idle (see IDLE_SQL).
-USED_FRAC_SQL = """
-CASE kind
-  WHEN 'mig' THEN util_pct / 100.0 * compute_slices / gpu_compute_slices
-  ELSE util_pct / 100.0
-END"""
+ROLLUP_VERSION = 6  # bump when the SQL below changes meaning: every date is rebuilt
 
 IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
-# The same hour as a number (hours since the epoch): integer arithmetic instead of a time-zone-
-# aware date_trunc, which cost as much as the rest of a row's work.
-HOUR_NO_SQL = "(epoch_us(ts) - CAST(interval_s * 500000 AS BIGINT)) // 3600000000"
-SECONDS = "DECIMAL(18, 9)"  # one tick's GPU-seconds: exact sums, int64 storage
 
 
 @dataclass(frozen=True)
@@ -75,12 +66,6 @@ class RollupStats:
     dates: int  # dates looked at
     rebuilt: int  # dates whose rollups were (re)computed
     slice_rows: int  # raw slice rows read by the rebuilt dates
-
-
-def _nanos(expr: str) -> str:
-    """GPU-seconds of one slice tick, floored to the nanosecond: the shares of a GPU tick then never
-    add up past its interval, so unallocated time is never negative."""
-    return f"CAST(floor(({expr}) * 1e9) / 1e9 AS {SECONDS})"
 
 
 class Rollups:
@@ -275,8 +260,6 @@ class Rollups:
             FROM (SELECT {gk} AS gk, seq, ({SHARE_SQL}) AS share,
                          coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac FROM {rows(slices)})
             GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0""")
-        reserved = f"r.interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce(o.sum_share, 1.0))"
-        used = f"r.interval_s * coalesce(({USED_FRAC_SQL}), 0.0) / greatest(1.0, coalesce(o.sum_used, 1.0))"
         ident = ", ".join(IDENTITY)
         # One narrow row per slice tick, computed once: both the hourly sums and the idle runs
         # read it. The identity's columns are looked up once per slice-hour (`dims`).
@@ -284,7 +267,8 @@ class Rollups:
             CREATE OR REPLACE TEMP TABLE a AS
             SELECT hash(r.slice_id, r.node, r.boot_id) AS sk, {HOUR_NO_SQL} AS h, hash({ident}) AS ident,
                    r.seq, r.ts, r.interval_s, ({SHARE_SQL}) AS share, r.util_pct IS NULL AS util_unknown,
-                   {_nanos(reserved)} AS reserved_s, {_nanos(used)} AS used_s, r.mem_used_mib
+                   {reserved_s_sql("o.sum_share")} AS reserved_s, {used_s_sql("o.sum_used")} AS used_s,
+                   {idle_tick_sql(ratio, "o.sum_share", "o.sum_used")} AS idle, r.mem_used_mib
             FROM {rows(slices)} r
             LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq""")
         con.execute(f"""
@@ -298,7 +282,7 @@ class Rollups:
             FROM {rows(slices)} r GROUP BY sk, h, ident""")
         self._collisions(con, gpus)
         keys = "sk, h, ident"
-        idle_cond = f"NOT util_unknown AND used_s < reserved_s * {ratio}"
+        idle_cond = "idle"
         slice_hourly = con.sql(f"""
             WITH n AS (
                 SELECT {keys},
@@ -318,21 +302,29 @@ class Rollups:
             FROM n JOIN dims d USING ({keys})
             ORDER BY d.h, d.cluster, d.node, d.gpu_uuid, d.slice_id, d.boot_id, d.namespace, d.pod,
                      d.container, d.pod_uid, d.job_id, d.account, d."user", n.ticks""").to_arrow_table()
-        # Idle ticks -> runs: consecutive seq of one slice in one agent boot, cut at the hour.
+        # Idle ticks -> runs: consecutive seq of one slice in one agent boot, each tick starting
+        # where the previous one ended (a silence ends a run even when seq does not skip), cut at
+        # the hour.
+        follows = follows_sql("prev_ts", tick_start_s(), "interval_s")
         idle_runs = con.sql(f"""
-            WITH i AS (
+            WITH i0 AS (
                 SELECT sk, h, ident, seq, ts, interval_s, reserved_s,
-                       seq - row_number() OVER (PARTITION BY sk ORDER BY seq) AS run
-                FROM a WHERE {idle_cond}),
+                       lag(seq) OVER w AS prev_seq, lag(ts) OVER w AS prev_ts
+                FROM a WHERE {idle_cond} WINDOW w AS (PARTITION BY sk ORDER BY seq)),
+            i AS (
+                SELECT *, sum(CASE WHEN seq = prev_seq + 1 AND {follows} THEN 0 ELSE 1 END)
+                              OVER (PARTITION BY sk ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run
+                FROM i0),
             r AS (
                 SELECT sk, h, ident, min(seq) AS first_seq, max(seq) AS last_seq,
-                       min(ts - to_microseconds(CAST(interval_s * 1000000 AS BIGINT))) AS start_ts,
-                       max(ts) AS end_ts, count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
+                       min({TICK_START_SQL}) AS start_ts, max(ts) AS end_ts,
+                       arg_min(interval_s, seq) AS interval_s,
+                       count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
                 FROM i GROUP BY sk, h, ident, run)
             SELECT d.cluster, d.node, d.boot_id, d.gpu_uuid, d.model, d.slice_id, d.kind,
                    {", ".join("d." + c for c in IDENTITY)},
                    to_timestamp(r.h * 3600) AS hour, r.first_seq, r.last_seq, r.start_ts, r.end_ts, r.ticks,
-                   r.reserved_s
+                   r.reserved_s, r.interval_s
             FROM r JOIN dims d USING ({keys})
             ORDER BY d.slice_id, d.node, d.boot_id, r.first_seq, r.h""").to_arrow_table()
         con.register("_slice_hourly", slice_hourly)
@@ -365,9 +357,8 @@ class Rollups:
                    max(ts) AS last_ts, arg_max(n_gpus, ts) AS last_gpus,
                    count(*)::INTEGER AS ticks,
                    sum(CAST(interval_s * n_gpus AS {SECONDS})) AS observed_gpu_s,
-                   coalesce(sum(CASE WHEN epoch(ts) - interval_s - epoch(prev_ts) > interval_s / 2
-                                     THEN CAST((epoch(ts) - interval_s - epoch(prev_ts)) * prev_gpus
-                                               AS {SECONDS}) END), 0) AS gap_gpu_s
+                   coalesce(sum(CAST({gap_s_sql("prev_ts", tick_start_s(), "interval_s")} * prev_gpus
+                                     AS {SECONDS})), 0) AS gap_gpu_s
             FROM o GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
         for tmp in ("t", "losers", "over", "a", "dims"):
             con.execute(f"DROP TABLE {tmp}")

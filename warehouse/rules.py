@@ -1,0 +1,240 @@
+"""The accounting definitions of DESIGN §6, each written once, as SQL that every query imports.
+
+Rollups, alerts, the idle periods, coverage and the chargeback all build their queries from these
+expressions, so a rule changed here changes everywhere at once. Each expression reads the column
+names of a lake slice row (see `gpuledger.decode.table_schema('slice')`); where a caller needs the
+same rule in Python (the exporter, the simulated fleet), `share()` and `used_fraction()` below are
+tested value for value against the SQL (tests/test_rules.py).
+
+Money and idle tests are exact: GPU-seconds are fixed-point decimals floored to the nanosecond,
+and the idle test compares exact fractions (cross-multiplied integers and decimals), so a ratio of
+exactly the threshold is never flipped by binary floating point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from warehouse.sql import lit
+
+KINDS = ("whole", "mig", "vgpu", "timeslice")
+SECONDS = "DECIMAL(18, 9)"  # one tick's GPU-seconds: exact sums, int64 storage
+
+# -- share (DESIGN §6): the fraction of the physical GPU the allocation takes out of the pool -----
+# HAMi's core 0 means no core reservation (compute term 0); a vGPU never holds more than its GPU.
+SHARE_SQL = """
+CASE kind
+  WHEN 'whole' THEN 1.0
+  WHEN 'mig' THEN greatest(compute_slices / gpu_compute_slices, memory_slices / gpu_memory_slices)
+  WHEN 'vgpu' THEN least(1.0, greatest(coalesce(mem_cap_mib / gpu_mem_total_mib, 0.0),
+                                       coalesce(core_cap_pct, 0.0) / 100.0))
+  WHEN 'timeslice' THEN 1.0 / replicas
+END"""
+
+# The same share as an exact fraction SHARE_NUM / SHARE_DEN (a decimal over a positive integer),
+# for the idle test. vGPU: both terms over 100 x memory total; capped at the whole GPU.
+_CORE = "coalesce(CAST(core_cap_pct AS DECIMAL(18, 6)), 0)"
+_VGPU_NUM = f"greatest(coalesce(mem_cap_mib * 100, 0), {_CORE} * gpu_mem_total_mib)"
+SHARE_NUM_SQL = f"""
+CASE kind
+  WHEN 'whole' THEN 1
+  WHEN 'mig' THEN CASE WHEN compute_slices * gpu_memory_slices >= memory_slices * gpu_compute_slices
+                       THEN compute_slices ELSE memory_slices END
+  WHEN 'vgpu' THEN CASE WHEN gpu_mem_total_mib IS NULL
+                        THEN least(100, {_CORE})
+                        ELSE least(100 * gpu_mem_total_mib, {_VGPU_NUM}) END
+  WHEN 'timeslice' THEN 1
+END"""
+SHARE_DEN_SQL = """
+CASE kind
+  WHEN 'whole' THEN 1
+  WHEN 'mig' THEN CASE WHEN compute_slices * gpu_memory_slices >= memory_slices * gpu_compute_slices
+                       THEN gpu_compute_slices ELSE gpu_memory_slices END
+  WHEN 'vgpu' THEN 100 * coalesce(gpu_mem_total_mib, 1)
+  WHEN 'timeslice' THEN replicas
+END"""
+
+# -- used: the busy fraction of the whole GPU attributable to the slice --------------------------
+# MIG: instance activity x its compute fraction. Unknown utilisation is NULL here: it counts as 0
+# used (never billed as use) and is never idle (we do not flag what we cannot see).
+USED_FRAC_SQL = """
+CASE kind
+  WHEN 'mig' THEN util_pct / 100.0 * compute_slices / gpu_compute_slices
+  ELSE util_pct / 100.0
+END"""
+# ... and exactly, USED_NUM / USED_DEN (util_pct to the micro-percent, as sent).
+USED_NUM_SQL = """
+CASE kind
+  WHEN 'mig' THEN CAST(util_pct AS DECIMAL(18, 6)) * compute_slices
+  ELSE CAST(util_pct AS DECIMAL(18, 6))
+END"""
+USED_DEN_SQL = "CASE kind WHEN 'mig' THEN 100 * gpu_compute_slices ELSE 100 END"
+
+# -- time ----------------------------------------------------------------------------------------
+# A tick covers (ts - Δ, ts] and belongs to the hour of its midpoint ts - Δ/2, as hours since the
+# epoch: integer arithmetic instead of a time-zone-aware date_trunc (it cost as much as the rest).
+HOUR_NO_SQL = "(epoch_us(ts) - CAST(interval_s * 500000 AS BIGINT)) // 3600000000"
+TICK_START_SQL = "(ts - to_microseconds(CAST(interval_s * 1000000 AS BIGINT)))"  # ts - Δ
+
+
+def follows_sql(prev_end: str, start_s: str, interval_s: str) -> str:
+    """TRUE when a tick (or run) starting at `start_s` (epoch seconds) continues one that ended at
+    the timestamp `prev_end`.
+
+    DESIGN §6: each tick starts where the previous one ended, within Δ/2. A later start is a gap
+    (agent down, stalled or suspended): unobserved time, which ends an idle run even when `seq`
+    does not skip, and which coverage counts as unobserved GPU time.
+    """
+    return f"({start_s} - epoch({prev_end}) <= {interval_s} / 2)"
+
+
+def gap_s_sql(prev_end: str, start_s: str, interval_s: str) -> str:
+    """Seconds of the gap before a tick starting at `start_s`, when it does not follow (else NULL)."""
+    follows = follows_sql(prev_end, start_s, interval_s)
+    return f"CASE WHEN NOT {follows} THEN {start_s} - epoch({prev_end}) END"
+
+
+def tick_start_s(ts: str = "ts", interval_s: str = "interval_s") -> str:
+    """Epoch seconds at which a tick stamped `ts` starts: ts - Δ."""
+    return f"(epoch({ts}) - {interval_s})"
+
+
+def nanos(expr: str) -> str:
+    """GPU-seconds floored to the nanosecond: the shares of a GPU tick then never add up past its
+    interval, so unallocated time is never negative."""
+    return f"CAST(floor(({expr}) * 1e9) / 1e9 AS {SECONDS})"
+
+
+def reserved_s_sql(sum_share: str = "sum_share") -> str:
+    """Reserved GPU-seconds of a slice tick: Δ·share / max(1, Σ shares on that GPU in that tick)."""
+    return nanos(f"interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce({sum_share}, 1.0))")
+
+
+def used_s_sql(sum_used: str = "sum_used") -> str:
+    """Used GPU-seconds of a slice tick: busy time scaled down when busy fractions on one GPU add
+    up past the whole GPU (over-commit), floored to the nanosecond."""
+    return nanos(f"interval_s * coalesce(({USED_FRAC_SQL}), 0.0) / greatest(1.0, coalesce({sum_used}, 1.0))")
+
+
+def ratio_lit(ratio: float) -> str:
+    """The idle ratio as an exact decimal literal (its shortest repr: 0.05 is 5/100, not a double)."""
+    d = Decimal(repr(float(ratio)))
+    return f"CAST({lit(str(d))} AS DECIMAL(18, 9))"
+
+
+def idle_tick_sql(ratio: float, sum_share: str = "sum_share", sum_used: str = "sum_used") -> str:
+    """DESIGN §6 idle test of one slice tick: used / reserved < ratio, compared exactly.
+
+    `sum_share` / `sum_used` are the GPU tick's totals when they pass 1 (over-commit), else NULL.
+    Without over-commit the test is u < ratio x s on exact fractions (cross-multiplied), so a
+    ratio of exactly the threshold is not idle for any slice kind. On an over-committed GPU the
+    normalised fractions u / Σu and s / Σs are compared unfloored in double precision.
+    Unknown utilisation is never idle.
+    """
+    r = ratio_lit(ratio)
+    exact = f"(({USED_NUM_SQL}) * ({SHARE_DEN_SQL}) < {r} * ({SHARE_NUM_SQL}) * ({USED_DEN_SQL}))"
+    scaled = (
+        f"(({USED_FRAC_SQL}) / greatest(1.0, coalesce({sum_used}, 1.0)) < "
+        f"{float(ratio)!r} * ({SHARE_SQL}) / greatest(1.0, coalesce({sum_share}, 1.0)))"
+    )
+    return (
+        f"(util_pct IS NOT NULL AND CASE WHEN {sum_share} IS NULL AND {sum_used} IS NULL "
+        f"THEN {exact} ELSE {scaled} END)"
+    )
+
+
+# -- workload and tenant -------------------------------------------------------------------------
+
+WORKLOAD_SQL = """coalesce(namespace || '/' || coalesce(pod, slice_id), 'slurm-job/' || job_id,
+                           'user/' || "user", slice_id)"""
+
+
+def tenant_sql(rules: Sequence[Mapping[str, Any]], default: str = "unassigned") -> str:
+    """Ordered tenant rules as one SQL CASE over slice workload columns (first match wins).
+
+    Resolved at query time, so a rule change applies to every month not yet closed.
+    """
+    whens = []
+    for rule in rules:
+        tenant = lit(rule["tenant"])
+        if "namespace" in rule:
+            cond = f"namespace = {lit(rule['namespace'])}"
+        elif "label" in rule:
+            key, _, value = rule["label"].partition("=")
+            cond = f"labels[{lit(key)}] = {lit(value)}"
+        elif "account" in rule:
+            cond = f"account = {lit(rule['account'])}"
+        elif "user" in rule:
+            cond = f'"user" = {lit(rule["user"])}'
+        else:
+            raise ValueError(f"tenant rule without a matcher: {rule!r}")
+        whens.append(f"WHEN {cond} THEN {tenant}")
+    if not whens:
+        return lit(default)
+    return "CASE " + " ".join(whens) + f" ELSE {lit(default)} END"
+
+
+# -- prices --------------------------------------------------------------------------------------
+
+
+def price_join(alias: str = "x", prices: str = "p") -> str:
+    """The effective-dated price of a row's GPU model on the date of its hour (a `prices` table
+    of (model, valid_from, valid_to, gpu_hour) rows, valid_to exclusive)."""
+    return (
+        f"JOIN prices {prices} ON {prices}.model = {alias}.model "
+        f"AND CAST({alias}.hour AS DATE) >= {prices}.valid_from "
+        f"AND CAST({alias}.hour AS DATE) < {prices}.valid_to"
+    )
+
+
+# -- the same rules in Python --------------------------------------------------------------------
+
+
+def share(slice_: Mapping[str, Any], gpu_mem_total_mib: int | None = None) -> Fraction:
+    """DESIGN §6 share of one v1 slice (message field names), exactly as SHARE_NUM/SHARE_DEN.
+
+    `gpu_mem_total_mib` is the slice's GPU's memory (vGPU memory term); unknown -> core term only.
+    """
+    kind = slice_["kind"]
+    if kind == "whole":
+        return Fraction(1)
+    if kind == "mig":
+        return max(
+            Fraction(slice_["compute_slices"], slice_["gpu_compute_slices"]),
+            Fraction(slice_["memory_slices"], slice_["gpu_memory_slices"]),
+        )
+    if kind == "vgpu":
+        core = Fraction(Decimal(repr(float(slice_.get("core_cap_pct") or 0)))) / 100
+        mem_cap = slice_.get("mem_cap_mib")
+        known = mem_cap is not None and gpu_mem_total_mib
+        mem = Fraction(mem_cap, gpu_mem_total_mib) if known else Fraction(0)
+        return min(Fraction(1), max(mem, core))
+    if kind == "timeslice":
+        return Fraction(1, slice_["replicas"])
+    raise ValueError(f"slice kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def used_fraction(slice_: Mapping[str, Any]) -> Fraction | None:
+    """Busy fraction of the whole GPU attributable to one v1 slice; None when utilisation is unknown."""
+    util = slice_.get("util_pct")
+    if util is None:
+        return None
+    u = Fraction(Decimal(repr(float(util)))) / 100
+    if slice_["kind"] == "mig":
+        u *= Fraction(slice_["compute_slices"], slice_["gpu_compute_slices"])
+    return u
+
+
+def follows(prev_end: datetime, ts: datetime, interval_s: float) -> bool:
+    """Python twin of `follows_sql`: a tick stamped `ts` starts where one that ended at `prev_end`
+    did, within Δ/2 (else there was a gap, which ends an idle run)."""
+    return (ts - prev_end).total_seconds() - interval_s <= interval_s / 2
+
+
+def is_idle_tick(used: Fraction | None, share_: Fraction, ratio: float) -> bool:
+    """The idle test of one slice tick on a GPU that is not over-committed (see idle_tick_sql)."""
+    return used is not None and used < Fraction(Decimal(repr(float(ratio)))) * share_
