@@ -8,7 +8,7 @@ x 110 min (10 ticks missing) = 11/3 GPU-h at $3.60. Capacity cost = 4.00 + 4.80 
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -402,3 +402,319 @@ def test_saved_idle_periods_read_the_same_and_follow_their_inputs(tmp_path: Path
     newer = late.save_idle(keep=1)
     assert sorted(p.name for p in (root / "rollups" / "_derived").iterdir()) == [newer.name]
     late.close()
+
+
+# -- month-boundary reproductions (each a few ticks, no Kafka) ------------------------------------
+
+H0 = datetime(2026, 10, 20, 23, 0, tzinfo=UTC)  # the last hour of a date: its 00:00 tick is the next date's
+G = "GPU-c0000000-0000-4000-8000-000000000000"
+BOOT_A, BOOT_B = scenario.BOOT_A, scenario.BOOT_B
+PRICE4 = [{"model": H100, "gpu_hour": "4.00", "from": "2026-01-01"}]
+
+
+def _tick(
+    k: int,
+    boot: str,
+    slices: list[dict],
+    *,
+    seq: int | None = None,
+    start: datetime = H0,
+    gpu: str = G,
+    model: str = H100,
+) -> dict:
+    """Tick k of one node with one GPU: ts = start + k minutes (Δ = 60 s)."""
+    return {
+        "schema": "gpuledger.sample/v1",
+        "cluster": "c",
+        "node": "n1",
+        "boot_id": boot,
+        "seq": k if seq is None else seq,
+        "ts": (start + timedelta(minutes=k)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "interval_s": 60.0,
+        "gpus": [
+            {
+                "uuid": gpu,
+                "index": 0,
+                "model": model,
+                "mem_total_mib": 81920,
+                "mem_used_mib": 0,
+                "util_pct": None,
+                "power_w": None,
+                "energy_j": None,
+                "temp_c": None,
+                "mig_mode": False,
+                "state": "ok",
+            }
+        ],
+        "slices": slices,
+        "processes": [],
+    }
+
+
+def _ts_slice(util: float, gpu: str = G) -> dict:
+    """A 1/4 time-sliced replica held by namespace ml."""
+    return {
+        "slice_id": f"{gpu}:ts:p1",
+        "gpu_uuid": gpu,
+        "kind": "timeslice",
+        "replicas": 4,
+        "util_pct": util,
+        "workload": {"namespace": "ml", "pod": "p1", "container": "main", "pod_uid": "p1"},
+    }
+
+
+def _mig_2g(util: float) -> dict:
+    return {
+        "slice_id": f"{G}:mig:1:0",
+        "gpu_uuid": G,
+        "kind": "mig",
+        "mem_cap_mib": 19968,
+        "util_pct": util,
+        "mig_profile": "2g.20gb",
+        "gi_id": 1,
+        "ci_id": 0,
+        "mig_uuid": "MIG-c0-1",
+        "compute_slices": 2,
+        "memory_slices": 2,
+        "gpu_compute_slices": 7,
+        "gpu_memory_slices": 8,
+        "workload": {"namespace": "ml", "pod": "p1", "container": "main", "pod_uid": "p1"},
+    }
+
+
+def _acct(tmp_path: Path, msgs: list[dict], book: list[dict] = PRICE4, **kw) -> Accounting:
+    root = tmp_path / "lake"
+    # one ingest batch per boot: each agent's ticks as it would send them
+    for boot in sorted({m["boot_id"] for m in msgs}):
+        scenario.write(Lake(root), [m for m in msgs if m["boot_id"] == boot])
+    a = Accounting(root, tenant_rules=[{"tenant": "ml", "namespace": "ml"}], price_book=PriceBook(book), **kw)
+    a.update()
+    return a
+
+
+def _usage_hours(c) -> dict[str, Decimal]:
+    return {ln.tenant: ln.gpu_hours for ln in c.lines if ln.line_type == "usage"}
+
+
+def test_hybrid_sums_a_slice_hour_across_agent_restarts(tmp_path: Path) -> None:
+    """A 1/4 replica at 40 % for 30 min under boot B1, then 10 % for 30 min under B2: reserved =
+    used = 0.25 GPU-h, so hybrid bills 0.25 (0.325 when each boot's piece burst on its own)."""
+    msgs = [_tick(k, BOOT_A, [_ts_slice(40.0)]) for k in range(1, 31)]
+    msgs += [_tick(k, BOOT_B, [_ts_slice(10.0)], seq=k - 30) for k in range(31, 61)]
+    a = _acct(tmp_path, msgs)
+    try:
+        for mode in ("reserved", "used", "hybrid"):
+            c = compute_charges(a, "2026-10", mode=mode)
+            assert _usage_hours(c) == {"ml": Decimal("0.25")}, mode
+            assert [f"{ln.cost:.2f}" for ln in c.lines] == ["1.00", "3.00"]  # ml, unallocated at $4
+    finally:
+        a.close()
+
+
+def test_hybrid_sums_a_slice_hour_across_date_partitions(tmp_path: Path) -> None:
+    """10 % all of hour 23 and 70 % on the 00:00:00 tick only (stored under the next date): the
+    hour uses 0.11 GPU-h of its 0.25 reserved, so hybrid bills 0.25 (0.2575 before)."""
+    msgs = [_tick(k, BOOT_A, [_ts_slice(70.0 if k == 60 else 10.0)]) for k in range(1, 61)]
+    a = _acct(tmp_path, msgs)
+    try:
+        assert sorted(p.name for p in (a.lake.root / "rollups" / "slice_hourly").iterdir()) == [
+            "date=2026-10-20",
+            "date=2026-10-21",
+        ]
+        used = compute_charges(a, "2026-10", mode="used")
+        assert _usage_hours(used)["ml"] == Decimal("0.11")  # (59 x 0.1 + 0.7) x 60 s
+        hybrid = compute_charges(a, "2026-10", mode="hybrid")
+        assert _usage_hours(hybrid) == {"ml": Decimal("0.25")}
+        assert hybrid.total == Decimal("4.00")
+    finally:
+        a.close()
+
+
+def test_idle_period_ends_at_a_silence_even_when_seq_does_not_skip(tmp_path: Path) -> None:
+    """10 idle ticks, 5 hours of silence (the agent stalled: seq goes on), 20 idle ticks: two runs
+    of 10 and 20 minutes, neither 30 minutes long: no idle period and no idle GPU-hours (before:
+    one 330-minute period of 0.125 GPU-h). A gap is unobserved, never idle."""
+    msgs = [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(1, 11)]
+    msgs += [_tick(k, BOOT_A, [_ts_slice(0.0)], seq=k - 300) for k in range(311, 331)]
+    a = _acct(tmp_path, msgs)
+    try:
+        assert a.idle_periods() == []
+        assert a.measures(["tenant"], grain=None)[0]["idle_gpu_h"] == 0
+        runs = a.sql("SELECT first_seq, last_seq, ticks FROM r_idle_runs ORDER BY first_seq").fetchall()
+        assert runs == [(1, 10, 10), (11, 30, 20)]  # seq 10 -> 11 across five silent hours
+        # the silence is unobserved GPU time: 5 hours of the node's one GPU
+        cov = a.coverage(datetime(2026, 10, 20, 23, 0, tzinfo=UTC), datetime(2026, 10, 21, 4, 30, tzinfo=UTC))
+        assert sum(r["unobserved_gpu_h"] for r in cov) == pytest.approx(5.0)
+    finally:
+        a.close()
+
+
+def test_idle_period_still_spans_hours_and_dates_without_a_gap(tmp_path: Path) -> None:
+    """The same slice idle for 40 minutes across midnight (two dates, two hours): one period."""
+    msgs = [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(41, 81)]
+    a = _acct(tmp_path, msgs)
+    try:
+        (p,) = a.idle_periods()
+        assert p["minutes"] == 40 and p["gpu_hours"] == pytest.approx(40 / 60 / 4)
+        assert p["cost"] == Decimal("0.67")  # 1/6 GPU-h x $4
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize(
+    ("slice_", "idle"),
+    [
+        (_mig_2g(5.0), False),  # used 0.05 x 2/7 = exactly 0.05 of its 2/7 share: not idle
+        (_mig_2g(4.99), True),
+        (_ts_slice(1.25), False),  # 0.0125 of a 1/4 replica: exactly 0.05
+        (_ts_slice(1.2499), True),
+    ],
+    ids=["mig-2g-5.0", "mig-2g-4.99", "timeslice-1.25", "timeslice-1.2499"],
+)
+def test_a_ratio_of_exactly_the_threshold_is_not_idle(tmp_path: Path, slice_: dict, idle: bool) -> None:
+    msgs = [_tick(k, BOOT_A, [slice_]) for k in range(1, 41)]
+    a = _acct(tmp_path, msgs)
+    try:
+        ((ticks,),) = a.sql("SELECT sum(idle_ticks) FROM slice_hourly").fetchall()
+        assert ticks == (40 if idle else 0)
+        assert len(a.idle_periods()) == (1 if idle else 0)
+    finally:
+        a.close()
+
+
+def test_cents_add_up_per_model_not_only_per_month() -> None:
+    """Two models whose fractions would pool: H100 exact 0.012 and A100 0.008. Pooled largest
+    remainder gives both cents to H100 (0.02 / 0.00); per subtotal each model is right (0.01 each)."""
+    from dataclasses import replace as _replace
+
+    from warehouse.chargeback import _round_cents, check_conservation
+
+    c = _line()
+    lines = [
+        _replace(c, tenant="a", gpu_model=H100, cost_exact=Decimal("0.006")),
+        _replace(c, tenant="b", gpu_model=H100, cost_exact=Decimal("0.006")),
+        _replace(c, tenant="a", gpu_model=A100, cost_exact=Decimal("0.004")),
+        _replace(c, tenant="b", gpu_model=A100, cost_exact=Decimal("0.004")),
+    ]
+    out = _round_cents(lines)
+    by_model: dict[str, Decimal] = {}
+    for ln in out:
+        by_model[ln.gpu_model] = by_model.get(ln.gpu_model, Decimal(0)) + ln.cost
+    assert by_model == {H100: Decimal("0.01"), A100: Decimal("0.01")}
+    check_conservation("2026-10", out, Decimal("0.02"))
+
+
+def test_exact_ties_follow_line_order_not_division_noise() -> None:
+    """Two tenants with the same exact cost (0.005 each, one cent to hand out): the cent goes to
+    the first in line order (tenant name), also when 60-digit division left noise in the 50th
+    digit that favours the other."""
+    from dataclasses import replace as _replace
+
+    from warehouse.chargeback import _round_cents
+
+    c = _line()
+    noise = Decimal("1e-50")
+    lines = [
+        _replace(c, tenant="zeta", cost_exact=Decimal("0.005") + noise),
+        _replace(c, tenant="alpha", cost_exact=Decimal("0.005") - noise),
+    ]
+    out = {ln.tenant: ln.cost for ln in _round_cents(lines)}
+    assert out == {"alpha": Decimal("0.01"), "zeta": Decimal("0.00")}
+
+
+def test_corrections_are_the_cents_difference_of_the_reclosed_month(tmp_path: Path) -> None:
+    """Late data for a closed month: each correction bills what the month bills now minus what it
+    billed, in cents, so a correction is always a whole number of cents that adds up."""
+    from warehouse.close import CloseSettings, close_month, read_ledger
+
+    msgs = [_tick(k, BOOT_A, [_ts_slice(10.0)]) for k in range(1, 41)]
+    late = [_tick(k, BOOT_A, [_ts_slice(10.0)]) for k in range(41, 48)]
+    root = tmp_path / "lake"
+    scenario.write(Lake(root), msgs)
+    settings = CloseSettings(
+        tenant_rules=({"tenant": "ml", "namespace": "ml"},),
+        default_tenant="unassigned",
+        currency="USD",
+        book=tuple(PriceBook(PRICE4).as_config()),
+        kwh="",
+        mode="reserved",
+        idle_policy="platform",
+        idle_util_ratio=0.05,
+        idle_min_minutes=30.0,
+    )
+    oct_ = close_month(root, "2026-10", settings, now=OCT_CLOSED)
+    billed = {ln.tenant: ln.cost for ln in oct_.lines}
+    assert billed == {"ml": Decimal("0.67"), "__unallocated__": Decimal("2.00")}  # 40 min: 1/6 + 1/2 GPU-h
+    scenario.write(Lake(root), late)
+    nov = close_month(root, "2026-11", settings, now=NOV_CLOSED)
+    a = settings.accounting(root)
+    a.update()
+    now = {ln.tenant: ln.cost for ln in compute_charges(a, "2026-10").lines}
+    a.close()
+    assert now == {"ml": Decimal("0.78"), "__unallocated__": Decimal("2.35")}  # 47 min at $4
+    got = {ln.tenant: ln.cost for ln in nov.lines if ln.line_type == "correction"}
+    want = {"ml": Decimal("0.11"), "__unallocated__": Decimal("0.35")}
+    assert got == {t: now[t] - billed[t] for t in now} == want
+    # The exact differences are 0.11666.. and 0.35 (0.46666..): rounded on their own they would
+    # bill 0.47, a cent more than the month's bill actually moved.
+    lines, _ = read_ledger(root, "2026-11")
+    assert sum(ln.cost for ln in lines) == Decimal("0.46") == Decimal(nov.manifest["totals"]["cost"])
+
+
+def test_a_node_that_stops_sending_retires_after_a_day(tmp_path: Path) -> None:
+    """A node's last tick at 23:40 on the 20th: its silence is unobserved for 24 hours, then the
+    node is retired (its capacity leaves the fleet) instead of a week of unobserved GPU-hours."""
+    msgs = [_tick(k, BOOT_A, [_ts_slice(10.0)]) for k in range(1, 41)]
+    a = _acct(tmp_path, msgs)
+    try:
+        end = datetime(2026, 10, 27, tzinfo=UTC)
+        cov = a.coverage(datetime(2026, 10, 20, tzinfo=UTC), end)
+        assert sum(r["unobserved_gpu_h"] for r in cov) == pytest.approx(24.0)
+        assert {r["day"].isoformat() for r in cov} == {"2026-10-20", "2026-10-21"}
+        retired = datetime(2026, 10, 21, 23, 40, tzinfo=UTC)
+        assert {r["retired_at"] for r in cov} == {retired}
+        assert [(r["node"], r["retired_at"]) for r in a.retired_nodes(end)] == [("n1", retired)]
+        # not retired yet while the range ends within the day; a shorter setting retires sooner
+        assert a.retired_nodes(datetime(2026, 10, 21, 12, tzinfo=UTC)) == []
+    finally:
+        a.close()
+    b = Accounting(tmp_path / "lake", retire_after_hours=2)
+    try:
+        cov = b.coverage(datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 10, 27, tzinfo=UTC))
+        assert sum(r["unobserved_gpu_h"] for r in cov) == pytest.approx(2.0)
+    finally:
+        b.close()
+
+
+def test_a_closed_months_report_shows_the_usage_it_was_billed_from(tmp_path: Path) -> None:
+    """Late data for a closed month changes its rollups but not its report: capacity and idle stay
+    as closed, beside the ledger; the late data is the next month's correction."""
+    from warehouse.close import CloseSettings, close_month
+    from warehouse.monthly import build_reports
+
+    root = tmp_path / "lake"
+    scenario.write(Lake(root), [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(1, 41)])
+    settings = CloseSettings(
+        tenant_rules=({"tenant": "ml", "namespace": "ml"},),
+        default_tenant="unassigned",
+        currency="USD",
+        book=tuple(PriceBook(PRICE4).as_config()),
+        kwh="",
+        mode="reserved",
+        idle_policy="platform",
+        idle_util_ratio=0.05,
+        idle_min_minutes=30.0,
+    )
+    close_month(root, "2026-10", settings, now=OCT_CLOSED)
+    before = build_reports(root, "2026-10", settings)
+    scenario.write(Lake(root), [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(41, 101)])
+    after = build_reports(root, "2026-10", settings)
+    for b, a in zip(before, after, strict=True):
+        assert a.totals == b.totals and a.daily == b.daily and a.top_idle == b.top_idle
+    fleet = after[0]
+    assert fleet.totals["capacity_gpu_h"] == Decimal("0.666666667")  # as closed: 40 of the 100 minutes
+    assert fleet.totals["cost"] == Decimal("2.67") == sum(ln.cost for ln in fleet.lines)
+    assert fleet.totals["idle_gpu_h"] == Decimal("0.166666667")  # one 40-minute idle period, 1/4 GPU
+    # the open month's accrual is where the rest shows up, once November closes
+    nov = close_month(root, "2026-11", settings, now=NOV_CLOSED)
+    assert sum(ln.cost for ln in nov.lines if ln.corrects_period == "2026-10") == Decimal("4.00")
