@@ -273,3 +273,125 @@ def _capacity_by_segment(acct: Accounting, month: str) -> dict[tuple, Decimal]:
         + "' GROUP BY ALL"
     ).fetchall()
     return {(c, m, vf): Decimal(s) / 3600 for c, m, vf, s in rows}
+
+
+# -- a slice-hour is one slice-hour, however the agent and the lake cut it -------------------------
+
+HOUR = datetime(2026, 10, 20, 23, 0, tzinfo=UTC)  # its 00:00 tick lands in the next date partition
+GPU = "GPU-d0000000-0000-4000-8000-000000000000"
+
+
+def _tick(k: int, boot: str, seq: int, util: float | None, ts: datetime | None = None) -> dict[str, Any]:
+    """One node, one H100 time-sliced 4 ways, one replica held by namespace a (tenant t-ns)."""
+    return {
+        "schema": "gpuledger.sample/v1",
+        "cluster": "c",
+        "node": "n",
+        "boot_id": boot,
+        "seq": seq,
+        "ts": (ts or HOUR + timedelta(minutes=k)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "interval_s": 60.0,
+        "gpus": [
+            {
+                "uuid": GPU,
+                "index": 0,
+                "model": "NVIDIA H100 80GB HBM3",
+                "mem_total_mib": 81559,
+                "mem_used_mib": 0,
+                "util_pct": None,
+                "power_w": None,
+                "energy_j": None,
+                "temp_c": None,
+                "mig_mode": False,
+                "state": "ok",
+            }
+        ],
+        "slices": [
+            {
+                "slice_id": f"{GPU}:ts:0",
+                "gpu_uuid": GPU,
+                "kind": "timeslice",
+                "replicas": 4,
+                "util_pct": util,
+                "workload": {"namespace": "a", "pod": "p"},
+            }
+        ],
+        "processes": [],
+    }
+
+
+def _boot(i: int) -> str:
+    return f"{i:08x}-0000-4000-8000-000000000000"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    utils=st.lists(st.sampled_from([0.0, 5.0, 10.0, 25.0, 40.0, 70.0, 100.0]), min_size=60, max_size=60),
+    restarts=st.sets(st.integers(min_value=2, max_value=60), max_size=4),
+)
+def test_hybrid_over_any_split_of_a_slice_hour_equals_hybrid_over_the_hour(
+    utils: list[float], restarts: set[int]
+) -> None:
+    """Agent restarts (a new boot, seq from 1) and the date partition at midnight cut the hour's
+    rollup rows; hybrid bills max(reserved, used) of the whole slice-hour all the same."""
+    msgs, boot, seq = [], 0, 0
+    for k in range(1, 61):
+        if k in restarts:
+            boot, seq = boot + 1, 0
+        seq += 1
+        msgs.append(_tick(k, _boot(boot), seq, utils[k - 1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in sorted({m["boot_id"] for m in msgs}):
+            write(Lake(tmp), [m for m in msgs if m["boot_id"] == b])
+        acct = Accounting(tmp, tenant_rules=RULES, price_book=PriceBook(BOOK))
+        try:
+            acct.update()
+            c = compute_charges(acct, "2026-10", mode="hybrid")
+        finally:
+            acct.close()
+    with localcontext(Context(prec=60)):
+        used = sum((Decimal(str(u)) / 100 * 60 for u in utils), Decimal(0)) / 3600
+    want = max(Decimal("0.25"), used)  # bursts never pass the free 0.75 of this GPU-hour
+    (line,) = [ln for ln in c.lines if ln.line_type == "usage"]
+    assert abs(line.gpu_hours - want) < Decimal("1e-40")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    busy=st.lists(st.booleans(), min_size=90, max_size=90),
+    silences=st.dictionaries(st.integers(min_value=2, max_value=90), st.integers(1, 400), max_size=4),
+)
+def test_no_idle_period_contains_a_gap(busy: list[bool], silences: dict[int, int]) -> None:
+    """Random idle and busy ticks with random silences (the agent stalls: seq goes on, time jumps).
+    Every idle period is a run of ticks each starting where the previous one ended: its length is
+    exactly its ticks, and no silence falls inside it."""
+    msgs, ts = [], HOUR
+    for k in range(1, 91):
+        ts += timedelta(minutes=1 + silences.get(k, 0))
+        msgs.append(_tick(k, _boot(0), k, 50.0 if busy[k - 1] else 0.0, ts=ts))
+    ends = [datetime.fromisoformat(m["ts"].replace("Z", "+00:00")) for m in msgs]
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Lake(tmp), msgs)
+        acct = Accounting(tmp, tenant_rules=RULES, idle_min_minutes=3)
+        try:
+            acct.update()
+            periods = acct.idle_periods()
+        finally:
+            acct.close()
+    # the periods expected from the ticks themselves: maximal runs of idle ticks without a silence
+    want, run = [], []
+    for k in range(1, 91):
+        idle = not busy[k - 1]
+        if idle and run and k not in silences:
+            run.append(k)
+            continue
+        if len(run) >= 3:
+            want.append((ends[run[0] - 1] - timedelta(minutes=1), ends[run[-1] - 1]))
+        run = [k] if idle else []
+    if len(run) >= 3:
+        want.append((ends[run[0] - 1] - timedelta(minutes=1), ends[run[-1] - 1]))
+    got = sorted((p["start"], p["end"]) for p in periods)
+    assert got == sorted(want)
+    for p in periods:
+        inside = [e for e in ends if p["start"] < e <= p["end"]]
+        assert p["minutes"] == len(inside)
