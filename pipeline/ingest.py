@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuledger.config import Config
+from gpuledger.decode import TsWindow
 from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
@@ -76,7 +77,8 @@ class _Pipeline:
         self, cfg: Config, lake: Lake, finish: Callable[[Batch, BatchResult, int], None], workers: int
     ) -> None:
         n = max(1, workers)
-        self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers) for _ in range(n)]
+        window = TsWindow(cfg.lake.max_tick_future_s, cfg.lake.max_tick_age_s)
+        self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers, window) for _ in range(n)]
         self.finish = finish
         self.inflight: deque[tuple[Batch, int, Any, int]] = deque()
         self.max_inflight = MAX_INFLIGHT * n
