@@ -22,7 +22,7 @@ import pyarrow as pa
 from msgspec.structs import astuple
 
 from gpuledger import typed
-from gpuledger.exact import KIND_REQUIRES, exact_check, rules
+from gpuledger.exact import KIND_REQUIRES, exact_check, first_duplicate_key, rules
 from gpuledger.schema import parse_ts
 
 # -- the lake's columns -------------------------------------------------------------------------
@@ -222,7 +222,9 @@ def decode_batch(
                 slow.append(i)
                 continue
             ts = _semantics_ok(t)
-            if ts is not None:
+            # msgspec keeps the last of two values for one key: such a message goes to the
+            # exact checker, which rejects it naming the key.
+            if ts is not None and first_duplicate_key(raw) is None:
                 ticks[i], times[i] = t, ts
                 continue
         slow.append(i)

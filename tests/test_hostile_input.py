@@ -115,3 +115,61 @@ def test_ingest_sends_out_of_window_ticks_to_the_dlq(tmp_path):
     reasons = sorted(r["reason"] for r in dlq)
     assert "after receive time" in reasons[0] or "after receive time" in reasons[1]
     assert any("older than lake.max_tick_age_s" in r for r in reasons)
+
+
+def _dup_cases() -> list[tuple[bytes, str]]:
+    """(message, the key named) with a key twice at each level: top, GPU, slice, workload, labels."""
+    m = orjson.dumps(valid_message(7)).decode()
+    assert m.count('"seq":7') == 1 and m.count('"temp_c":51') == 1
+    assert m.count('"namespace":"shared"') == 1 and m.count('"labels":{"team":"nlp"') == 1
+    return [
+        (m.replace('"seq":7', '"seq":-1,"seq":7').encode(), "seq"),
+        (m.replace('"seq":7', '"seq":7,"se\\u0071":8').encode(), "seq"),  # same key, escaped
+        (m.replace('"temp_c":51', '"temp_c":51,"temp_c":99').encode(), "temp_c"),
+        (
+            m.replace('"namespace":"shared"', '"namespace":"shared","namespace":"kube-system"').encode(),
+            "namespace",
+        ),
+        (m.replace('"labels":{"team":"nlp"', '"labels":{"team":"nlp","team":"billing"').encode(), "team"),
+    ]
+
+
+@pytest.mark.parametrize("walker", ["native", "python"])
+def test_duplicate_keys_are_rejected_naming_the_key_in_every_path(walker, monkeypatch):
+    import gpuledger.exact as ex
+
+    if walker == "python":
+        monkeypatch.setattr(ex, "_native_duplicate_key", lambda: None)
+    else:
+        assert ex._native_duplicate_key() is not None, "the native reader is not built"
+    cases = _dup_cases()
+    good = [orjson.dumps(valid_message(100 + k)) for k in range(3)]
+    raws = [good[0], *[c for c, _ in cases], good[1], good[2]]
+    bad = {1 + k: key for k, (_, key) in enumerate(cases)}
+    assert fast_decode(raws, batch=1, max_message_bytes=MAX) is None
+    assert fast_decode(good, batch=1, max_message_bytes=MAX) is not None
+    for path, got in _decode_all_paths(raws):
+        assert got.accepted == [0, len(raws) - 2, len(raws) - 1], path
+        assert [r.index for r in got.rejects] == sorted(bad), path
+        for r in got.rejects:
+            want = f"invalid JSON: duplicate key {bad[r.index]!r} in an object"
+            assert r.reason == want + " (parsers disagree on which value wins)", (path, r.reason)
+        assert got.tables["tick"]["seq"].to_pylist() == [100, 101, 102], path
+
+
+@pytest.mark.parametrize("walker", ["native", "python"])
+def test_duplicate_key_walker_edges(walker, monkeypatch):
+    import gpuledger.exact as ex
+
+    if walker == "python":
+        monkeypatch.setattr(ex, "_native_duplicate_key", lambda: None)
+    d = ex.first_duplicate_key
+    assert d(b'{"a":1,"b":[{"c":1},{"c":2}]}') is None  # same key in sibling objects is fine
+    assert d(b'{"a":{"a":{"a":1}}}') is None  # and in nested ones
+    assert d(b'{"a":[1,{"x":null,"y":true,"x":false}]}') == "x"
+    many = "{" + ",".join(f'"k{i}":{i}' for i in range(200)) + ',"k150":0}'
+    assert d(many.encode()) == "k150"  # past the linear-compare size
+    assert d(memoryview(b'{"z":1,"z":2}')) == "z"
+    assert d(b'{"a":') is None and d(b"not json") is None  # not JSON: other checks name the fault
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    assert d(deep) is None  # hostile nesting neither crashes nor recurses away
