@@ -28,9 +28,11 @@ period and never blocks every tick.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -70,7 +72,7 @@ class SpoolStats:
 
     spooled: int  # ticks written to the spool
     replayed: int  # spooled ticks later acknowledged by Kafka
-    dropped: int  # spooled ticks deleted unsent because the spool was full
+    dropped: int  # ticks lost unsent: spool full, a corrupt record skipped at start-up, a failed write
     torn: int  # torn or corrupt record tails cut off at start-up
     sent_direct: int  # ticks acknowledged without going through the spool
     pending_records: int  # ticks in the spool now
@@ -78,6 +80,7 @@ class SpoolStats:
     segments: int
     inflight: int  # ticks sent directly, not yet acknowledged
     kafka_up: bool  # direct mode (spool empty and the last send worked)
+    unreadable: int = 0  # segments of an earlier run that could not be read (skipped, left in place)
 
 
 @dataclass
@@ -97,30 +100,73 @@ def _encode(key: str, value: bytes) -> bytes:
     return _REC.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _scan(data: bytes) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
-    """Parse records after the magic: ([(end_offset, key, value)], good_end, why_the_rest_is_bad)."""
+def _record_at(data: bytes, pos: int) -> tuple[int, str | None]:
+    """(end of the record at `pos`, None) when it is whole and its CRC matches, else (end, why)."""
+    n = len(data)
+    if n - pos < _REC.size:
+        return pos, f"{n - pos} bytes of a record header"
+    length, crc = _REC.unpack_from(data, pos)
+    if length < _KEYLEN.size or length > _MAX_PAYLOAD:
+        return pos, f"impossible record length {length}"
+    end = pos + _REC.size + length
+    if end > n:
+        return pos, f"record of {length} bytes cut off after {n - pos - _REC.size}"
+    payload = data[pos + _REC.size : end]
+    if zlib.crc32(payload) != crc:
+        return end, "CRC mismatch"
+    (klen,) = _KEYLEN.unpack_from(payload)
+    if _KEYLEN.size + klen > length:
+        return end, f"key length {klen} beyond the record"
+    return end, None
+
+
+def _scan(data: bytes) -> tuple[list[tuple[int, str, bytes]], int, str | None, list[tuple[int, str]]]:
+    """Parse records after the magic: (records as (end_offset, key, value), good_end,
+    why_the_rest_is_bad, skipped).
+
+    A record whose header is intact but whose payload is corrupt (CRC mismatch: a bad sector, a
+    flipped bit) is skipped alone when the record after it reads cleanly (or it is the last):
+    its length field then was right, so everything after it is still good. `skipped` lists
+    such records as (offset, why). Anything else that fails (a torn or impossible header, or a
+    corrupt record followed by garbage) ends the good part at `good_end`.
+    """
     out: list[tuple[int, str, bytes]] = []
+    skipped: list[tuple[int, str]] = []
     pos = len(MAGIC)
     n = len(data)
     while pos < n:
-        if n - pos < _REC.size:
-            return out, pos, f"{n - pos} bytes of a record header"
-        length, crc = _REC.unpack_from(data, pos)
-        if length < _KEYLEN.size or length > _MAX_PAYLOAD:
-            return out, pos, f"impossible record length {length}"
-        end = pos + _REC.size + length
-        if end > n:
-            return out, pos, f"record of {length} bytes cut off after {n - pos - _REC.size}"
+        end, why = _record_at(data, pos)
+        if why is not None:
+            if end == pos:  # the header itself is torn or impossible
+                return out, pos, why, skipped
+            if end < n and _record_at(data, end)[1] is not None:
+                return out, pos, why, skipped  # the length led nowhere readable: cut here
+            if end == n:  # a bad last record is a torn tail: cut, not skipped
+                return out, pos, why, skipped
+            skipped.append((pos, why))
+            pos = end
+            continue
         payload = data[pos + _REC.size : end]
-        if zlib.crc32(payload) != crc:
-            return out, pos, "CRC mismatch"
         (klen,) = _KEYLEN.unpack_from(payload)
-        if _KEYLEN.size + klen > length:
-            return out, pos, f"key length {klen} beyond the record"
         key = payload[_KEYLEN.size : _KEYLEN.size + klen].decode("utf-8", "replace")
         out.append((end, key, payload[_KEYLEN.size + klen :]))
         pos = end
-    return out, pos, None
+    return out, pos, None, skipped
+
+
+def _read_segment(path: Path) -> bytes:
+    """A segment's bytes, refusing anything that is not a regular file (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _future_state(fut: Any) -> str:
@@ -187,6 +233,7 @@ class SpoolingTransport:
         self._last_attempt: float | None = None
         self._closed = False
         self.spooled = self.replayed = self.dropped = self.torn = self.sent_direct = 0
+        self.unreadable = 0  # segments left by an earlier run that could not be read (skipped)
         self._lock_fd = self._take_dir_lock()
         self._recover()
         if self._segments:
@@ -260,6 +307,7 @@ class SpoolingTransport:
             segments=len(segments),
             inflight=len(self._inflight),
             kafka_up=not segments and self._inner is not None,
+            unreadable=self.unreadable,
         )
 
     # -- direct path -----------------------------------------------------------------------------
@@ -378,12 +426,12 @@ class SpoolingTransport:
             if self._active_fd is not None and seg is self._segments[-1]:
                 self._close_active()  # seal it: later ticks go to a new segment
             try:
-                data = seg.path.read_bytes()
+                data = _read_segment(seg.path)
             except OSError as exc:
                 log.error("spool: cannot read %s (%s); dropping its %d ticks", seg.path, exc, seg.records)
                 self._drop_segment(seg)
                 continue
-            records, _, _ = _scan(data)
+            records, _, _, _ = _scan(data)
             todo = [r for r in records if r[0] > seg.acked_offset]
             futs: list[tuple[int, Any]] = []
             try:
@@ -546,9 +594,17 @@ class SpoolingTransport:
         for no, path in numbered:
             self._next_no = max(self._next_no, no + 1)
             try:
-                data = path.read_bytes()
+                data = _read_segment(path)
             except OSError as exc:
-                raise SpoolError(f"spool: cannot read segment {path}: {exc.strerror}") from exc
+                # Skipped, left where it is, never deleted: an operator may still recover it.
+                # The agent starts regardless; a spool it cannot read must not stop new ticks.
+                self.unreadable += 1
+                log.error(
+                    "spool: cannot read segment %s (%s); skipped, left in place",
+                    path,
+                    exc.strerror or exc,
+                )
+                continue
             if not data.startswith(MAGIC):
                 if len(data) < len(MAGIC) and MAGIC.startswith(data):
                     log.warning("spool: %s is an empty segment torn at creation; removed", path)
@@ -558,7 +614,17 @@ class SpoolingTransport:
                 log.error("spool: %s is not a spool segment (bad magic); moved aside to %s", path, bad.name)
                 path.rename(bad)
                 continue
-            records, good, why = _scan(data)
+            records, good, why, skipped = _scan(data)
+            if skipped:
+                self.dropped += len(skipped)
+                log.warning(
+                    "spool: %s: %d corrupt record(s) skipped (first at offset %d: %s); %d ticks kept",
+                    path,
+                    len(skipped),
+                    skipped[0][0],
+                    skipped[0][1],
+                    len(records),
+                )
             if why is not None:
                 self.torn += 1
                 log.warning(
