@@ -514,3 +514,62 @@ def test_unreadable_segments_are_skipped_with_one_line_and_the_agent_starts(
     sp.close()
     assert seqs(kafka.log) == [0, 1, 2, 3, 4]
     assert (tmp_path / "0000000000000050.seg").is_dir()  # left in place for an operator
+
+
+_KILLED_AGENT = """
+import sys
+from collector.spool import SpoolingTransport
+
+class Pending:  # a broker that takes records and never acknowledges (an outage, seen from the producer)
+    is_done = False
+    def failed(self): return False
+    def get(self, timeout=None): raise TimeoutError("pending")
+
+class Hanging:
+    def send(self, key, value): return Pending()
+    def flush(self): pass
+    def close(self, timeout=None): pass
+
+sp = SpoolingTransport(Hanging, sys.argv[1], 1 << 24, retry_s=0.0, ack_timeout_s=3600.0,
+                       write_ahead=sys.argv[2] == "1")
+for i in range(100000):
+    sp.send("n1", b"n1:%04d" % i)
+    print(i, flush=True)  # the tick was handed over: the agent's caller moved on
+"""
+
+
+@pytest.mark.parametrize("write_ahead", [True, False])
+def test_an_agent_sigkilled_while_kafka_holds_its_ticks_loses_at_most_one(
+    tmp_path: Path, write_ahead: bool
+) -> None:
+    """Ticks sit unacknowledged in the producer (broker away); SIGKILL; the next agent replays them."""
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_AGENT, str(tmp_path), "1" if write_ahead else "0"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        text=True,
+    )
+    assert child.stdout is not None
+    handed = -1
+    for line in child.stdout:  # bounded: the child stops printing only when killed
+        handed = int(line)
+        if handed >= 40:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert handed == 40, "the agent did not run"
+    kafka = FakeKafka()
+    sp = make(kafka, tmp_path)
+    sp.flush()
+    sp.close()
+    got = seqs(kafka.log)
+    if write_ahead:
+        assert got == list(range(len(got))) and len(got) >= handed + 1  # all handed over, in order
+        assert len(got) <= handed + 2  # plus at most the one being written at the kill
+    else:
+        assert got == []  # without write-ahead every tick in the producer's memory is lost
