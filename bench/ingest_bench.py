@@ -136,6 +136,7 @@ def child(n: int) -> None:
     from pipeline.ingest import KafkaIngester
 
     cfg = load_config()
+    cfg.lake.max_tick_age_s = 0  # the simulated fleet starts at a fixed date
     ing = KafkaIngester(cfg)
     stats = ing.run(max_messages=n, max_seconds=600)
     # Like the bare consumer: from the first record polled to the last batch committed.

@@ -16,10 +16,12 @@ once per interval) or a static JSON file (for tests, air-gapped nodes and non-Ku
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -200,10 +202,15 @@ class ProcAttributor:
         """One whole proc file; the single place files are read (tests count calls here).
 
         Raw os.read instead of open(): the cached path is one stat read per PID per tick, and a
-        buffered file object costs more than the read itself.
+        buffered file object costs more than the read itself. Opened without following a final
+        link and without blocking, and read only when fstat says it is a regular file: proc_root
+        may be a bind mount or a copy (tests, /host/proc) where a FIFO in place of `cgroup`
+        would otherwise hang the agent's tick.
         """
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path}: not a regular file")
             chunks = []
             for _ in range(_MAX_READ_CHUNKS):
                 chunk = os.read(fd, _READ_CHUNK)

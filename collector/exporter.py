@@ -174,7 +174,16 @@ class _SpoolCollector(Collector):
         for name, doc, value in (
             ("gpuledger_spool_spooled_ticks", "Ticks written to the local spool.", st.spooled),
             ("gpuledger_spool_replayed_ticks", "Spooled ticks later acknowledged by Kafka.", st.replayed),
-            ("gpuledger_spool_dropped_ticks", "Spooled ticks dropped unsent (spool full).", st.dropped),
+            (
+                "gpuledger_spool_dropped_ticks",
+                "Ticks dropped unsent (spool full, corrupt record, failed write).",
+                st.dropped,
+            ),
+            (
+                "gpuledger_spool_unreadable_segments",
+                "Spool segments left by an earlier run that could not be read (skipped, kept).",
+                st.unreadable,
+            ),
             ("gpuledger_spool_torn_records", "Torn record tails cut off at start-up.", st.torn),
             ("gpuledger_spool_direct_ticks", "Ticks acknowledged by Kafka without spooling.", st.sent_direct),
         ):

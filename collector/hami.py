@@ -23,8 +23,10 @@ Semantics taken from HAMi-core:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -185,16 +187,60 @@ def _read_slots(path: Path, fd: int, proc_num: int, n: int) -> list[HamiProcess]
     return procs
 
 
+def _open_region(path: Path, flags: int) -> int:
+    """An fd on `path` that is certainly a regular file of an accepted size, else HamiRegionError.
+
+    The directory is writable by the tenant's container, so the name may be anything: a FIFO
+    (a plain open() blocks the agent forever and the whole node goes dark), a device, a socket,
+    or a symbolic link to a host file. O_NOFOLLOW refuses links, O_NONBLOCK keeps a FIFO or
+    device from blocking the open, and fstat on the opened fd (not the name, which can be
+    swapped between a check and the open) decides what it is.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise HamiRegionError(f"{path}: is a symbolic link; not followed") from e
+        if e.errno == errno.ENXIO:  # a FIFO with no writer refuses O_WRONLY/O_RDWR opens so
+            raise HamiRegionError(f"{path}: not a regular file (FIFO)") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HamiRegionError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size not in ACCEPTED_FILE_SIZES:
+            _check_header(path, b"", st.st_size)  # raises, naming the size
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return f"mode {oct(stat.S_IFMT(mode))}"
+
+
 def read_shared_region(path: str | Path) -> SharedRegion:
     """Read one region file; raises HamiRegionError for a file that is not ABI 1.2, OSError if unreadable.
 
     Reads with pread, not mmap: the file lives in a directory the tenant's container can write, and
     a file truncated under a mapping would kill the agent with SIGBUS. Only the header, the live
-    slots and the tail are copied.
+    slots and the tail are copied. It is opened through `_open_region`, so a FIFO, device, socket
+    or symbolic link planted under a `.cache` name is refused instead of hanging or redirecting
+    the agent.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        fd = f.fileno()
+    fd = _open_region(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb", buffering=0):
         size = os.fstat(fd).st_size
         if size not in ACCEPTED_FILE_SIZES:
             _check_header(path, b"", size)  # raises, naming the size
@@ -227,29 +273,42 @@ def read_shared_region(path: str | Path) -> SharedRegion:
 
 # Per hook dir: path -> (mtime_ns, size) of files already reported as skipped, so each bad file
 # state costs one log line, not one per tick. Rebuilt on every scan, so it only holds current files.
-_skipped: dict[str, dict[str, tuple[int, int]]] = {}
+_skipped: dict[str, dict[str, tuple[int, int, int]]] = {}
 _skipped_lock = threading.Lock()
 
 
-def _file_state(path: Path) -> tuple[int, int]:
+# Every skip of a bad file state since the agent started (the exporter's counter): a tenant
+# planting FIFOs or links shows up here even though the log says it once.
+_skip_events = 0
+
+
+def skipped_files_total() -> int:
+    """How many (file, state) pairs were skipped since start: one per log line, never per tick."""
+    return _skip_events
+
+
+def _file_state(path: Path) -> tuple[int, int, int]:
     try:
-        st = path.stat()
+        st = path.lstat()  # never follow: a link is judged as the link
     except OSError:
-        return (0, -1)
-    return (st.st_mtime_ns, st.st_size)
+        return (0, 0, -1)
+    return (st.st_mode, st.st_mtime_ns, st.st_size)
 
 
 def scan_hook_dir(hook_dir: str | Path) -> list[SharedRegion]:
     """Every readable region under `<hook_dir>/containers/*/*.cache`, in path order.
 
-    A bad file is skipped with one warning per (path, mtime, size) state; a file that disappears
-    between listing and reading (container gone) is skipped silently.
+    A bad file (wrong layout, or not a regular file at all: FIFO, link, device, directory) is
+    skipped with one warning and one count per (path, type, mtime, size) state; a file that
+    disappears between listing and reading (container gone) is skipped silently.
     """
+    global _skip_events
     key = str(hook_dir)
     base = Path(hook_dir) / "containers"
     with _skipped_lock:
         before = _skipped.get(key, {})
-    after: dict[str, tuple[int, int]] = {}
+    after: dict[str, tuple[int, int, int]] = {}
+    new_skips = 0
     regions = []
     for path in sorted(base.glob("*/*.cache")):
         try:
@@ -262,9 +321,11 @@ def scan_hook_dir(hook_dir: str | Path) -> list[SharedRegion]:
         state = _file_state(path)
         after[str(path)] = state
         if before.get(str(path)) != state:
+            new_skips += 1
             log.warning("skipping HAMi shared region: %s", reason)
     with _skipped_lock:
         _skipped[key] = after
+        _skip_events += new_skips
     return regions
 
 
@@ -346,14 +407,14 @@ def update_limits(
     started after the change (HAMi-core reads sm_limit[] once per process).
     """
     path = Path(path)
-    with open(path, "r+b") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(OFF_DEVICE_NUM + 8)
+    fd = _open_region(path, os.O_RDWR)  # the tenant can plant a FIFO or link here too
+    with os.fdopen(fd, "r+b", buffering=0):
+        size = os.fstat(fd).st_size
+        head = _pread_exact(path, fd, OFF_DEVICE_NUM + 8, 0)
         _check_header(path, head, size)
         (device_num,) = _U64.unpack_from(head, OFF_DEVICE_NUM)
         if not 0 <= device_index < min(device_num, MAX_DEVICES):
             raise HamiRegionError(f"{path}: device index {device_index} outside 0..{device_num - 1}")
-        fd = f.fileno()
         if mem_limit_bytes is not None:
             os.pwrite(fd, _U64.pack(mem_limit_bytes), OFF_LIMIT + 8 * device_index)
         if sm_limit_pct is not None:

@@ -10,8 +10,11 @@ acknowledged moves to the spool, in send order, and so does every later tick unt
 been replayed. New ticks never overtake spooled ones, so per-node order holds. A replayed segment
 is deleted only after Kafka acknowledged all of its records. Duplicates are possible (a record
 acknowledged just as the failure was seen is sent again); ingest drops them by (node, boot_id,
-seq). The only window a hard crash (SIGKILL, power loss) can lose is the ticks in flight in direct
-mode, a few milliseconds' worth; a clean ``close()`` waits for them or spools them.
+seq). Write-ahead (the default): in direct mode each tick is appended to a segment and fsync'd
+before it is handed to the producer, and leaves the spool once Kafka acknowledged it, so a hard
+crash (SIGKILL, power loss) loses at most the one tick being written, also during an outage when
+~30 s of ticks sit in the producer's memory; the next agent replays what was not acknowledged
+(some of it possibly twice). Cost: one write + fsync per tick (bench/spool_bench.py).
 
 On disk: numbered segment files ``<spool_dir>/<16 digits>.seg``, each an 8-byte magic followed by
 records ``u32 length | u32 crc32(payload) | payload``, payload ``u16 key length | key | value``,
@@ -28,9 +31,11 @@ period and never blocks every tick.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -70,7 +75,7 @@ class SpoolStats:
 
     spooled: int  # ticks written to the spool
     replayed: int  # spooled ticks later acknowledged by Kafka
-    dropped: int  # spooled ticks deleted unsent because the spool was full
+    dropped: int  # ticks lost unsent: spool full, a corrupt record skipped at start-up, a failed write
     torn: int  # torn or corrupt record tails cut off at start-up
     sent_direct: int  # ticks acknowledged without going through the spool
     pending_records: int  # ticks in the spool now
@@ -78,6 +83,7 @@ class SpoolStats:
     segments: int
     inflight: int  # ticks sent directly, not yet acknowledged
     kafka_up: bool  # direct mode (spool empty and the last send worked)
+    unreadable: int = 0  # segments of an earlier run that could not be read (skipped, left in place)
 
 
 @dataclass
@@ -97,30 +103,73 @@ def _encode(key: str, value: bytes) -> bytes:
     return _REC.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _scan(data: bytes) -> tuple[list[tuple[int, str, bytes]], int, str | None]:
-    """Parse records after the magic: ([(end_offset, key, value)], good_end, why_the_rest_is_bad)."""
+def _record_at(data: bytes, pos: int) -> tuple[int, str | None]:
+    """(end of the record at `pos`, None) when it is whole and its CRC matches, else (end, why)."""
+    n = len(data)
+    if n - pos < _REC.size:
+        return pos, f"{n - pos} bytes of a record header"
+    length, crc = _REC.unpack_from(data, pos)
+    if length < _KEYLEN.size or length > _MAX_PAYLOAD:
+        return pos, f"impossible record length {length}"
+    end = pos + _REC.size + length
+    if end > n:
+        return pos, f"record of {length} bytes cut off after {n - pos - _REC.size}"
+    payload = data[pos + _REC.size : end]
+    if zlib.crc32(payload) != crc:
+        return end, "CRC mismatch"
+    (klen,) = _KEYLEN.unpack_from(payload)
+    if _KEYLEN.size + klen > length:
+        return end, f"key length {klen} beyond the record"
+    return end, None
+
+
+def _scan(data: bytes) -> tuple[list[tuple[int, str, bytes]], int, str | None, list[tuple[int, str]]]:
+    """Parse records after the magic: (records as (end_offset, key, value), good_end,
+    why_the_rest_is_bad, skipped).
+
+    A record whose header is intact but whose payload is corrupt (CRC mismatch: a bad sector, a
+    flipped bit) is skipped alone when the record after it reads cleanly (or it is the last):
+    its length field then was right, so everything after it is still good. `skipped` lists
+    such records as (offset, why). Anything else that fails (a torn or impossible header, or a
+    corrupt record followed by garbage) ends the good part at `good_end`.
+    """
     out: list[tuple[int, str, bytes]] = []
+    skipped: list[tuple[int, str]] = []
     pos = len(MAGIC)
     n = len(data)
     while pos < n:
-        if n - pos < _REC.size:
-            return out, pos, f"{n - pos} bytes of a record header"
-        length, crc = _REC.unpack_from(data, pos)
-        if length < _KEYLEN.size or length > _MAX_PAYLOAD:
-            return out, pos, f"impossible record length {length}"
-        end = pos + _REC.size + length
-        if end > n:
-            return out, pos, f"record of {length} bytes cut off after {n - pos - _REC.size}"
+        end, why = _record_at(data, pos)
+        if why is not None:
+            if end == pos:  # the header itself is torn or impossible
+                return out, pos, why, skipped
+            if end < n and _record_at(data, end)[1] is not None:
+                return out, pos, why, skipped  # the length led nowhere readable: cut here
+            if end == n:  # a bad last record is a torn tail: cut, not skipped
+                return out, pos, why, skipped
+            skipped.append((pos, why))
+            pos = end
+            continue
         payload = data[pos + _REC.size : end]
-        if zlib.crc32(payload) != crc:
-            return out, pos, "CRC mismatch"
         (klen,) = _KEYLEN.unpack_from(payload)
-        if _KEYLEN.size + klen > length:
-            return out, pos, f"key length {klen} beyond the record"
         key = payload[_KEYLEN.size : _KEYLEN.size + klen].decode("utf-8", "replace")
         out.append((end, key, payload[_KEYLEN.size + klen :]))
         pos = end
-    return out, pos, None
+    return out, pos, None, skipped
+
+
+def _read_segment(path: Path) -> bytes:
+    """A segment's bytes, refusing anything that is not a regular file (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _future_state(fut: Any) -> str:
@@ -161,6 +210,7 @@ class SpoolingTransport:
         replay_budget_s: float = 5.0,
         max_inflight: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        write_ahead: bool = True,
     ) -> None:
         if max_bytes <= len(MAGIC) + _REC.size:
             raise ValueError(f"spool: max_bytes = {max_bytes}: expected more than {len(MAGIC) + _REC.size}")
@@ -179,7 +229,15 @@ class SpoolingTransport:
         self._clock = clock
         self._lock = threading.RLock()
         self._inner: InnerTransport | None = None
-        self._inflight: deque[tuple[str, bytes, Any, float]] = deque()
+        # (key, value, future, sent at, (WAL segment, record end) or None)
+        self._inflight: deque[tuple[str, bytes, Any, float, tuple[_Segment, int] | None]] = deque()
+        # Write-ahead: in direct mode each tick is appended (fsync'd) to a WAL segment before it
+        # is handed to the producer, and forgotten once Kafka acknowledged it, so a SIGKILL loses
+        # at most the tick being written. On a failure the WAL segments become the spool's.
+        self.write_ahead = write_ahead
+        self._wal: list[_Segment] = []
+        self._wal_fd: int | None = None
+        self._wal_warned = False
         self._segments: list[_Segment] = []
         self._active_fd: int | None = None  # fd of _segments[-1] while it takes appends
         self._next_no = 0
@@ -187,6 +245,7 @@ class SpoolingTransport:
         self._last_attempt: float | None = None
         self._closed = False
         self.spooled = self.replayed = self.dropped = self.torn = self.sent_direct = 0
+        self.unreadable = 0  # segments left by an earlier run that could not be read (skipped)
         self._lock_fd = self._take_dir_lock()
         self._recover()
         if self._segments:
@@ -229,6 +288,7 @@ class SpoolingTransport:
             finally:
                 self._closed = True
                 self._drop_inner()
+                self._close_wal()
                 self._close_active()
                 with contextlib.suppress(OSError):
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -260,6 +320,7 @@ class SpoolingTransport:
             segments=len(segments),
             inflight=len(self._inflight),
             kafka_up=not segments and self._inner is not None,
+            unreadable=self.unreadable,
         )
 
     # -- direct path -----------------------------------------------------------------------------
@@ -286,12 +347,13 @@ class SpoolingTransport:
         if inner is None:
             self._append([(key, value)])
             return
+        at = self._wal_append(key, value) if self.write_ahead else None
         try:
             fut = inner.send(key, value)
         except Exception as exc:
-            self._fail(f"send raised {exc!r}", extra=[(key, value)])
+            self._fail(f"send raised {exc!r}", extra=[(key, value)] if at is None else None)
             return
-        self._inflight.append((key, value, fut, self._clock()))
+        self._inflight.append((key, value, fut, self._clock(), at))
         self._reap()
         if len(self._inflight) > self.max_inflight and self._inflight:
             self._wait_head(self.ack_timeout_s)
@@ -300,11 +362,13 @@ class SpoolingTransport:
         """Retire acknowledged ticks from the front; a failure or a stale head spools the rest."""
         now = self._clock()
         while self._inflight:
-            _, _, fut, t0 = self._inflight[0]
+            _, _, fut, t0, at = self._inflight[0]
             state = _future_state(fut)
             if state == "ok":
                 self._inflight.popleft()
                 self.sent_direct += 1
+                if at is not None:
+                    self._wal_acked(*at)
             elif state == "failed":
                 self._fail(f"send failed: {fut.exception!r}")
                 return
@@ -341,8 +405,10 @@ class SpoolingTransport:
 
     def _fail(self, reason: str, extra: list[tuple[str, bytes]] | None = None) -> None:
         """Kafka failed: everything not yet acknowledged goes to the spool, in send order."""
-        records = [(k, v) for k, v, _, _ in self._inflight] + (extra or [])
+        # Ticks written ahead are on disk already: their WAL segments become the spool's.
+        records = [(k, v) for k, v, _, _, at in self._inflight if at is None] + (extra or [])
         self._inflight.clear()
+        self._adopt_wal()
         self._drop_inner()
         self._last_attempt = self._clock()
         log.warning("spool: Kafka unreachable (%s); spooling ticks to %s", reason, self.dir)
@@ -378,12 +444,12 @@ class SpoolingTransport:
             if self._active_fd is not None and seg is self._segments[-1]:
                 self._close_active()  # seal it: later ticks go to a new segment
             try:
-                data = seg.path.read_bytes()
+                data = _read_segment(seg.path)
             except OSError as exc:
                 log.error("spool: cannot read %s (%s); dropping its %d ticks", seg.path, exc, seg.records)
                 self._drop_segment(seg)
                 continue
-            records, _, _ = _scan(data)
+            records, _, _, _ = _scan(data)
             todo = [r for r in records if r[0] > seg.acked_offset]
             futs: list[tuple[int, Any]] = []
             try:
@@ -443,7 +509,7 @@ class SpoolingTransport:
                 self._close_active()
                 active = None
             need = len(blob) + (len(MAGIC) if active is None else 0)
-            while self._bytes + need > self.max_bytes:
+            while self._bytes + need > self.max_bytes and self._segments:
                 head = self._segments[0]
                 if head is active:  # the only segment left is the one we write: start afresh
                     self._close_active()
@@ -476,6 +542,107 @@ class SpoolingTransport:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._active_fd, active.size)  # no half record for replay to stop at
             self._close_active()
+
+    # -- write-ahead -------------------------------------------------------------------------
+
+    def _wal_append(self, key: str, value: bytes) -> tuple[_Segment, int] | None:
+        """Append one tick to the WAL and fsync; (segment, record end), or None if the disk failed.
+
+        A failed write does not stop the tick: it goes to Kafka unguarded (as without a WAL),
+        with one log line per agent run.
+        """
+        blob = _encode(key, value)
+        seg = self._wal[-1] if self._wal_fd is not None else None
+        try:
+            if seg is not None and seg.records and seg.size + len(blob) > self.segment_bytes:
+                self._seal_wal()
+                seg = None
+            if seg is None:
+                seg, self._wal_fd = self._create_segment()
+                self._wal.append(seg)
+            _write_all(self._wal_fd, blob)  # type: ignore[arg-type]
+            os.fsync(self._wal_fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            if not self._wal_warned:
+                self._wal_warned = True
+                log.error("spool: write-ahead to %s failed (%s); ticks go to Kafka unguarded", self.dir, exc)
+            if seg is not None and self._wal_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._wal_fd, seg.size)
+            return None
+        seg.size += len(blob)
+        seg.records += 1
+        self._bytes += len(blob)
+        return seg, seg.size
+
+    def _wal_acked(self, seg: _Segment, end: int) -> None:
+        """Kafka has the WAL record ending at `end`: forget fully acknowledged segments."""
+        seg.acked += 1
+        seg.acked_offset = end
+        if seg.acked < seg.records:
+            return
+        if self._wal and seg is self._wal[-1] and self._wal_fd is not None:
+            # The segment being written: empty it in place (no new file per tick), so a restart
+            # does not send again what Kafka already has. Not fsync'd: at worst a restart
+            # replays acknowledged ticks, which ingest drops as duplicates.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._wal_fd, len(MAGIC))
+                self._bytes -= seg.size - len(MAGIC)
+                seg.size, seg.records, seg.acked, seg.acked_offset = len(MAGIC), 0, 0, len(MAGIC)
+            return
+        self._wal.remove(seg)
+        self._bytes -= seg.size
+        with contextlib.suppress(FileNotFoundError):
+            seg.path.unlink()
+
+    def _seal_wal(self) -> None:
+        if self._wal_fd is not None:
+            fd, self._wal_fd = self._wal_fd, None
+            os.close(fd)
+
+    def _adopt_wal(self) -> None:
+        """Kafka failed: unacknowledged WAL records are the oldest spooled ticks, in send order."""
+        if not self._wal:
+            return
+        active = self._wal[-1] if self._wal_fd is not None else None
+        for seg in self._wal:
+            if seg.acked >= seg.records and seg is not active:
+                self._bytes -= seg.size
+                with contextlib.suppress(FileNotFoundError):
+                    seg.path.unlink()
+                continue
+            self._segments.append(seg)
+            self.spooled += seg.records - seg.acked
+        self._wal = []
+        if active is not None:
+            self._close_active()
+            self._active_fd, self._wal_fd = self._wal_fd, None  # later ticks append behind them
+
+    def _close_wal(self) -> None:
+        """At close: fully acknowledged WAL segments go; anything else stays for the next agent."""
+        self._seal_wal()
+        for seg in self._wal:
+            if seg.acked >= seg.records:
+                self._bytes -= seg.size
+                with contextlib.suppress(FileNotFoundError):
+                    seg.path.unlink()
+        self._wal = []
+
+    def _create_segment(self) -> tuple[_Segment, int]:
+        path = self.dir / f"{self._next_no:016d}{_SUFFIX}"
+        self._next_no += 1
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, MAGIC)
+            os.fsync(fd)
+            _fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._bytes += len(MAGIC)
+        return _Segment(path, len(MAGIC), 0), fd
 
     def _open_segment(self) -> _Segment:
         path = self.dir / f"{self._next_no:016d}{_SUFFIX}"
@@ -546,9 +713,17 @@ class SpoolingTransport:
         for no, path in numbered:
             self._next_no = max(self._next_no, no + 1)
             try:
-                data = path.read_bytes()
+                data = _read_segment(path)
             except OSError as exc:
-                raise SpoolError(f"spool: cannot read segment {path}: {exc.strerror}") from exc
+                # Skipped, left where it is, never deleted: an operator may still recover it.
+                # The agent starts regardless; a spool it cannot read must not stop new ticks.
+                self.unreadable += 1
+                log.error(
+                    "spool: cannot read segment %s (%s); skipped, left in place",
+                    path,
+                    exc.strerror or exc,
+                )
+                continue
             if not data.startswith(MAGIC):
                 if len(data) < len(MAGIC) and MAGIC.startswith(data):
                     log.warning("spool: %s is an empty segment torn at creation; removed", path)
@@ -558,7 +733,17 @@ class SpoolingTransport:
                 log.error("spool: %s is not a spool segment (bad magic); moved aside to %s", path, bad.name)
                 path.rename(bad)
                 continue
-            records, good, why = _scan(data)
+            records, good, why, skipped = _scan(data)
+            if skipped:
+                self.dropped += len(skipped)
+                log.warning(
+                    "spool: %s: %d corrupt record(s) skipped (first at offset %d: %s); %d ticks kept",
+                    path,
+                    len(skipped),
+                    skipped[0][0],
+                    skipped[0][1],
+                    len(records),
+                )
             if why is not None:
                 self.torn += 1
                 log.warning(

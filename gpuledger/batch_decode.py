@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import cache
 from itertools import accumulate
 from types import UnionType
@@ -31,7 +31,15 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from gpuledger import typed
-from gpuledger.decode import LABELS_TYPE, TS_TYPE, WORKLOAD_FIELDS, DecodedBatch, decode_batch, table_schema
+from gpuledger.decode import (
+    LABELS_TYPE,
+    TS_TYPE,
+    WORKLOAD_FIELDS,
+    DecodedBatch,
+    TsWindow,
+    decode_batch,
+    table_schema,
+)
 from gpuledger.exact import KIND_REQUIRES, FieldRule, rules
 from gpuledger.schema import load_schema, parse_ts
 
@@ -206,8 +214,13 @@ def fast_decode(
     partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
     joined: bytes | None = None,
+    ts_window: TsWindow | None = None,
+    now: datetime | None = None,
 ) -> DecodedBatch | None:
     """The batch decoded in whole-batch form, or None when it is not provably clean.
+
+    A tick outside `ts_window` around `now` makes the batch unclean: `decode_batch` rejects it
+    with the reason.
 
     `joined` is `b"\\n".join(raws)` when the caller already holds it (ingest ships batches in
     that form), saving a copy of the batch.
@@ -278,6 +291,10 @@ def fast_decode(
         try:
             times.append(parse_ts(text).astimezone(UTC))
         except ValueError:
+            return None
+    if ts_window is not None:
+        now = now or datetime.now(UTC)
+        if any(ts_window.reason(t, now) is not None for t in times):
             return None
     ts = pa.array(times, TS_TYPE).take(pc.index_in(ts_text, value_set=ts_unique))
     ident_table = pa.table({"node": top["node"], "boot_id": top["boot_id"], "seq": top["seq"]})
@@ -502,12 +519,15 @@ def decode_batch_fast(
     partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
     joined: bytes | None = None,
+    ts_window: TsWindow | None = None,
+    now: datetime | None = None,
 ) -> DecodedBatch:
     """`decode_batch`'s exact result; the whole-batch path when the batch is clean, else `decode_batch`.
 
     An error inside the whole-batch path is logged and the batch decoded the slow way: ingest
     must not stop on input that `decode_batch` handles.
     """
+    now = now or datetime.now(UTC)  # one receive time for both paths
     try:
         out = fast_decode(
             raws,
@@ -516,6 +536,8 @@ def decode_batch_fast(
             partitions=partitions,
             offsets=offsets,
             joined=joined,
+            ts_window=ts_window,
+            now=now,
         )
     except Exception:
         log.exception("whole-batch decode failed on batch %d; decoding it message by message", batch)
@@ -528,5 +550,11 @@ def decode_batch_fast(
     if out is not None:
         return out
     return decode_batch(
-        raws, batch=batch, max_message_bytes=max_message_bytes, partitions=partitions, offsets=offsets
+        raws,
+        batch=batch,
+        max_message_bytes=max_message_bytes,
+        partitions=partitions,
+        offsets=offsets,
+        ts_window=ts_window,
+        now=now,
     )

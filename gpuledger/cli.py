@@ -125,6 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     span = parse_duration(args.until)  # before touching the lake: a typo must not wipe the last demo
+    cfg.lake.max_tick_age_s = 0  # the demo replays its history on purpose: no age bound on its ticks
     lake_path = Path(cfg.lake.path)
     _prepare_demo_lake(lake_path)
     lake = Lake(lake_path, cfg.lake.zstd_level)

@@ -96,6 +96,11 @@ class LakeConfig:
     # Worker processes that decode and write (0: in the consuming process). Each adds ~40 % throughput
     # on two cores and ~240 MB of memory; one keeps ingest under 500 MB.
     decode_workers: int = 1
+    # Ticks whose ts is further than this ahead of ingest's clock, or older than max_tick_age_s,
+    # go to the DLQ with the reason (0: no bound). The age bound is a week: the longest a tick
+    # should wait in a node agent's spool or in Kafka (default retention) before it lands.
+    max_tick_future_s: float = 300.0
+    max_tick_age_s: float = 7 * 86400.0
 
 
 @dataclass
@@ -249,6 +254,8 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("lake", "batch_max_seconds"): (_positive, "a number of seconds > 0"),
     ("lake", "zstd_level"): (lambda v: 1 <= v <= 22, "an integer from 1 to 22"),
     ("lake", "decode_workers"): (lambda v: 0 <= v <= 8, "an integer from 0 (inline) to 8"),
+    ("lake", "max_tick_future_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
+    ("lake", "max_tick_age_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
     ("collector", "backend"): (
         lambda v: v in ("nvml", "simulate", "replay"),
         "one of nvml, simulate, replay",

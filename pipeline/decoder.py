@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from gpuledger.batch_decode import decode_batch_fast
-from gpuledger.decode import DecodedBatch
+from gpuledger.decode import DecodedBatch, TsWindow
 from gpuledger.memory import peak_rss_mb
 from warehouse.lake import Lake
 
@@ -141,12 +141,17 @@ class Batch:
         self.blob, self.ends = b"", []
 
 
-def decode_and_write(lake: Lake, b: Batch, batch: int, max_message_bytes: int) -> BatchResult:
+def decode_and_write(
+    lake: Lake, b: Batch, batch: int, max_message_bytes: int, ts_window: TsWindow | None = None
+) -> BatchResult:
     """Decode one batch and put its files (and its rejects' dlq/ file) durably in the lake."""
-    return write_decoded(lake, b, decode_records(b, batch, max_message_bytes), batch)
+    return write_decoded(lake, b, decode_records(b, batch, max_message_bytes, ts_window), batch)
 
 
-def decode_records(b: Batch, batch: int, max_message_bytes: int) -> DecodedBatch:
+def decode_records(
+    b: Batch, batch: int, max_message_bytes: int, ts_window: TsWindow | None = None
+) -> DecodedBatch:
+    """Decode with receive time = now: a tick outside `ts_window` around it is rejected."""
     return decode_batch_fast(
         b.values,
         batch=batch,
@@ -154,6 +159,7 @@ def decode_records(b: Batch, batch: int, max_message_bytes: int) -> DecodedBatch
         partitions=b.partitions,
         offsets=b.offsets,
         joined=b.blob,
+        ts_window=ts_window,
     )
 
 
@@ -196,12 +202,12 @@ def write_decoded(lake: Lake, b: Batch, decoded: DecodedBatch, batch: int) -> Ba
 class InlineDecoder:
     """Decode and write in the calling thread (tests, small tools)."""
 
-    def __init__(self, lake: Lake, max_message_bytes: int) -> None:
-        self.lake, self.max_message_bytes = lake, max_message_bytes
+    def __init__(self, lake: Lake, max_message_bytes: int, ts_window: TsWindow | None = None) -> None:
+        self.lake, self.max_message_bytes, self.ts_window = lake, max_message_bytes, ts_window
         self._done: list[BatchResult] = []
 
     def submit(self, records: Batch, batch: int) -> None:
-        self._done.append(decode_and_write(self.lake, records, batch, self.max_message_bytes))
+        self._done.append(decode_and_write(self.lake, records, batch, self.max_message_bytes, self.ts_window))
 
     def ready(self) -> bool:
         return bool(self._done)
@@ -234,7 +240,9 @@ def use_returning_memory_pool() -> None:
     pa.set_memory_pool(pool)
 
 
-def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> None:
+def _worker(
+    conn: Any, root: str, zstd_level: int, max_message_bytes: int, ts_window: TsWindow | None = None
+) -> None:
     """Worker main: decode here, write in a thread, answer in order.
 
     If the parent dies the worker exits at once: whatever it had not acknowledged was never
@@ -282,7 +290,7 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
             os._exit(0)
         records = Batch.from_parts(header, blob)
         try:
-            decoded = decode_records(records, batch, max_message_bytes)
+            decoded = decode_records(records, batch, max_message_bytes, ts_window)
         except Exception:
             todo.put(("error", traceback.format_exc()))
             continue
@@ -296,12 +304,12 @@ def _worker(conn: Any, root: str, zstd_level: int, max_message_bytes: int) -> No
 class ProcessDecoder:
     """One worker process; results arrive in submission order."""
 
-    def __init__(self, lake: Lake, max_message_bytes: int) -> None:
+    def __init__(self, lake: Lake, max_message_bytes: int, ts_window: TsWindow | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_worker,
-            args=(child, str(lake.root), lake.zstd_level, max_message_bytes),
+            args=(child, str(lake.root), lake.zstd_level, max_message_bytes, ts_window),
             name="gpuledger-decoder",
             daemon=True,
         )
@@ -346,5 +354,9 @@ class ProcessDecoder:
         self._conn.close()
 
 
-def make_decoder(lake: Lake, max_message_bytes: int, workers: int) -> InlineDecoder | ProcessDecoder:
-    return ProcessDecoder(lake, max_message_bytes) if workers > 0 else InlineDecoder(lake, max_message_bytes)
+def make_decoder(
+    lake: Lake, max_message_bytes: int, workers: int, ts_window: TsWindow | None = None
+) -> InlineDecoder | ProcessDecoder:
+    if workers > 0:
+        return ProcessDecoder(lake, max_message_bytes, ts_window)
+    return InlineDecoder(lake, max_message_bytes, ts_window)

@@ -19,11 +19,12 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpuledger.config import Config
+from gpuledger.decode import TsWindow
 from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
@@ -32,6 +33,8 @@ log = logging.getLogger("gpuledger.ingest")
 FAULT_ENV = "GPULEDGER_FAULT_CRASH_BEFORE_COMMIT"  # test hook: exit hard after N batches' files
 MAX_INFLIGHT = 2
 REJOIN_AFTER_S = 15.0  # a member with no partitions this long rejoins (see _watch_assignment)
+COMMIT_ATTEMPT_MS = 10_000  # one offset-commit attempt; retried with backoff while the broker is away
+RETRY_BACKOFF_S = (0.5, 10.0)  # first and longest wait between attempts of a retriable broker call
 
 __all__ = ["IngestStats", "KafkaIngester", "MemoryIngester", "run_ingest"]
 
@@ -74,7 +77,8 @@ class _Pipeline:
         self, cfg: Config, lake: Lake, finish: Callable[[Batch, BatchResult, int], None], workers: int
     ) -> None:
         n = max(1, workers)
-        self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers) for _ in range(n)]
+        window = TsWindow(cfg.lake.max_tick_future_s, cfg.lake.max_tick_age_s)
+        self.decoders = [make_decoder(lake, cfg.kafka.max_message_bytes, workers, window) for _ in range(n)]
         self.finish = finish
         self.inflight: deque[tuple[Batch, int, Any, int]] = deque()
         self.max_inflight = MAX_INFLIGHT * n
@@ -115,6 +119,17 @@ class _Pipeline:
                 peaks.append(d.peak_rss_mb)
                 self.worker_cpu_s.append(d.cpu_s or 0.0)
         return peaks
+
+
+class _GroupMovedOn(Exception):
+    """The group rebalanced while a commit was retried: these offsets are no longer ours to commit."""
+
+
+def _retriable(exc: BaseException) -> bool:
+    """A broker call failure that waiting can cure (broker away, coordinator moving, timeouts)."""
+    from kafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
 class _FaultHook:
@@ -234,28 +249,110 @@ class KafkaIngester:
         self.consumer.subscribe([self.cfg.kafka.topic], listener=self._listener)
         self.consumer.partitions_for_topic(self.cfg.kafka.topic)
 
-    def _publish_dlq(self, records: Batch, result: BatchResult) -> None:
+    def _send_dlq(self, records: Batch, i: int, reason: str, value: bytes) -> Any:
         limit = self.cfg.kafka.dlq_max_payload_bytes
-        futures = []
-        for (i, reason), value in zip(result.rejects, result.reject_values, strict=True):
-            key = records.keys[i]
-            headers = [
-                ("reason", reason.encode()[:4096]),
-                ("src-topic", records.topics[i].encode()),
-                ("src-partition", str(records.partitions[i]).encode()),
-                ("src-offset", str(records.offsets[i]).encode()),
-                ("original-size", str(len(value)).encode()),
+        headers = [
+            ("reason", reason.encode()[:4096]),
+            ("src-topic", records.topics[i].encode()),
+            ("src-partition", str(records.partitions[i]).encode()),
+            ("src-offset", str(records.offsets[i]).encode()),
+            ("original-size", str(len(value)).encode()),
+        ]
+        if len(value) > limit:
+            # The lake's dlq/ keeps the full bytes; the topic gets a bounded prefix.
+            value = value[:limit]
+            headers.append(("truncated", b"true"))
+        return self.producer.send(self.cfg.kafka.dlq_topic, key=records.keys[i], value=value, headers=headers)
+
+    def _publish_dlq(self, records: Batch, result: BatchResult) -> None:
+        """Every reject of the batch acknowledged by the DLQ topic, however long the broker is away.
+
+        The batch's offsets are committed only after this returns, so a reject is never lost. A
+        reject the producer gave up on (broker away past its delivery timeout) is sent again:
+        the DLQ topic is at least once, like the samples topic.
+        """
+        todo = list(zip(result.rejects, result.reject_values, strict=True))
+        waits = self._backoff("publishing rejects to the DLQ topic")
+        next(waits)
+        while todo:
+            futures = [
+                (self._send_dlq(records, i, reason, value), (i, reason), value) for (i, reason), value in todo
             ]
-            if len(value) > limit:
-                # The lake's dlq/ keeps the full bytes; the topic gets a bounded prefix.
-                value = value[:limit]
-                headers.append(("truncated", b"true"))
-            futures.append(
-                self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
-            )
-        self.producer.flush()
-        for f in futures:
-            f.get(timeout=30)
+            self.producer.flush()
+            todo, error = [], None
+            for fut, rej, value in futures:
+                try:
+                    fut.get(timeout=30)
+                except Exception as exc:
+                    if not _retriable(exc):
+                        raise
+                    todo.append((rej, value))
+                    error = exc
+            if error is not None:
+                if self.stop.is_set():
+                    waits.close()
+                    raise _GroupMovedOn(f"stop requested while the broker is away ({error!r})") from error
+                waits.send(error)
+        waits.close()
+
+    def _backoff(self, what: str) -> Generator[None, BaseException, None]:
+        """Waits between attempts of a broker call: `send(exc)` sleeps (doubling, capped).
+
+        The first failure is logged once as a warning and the recovery once as info, so an outage
+        of an hour is two log lines, not one per attempt.
+        """
+        first, longest = RETRY_BACKOFF_S
+        delay, attempts, since = first, 0, time.monotonic()
+        try:
+            while True:
+                exc = yield
+                attempts += 1
+                if attempts == 1:
+                    log.warning(
+                        "ingest: broker unreachable while %s (%r); retrying with backoff until it is back",
+                        what,
+                        exc,
+                    )
+                self.stop.wait(delay)  # a stop request ends the wait early; the caller decides
+                delay = min(longest, delay * 2)
+        finally:
+            if attempts:
+                log.info(
+                    "ingest: %s succeeded again after %d retries (%.0f s)",
+                    what,
+                    attempts,
+                    time.monotonic() - since,
+                )
+
+    def _commit(self, offsets: dict[Any, Any]) -> None:
+        """Commit offsets, retrying retriable failures (broker or coordinator away) until they work.
+
+        Never exits on a retriable error: the batch's files are in place, so the only cost of
+        waiting is delay. When the group moved on meanwhile (our membership expired during the
+        outage: CommitFailedError, unknown member, illegal generation, rebalance in progress)
+        the offsets are no longer ours; `_GroupMovedOn` tells the caller to drop them and
+        re-read from the committed offsets. A stop request during an outage gives up the same
+        way: the next member reads the batch again and the views count each tick once.
+        """
+        waits = self._backoff("committing offsets")
+        next(waits)
+        while True:
+            try:
+                self.consumer.commit(offsets, timeout_ms=COMMIT_ATTEMPT_MS)
+                waits.close()
+                return
+            except Exception as exc:
+                if not _retriable(exc):
+                    waits.close()
+                    from kafka.errors import KafkaError
+
+                    if isinstance(exc, KafkaError):
+                        raise _GroupMovedOn(repr(exc)) from exc
+                    raise
+                if self.stop.is_set():
+                    waits.close()
+                    raise _GroupMovedOn(f"stop requested while the broker is away ({exc!r})") from exc
+                waits.send(exc)
 
     def _finish(self, records: Batch, result: BatchResult, epoch: int) -> None:
         """Files are in place: publish rejects, then commit the batch's offsets."""
@@ -265,15 +362,30 @@ class KafkaIngester:
             self.stats.uncommitted_batches += 1
             log.info("batch %d finished after a rebalance: files kept, offsets not committed", result.batch)
             return
-        if result.rejects:
-            self._publish_dlq(records, result)
-        self.fault.before_commit(result.batch)
-        self.consumer.commit(
-            {
-                TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-                for (topic, partition), offset in records.commit_offsets().items()
-            }
-        )
+        try:
+            if result.rejects:
+                self._publish_dlq(records, result)
+            self.fault.before_commit(result.batch)
+            self._commit(
+                {
+                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                    for (topic, partition), offset in records.commit_offsets().items()
+                }
+            )
+        except _GroupMovedOn as why:
+            # Like a revocation: files kept, offsets not committed, later batches of this epoch
+            # not committed either, and what was read is read again from the committed offsets.
+            self.stats.uncommitted_batches += 1
+            log.warning(
+                "batch %d: offsets not committed (%s); re-reading from the committed offsets",
+                result.batch,
+                why,
+            )
+            self.epoch += 1
+            self.unseen += len(records) + len(self.pending) + sum(len(f[0]) for f in self.pipe.inflight)
+            self.pending = BatchBuilder()
+            self.resync = True
+            return
         self.stats.add(result)
         log.info(
             "batch: %d msgs, %d ticks, %d slice rows, %d rejected (total %d ticks)",
@@ -313,15 +425,24 @@ class KafkaIngester:
         same partition back; the records dropped on revocation would then be skipped, and a
         later commit would step over them. Seeking to the committed offset re-reads them.
         """
-        self.resync = False
         for tp in self.consumer.assignment():
-            committed = self.consumer.committed(tp)
+            try:
+                committed = self.consumer.committed(tp)
+            except Exception as exc:
+                if not _retriable(exc):
+                    raise
+                # The broker is away: stay in resync (records polled meanwhile are dropped) and
+                # try again on the next loop, which polls and so keeps the membership alive.
+                log.debug("rewind: committed offsets unavailable (%r); retrying", exc)
+                self.stop.wait(RETRY_BACKOFF_S[0])
+                return
             if committed is None:
                 committed = self.start_offsets.get(tp.partition)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        self.resync = False
         log.info("rewound %d partitions to their committed offsets", len(self.consumer.assignment()))
 
     def _submit_pending(self) -> None:

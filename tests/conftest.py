@@ -14,6 +14,8 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from broker import SCRIPT, Broker
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -71,3 +73,14 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     path = ARTIFACTS / request.node.name.replace("/", "_")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own that it may stop and restart (outage tests); stopped at the end."""
+    b = Broker(tmp_path / "kafka-home")
+    try:
+        b.run("start")
+        yield b
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=b.env, capture_output=True, timeout=90)

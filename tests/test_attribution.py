@@ -863,3 +863,23 @@ def test_parse_vgpu_allocation_bad_text_names_the_piece(text, message):
         parse_vgpu_allocation(text)
     assert str(e.value).startswith("hami.io/vgpu-devices-allocated: ")
     assert message in str(e.value)
+
+
+def test_fifo_and_link_in_proc_tree_do_not_block_identify(tmp_path, passwd):
+    """A FIFO or link in place of a proc file (copied or bind-mounted proc_root) never blocks the tick."""
+    import threading
+
+    proc = tmp_path / "proc"
+    d = make_proc(proc, 31)
+    (d / "cgroup").unlink()
+    os.mkfifo(d / "cgroup")
+    d2 = make_proc(proc, 32)
+    (d2 / "stat").unlink()
+    (d2 / "stat").symlink_to(d / "stat")
+    att = ProcAttributor(str(proc), str(passwd))
+    got: dict[int, object] = {}
+    t = threading.Thread(target=lambda: got.update({p: att.identify(p) for p in (31, 32)}), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "identify blocked on a FIFO in the proc tree"
+    assert got == {31: ProcessIdentity(31, 4_000_000, None, None, None, None, "alice"), 32: None}

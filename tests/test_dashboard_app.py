@@ -32,7 +32,7 @@ PASSWORD = "app-test-password"
 
 def fill_lake(path: Path, ticks: int, seed: int = 7) -> SimulatedFleet:
     """Simulated fleet -> MemoryBus -> MemoryIngester (inline decoding) -> Parquet lake -> rollups."""
-    cfg = load_config(env={"GPULEDGER_LAKE_PATH": str(path)})
+    cfg = load_config(env={"GPULEDGER_LAKE_PATH": str(path), "GPULEDGER_LAKE_MAX_TICK_AGE_S": "0"})
     fleet = SimulatedFleet(seed=seed, start=START, interval_s=10.0)
     bus = MemoryBus()
     ingester = MemoryIngester(bus, Lake(path), cfg, workers=0)

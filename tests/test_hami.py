@@ -11,6 +11,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,77 @@ def test_writer_rejects_impossible_regions(tmp_path):
     with pytest.raises(ValueError, match="uuids\\[0\\] is 96 bytes"):
         write_shared_region(path, SharedRegion(**{**base.__dict__, "uuids": ["G" * 96, GPU1]}))
     assert not path.exists()
+
+
+def _scan_bounded(hook: Path, timeout_s: float = 10.0) -> list[SharedRegion]:
+    """scan_hook_dir in a daemon thread: a hang fails the test instead of hanging the run."""
+    out: list[list[SharedRegion]] = []
+    t = threading.Thread(target=lambda: out.append(scan_hook_dir(hook)), daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert not t.is_alive(), f"scan_hook_dir({hook}) still blocked after {timeout_s} s"
+    return out[0]
+
+
+def test_tenant_planted_fifo_link_and_directory_are_skipped_without_blocking(tmp_path, caplog):
+    """A tenant writes its own container directory: nothing it puts there may hang or redirect us."""
+    from collector import hami
+
+    hook = tmp_path / "vgpu"
+    good = bytes(raw_region(**TWO_GPU))
+    ok = container_dir(hook, POD, "main") / f"{GPU0}.cache"
+    ok.write_bytes(good)
+    evil = container_dir(hook, "5a105e8b-9d40-4e13-92c6-b3a8e1c4f7d2", "evil")
+    os.mkfifo(evil / "fifo.cache")  # open(O_RDONLY) of a FIFO with no writer blocks forever
+    host_file = tmp_path / "host-secret"
+    host_file.write_bytes(good)  # a valid region outside the hook dir: a link must not reach it
+    (evil / "link.cache").symlink_to(host_file)
+    (evil / "dir.cache").mkdir()
+    (evil / "dangling.cache").symlink_to(tmp_path / "nowhere")
+    before = hami.skipped_files_total()
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        regions = _scan_bounded(hook)
+    assert [r.path for r in regions] == [str(ok)]
+    lines = sorted(rec.getMessage() for rec in caplog.records if rec.name == LOGGER)
+    skip = f"skipping HAMi shared region: {evil}"
+    assert lines == [
+        f"{skip}/dangling.cache: is a symbolic link; not followed",
+        f"{skip}/dir.cache: not a regular file (directory)",
+        f"{skip}/fifo.cache: not a regular file (FIFO)",
+        f"{skip}/link.cache: is a symbolic link; not followed",
+    ]
+    assert hami.skipped_files_total() - before == 4
+
+    # Later ticks: the same files in the same states cost no log line and no count.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(3):
+            assert len(_scan_bounded(hook)) == 1
+    assert caplog.records == []
+    assert hami.skipped_files_total() - before == 4
+
+
+def test_update_limits_refuses_fifo_and_link(tmp_path):
+    """The enforcer writes caps in the tenant's directory: a FIFO or link there must not hang it."""
+    d = container_dir(tmp_path)
+    os.mkfifo(d / "fifo.cache")
+    target = tmp_path / "host-file"
+    target.write_bytes(raw_region(**TWO_GPU))
+    (d / "link.cache").symlink_to(target)
+    errors: list[BaseException] = []
+
+    def attempt(name: str) -> None:
+        try:
+            update_limits(d / name, 0, mem_limit_bytes=1)
+        except BaseException as e:
+            errors.append(e)
+
+    for name in ("fifo.cache", "link.cache"):
+        t = threading.Thread(target=attempt, args=(name,), daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), f"update_limits on {name} blocked"
+    assert [type(e) for e in errors] == [HamiRegionError, HamiRegionError]
+    assert "FIFO" in str(errors[0]) and "symbolic link" in str(errors[1])
+    assert target.read_bytes() == bytes(raw_region(**TWO_GPU))  # the link's target is untouched

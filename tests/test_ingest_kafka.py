@@ -58,6 +58,7 @@ def env_for(bootstrap: str, topic: str, lake: Path, group: str, **extra: str) ->
             "GPULEDGER_LAKE_BATCH_MAX_SECONDS": "1",
             "GPULEDGER_COLLECTOR_METRICS_PORT": "0",  # any free port: tests run side by side
             "GPULEDGER_COLLECTOR_SPOOL_DIR": str(lake.parent / f"spool-{group}"),
+            "GPULEDGER_LAKE_MAX_TICK_AGE_S": "0",  # the fleet replays a fixed past month
         }
     )
     env.update(extra)

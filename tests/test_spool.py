@@ -448,3 +448,128 @@ def test_a_failed_disk_write_drops_that_tick_only_and_keeps_the_segment_readable
     kafka.up = True
     sp2.close()
     assert seqs(kafka.log) == [0, 1, 3, 4]
+
+
+def test_a_corrupt_record_in_the_middle_is_skipped_alone_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One flipped byte inside tick 3 of 10: only tick 3 is lost (counted), 4-9 are replayed."""
+    _spool_while_down(tmp_path, 10)
+    (path,) = segment_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    rec = len(data[len(MAGIC) :]) // 10  # every tick here encodes to the same size
+    data[len(MAGIC) + 3 * rec + rec // 2] ^= 0xFF  # inside tick 3's payload; its length is intact
+    path.write_bytes(bytes(data))
+    kafka = FakeKafka()
+    with caplog.at_level(logging.WARNING, logger="gpuledger.collector.spool"):
+        sp = make(kafka, tmp_path)
+    st = sp.stats()
+    assert (st.pending_records, st.dropped, st.torn) == (9, 1, 0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        len(lines) == 1 and f"1 corrupt record(s) skipped (first at offset {len(MAGIC) + 3 * rec}" in lines[0]
+    )
+    sp.send(*tick("n1", 10))
+    sp.close()
+    assert seqs(kafka.log) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert segment_files(tmp_path) == []
+
+
+def test_a_corrupt_length_field_cuts_the_rest_as_before(tmp_path: Path) -> None:
+    """A corrupt length leads nowhere readable: the segment is cut there (torn), never misread."""
+    _spool_while_down(tmp_path, 10)
+    (path,) = segment_files(tmp_path)
+    data = bytearray(path.read_bytes())
+    rec = len(data[len(MAGIC) :]) // 10
+    data[len(MAGIC) + 3 * rec] ^= 0x01  # tick 3's length field, one too short or long
+    path.write_bytes(bytes(data))
+    kafka = FakeKafka()
+    sp = make(kafka, tmp_path)
+    assert (sp.stats().pending_records, sp.stats().torn, sp.stats().dropped) == (3, 1, 0)
+    sp.close()
+    assert seqs(kafka.log) == [0, 1, 2]
+
+
+def test_unreadable_segments_are_skipped_with_one_line_and_the_agent_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory or a FIFO named like a segment (or one without read permission) never stops the agent."""
+    import threading
+
+    _spool_while_down(tmp_path, 4)
+    (tmp_path / "0000000000000050.seg").mkdir()
+    os.mkfifo(tmp_path / "0000000000000051.seg")  # a plain read would block forever
+    kafka = FakeKafka()
+    made: list[SpoolingTransport] = []
+    with caplog.at_level(logging.WARNING, logger="gpuledger.collector.spool"):
+        t = threading.Thread(target=lambda: made.append(make(kafka, tmp_path)), daemon=True)
+        t.start()
+        t.join(10)
+    assert not t.is_alive(), "spool recovery blocked on a FIFO"
+    (sp,) = made
+    lines = [r.getMessage() for r in caplog.records if "cannot read segment" in r.getMessage()]
+    assert len(lines) == 2 and "0000000000000050.seg" in lines[0] and "0000000000000051.seg" in lines[1]
+    assert (sp.stats().unreadable, sp.stats().pending_records) == (2, 4)
+    sp.send(*tick("n1", 4))
+    sp.close()
+    assert seqs(kafka.log) == [0, 1, 2, 3, 4]
+    assert (tmp_path / "0000000000000050.seg").is_dir()  # left in place for an operator
+
+
+_KILLED_AGENT = """
+import sys
+from collector.spool import SpoolingTransport
+
+class Pending:  # a broker that takes records and never acknowledges (an outage, seen from the producer)
+    is_done = False
+    def failed(self): return False
+    def get(self, timeout=None): raise TimeoutError("pending")
+
+class Hanging:
+    def send(self, key, value): return Pending()
+    def flush(self): pass
+    def close(self, timeout=None): pass
+
+sp = SpoolingTransport(Hanging, sys.argv[1], 1 << 24, retry_s=0.0, ack_timeout_s=3600.0,
+                       write_ahead=sys.argv[2] == "1")
+for i in range(100000):
+    sp.send("n1", b"n1:%04d" % i)
+    print(i, flush=True)  # the tick was handed over: the agent's caller moved on
+"""
+
+
+@pytest.mark.parametrize("write_ahead", [True, False])
+def test_an_agent_sigkilled_while_kafka_holds_its_ticks_loses_at_most_one(
+    tmp_path: Path, write_ahead: bool
+) -> None:
+    """Ticks sit unacknowledged in the producer (broker away); SIGKILL; the next agent replays them."""
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_AGENT, str(tmp_path), "1" if write_ahead else "0"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        text=True,
+    )
+    assert child.stdout is not None
+    handed = -1
+    for line in child.stdout:  # bounded: the child stops printing only when killed
+        handed = int(line)
+        if handed >= 40:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert handed == 40, "the agent did not run"
+    kafka = FakeKafka()
+    sp = make(kafka, tmp_path)
+    sp.flush()
+    sp.close()
+    got = seqs(kafka.log)
+    if write_ahead:
+        assert got == list(range(len(got))) and len(got) >= handed + 1  # all handed over, in order
+        assert len(got) <= handed + 2  # plus at most the one being written at the kill
+    else:
+        assert got == []  # without write-ahead every tick in the producer's memory is lost

@@ -692,8 +692,105 @@ impl BatchReader {
     }
 }
 
+/// Why a duplicate-key walk stopped early.
+enum Dup {
+    Key(Vec<u8>), // the first key seen twice in one object (escapes decoded)
+    Bad,          // not JSON this walker reads (the caller's decoders decide what it is)
+}
+
+impl From<()> for Dup {
+    fn from(_: ()) -> Dup {
+        Dup::Bad
+    }
+}
+
+const MAX_DEPTH: u32 = 64; // deeper than any valid message; a hostile nesting cannot exhaust the stack
+const LINEAR_KEYS: usize = 32; // objects up to this many keys compare linearly, bigger ones hash
+
+/// Walk one JSON value and stop at the first object that has some key twice.
+fn walk_dups(p: &mut Parser, depth: u32) -> Result<(), Dup> {
+    if depth > MAX_DEPTH {
+        return Err(Dup::Bad);
+    }
+    p.ws();
+    match p.peek()? {
+        b'{' => {
+            p.i += 1;
+            p.ws();
+            if p.peek()? == b'}' {
+                p.i += 1;
+                return Ok(());
+            }
+            let mut keys: Vec<Cow<[u8]>> = Vec::new();
+            let mut big: Option<std::collections::HashSet<Vec<u8>>> = None;
+            loop {
+                let k = p.string()?;
+                let seen = match &mut big {
+                    Some(set) => !set.insert(k.to_vec()),
+                    None => {
+                        let dup = keys.iter().any(|x| *x == k);
+                        keys.push(k.clone());
+                        if keys.len() > LINEAR_KEYS {
+                            big = Some(keys.drain(..).map(|x| x.into_owned()).collect());
+                        }
+                        dup
+                    }
+                };
+                if seen {
+                    return Err(Dup::Key(k.into_owned()));
+                }
+                p.ws();
+                p.eat(b':')?;
+                walk_dups(p, depth + 1)?;
+                if !p.more(b'}')? {
+                    return Ok(());
+                }
+            }
+        }
+        b'[' => {
+            p.i += 1;
+            p.ws();
+            if p.peek()? == b']' {
+                p.i += 1;
+                return Ok(());
+            }
+            loop {
+                walk_dups(p, depth + 1)?;
+                if !p.more(b']')? {
+                    return Ok(());
+                }
+            }
+        }
+        b'"' => p.string().map(|_| ()).map_err(Dup::from),
+        b't' => p.word(b"true").map_err(Dup::from),
+        b'f' => p.word(b"false").map_err(Dup::from),
+        b'n' => p.word(b"null").map_err(Dup::from),
+        _ => p.number().map(|_| ()).map_err(Dup::from),
+    }
+}
+
+/// The first duplicate key of one JSON document: (True, key) when some object has a key twice,
+/// (True, None) when none has, (False, None) when the bytes are not JSON this walker reads (then
+/// the caller decides another way). Why: JSON parsers disagree on which of two values wins, so a
+/// message with a duplicate key means different things to different consumers; ingest rejects it.
+#[pyfunction]
+fn duplicate_key(py: Python<'_>, raw: &[u8]) -> (bool, Option<String>) {
+    py.detach(|| {
+        let mut p = Parser { b: raw, i: 0 };
+        match walk_dups(&mut p, 0) {
+            Ok(()) => {
+                p.ws();
+                (p.i == raw.len(), None)
+            }
+            Err(Dup::Key(k)) => (true, Some(String::from_utf8_lossy(&k).into_owned())),
+            Err(Dup::Bad) => (false, None),
+        }
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BatchReader>()?;
+    m.add_function(wrap_pyfunction!(duplicate_key, m)?)?;
     Ok(())
 }
