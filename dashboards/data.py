@@ -34,6 +34,7 @@ from warehouse.monthly import ACCRUAL_NOTE
 from warehouse.pricing import month_bounds
 from warehouse.rollups import ROLLUPS, STATE
 from warehouse.sql import lit, ts_lit
+from warehouse.staging import samples_sql
 
 Allowed = frozenset[str] | None
 
@@ -632,28 +633,22 @@ class DashboardData:
     def _processes(
         self, gpu: str, slice_ids: set[str], hour: datetime | None, admin: bool
     ) -> list[dict[str, Any]]:
-        """Processes seen on `gpu` in `hour` (raw process samples of that date only), of `slice_ids`."""
+        """Processes seen on `gpu` in `hour`, of `slice_ids`: committed samples, each tick once
+        (a redelivered batch must not double the averages and counts)."""
         if hour is None:
             return []
-        d = self.lake.table_dir("process") / f"date={hour.date().isoformat()}"
-        files = sorted(str(p) for p in d.glob("*.parquet")) if d.exists() else []
-        if not files:
+        window = f"ts >= {ts_lit(hour)} AND ts < {ts_lit(hour + timedelta(hours=1))}"
+        src = samples_sql(self.lake, "process", [hour.date().isoformat()], where=window)
+        if src is None:
             return []
         slice_cond = in_list("slice_id", frozenset(slice_ids))
         if admin:
             slice_cond = f"({slice_cond} OR slice_id IS NULL)"
         with self.acct() as acct:
-            src = "read_parquet([" + ", ".join(lit(p) for p in files) + "])"
-            cols = set(acct.sql(f"SELECT * FROM {src} LIMIT 0").columns)
-            if not {"pid", "gpu_uuid", "slice_id"} <= cols:
-                return []
-            user = '"user"' if "user" in cols else "NULL"
-            ts = "ts" if "ts" in cols else None
-            tcond = f"AND ts >= {ts_lit(hour)} AND ts < {ts_lit(hour + timedelta(hours=1))}" if ts else ""
             rows = acct.sql(f"""
-                SELECT pid, slice_id, any_value({user}) AS user, avg(sm_util_pct) AS sm_util_pct,
+                SELECT pid, slice_id, any_value("user") AS user, avg(sm_util_pct) AS sm_util_pct,
                        max(mem_used_mib) AS mem_used_mib, count(*) AS samples
-                FROM {src} WHERE gpu_uuid = {lit(gpu)} AND {slice_cond} {tcond}
+                FROM {src} WHERE gpu_uuid = {lit(gpu)} AND {slice_cond}
                 GROUP BY pid, slice_id ORDER BY slice_id NULLS LAST, pid LIMIT 500""").fetchall()
         return [
             {"pid": p, "slice": s, "user": u, "sm_util_pct": _f(su), "mem_used_mib": mm, "samples": n}

@@ -61,6 +61,7 @@ from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
 from warehouse.rules import follows, idle_tick_sql
 from warehouse.sql import lit as _lit
 from warehouse.sql import ts_lit as _ts_lit
+from warehouse.staging import committed_files, dates_between, first_batch_ticks_sql
 from warehouse.views import tenant_sql
 
 log = logging.getLogger(__name__)
@@ -218,16 +219,7 @@ class RecentSamples:
         self.con.execute("SET threads = 2")  # a minute of ticks: more threads only cost start-up
 
     def _files(self, kind: str, since: datetime, until: datetime) -> list[str]:
-        out: list[str] = []
-        day = since.date()
-        while day <= until.date():
-            d = self.lake.table_dir(kind) / f"date={day.isoformat()}"
-            committed = self.lake.table_dir("tick") / f"date={day.isoformat()}"
-            if d.exists():
-                # a batch counts once its tick file (written last: the commit record) exists
-                out += sorted(str(p) for p in d.glob("*.parquet") if (committed / p.name).exists())
-            day += timedelta(days=1)
-        return out
+        return committed_files(self.lake, kind, dates_between(since.date(), until.date()))
 
     def load(self, since: datetime, until: datetime) -> int:
         """Ticks with since < ts <= until into temp tables `ticks`, `slices`, `gpus`; returns #ticks."""
@@ -250,9 +242,8 @@ class RecentSamples:
 
         c.execute(f"""
             CREATE OR REPLACE TEMP TABLE ticks AS
-            SELECT cluster, node, boot_id, seq, ts, interval_s, batch FROM {src("tick")}
-            WHERE {window}
-            QUALIFY row_number() OVER (PARTITION BY node, boot_id, seq ORDER BY batch) = 1""")
+            SELECT cluster, node, boot_id, seq, ts, interval_s, batch
+            FROM ({first_batch_ticks_sql(src("tick"), window)})""")
         n = c.execute("SELECT count(*) FROM ticks").fetchone()[0]  # type: ignore[index]
         if files["slice"]:
             ratio = self.idle_util_ratio

@@ -52,6 +52,7 @@ from warehouse.rules import (
 )
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet as _read
+from warehouse.staging import committed_files
 
 ROLLUPS = "rollups"
 STATE = "_state"
@@ -176,12 +177,8 @@ class Rollups:
         return con
 
     def _files(self, kind: str, date: str) -> list[str]:
-        """Files of one date whose batch committed (its tick file, written last, exists)."""
-        d = self.lake.table_dir(kind) / f"date={date}"
-        committed = self.lake.table_dir("tick") / f"date={date}"
-        if not d.exists():
-            return []
-        return sorted(str(p) for p in d.glob("*.parquet") if (committed / p.name).exists())
+        """Files of one date whose batch committed (the staging layer's rule)."""
+        return committed_files(self.lake, kind, [date])
 
     def _build(self, con: duckdb.DuckDBPyConnection, date: str) -> int:
         signature = self._signature(date)
