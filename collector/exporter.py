@@ -45,6 +45,8 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from gpuledger.shares import share
+
 if TYPE_CHECKING:
     from collector.spool import SpoolStats
 
@@ -124,25 +126,9 @@ def _s(v: Any) -> str:
 
 
 def _share(sl: dict[str, Any], mem_total: Any) -> float | None:
-    """DESIGN §6 share of one slice, or None when an input is unknown."""
-    kind = sl.get("kind")
-    if kind == "whole":
-        return 1.0
-    if kind == "mig":
-        c, gc = sl.get("compute_slices"), sl.get("gpu_compute_slices")
-        m, gm = sl.get("memory_slices"), sl.get("gpu_memory_slices")
-        if not (c and gc and m and gm):
-            return None
-        return max(c / gc, m / gm)
-    if kind == "vgpu":
-        cap, core = sl.get("mem_cap_mib"), sl.get("core_cap_pct")
-        if cap is None or core is None or not mem_total:
-            return None
-        return max(cap / mem_total, core / 100.0)
-    if kind == "timeslice":
-        r = sl.get("replicas")
-        return 1.0 / r if r else None
-    return None
+    """DESIGN §6 share of one slice (the one definition, gpuledger.shares), or None when unknown."""
+    sh = share(sl, mem_total)
+    return None if sh is None else float(sh)
 
 
 class _TickCollector(Collector):

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from collector.traces import Trace, load_gentd26
+from gpuledger.shares import share
 
 SCHEMA = "gpuledger.sample/v1"
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -1261,13 +1262,12 @@ class SimulatedFleet:
 
 
 def _share(s: _Slot) -> float:
-    """DESIGN §6 share of one slot (for describe(); the warehouse computes its own)."""
-    if s.kind == "whole":
-        return 1.0
+    """DESIGN §6 share of one slot (for describe()), by the one definition (gpuledger.shares)."""
+    sl: dict[str, Any] = {"kind": s.kind, "mem_cap_mib": s.mem_cap, "core_cap_pct": s.core_cap}
     if s.kind == "mig":
         assert s.mig is not None
-        prof = s.mig[0]
-        return max(prof.compute / 7, prof.memory / 8)
-    if s.kind == "vgpu":
-        return max(s.mem_cap / s.gpu.model.mem_total_mib, (s.core_cap or 0) / 100)
-    return 1.0 / (s.replicas or 1)
+        sl.update(compute_slices=s.mig[0].compute, gpu_compute_slices=7)
+        sl.update(memory_slices=s.mig[0].memory, gpu_memory_slices=8)
+    elif s.kind == "timeslice":
+        sl["replicas"] = s.replicas or 1
+    return float(share(sl, s.gpu.model.mem_total_mib) or 0)

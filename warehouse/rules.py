@@ -3,8 +3,8 @@
 Rollups, alerts, the idle periods, coverage and the chargeback all build their queries from these
 expressions, so a rule changed here changes everywhere at once. Each expression reads the column
 names of a lake slice row (see `gpuledger.decode.table_schema('slice')`); where a caller needs the
-same rule in Python (the exporter, the simulated fleet), `share()` and `used_fraction()` below are
-tested value for value against the SQL (tests/test_rules.py).
+same rule in Python (the exporter, the simulated fleet), `gpuledger.shares` has it, tested value for
+value against this SQL (tests/test_rules.py).
 
 Money and idle tests are exact: GPU-seconds are fixed-point decimals floored to the nanosecond,
 and the idle test compares exact fractions (cross-multiplied integers and decimals), so a ratio of
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from warehouse.sql import lit
@@ -191,50 +190,10 @@ def price_join(alias: str = "x", prices: str = "p") -> str:
     )
 
 
-# -- the same rules in Python --------------------------------------------------------------------
-
-
-def share(slice_: Mapping[str, Any], gpu_mem_total_mib: int | None = None) -> Fraction:
-    """DESIGN §6 share of one v1 slice (message field names), exactly as SHARE_NUM/SHARE_DEN.
-
-    `gpu_mem_total_mib` is the slice's GPU's memory (vGPU memory term); unknown -> core term only.
-    """
-    kind = slice_["kind"]
-    if kind == "whole":
-        return Fraction(1)
-    if kind == "mig":
-        return max(
-            Fraction(slice_["compute_slices"], slice_["gpu_compute_slices"]),
-            Fraction(slice_["memory_slices"], slice_["gpu_memory_slices"]),
-        )
-    if kind == "vgpu":
-        core = Fraction(Decimal(repr(float(slice_.get("core_cap_pct") or 0)))) / 100
-        mem_cap = slice_.get("mem_cap_mib")
-        known = mem_cap is not None and gpu_mem_total_mib
-        mem = Fraction(mem_cap, gpu_mem_total_mib) if known else Fraction(0)
-        return min(Fraction(1), max(mem, core))
-    if kind == "timeslice":
-        return Fraction(1, slice_["replicas"])
-    raise ValueError(f"slice kind {kind!r}: expected one of {', '.join(KINDS)}")
-
-
-def used_fraction(slice_: Mapping[str, Any]) -> Fraction | None:
-    """Busy fraction of the whole GPU attributable to one v1 slice; None when utilisation is unknown."""
-    util = slice_.get("util_pct")
-    if util is None:
-        return None
-    u = Fraction(Decimal(repr(float(util)))) / 100
-    if slice_["kind"] == "mig":
-        u *= Fraction(slice_["compute_slices"], slice_["gpu_compute_slices"])
-    return u
+# -- the same rules in Python: gpuledger.shares (the collector may import only gpuledger) --------
 
 
 def follows(prev_end: datetime, ts: datetime, interval_s: float) -> bool:
     """Python twin of `follows_sql`: a tick stamped `ts` starts where one that ended at `prev_end`
     did, within Δ/2 (else there was a gap, which ends an idle run)."""
     return (ts - prev_end).total_seconds() - interval_s <= interval_s / 2
-
-
-def is_idle_tick(used: Fraction | None, share_: Fraction, ratio: float) -> bool:
-    """The idle test of one slice tick on a GPU that is not over-committed (see idle_tick_sql)."""
-    return used is not None and used < Fraction(Decimal(repr(float(ratio)))) * share_

@@ -1,0 +1,150 @@
+"""The accounting rules in SQL (warehouse/rules.py) and in Python (gpuledger/shares.py), value for value.
+
+Every slice kind over a grid of caps, profiles, replica counts and utilisations: the exact share
+and busy fraction of the SQL equal the Python fractions, the double-precision share is the same
+number, and the idle test decides the same way, exact threshold included.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from gpuledger.shares import is_idle_tick, share, used_fraction
+from warehouse import rules
+
+UTILS = [None, 0.0, 1.25, 4.99, 5.0, 12.3, 100.0]
+
+
+def grid() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"kind": "whole", "util_pct": u} for u in UTILS]
+    for c, m, u in itertools.product(range(1, 8), range(1, 9), UTILS):
+        out.append(
+            {
+                "kind": "mig",
+                "compute_slices": c,
+                "memory_slices": m,
+                "gpu_compute_slices": 7,
+                "gpu_memory_slices": 8,
+                "util_pct": u,
+            }
+        )
+    for cap, core, total, u in itertools.product(
+        [None, 0, 1024, 20480, 40960, 81920, 100000],
+        [None, 0, 25, 30, 33.3, 100],
+        [None, 81920, 81559],
+        [None, 0.0, 5.0, 30.0],
+    ):
+        out.append(
+            {
+                "kind": "vgpu",
+                "mem_cap_mib": cap,
+                "core_cap_pct": core,
+                "gpu_mem_total_mib": total,
+                "util_pct": u,
+            }
+        )
+    for r, u in itertools.product(range(1, 9), UTILS):
+        out.append({"kind": "timeslice", "replicas": r, "util_pct": u})
+    return out
+
+
+COLUMNS = {
+    "kind": pa.string(),
+    "compute_slices": pa.int64(),
+    "memory_slices": pa.int64(),
+    "gpu_compute_slices": pa.int64(),
+    "gpu_memory_slices": pa.int64(),
+    "mem_cap_mib": pa.int64(),
+    "core_cap_pct": pa.float64(),
+    "gpu_mem_total_mib": pa.int64(),
+    "replicas": pa.int64(),
+    "util_pct": pa.float64(),
+}
+
+
+@pytest.fixture(scope="module")
+def computed() -> list[tuple[dict[str, Any], tuple]]:
+    rows = grid()
+    table = pa.Table.from_pylist(
+        [{k: r.get(k) for k in COLUMNS} for r in rows], schema=pa.schema(list(COLUMNS.items()))
+    )
+    con = duckdb.connect()
+    con.register("s", table)
+    out = con.execute(f"""
+        SELECT ({rules.SHARE_SQL}), ({rules.SHARE_NUM_SQL}), ({rules.SHARE_DEN_SQL}),
+               ({rules.USED_FRAC_SQL}), ({rules.USED_NUM_SQL}), ({rules.USED_DEN_SQL}),
+               {rules.idle_tick_sql(0.05, "NULL", "NULL")}
+        FROM s""").fetchall()
+    con.close()
+    assert len(out) == len(rows)
+    return list(zip(rows, out, strict=True))
+
+
+def test_exact_share_is_the_python_share(computed: list[tuple[dict[str, Any], tuple]]) -> None:
+    for row, (sh, num, den, *_) in computed:
+        want = share(row, row.get("gpu_mem_total_mib"))
+        assert want is not None, row
+        assert Fraction(Decimal(num)) / den == want, row
+        assert sh == pytest.approx(float(want), rel=1e-12, abs=1e-15), row
+
+
+def test_used_fraction_is_the_python_one(computed: list[tuple[dict[str, Any], tuple]]) -> None:
+    for row, (_, _, _, frac, num, den, _) in computed:
+        want = used_fraction(row)
+        if want is None:
+            assert frac is None and num is None, row
+            continue
+        assert Fraction(Decimal(num)) / den == want, row
+        assert frac == pytest.approx(float(want), rel=1e-12, abs=1e-15), row
+
+
+def test_idle_test_decides_as_the_python_one(computed: list[tuple[dict[str, Any], tuple]]) -> None:
+    idle_count = 0
+    for row, (*_, idle) in computed:
+        want = is_idle_tick(used_fraction(row), share(row, row.get("gpu_mem_total_mib")), 0.05)
+        assert bool(idle) == want, row
+        idle_count += want
+    assert idle_count > 50  # the grid has idle and busy ticks of every kind
+
+
+def test_threshold_exactly_is_not_idle_for_any_kind() -> None:
+    mig_2g = {
+        "kind": "mig",
+        "compute_slices": 2,
+        "memory_slices": 2,
+        "gpu_compute_slices": 7,
+        "gpu_memory_slices": 8,
+    }
+    quarter = {"kind": "timeslice", "replicas": 4}
+    for sl, at in ((mig_2g, 5.0), (quarter, 1.25), ({"kind": "whole"}, 5.0)):
+        s = dict(sl, util_pct=at)
+        assert not is_idle_tick(used_fraction(s), share(s), 0.05), s
+
+
+def test_vgpu_share_is_capped_at_the_whole_gpu() -> None:
+    over = {"kind": "vgpu", "mem_cap_mib": 100000, "core_cap_pct": 30}
+    assert share(over, 81920) == 1
+    assert share({"kind": "vgpu", "mem_cap_mib": 20480, "core_cap_pct": None}, None) == 0  # nothing known
+    assert share({"kind": "vgpu", "mem_cap_mib": 20480, "core_cap_pct": 50}, None) == Fraction(1, 2)
+
+
+def test_follows_in_python_and_sql_agree() -> None:
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for gap in (0, 29, 30, 31, 60, 3600):  # seconds of silence before a 60 s tick
+        ts = t0 + timedelta(seconds=60 + gap)
+        sql = rules.follows_sql("prev", rules.tick_start_s("ts", "60.0"), "60.0")
+        (got,) = con.execute(
+            f"SELECT {sql} FROM (SELECT ?::TIMESTAMPTZ AS prev, ?::TIMESTAMPTZ AS ts)", [t0, ts]
+        ).fetchall()[0]
+        assert got == rules.follows(t0, ts, 60.0) == (gap <= 30), gap
+    con.close()
