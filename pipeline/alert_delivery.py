@@ -30,7 +30,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpuledger.config import Config
-from pipeline.alerts import AlertEngine, iso
+from pipeline.alert_state import iso
+from pipeline.alerts import AlertEngine
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
 """Alert rules over the freshest lake data, their lifecycle, and the record of every transition.
 
+The engine: it steps the rules (pipeline/alert_rules.py) over the freshest samples
+(warehouse/recent.py), keeps its memory in a state file (pipeline/alert_state.py), records every
+transition in the lake (pipeline/alert_records.py) and leaves delivery to pipeline/alert_delivery.py.
+
 Where the data comes from, and why: each evaluation reads only the raw samples that arrived since
 the previous one (the ticks of today's date partition, and yesterday's around midnight, with a
 timestamp filter that Parquet row-group statistics turn into skipped row groups), never a month
@@ -9,18 +13,7 @@ cost wasted so far) is carried forward in a small JSON state file, so an idle pe
 days costs no more to evaluate than one of three minutes. Ticks that arrive later than
 ``reorder_slack_s`` after newer ticks of the fleet are accounted by the rollups but not alerted on.
 
-Rules (names are the ``alertname`` label):
-
-- ``GpuSliceIdle``: a slice whose used/reserved GPU-seconds stay under ``idle_util_ratio`` for at
-  least ``idle_min_minutes`` (DESIGN §6: the same tick test and the same period length as the
-  accounting, so the alert fires exactly when an idle period starts to qualify).
-- ``GpuIdle``: a physical GPU that is allocated (some slice holds it) but busy under the ratio as a
-  whole (its own utilization; the sum of its slices' where the GPU reports none, e.g. MIG).
-- ``GpuPoolUnallocated``: a pool (cluster + GPU model) with more than ``pool_unallocated_pct`` %
-  of its GPUs unallocated for ``pool_unallocated_minutes``.
-- ``GpuCollectorSilent``: a node whose last tick is older than ``silent_intervals`` of its interval.
-- ``GpuledgerIngestLag``: the ingest consumer group's lag (end offsets - committed offsets, summed
-  over partitions) above ``ingest_lag_messages`` for ``ingest_lag_minutes``.
+Rules: see pipeline/alert_rules.py.
 
 Lifecycle, as Prometheus does it, with one addition against flapping: inactive -> pending when the
 condition starts; pending -> inactive as soon as it stops (an idle period is a run of idle ticks);
@@ -36,152 +29,27 @@ each of its targets took it, and is never enqueued twice (a restart reloads the 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import pyarrow as pa
-
-from gpuledger.config import Config
-from warehouse.accounting import WORKLOAD_SQL
+from pipeline.alert_records import ALERTS, ZERO_TIME, write_record
+from pipeline.alert_rules import ALERTNAMES, AlertRules
+from pipeline.alert_state import StateStore, fingerprint, iso, parse_iso
+from pipeline.kafka_lag import LagReading
 from warehouse.errors import PriceError
-from warehouse.lake import Lake, write_bytes_atomic
+from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
-from warehouse.rollups import SHARE_SQL, USED_FRAC_SQL
-from warehouse.rules import follows, idle_tick_sql
-from warehouse.sql import lit as _lit
-from warehouse.sql import ts_lit as _ts_lit
-from warehouse.staging import committed_files, dates_between, first_batch_ticks_sql
-from warehouse.views import tenant_sql
+from warehouse.recent import RecentSamples
+from warehouse.rules import follows
 
 log = logging.getLogger(__name__)
-
-ALERTS = "alerts"
-STATE_FILE = "_state.json"
-STATE_VERSION = 1
-ALERTNAMES = {
-    "idle_slice": "GpuSliceIdle",
-    "idle_gpu": "GpuIdle",
-    "pool_unallocated": "GpuPoolUnallocated",
-    "collector_silent": "GpuCollectorSilent",
-    "ingest_lag": "GpuledgerIngestLag",
-}
-ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end" for firing alerts
-
-RECORD_SCHEMA = pa.schema(
-    [
-        ("event_ts", pa.timestamp("us", tz="UTC")),  # when it fired / resolved / was repeated
-        ("evaluated_at", pa.timestamp("us", tz="UTC")),
-        ("event", pa.string()),  # firing | repeat | resolved
-        ("status", pa.string()),  # firing | resolved (Alertmanager's)
-        ("alertname", pa.string()),
-        ("fingerprint", pa.string()),
-        ("notification_id", pa.string()),
-        ("severity", pa.string()),
-        ("tenant", pa.string()),
-        ("starts_at", pa.timestamp("us", tz="UTC")),
-        ("ends_at", pa.timestamp("us", tz="UTC")),
-        ("cost", pa.decimal128(18, 2)),  # wasted so far (idle rules), in `currency`
-        ("currency", pa.string()),
-        ("labels", pa.string()),  # JSON object, sorted keys
-        ("annotations", pa.string()),  # JSON object, sorted keys
-        ("targets", pa.string()),  # JSON list of receiver/url the notification is routed to
-    ]
-)
-
-_FNV_OFFSET = 14695981039346656037
-_FNV_PRIME = 1099511628211
-_SEP = 0xFF
-
-
-def fingerprint(labels: Mapping[str, str]) -> str:
-    """Alertmanager's fingerprint of a label set: FNV-1a 64 over sorted name, 0xff, value, 0xff.
-
-    The same labels give the same fingerprint here and in an Alertmanager, in any order.
-    """
-    h = _FNV_OFFSET
-    for name in sorted(labels):
-        for part in (name, labels[name]):
-            for b in part.encode():
-                h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-            h = ((h ^ _SEP) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class AlertRules:
-    """The alert settings of the config in the units the evaluation uses."""
-
-    enabled: frozenset[str]
-    idle_util_ratio: float
-    idle_min_s: float
-    severity: Mapping[str, str]
-    labels: Mapping[str, str]
-    pool_unallocated_ratio: float
-    pool_for_s: float
-    silent_intervals: float
-    lag_messages: int
-    lag_for_s: float
-    resolve_ticks: int
-    repeat_s: float
-    lookback_s: float
-    reorder_slack_s: float
-    outbox_max_s: float
-    external_url: str = ""
-    silent_forget_s: float = 86400.0  # a node silent this long is forgotten (its alert resolves)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> AlertRules:
-        a = cfg.alerts
-        return cls(
-            enabled=frozenset(a.rules),
-            idle_util_ratio=a.idle_util_ratio,
-            idle_min_s=a.idle_min_minutes * 60.0,
-            severity={r: getattr(a, f"{r}_severity") for r in ALERTNAMES},
-            labels=dict(a.labels),
-            pool_unallocated_ratio=a.pool_unallocated_pct / 100.0,
-            pool_for_s=a.pool_unallocated_minutes * 60.0,
-            silent_intervals=a.silent_intervals,
-            lag_messages=a.ingest_lag_messages,
-            lag_for_s=a.ingest_lag_minutes * 60.0,
-            resolve_ticks=a.resolve_ticks,
-            repeat_s=a.repeat_interval_minutes * 60.0,
-            lookback_s=a.lookback_minutes * 60.0,
-            reorder_slack_s=a.reorder_slack_s,
-            outbox_max_s=a.outbox_max_hours * 3600.0,
-            external_url=a.external_url,
-        )
-
-
-@dataclass(frozen=True)
-class LagReading:
-    """Consumer-group lag of the ingest: messages not yet committed, per partition."""
-
-    group: str
-    topic: str
-    per_partition: Mapping[int, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.per_partition.values())
 
 
 @dataclass
@@ -195,152 +63,6 @@ class Evaluation:
     pending: int = 0
     firing: int = 0
     late_ticks: int = 0
-
-
-# -- reading the freshest samples -------------------------------------------------------------
-
-
-class RecentSamples:
-    """Deduplicated slice and GPU ticks of a time window, read from the date partitions it spans."""
-
-    def __init__(
-        self,
-        lake: Lake,
-        tenant_rules: Sequence[dict[str, Any]],
-        default_tenant: str,
-        idle_util_ratio: float = 0.05,
-    ) -> None:
-        self.lake = lake
-        self.idle_util_ratio = idle_util_ratio
-        self.tenant = tenant_sql(tenant_rules, default_tenant)
-        self.con = duckdb.connect(":memory:")
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")
-        self.con.execute("SET threads = 2")  # a minute of ticks: more threads only cost start-up
-
-    def _files(self, kind: str, since: datetime, until: datetime) -> list[str]:
-        return committed_files(self.lake, kind, dates_between(since.date(), until.date()))
-
-    def load(self, since: datetime, until: datetime) -> int:
-        """Ticks with since < ts <= until into temp tables `ticks`, `slices`, `gpus`; returns #ticks."""
-        files = {k: self._files(k, since, until) for k in ("tick", "slice", "gpu")}
-        window = f"ts > {_ts_lit(since)} AND ts <= {_ts_lit(until)}"
-        c = self.con
-        if not files["tick"]:
-            for t in ("ticks", "slices", "gpus"):
-                c.execute(f"DROP TABLE IF EXISTS {t}")
-            c.execute(
-                "CREATE TEMP TABLE ticks (cluster VARCHAR, node VARCHAR, boot_id VARCHAR, seq BIGINT, "
-                "ts TIMESTAMPTZ, interval_s DOUBLE, batch BIGINT)"
-            )
-            c.execute("CREATE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
-            c.execute("CREATE TEMP TABLE gpus AS SELECT NULL::VARCHAR AS uuid WHERE false")
-            return 0
-
-        def src(kind: str) -> str:
-            return "read_parquet([" + ", ".join(_lit(f) for f in files[kind]) + "], union_by_name = true)"
-
-        c.execute(f"""
-            CREATE OR REPLACE TEMP TABLE ticks AS
-            SELECT cluster, node, boot_id, seq, ts, interval_s, batch
-            FROM ({first_batch_ticks_sql(src("tick"), window)})""")
-        n = c.execute("SELECT count(*) FROM ticks").fetchone()[0]  # type: ignore[index]
-        if files["slice"]:
-            ratio = self.idle_util_ratio
-
-            def over(total: str) -> str:  # the GPU tick's total only where it passes the whole GPU
-                return f"CASE WHEN sum_share > 1.0 OR sum_used > 1.0 THEN {total} END"
-
-            c.execute(f"""
-                CREATE OR REPLACE TEMP TABLE slices AS
-                WITH r AS (
-                    SELECT s.*, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac
-                    FROM {src("slice")} s SEMI JOIN ticks t USING (node, boot_id, seq, batch)
-                    WHERE {window}),
-                w AS (
-                    SELECT *, sum(share) OVER g AS sum_share, sum(coalesce(used_frac, 0)) OVER g AS sum_used
-                    FROM r WINDOW g AS (PARTITION BY node, boot_id, seq, gpu_uuid))
-                SELECT slice_id, cluster, node, boot_id, seq, ts, interval_s, gpu_uuid, model, kind,
-                       namespace, pod, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
-                       share, used_frac, sum_share,
-                       -- GPU-seconds as the rollups count them (DESIGN §6), floored to the nanosecond
-                       CAST(floor(interval_s * share / greatest(1.0, sum_share) * 1e9) / 1e9
-                            AS DECIMAL(18, 9)) AS reserved_s,
-                       CAST(floor(interval_s * coalesce(used_frac, 0) / greatest(1.0, sum_used) * 1e9) / 1e9
-                            AS DECIMAL(18, 9)) AS used_s,
-                       {idle_tick_sql(ratio, over("sum_share"), over("sum_used"))} AS idle
-                FROM w""")
-        else:
-            c.execute("CREATE OR REPLACE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
-        if files["gpu"]:
-            c.execute(f"""
-                CREATE OR REPLACE TEMP TABLE gpus AS
-                SELECT g.cluster, g.node, g.boot_id, g.seq, g.ts, g.interval_s, g.uuid, g.model, g.util_pct
-                FROM {src("gpu")} g SEMI JOIN ticks t USING (node, boot_id, seq, batch)
-                WHERE {window}""")
-        else:
-            c.execute("CREATE OR REPLACE TEMP TABLE gpus AS SELECT NULL::VARCHAR AS uuid WHERE false")
-        return int(n)
-
-    def slice_ticks(self) -> list[tuple]:
-        """Per slice tick: who, where, reserved GPU-seconds and the idle test (None: util unknown)."""
-        if self.con.execute("SELECT count(*) FROM slices").fetchone()[0] == 0:  # type: ignore[index]
-            return []
-        return self.con.execute("""
-            SELECT node || '|' || boot_id || '|' || slice_id AS key, slice_id, cluster, node, gpu_uuid,
-                   model, kind, tenant, workload, ts, interval_s, reserved_s,
-                   CASE WHEN used_frac IS NULL THEN NULL ELSE idle END AS idle
-            FROM slices ORDER BY key, ts""").fetchall()
-
-    def gpu_ticks(self, ratio: float) -> list[tuple]:
-        """Per GPU tick: allocated share, busy fraction (own util, else its slices'), idle test."""
-        if self.con.execute("SELECT count(*) FROM gpus").fetchone()[0] == 0:  # type: ignore[index]
-            return []
-        has_slices = self.con.execute("SELECT count(*) FROM slices").fetchone()[0] > 0  # type: ignore[index]
-        s = (
-            """(SELECT node, boot_id, seq, gpu_uuid, sum(share) AS sum_share, count(*) AS n_slices,
-                       sum(used_frac) AS used_frac, count(used_frac) AS known,
-                       list(DISTINCT tenant ORDER BY tenant) AS tenants
-                FROM slices GROUP BY ALL)"""
-            if has_slices
-            else """(SELECT NULL::VARCHAR AS node, NULL::VARCHAR AS boot_id, NULL::BIGINT AS seq,
-                      NULL::VARCHAR AS gpu_uuid, NULL::DOUBLE AS sum_share, 0 AS n_slices,
-                      NULL::DOUBLE AS used_frac, 0 AS known, NULL::VARCHAR[] AS tenants WHERE false)"""
-        )
-        return self.con.execute(f"""
-            SELECT g.node || '|' || g.boot_id || '|' || g.uuid AS key, g.cluster, g.node, g.uuid, g.model,
-                   g.ts, g.interval_s, coalesce(s.sum_share, 0) AS sum_share,
-                   coalesce(g.util_pct / 100.0,
-                            CASE WHEN s.known = s.n_slices THEN s.used_frac END) AS busy,
-                   coalesce(s.n_slices, 0) AS n_slices, coalesce(s.tenants, []) AS tenants
-            FROM gpus g LEFT JOIN {s} s
-              ON g.node = s.node AND g.boot_id = s.boot_id AND g.seq = s.seq AND g.uuid = s.gpu_uuid
-            ORDER BY key, g.ts""").fetchall()
-
-    def node_last(self) -> list[tuple]:
-        return self.con.execute(
-            "SELECT cluster, node, max(ts), arg_max(interval_s, ts) FROM ticks GROUP BY ALL ORDER BY node"
-        ).fetchall()
-
-    def close(self) -> None:
-        self.con.close()
-
-
-# -- state ------------------------------------------------------------------------------------
-
-
-def _empty_state() -> dict[str, Any]:
-    # series: per slice/GPU key: last tick seen and the current idle episode
-    # alerts: per fingerprint: pending or firing alerts; outbox: notifications not yet delivered
-    return {
-        "version": STATE_VERSION,
-        "watermark": None,
-        "series": {},
-        "alerts": {},
-        "nodes": {},
-        "outbox": [],
-        "seq": {},
-    }
 
 
 class AlertEngine:
@@ -365,7 +87,8 @@ class AlertEngine:
         self.lag_probe = lag_probe
         self.route = route or (lambda labels: [])
         self.root = self.lake.root / ALERTS
-        self.state_path = self.root / STATE_FILE
+        self.store = StateStore(self.root)
+        self.state_path = self.store.state_path
         self._unpriced: set[str] = set()
         self._samples: RecentSamples | None = None
 
@@ -374,31 +97,15 @@ class AlertEngine:
             self._samples.close()
             self._samples = None
 
-    # -- state file ---------------------------------------------------------------------------
-
-    @contextmanager
-    def locked(self) -> Iterator[dict[str, Any]]:
+    def locked(self):
         """The state, loaded under an exclusive lock and saved back atomically on success."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "_state.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = self.load_state()
-                yield state
-                self.save_state(state)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return self.store.locked()
 
     def load_state(self) -> dict[str, Any]:
-        if not self.state_path.exists():
-            return _empty_state()
-        state = json.loads(self.state_path.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{self.state_path}: state version {state.get('version')!r}, expected 1")
-        return state
+        return self.store.load()
 
     def save_state(self, state: dict[str, Any]) -> None:
-        write_bytes_atomic(self.state_path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+        self.store.save(state)
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -408,7 +115,8 @@ class AlertEngine:
         ev = Evaluation(now=now)
         with self.locked() as state:
             self._evaluate(state, now, ev)
-            ev.record = self._write_record(ev.notifications, now)
+            currency = self.price_book.currency if self.price_book else None
+            ev.record = write_record(self.lake, self.root, ev.notifications, now, currency)
             ev.pending = sum(1 for a in state["alerts"].values() if a["state"] == "pending")
             ev.firing = sum(1 for a in state["alerts"].values() if a["state"] == "firing")
         return ev
@@ -873,106 +581,6 @@ class AlertEngine:
         state = self.load_state()
         return [dict(a, fingerprint=fp) for fp, a in sorted(state["alerts"].items())]
 
-    # -- lake record ----------------------------------------------------------------------------
-
-    def _write_record(self, notes: list[dict[str, Any]], now: datetime) -> Path | None:
-        """Transitions of this evaluation into alerts/date=D/; the name derives from the notification
-        ids, so an evaluation redone after a crash rewrites the same file instead of adding one."""
-        if not notes:
-            return None
-        cur = self.price_book.currency if self.price_book else None
-        by_date: dict[date, list[dict[str, Any]]] = defaultdict(list)
-        for n in notes:
-            by_date[parse_iso(n["event_ts"]).date()].append(n)
-        last = None
-        for day, group in sorted(by_date.items()):
-            rows = []
-            for n in group:
-                cost = n["annotations"].get("wasted_cost") or None
-                rows.append(
-                    {
-                        "event_ts": parse_iso(n["event_ts"]),
-                        "evaluated_at": now,
-                        "event": n["event"],
-                        "status": n["status"],
-                        "alertname": n["labels"]["alertname"],
-                        "fingerprint": n["fingerprint"],
-                        "notification_id": n["id"],
-                        "severity": n["labels"].get("severity"),
-                        "tenant": n["labels"].get("tenant"),
-                        "starts_at": parse_iso(n["startsAt"]),
-                        "ends_at": None if n["status"] == "firing" else parse_iso(n["endsAt"]),
-                        "cost": None if cost is None else Decimal(cost),
-                        "currency": cur if cost is not None else None,
-                        "labels": json.dumps(n["labels"], sort_keys=True),
-                        "annotations": json.dumps(n["annotations"], sort_keys=True),
-                        "targets": json.dumps(sorted(n["targets"])),
-                    }
-                )
-            name = hashlib.sha256("|".join(n["id"] for n in group).encode()).hexdigest()[:24]
-            table = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
-            last = self.lake.write_file(table, self.root / f"date={day.isoformat()}" / f"part-{name}.parquet")
-        return last
-
 
 def _cents(v: Decimal) -> Decimal:
     return v.quantize(Decimal("0.01"))
-
-
-def records_glob(lake: Lake | str) -> str:
-    root = lake.root if isinstance(lake, Lake) else Path(lake)
-    return str(root / ALERTS / "date=*" / "*.parquet")
-
-
-def kafka_lag(bootstrap: str, group: str, topic: str, client_id: str = "gpuledger-jobs") -> LagReading:
-    """Lag of a consumer group on a topic: end offset - committed offset per partition (kafka-python).
-
-    A partition the group never committed counts from its beginning offset (all of it is unread).
-    """
-    from kafka import KafkaAdminClient, KafkaConsumer
-    from kafka.structs import TopicPartition
-
-    # short timeouts: an unreachable broker must not hold up the idle alerts evaluated with it
-    kw = {"request_timeout_ms": 10000, "bootstrap_timeout_ms": 5000}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **kw)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id=client_id, **kw)
-    try:
-        committed = {
-            tp.partition: om.offset for tp, om in _group_offsets(admin, group).items() if tp.topic == topic
-        }
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        ends = consumer.end_offsets(tps) if tps else {}
-        begins = consumer.beginning_offsets(tps) if tps else {}
-        lag = {}
-        for tp in tps:
-            done = committed.get(tp.partition)
-            if done is None or done < 0:
-                done = begins[tp]
-            lag[tp.partition] = max(0, ends[tp] - done)
-        return LagReading(group=group, topic=topic, per_partition=lag)
-    finally:
-        consumer.close()
-        admin.close()
-
-
-def _group_offsets(admin: Any, group: str, tries: int = 20, wait_s: float = 0.5) -> dict[Any, Any]:
-    """Committed offsets of a group, retried while the group's coordinator is not ready.
-
-    A fresh broker creates its offsets topic on the first lookup and answers
-    COORDINATOR_NOT_AVAILABLE, then COORDINATOR_LOAD_IN_PROGRESS while it loads the partition;
-    NOT_COORDINATOR follows a move. All are retriable and pass within seconds, so a bounded retry
-    (tries x wait_s) beats failing the evaluation that asked.
-    """
-    import time
-
-    from kafka.errors import KafkaError
-
-    for i in range(tries):
-        try:
-            return dict(admin.list_group_offsets({group: None}).get(group, {}))
-        except KafkaError as e:
-            if not getattr(e, "retriable", False) or i == tries - 1:
-                raise
-            time.sleep(wait_s)
-    return {}

@@ -42,7 +42,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gpuledger.config import JOB_NAMES, Config
 from pipeline.alert_delivery import Deliverer, Router, Sender
-from pipeline.alerts import AlertEngine, AlertRules, LagReading, kafka_lag
+from pipeline.alert_rules import AlertRules
+from pipeline.alerts import AlertEngine
+from pipeline.kafka_lag import LagReading, kafka_lag
 from warehouse.lake import Lake, new_batch_id
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,13 @@ collector intervals without the condition, as the lake-side rule does.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gpuledger.config import Config
-from pipeline.alerts import ALERTNAMES
+from pipeline.alert_rules import ALERTNAMES
 
 GROUP = "gpuledger"
 
@@ -170,39 +171,22 @@ def build_rules(cfg: Config, evaluation_interval_s: float | None = None) -> dict
     return {"groups": [group]}
 
 
-def to_yaml(obj: Any, indent: int = 0) -> str:
-    """A small YAML writer for the rules file: maps, lists, strings (multi-line ones as ``|`` blocks)."""
-    pad = "  " * indent
-    lines: list[str] = []
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            lines += _item(f"{pad}{k}:", v, indent)
-    elif isinstance(obj, list):
-        for v in obj:
-            if isinstance(v, dict) and v:
-                first, *rest = to_yaml(v, indent + 1).splitlines()
-                lines.append(f"{pad}- {first.lstrip()}")
-                lines += rest
-            else:
-                lines += _item(f"{pad}-", v, indent)
-    return "\n".join(lines) + ("\n" if indent == 0 else "")
+class _RulesDumper(yaml.SafeDumper):
+    """PyYAML, with multi-line strings (PromQL expressions) as ``|`` blocks so the file reads like a
+    hand-written rules file, and keys in the order the rules give them."""
 
 
-def _item(head: str, v: Any, indent: int) -> list[str]:
-    pad = "  " * (indent + 1)
-    if isinstance(v, dict | list) and v:
-        return [head, to_yaml(v, indent + 1).rstrip("\n")]
-    if isinstance(v, dict):
-        return [f"{head} {{}}"]
-    if isinstance(v, list):
-        return [f"{head} []"]
-    if isinstance(v, str) and "\n" in v and not any(ln != ln.rstrip() for ln in v.splitlines()):
-        return [f"{head} |-", *[f"{pad}{ln}" for ln in v.splitlines()]]
-    if isinstance(v, bool):
-        return [f"{head} {'true' if v else 'false'}"]
-    if isinstance(v, int | float):
-        return [f"{head} {v!r}"]
-    return [f"{head} {json.dumps(str(v))}"]
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value and all(ln == ln.rstrip() for ln in value.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_RulesDumper.add_representer(str, _str)
+
+
+def to_yaml(obj: Any) -> str:
+    """The rules as YAML (PyYAML's safe dumper, insertion order, block literals for expressions)."""
+    return yaml.dump(obj, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def render_rules(cfg: Config, evaluation_interval_s: float | None = None) -> str:

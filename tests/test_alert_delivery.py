@@ -15,7 +15,9 @@ import scenario
 from test_alerts import rules
 
 from pipeline.alert_delivery import Deliverer, Router, Sender, webhook_payload
-from pipeline.alerts import ZERO_TIME, AlertEngine, fingerprint
+from pipeline.alert_records import ZERO_TIME
+from pipeline.alert_state import fingerprint
+from pipeline.alerts import AlertEngine
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 

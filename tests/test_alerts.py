@@ -16,16 +16,11 @@ import scenario
 
 from gpuledger.config import Config
 from gpuledger.decode import decode_batch
-from pipeline.alerts import (
-    ALERTNAMES,
-    ZERO_TIME,
-    AlertEngine,
-    AlertRules,
-    LagReading,
-    fingerprint,
-    kafka_lag,
-    records_glob,
-)
+from pipeline.alert_records import ZERO_TIME, records_glob
+from pipeline.alert_rules import ALERTNAMES, AlertRules
+from pipeline.alert_state import fingerprint
+from pipeline.alerts import AlertEngine
+from pipeline.kafka_lag import LagReading, kafka_lag
 from warehouse.accounting import Accounting
 from warehouse.lake import Lake, new_batch_id
 from warehouse.pricing import PriceBook
