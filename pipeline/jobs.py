@@ -45,9 +45,11 @@ from pipeline.alert_delivery import Deliverer, Router, Sender
 from pipeline.alert_rules import AlertRules
 from pipeline.alerts import AlertEngine
 from pipeline.kafka_lag import LagReading, kafka_lag
+from warehouse.checks import QUERIES as CHECK_QUERIES
 from warehouse.lake import Lake, new_batch_id
 
 log = logging.getLogger(__name__)
+CHECK_NAMES = tuple(CHECK_QUERIES)
 
 JOBS = "jobs"
 ACCRUAL = "accrual"
@@ -111,6 +113,12 @@ class JobMetrics:
             registry=r,
         )
         self.alerts = Gauge("gpuledger_alerts", "Alerts now, by state.", ["state"], registry=r)
+        self.check_failures = Gauge(
+            "gpuledger_data_check_failures",
+            "Dates whose last rollup build failed the data check (warehouse/checks.py).",
+            ["check"],
+            registry=r,
+        )
         self.notifications = Counter(
             "gpuledger_alert_notifications",
             "Alert notifications by receiver and result (sent, failed, deferred).",
@@ -195,7 +203,11 @@ class JobRunner:
             acct.close()
         rollups.mark_kept("gpuledger jobs", now)
         compacted = compact_job_log(self.lake, before=now.date())
+        failing = rollups.failed_checks()
+        for name in CHECK_NAMES:
+            self.metrics.check_failures.labels(name).set(sum(1 for c in failing if c.check == name))
         return {
+            "checks_failed": [f"{c.check} {c.date}: {c.failures} row(s), e.g. {c.example}" for c in failing],
             "dates": st.dates,
             "rebuilt": st.rebuilt,
             "slice_rows": st.slice_rows,

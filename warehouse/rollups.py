@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute
 
+from warehouse import checks
 from warehouse.lake import Lake, schema_of, write_bytes_atomic
 from warehouse.rules import (
     HOUR_NO_SQL,
@@ -84,6 +85,8 @@ class Rollups:
         self.idle_util_ratio = float(idle_util_ratio)
         self.threads = threads
         self.memory_limit = memory_limit
+        self.checks: list[checks.CheckResult] = []  # the last built date's data checks
+        self.check_failures = 0  # failed checks of the dates built by this object
 
     # -- locations ----------------------------------------------------------------------------
 
@@ -185,15 +188,23 @@ class Rollups:
         tick_files = self._files("tick", date)
         if not tick_files:
             raise FileNotFoundError(f"no tick files for date {date} under {self.lake.table_dir('tick')}")
-        tables = self._compute(con, tick_files, self._files("slice", date), self._files("gpu", date))
+        tables = self._compute(
+            con, tick_files, self._files("slice", date), self._files("gpu", date), checks_for=date
+        )
         for name in TABLES:
             self._write(name, date, tables[name])
+        checks.save(self.root / STATE, date, self.checks)
+        self.check_failures += sum(1 for c in self.checks if c.failures)
         # Written last: the state file says the date's files are complete.
         write_bytes_atomic(
             self._state_path(date),
             json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
         )
         return int(pa.compute.sum(tables["slice_hourly"]["ticks"]).as_py() or 0)
+
+    def failed_checks(self) -> list[checks.CheckResult]:
+        """Data checks failing on any date as last built (warehouse/checks.py)."""
+        return checks.failures(self.root / STATE)
 
     def empty_file(self, table: str) -> str:
         """An empty file with the rollup table's schema, so views exist before any rollup does."""
@@ -220,6 +231,7 @@ class Rollups:
         tick_files: list[str],
         slice_files: list[str],
         gpu_files: list[str],
+        checks_for: str | None = None,
     ) -> dict[str, pa.Table]:
         ratio = self.idle_util_ratio
         ticks = _read(tick_files)
@@ -357,6 +369,12 @@ class Rollups:
                    coalesce(sum(CAST({gap_s_sql("prev_ts", tick_start_s(), "interval_s")} * prev_gpus
                                      AS {SECONDS})), 0) AS gap_gpu_s
             FROM o GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
+        if checks_for is not None:  # the data checks, on the tables just computed
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _slices AS SELECT kind FROM {rows(slices)}")
+            con.register("_gpu_hourly", gpu_hourly)
+            self.checks = checks.run(con, checks_for, ticks)
+            con.unregister("_gpu_hourly")
+            con.execute("DROP VIEW _slices")
         for tmp in ("t", "losers", "over", "a", "dims"):
             con.execute(f"DROP TABLE {tmp}")
         return {
