@@ -16,7 +16,7 @@ import pytest
 import scenario
 
 from warehouse.accounting import Accounting
-from warehouse.chargeback import compute_charges
+from warehouse.chargeback import ChargePolicy, compute_charges
 from warehouse.close import CloseSettings, close_month, read_ledger
 from warehouse.errors import CloseError, PriceError
 from warehouse.lake import Lake
@@ -60,7 +60,7 @@ OLD, NEW, H = "2026-01-01", "2026-10-16", "2026-01-01"
 
 
 def test_reserved_mode_platform_policy(acct: Accounting) -> None:
-    c = compute_charges(acct, "2026-10", mode="reserved", idle_policy="platform")
+    c = compute_charges(acct, "2026-10", ChargePolicy(mode="reserved", idle_policy="platform"))
     assert lines_of(c) == [
         # alice-lab: time-slice 1/4 x 110 min = 27.5 min = 0.458333 GPU-h x 3.60
         ("usage", "alice-lab", "west", H100, H, "1.65"),
@@ -94,7 +94,7 @@ def test_reserved_mode_platform_policy(acct: Accounting) -> None:
 
 
 def test_used_mode_bills_busy_time_and_the_platform_keeps_the_rest(acct: Accounting) -> None:
-    c = compute_charges(acct, "2026-10", mode="used")
+    c = compute_charges(acct, "2026-10", ChargePolicy(mode="used"))
     assert lines_of(c) == [
         ("usage", "alice-lab", "west", H100, H, "2.64"),  # 0.4 x 110 min = 44 min
         ("usage", "hpc-chem", "west", H100, H, "1.32"),  # 0.2 x 110 min = 22 min
@@ -112,7 +112,7 @@ def test_used_mode_bills_busy_time_and_the_platform_keeps_the_rest(acct: Account
 
 
 def test_hybrid_bills_burst_into_free_capacity(acct: Accounting) -> None:
-    c = compute_charges(acct, "2026-10", mode="hybrid")
+    c = compute_charges(acct, "2026-10", ChargePolicy(mode="hybrid"))
     t = by_tenant(c)
     # alice-lab bursts to 0.4 on a GPU with a free replica (0.25 free): pays 0.4 x 110 min.
     assert t["alice-lab"] == Decimal("2.64")
@@ -125,7 +125,7 @@ def test_hybrid_bills_burst_into_free_capacity(acct: Accounting) -> None:
 
 
 def test_even_idle_policy_with_energy_and_largest_remainder_per_subtotal(acct: Accounting) -> None:
-    c = compute_charges(acct, "2026-10", idle_policy="even", kwh_price=Decimal("0.20"))
+    c = compute_charges(acct, "2026-10", ChargePolicy(idle_policy="even", kwh_price=Decimal("0.20")))
     idle = [(ln.tenant, ln.gpu_model, f"{ln.cost:.2f}") for ln in c.lines if ln.line_type == "idle_share"]
     energy = [
         (ln.tenant, ln.gpu_model, ln.kwh.quantize(Decimal("1e-9")), f"{ln.cost:.2f}")
@@ -168,7 +168,7 @@ def test_even_idle_policy_with_energy_and_largest_remainder_per_subtotal(acct: A
 
 
 def test_weighted_policy_spreads_by_reserved_within_cluster_and_model(acct: Accounting) -> None:
-    c = compute_charges(acct, "2026-10", idle_policy="weighted")
+    c = compute_charges(acct, "2026-10", ChargePolicy(idle_policy="weighted"))
     shares = {(ln.tenant, ln.gpu_model, ln.price_from): ln for ln in c.lines if ln.line_type == "idle_share"}
     old = date(2026, 1, 1)
     # 1.00 of A100 (old price) over vision (0.5 GPU-h reserved) and research (1 GPU-h): 1/3, 2/3
@@ -504,7 +504,7 @@ def test_hybrid_sums_a_slice_hour_across_agent_restarts(tmp_path: Path) -> None:
     a = _acct(tmp_path, msgs)
     try:
         for mode in ("reserved", "used", "hybrid"):
-            c = compute_charges(a, "2026-10", mode=mode)
+            c = compute_charges(a, "2026-10", ChargePolicy(mode=mode))
             assert _usage_hours(c) == {"ml": Decimal("0.25")}, mode
             assert [f"{ln.cost:.2f}" for ln in c.lines] == ["1.00", "3.00"]  # ml, unallocated at $4
     finally:
@@ -521,9 +521,9 @@ def test_hybrid_sums_a_slice_hour_across_date_partitions(tmp_path: Path) -> None
             "date=2026-10-20",
             "date=2026-10-21",
         ]
-        used = compute_charges(a, "2026-10", mode="used")
+        used = compute_charges(a, "2026-10", ChargePolicy(mode="used"))
         assert _usage_hours(used)["ml"] == Decimal("0.11")  # (59 x 0.1 + 0.7) x 60 s
-        hybrid = compute_charges(a, "2026-10", mode="hybrid")
+        hybrid = compute_charges(a, "2026-10", ChargePolicy(mode="hybrid"))
         assert _usage_hours(hybrid) == {"ml": Decimal("0.25")}
         assert hybrid.total == Decimal("4.00")
     finally:
@@ -718,3 +718,13 @@ def test_a_closed_months_report_shows_the_usage_it_was_billed_from(tmp_path: Pat
     # the open month's accrual is where the rest shows up, once November closes
     nov = close_month(root, "2026-11", settings, now=NOV_CLOSED)
     assert sum(ln.cost for ln in nov.lines if ln.corrects_period == "2026-10") == Decimal("4.00")
+
+
+def test_a_charge_policy_is_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="chargeback mode 'cheap': expected one of reserved, used, hybrid"):
+        ChargePolicy(mode="cheap")
+    with pytest.raises(ValueError, match="idle policy 'nobody'"):
+        ChargePolicy(idle_policy="nobody")
+    p = ChargePolicy("hybrid", "even", Decimal("0.2"))
+    with pytest.raises(AttributeError):
+        p.mode = "used"  # type: ignore[misc]  # frozen: one policy object for the whole period

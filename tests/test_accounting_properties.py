@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scenario import write
 
 from warehouse.accounting import Accounting
-from warehouse.chargeback import MODES, POLICIES, compute_charges
+from warehouse.chargeback import MODES, POLICIES, ChargePolicy, compute_charges
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 
@@ -215,7 +215,9 @@ def test_conservation_under_every_mode_and_policy(msgs: list[dict[str, Any]]) ->
                 want = expected_capacity_cost(msgs, month)
                 for mode in MODES:
                     for policy in POLICIES:
-                        c = compute_charges(acct, month, mode=mode, idle_policy=policy, kwh_price=None)
+                        c = compute_charges(
+                            acct, month, ChargePolicy(mode=mode, idle_policy=policy, kwh_price=None)
+                        )
                         # lines add up to the independently computed capacity cost, to the cent
                         assert abs(c.expected_total - want) < Decimal("1e-20")
                         # every (cluster, model, price segment) subtotal is its own capacity cost
@@ -346,7 +348,7 @@ def test_hybrid_over_any_split_of_a_slice_hour_equals_hybrid_over_the_hour(
         acct = Accounting(tmp, tenant_rules=RULES, price_book=PriceBook(BOOK))
         try:
             acct.update()
-            c = compute_charges(acct, "2026-10", mode="hybrid")
+            c = compute_charges(acct, "2026-10", ChargePolicy(mode="hybrid"))
         finally:
             acct.close()
     with localcontext(Context(prec=60)):

@@ -66,28 +66,48 @@ def _split(amount: Decimal, weights: list[Decimal]) -> list[Decimal]:
     return [*parts, CTX.subtract(amount, sum(parts, Decimal(0)))]
 
 
-def compute_charges(acct: Accounting, month: str, **kw: object) -> Charges:
-    """All lines of `month` (usage, idle share / unallocated, energy) plus `extra_lines` (corrections).
+@dataclass(frozen=True)
+class ChargePolicy:
+    """How a period is billed: the chargeback mode, what happens to unallocated capacity, and the
+    energy price (None: no energy lines). Checked when made, so a bad value fails at start."""
 
-    Keyword arguments: mode, idle_policy, kwh_price, extra_lines (see `_compute`).
+    mode: str = "reserved"  # reserved | used | hybrid
+    idle_policy: str = "platform"  # platform | weighted | even
+    kwh_price: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"chargeback mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.idle_policy not in POLICIES:
+            raise ValueError(f"idle policy {self.idle_policy!r}: expected one of {', '.join(POLICIES)}")
+
+
+def compute_charges(
+    acct: Accounting,
+    month: str,
+    policy: ChargePolicy = ChargePolicy(),
+    extra_lines: Iterable[ChargeLine] = (),
+) -> Charges:
+    """All lines of `month` under `policy`, plus `extra_lines` (corrections), in these steps:
+
+    1. every GPU model observed in the month has a price on every date it was seen (else PriceError);
+    2. capacity per (cluster, model, price segment) from the GPU-hours: the independent total;
+    3. per tenant and segment: reserved, used, and hybrid per slice-hour (bursts paid from the
+       GPU-hour's unreserved capacity, pro rata when they exceed it);
+    4. usage lines by the mode; what the tenants leave of a segment becomes the platform's
+       `unallocated` line or `idle_share` lines by the idle policy;
+    5. energy lines by used share (reserved share when nothing was used), when priced;
+    6. cents by largest remainder within each subtotal (corrections keep theirs), line numbers;
+    7. the conservation check (ConservationError, and no ledger, when anything does not add up).
     """
     with decimal.localcontext(CTX):
-        return _compute(acct, month, **kw)  # type: ignore[arg-type]
+        return _compute(acct, month, policy, extra_lines)
 
 
 def _compute(
-    acct: Accounting,
-    month: str,
-    *,
-    mode: str = "reserved",
-    idle_policy: str = "platform",
-    kwh_price: Decimal | None = None,
-    extra_lines: Iterable[ChargeLine] = (),
+    acct: Accounting, month: str, policy: ChargePolicy, extra_lines: Iterable[ChargeLine]
 ) -> Charges:
-    if mode not in MODES:
-        raise ValueError(f"chargeback mode {mode!r}: expected one of {', '.join(MODES)}")
-    if idle_policy not in POLICIES:
-        raise ValueError(f"idle policy {idle_policy!r}: expected one of {', '.join(POLICIES)}")
+    mode, idle_policy, kwh_price = policy.mode, policy.idle_policy, policy.kwh_price
     if acct.price_book is None:
         raise PriceError("chargeback needs a price book (pricing.book)")
     currency = acct.price_book.currency

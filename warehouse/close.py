@@ -15,7 +15,6 @@ import decimal
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -27,96 +26,16 @@ import pyarrow.parquet as pq
 
 from warehouse import closed_usage
 from warehouse.accounting import Accounting
-from warehouse.chargeback import CTX, Charges, compute_charges, quantize_line
+from warehouse.chargeback import CTX, quantize_line
 from warehouse.errors import CloseError
 from warehouse.lake import write_bytes_atomic
 from warehouse.ledger_model import ChargeLine, lines_to_table, table_to_lines
-from warehouse.pricing import PriceBook, days, month_bounds
+from warehouse.money_settings import CloseSettings, _canonical
+from warehouse.pricing import days, month_bounds
 
 LEDGER = "ledger"
 MANIFEST = "manifest.json"
 CHARGES = "charges.parquet"
-
-
-@dataclass(frozen=True)
-class CloseSettings:
-    """Everything about money a close depends on; recorded in the manifest and reused for corrections."""
-
-    tenant_rules: tuple[dict[str, Any], ...]
-    default_tenant: str
-    currency: str
-    book: tuple[dict[str, Any], ...]
-    kwh: str
-    mode: str
-    idle_policy: str
-    idle_util_ratio: float
-    idle_min_minutes: float
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> CloseSettings:
-        return cls(
-            tenant_rules=tuple(cfg.tenants.rules),
-            default_tenant=cfg.tenants.default,
-            currency=cfg.pricing.currency,
-            book=tuple(PriceBook(cfg.pricing.book, cfg.pricing.currency).as_config()),
-            kwh=cfg.pricing.kwh,
-            mode=cfg.pricing.mode,
-            idle_policy=cfg.pricing.idle_policy,
-            idle_util_ratio=cfg.alerts.idle_util_ratio,
-            idle_min_minutes=cfg.alerts.idle_min_minutes,
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "tenants": {"rules": list(self.tenant_rules), "default": self.default_tenant},
-            "pricing": {
-                "currency": self.currency,
-                "book": list(self.book),
-                "kwh": self.kwh,
-                "mode": self.mode,
-                "idle_policy": self.idle_policy,
-            },
-            "alerts": {"idle_util_ratio": self.idle_util_ratio, "idle_min_minutes": self.idle_min_minutes},
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> CloseSettings:
-        return cls(
-            tenant_rules=tuple(d["tenants"]["rules"]),
-            default_tenant=d["tenants"]["default"],
-            currency=d["pricing"]["currency"],
-            book=tuple(d["pricing"]["book"]),
-            kwh=d["pricing"]["kwh"],
-            mode=d["pricing"]["mode"],
-            idle_policy=d["pricing"]["idle_policy"],
-            idle_util_ratio=d["alerts"]["idle_util_ratio"],
-            idle_min_minutes=d["alerts"]["idle_min_minutes"],
-        )
-
-    def sha256(self) -> str:
-        return hashlib.sha256(_canonical(self.as_json())).hexdigest()
-
-    def charges(self, acct: Accounting, month: str, extra_lines: Sequence[ChargeLine] = ()) -> Charges:
-        """The month's lines under these settings (`acct` must have been made by `accounting`)."""
-        return compute_charges(
-            acct,
-            month,
-            mode=self.mode,
-            idle_policy=self.idle_policy,
-            kwh_price=Decimal(self.kwh) if self.kwh else None,
-            extra_lines=extra_lines,
-        )
-
-    def accounting(self, lake: str | Path, **kw: Any) -> Accounting:
-        return Accounting(
-            lake,
-            tenant_rules=self.tenant_rules,
-            default_tenant=self.default_tenant,
-            idle_util_ratio=self.idle_util_ratio,
-            idle_min_minutes=self.idle_min_minutes,
-            price_book=PriceBook(self.book, self.currency),
-            **kw,
-        )
 
 
 @dataclass
@@ -126,10 +45,6 @@ class CloseResult:
     manifest: dict[str, Any]
     lines: list[ChargeLine]
     unchanged: bool  # the month was already closed with exactly these bytes
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def code_version() -> str:
