@@ -189,7 +189,7 @@ class PlainCollector:
     a delta needs). The same message as the real backend, built the way one would write it first."""
 
     def __init__(self, nvml: Any, workdir: Path, clock: Any) -> None:
-        from collector.attribution import StaticFileResolver
+        from collector.pod_resolvers import StaticFileResolver
 
         self.lib, self.workdir, self.clock = nvml, workdir, clock
         self.resolver = StaticFileResolver(str(workdir / "pods.json"))
@@ -206,7 +206,7 @@ class PlainCollector:
             return None
 
     def _identify(self, pid: int) -> Any:
-        from collector.attribution import ProcAttributor
+        from collector.proc_identity import ProcAttributor
 
         return ProcAttributor(str(self.workdir / "proc"), str(self.workdir / "passwd")).identify(pid)
 
@@ -402,8 +402,9 @@ def run_one(name: str, workdir: Path, ticks: int) -> dict[str, Any]:
         import orjson
 
         if name == "gpuledger":
-            from collector.attribution import ProcAttributor, StaticFileResolver
             from collector.nvml import NvmlBackend
+            from collector.pod_resolvers import StaticFileResolver
+            from collector.proc_identity import ProcAttributor
 
             backend: Any = NvmlBackend(
                 "bench",

@@ -330,7 +330,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class NvmlBackend:
     """Collector backend over NVML (or anything with pynvml's function names, such as the tests' fake).
 
-    ``attributor`` maps host PIDs to container/pod/job/user (`collector.attribution.ProcAttributor`),
+    ``attributor`` maps host PIDs to container/pod/job/user (`collector.proc_identity.ProcAttributor`),
     ``resolver`` maps pod UIDs to namespace/pod/labels, ``hami_hook_dir`` is HAMi's hook directory
     (``<dir>/containers/<podUID>_<ctr>/<uuid>.cache``); each may be None. ``hami_scan`` replaces
     `collector.hami.scan_hook_dir` (tests). ``clock`` is wall-clock seconds (NVML timestamps are
@@ -785,7 +785,7 @@ class NvmlBackend:
 
     def _grant(self, pod_uid: str, gpu_uuid: str, memo: dict[str, Any]) -> Any:
         """The pod's HAMi allocation on this GPU (`hami.io/vgpu-devices-allocated`), when unambiguous."""
-        from collector.attribution import VGPU_ALLOCATED_ANNOTATION, parse_vgpu_allocation
+        from collector.hami_annotation import VGPU_ALLOCATED_ANNOTATION, parse_vgpu_allocation
 
         w = self._resolve(pod_uid, None, memo)
         text = (w.annotations or {}).get(VGPU_ALLOCATED_ANNOTATION) if w is not None else None
@@ -1119,7 +1119,8 @@ class NvmlBackend:
 
 def build_nvml_backend(cfg: CollectorConfig, nvml: Any = None) -> NvmlBackend:
     """The NVML backend as `gpuledger collect --backend nvml` runs it, wired from the config."""
-    from collector.attribution import ProcAttributor, make_resolver
+    from collector.pod_resolvers import make_resolver
+    from collector.proc_identity import ProcAttributor
 
     attributor = ProcAttributor(cfg.proc_root, cfg.passwd_file)
     resolver = make_resolver(cfg.resolver, cfg.resolver_file, cfg.node)

@@ -253,8 +253,8 @@ def main_check(
     start = start or _start
     stop = stop or _stop
     from collector.agent import run_collector
-    from collector.attribution import ProcAttributor
     from collector.nvml import NvmlBackend
+    from collector.proc_identity import ProcAttributor
     from collector.transport import MemoryTransport
     from gpuledger.bus import MemoryBus
 

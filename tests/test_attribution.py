@@ -23,20 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 import kubernetes
 import pytest
 
-from collector.attribution import (
+from collector.hami_annotation import VgpuGrant, parse_vgpu_allocation
+from collector.pod_resolvers import (
     KubernetesResolver,
     NullResolver,
-    ProcAttributor,
-    ProcessIdentity,
     ResolverError,
     StaticFileResolver,
-    VgpuGrant,
     Workload,
-    canonical_pod_uid,
     make_resolver,
+)
+from collector.proc_identity import (
+    ProcAttributor,
+    ProcessIdentity,
+    canonical_pod_uid,
     parse_cgroup,
     parse_start_time,
-    parse_vgpu_allocation,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"

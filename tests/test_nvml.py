@@ -26,7 +26,6 @@ from fake_nvml import (
 )
 
 from collector.agent import run_collector
-from collector.attribution import ProcAttributor, ProcessIdentity, StaticFileResolver
 from collector.hami import HamiProcess, SharedRegion, write_shared_region
 from collector.nvml import (
     NvmlBackend,
@@ -34,6 +33,8 @@ from collector.nvml import (
     integrate_process_util,
     integrate_samples,
 )
+from collector.pod_resolvers import StaticFileResolver
+from collector.proc_identity import ProcAttributor, ProcessIdentity
 from collector.transport import MemoryTransport
 from gpuledger.bus import MemoryBus
 from gpuledger.config import CollectorConfig
