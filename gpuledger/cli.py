@@ -278,23 +278,11 @@ def _demo_users(lake_path: Path, tenants: list[str]) -> Path:
     return path
 
 
-def keep_rollups_current(acct: Any, fresh_s: float, now: datetime | None = None) -> bool:
-    """Build the rollups of changed dates, unless `gpuledger jobs` marked them kept within
-    `fresh_s` (then only re-read them: one builder, not two). True when this call built."""
-    from warehouse.rollups import Rollups
-
-    if Rollups(acct.lake).kept_within(fresh_s, now or datetime.now(UTC)) is None:
-        acct.update()
-        acct.save_idle()  # stitched here, off the request path; the page connections load it
-        return True
-    acct.refresh()
-    return False
-
-
 def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
     """Rollups brought up to date, then the dashboards served while a timer keeps the rollups current."""
     from dashboards.app import create_app, dashboard_data
     from dashboards.auth import AuthConfigError
+    from warehouse.rollups import keep_current
 
     settings = _settings(cfg)
     acct = settings.accounting(cfg.lake.path)
@@ -317,7 +305,7 @@ def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
             first = False
             a = settings.accounting(cfg.lake.path)
             try:
-                keep_rollups_current(a, 2 * max(rollup_every_s, cfg.jobs.rollups_minutes * 60))
+                keep_current(a, 2 * max(rollup_every_s, cfg.jobs.rollups_minutes * 60))
                 data.warm()
             except Exception as exc:  # a bad file must not stop the dashboards; say it and go on
                 logging.getLogger("gpuledger.dashboard").warning("rollup update failed: %s", exc)

@@ -253,9 +253,9 @@ def test_finished_days_of_the_job_log_become_one_file(lake: Path) -> None:
 
 
 def test_dashboard_leaves_rollups_to_the_jobs_runner_that_keeps_them(lake: Path) -> None:
-    from gpuledger.cli import keep_rollups_current
     from warehouse.accounting import Accounting
     from warehouse.rollups import Rollups
+    from warehouse.rollups import keep_current as keep_rollups_current
 
     now = at("2026-10-16 00:30:00")
     acct = Accounting(Lake(lake))

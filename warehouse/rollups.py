@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -409,3 +410,16 @@ class Rollups:
 
     def _write(self, name: str, date: str, table: pa.Table) -> None:
         self.lake.write_file(table, self.root / name / f"date={date}" / "part.parquet")
+
+
+def keep_current(acct: Any, fresh_s: float, now: datetime | None = None) -> bool:
+    """One rollup builder: build the rollups of changed dates through `acct` (an Accounting), unless
+    `gpuledger jobs` marked them kept within `fresh_s`; then only re-read them. True when this
+    call built. The dashboard's timer calls it, so a dashboard alone keeps its rollups current and
+    a dashboard beside the jobs runner never builds them twice."""
+    if Rollups(acct.lake).kept_within(fresh_s, now or datetime.now(UTC)) is None:
+        acct.update()
+        acct.save_idle()  # stitched here, off the request path; the page connections load it
+        return True
+    acct.refresh()
+    return False
