@@ -549,17 +549,32 @@ def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
                 a.close()
 
     threading.Thread(target=refresh_rollups, name="rollups", daemon=True).start()
-    if port == 0:  # any free port (Dash would take 0 to mean its default, 8050)
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind((cfg.dashboard.host, 0))
-            port = sock.getsockname()[1]
-    print(f"dashboard on http://{cfg.dashboard.host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    server = wsgi_server(app.server, cfg.dashboard.host, port, threads=cfg.dashboard.connections)
+    print(
+        f"dashboard on http://{cfg.dashboard.host}:{server.effective_port}/ (Ctrl-C stops)", file=sys.stderr
+    )
     try:
-        app.run(host=cfg.dashboard.host, port=port, debug=False)
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         stop.set()
+        server.close()
+
+
+def wsgi_server(wsgi_app: Any, host: str, port: int, threads: int) -> Any:
+    """The dashboards behind waitress, a production WSGI server (not Flask's development server).
+
+    Why waitress: pure Python (nothing to compile, installs wherever the rest does), runs on
+    Linux, macOS and Windows, and serves from a thread pool, which suits the dashboards: their
+    work happens in DuckDB, which releases the GIL, and they share per-process caches and
+    connections that forked workers (gunicorn) would each hold a copy of. One thread per DuckDB
+    connection (dashboard.connections): a request never waits for a connection another holds.
+    Port 0 takes any free port; `effective_port` says which.
+    """
+    from waitress import create_server
+
+    return create_server(wsgi_app, host=host, port=port, threads=threads, ident="gpuledger")
 
 
 # -- parts --------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def test_collect_replay_of_a_trace_lands_every_tick_once(
     )
     assert c.rc == 0, c.err[-2000:]
     assert c.err.strip().splitlines()[-1] == (
-        f"collect: 57 ticks from 1 replay nodes (2 pods of {trace}); 57 acknowledged by Kafka at {kafka_bootstrap}"
+        f"collect: 57 ticks from 1 replay nodes (2 pods of {trace}); "
+        f"57 acknowledged by Kafka at {kafka_bootstrap}"
     )
     env["GPULEDGER_KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     i = gpuledger(tmp_path, "ingest", "--idle-exit", "5", env=env)
