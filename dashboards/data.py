@@ -413,6 +413,7 @@ class DashboardData:
         t = totals[0] if totals else {}
         return {
             "scope": "fleet" if allowed is None else "tenants",
+            "range": f.range,
             "start": start,
             "end": end,
             "grain": grain,
