@@ -77,7 +77,11 @@ def browser() -> webdriver.Chrome:
         opts.add_argument(arg)
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
     driver = webdriver.Chrome(options=opts, service=Service(driver_path))
-    driver.set_window_size(1600, 1000)
+    # the page itself 1600x1000 (a window size would include the browser's own bars)
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1600, "height": 1000, "deviceScaleFactor": 1, "mobile": False},
+    )
     return driver
 
 
