@@ -316,3 +316,15 @@ def test_validation_line_names_excused_defects() -> None:
     )
     clean = ValidatorReport(tests=100, failures=0, errors=0, skipped=30, failed=())
     assert validation_line(clean) == "FOCUS validation ok: 70 of 100 rules passed, 30 not applicable"
+
+
+def test_report_headings_are_not_repeated_and_models_do_not_wrap(walk: dict) -> None:
+    d, month = walk["dir"], walk["month"]
+    out = d / "headings"
+    r = gpuledger(d, "report", "--month", month, "--format", "html", "--out", str(out))
+    assert r.rc == 0, r.err
+    page = (out / f"{month}-fleet.html").read_text()
+    heads = re.findall(r"<h[23][^>]*>([^<]*)</h[23]>", page)
+    assert len(heads) == len(set(heads)), heads
+    assert "Charge lines" in heads and "Cost by cluster and GPU model" in heads
+    assert '<td class="nw">NVIDIA A100-SXM4-80GB</td>' in page  # a model name is never broken at a hyphen
