@@ -404,21 +404,28 @@ def test_pdf_download_is_the_report_the_cli_writes(golden: tuple[int, Any], tmp_
         assert body == out.read_bytes(), user
 
 
-@pytest.mark.parametrize("month", ["2025-13", "foo", "2020-01"])
-def test_a_bad_month_in_the_link_is_named(golden: tuple[int, Any], month: str) -> None:
+def test_a_bad_month_in_the_link_is_named(golden: tuple[int, Any]) -> None:
     port, _ = golden
-    admin, deps = signed_in(port, "root")
-    body = cb(admin, deps, "chargeback-body", "/chargeback", f"?month={month}")["chargeback-body"]["children"]
-    assert texts(body, "chargeback-month-notice") == [
-        f"No charges for month {month!r} (from the link): showing 2026-10. Months with charges: 2026-10."
-    ]
+    admin, deps = signed_in(port, "root")  # one sign-in: the login rate limit counts them
+    for month in ("2025-13", "foo", "2020-01"):
+        body = cb(admin, deps, "chargeback-body", "/chargeback", f"?month={month}")["chargeback-body"]
+        assert texts(body["children"], "chargeback-month-notice") == [
+            f"No charges for month {month!r} (from the link): showing 2026-10. Months with charges: 2026-10."
+        ]
     good = cb(admin, deps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"]["children"]
     assert texts(good, "chargeback-month-notice") == []
 
 
-def test_a_tenant_viewer_sees_its_lines_numbered_from_one(golden: tuple[int, Any]) -> None:
+def test_a_tenant_viewer_sees_its_lines_numbered_from_one(golden: tuple[int, Any], tmp_path: Path) -> None:
     """The ledger's line numbers would tell a viewer how many lines other tenants have."""
-    port, _ = golden
+    _, cfg = golden
+    users = tmp_path / "u.toml"  # a server of its own: the module's "vis" is throttled by an earlier test
+    write_users(users, PASSWORD, {"root": None, "vis": ["vision"]})
+    with serve(create_app(app_config(cfg.lake.path, users, scenario.RULES, scenario.BOOK))) as port:
+        viewer_and_admin_lines(port)
+
+
+def viewer_and_admin_lines(port: int) -> None:
     vis, deps = signed_in(port, "vis")
     body = cb(vis, deps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"]["children"]
     table = json.loads(texts(body, "charge-lines")[0])
