@@ -10,7 +10,7 @@ with the viewer's own tenants.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import dash
 import flask
@@ -191,6 +191,9 @@ def create_app(cfg: Config, data: DashboardData | None = None) -> dash.Dash:
         p = principal()
         f = Filters.from_search(search)
         c = data.chargeback(p.allowed(f.tenants), f, fleet_totals=p.is_admin)
+        # A ?month= that is malformed or has no charges is named, not silently replaced.
+        asked = parse_qs((search or "").lstrip("?")).get("month", [None])[0]
+        c["asked_month"] = asked[:40] if asked else None
         return pages.chargeback(c, sorted(p.allowed(f.tenants) or ()), p.is_admin)
 
     @app.callback(Output("gpu-heatmap", "figure"), *DATA_INPUTS)

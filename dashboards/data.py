@@ -422,6 +422,7 @@ class DashboardData:
         t = totals[0] if totals else {}
         return {
             "scope": "fleet" if allowed is None else "tenants",
+            "range": f.range,
             "start": start,
             "end": end,
             "grain": grain,
@@ -674,7 +675,9 @@ class DashboardData:
 
         rows = self.scoped_idle(self.cached("idle_now", q), allowed, f)
         rows.sort(key=lambda r: (-r["minutes"], r["slice_id"]))
-        return {"end": end, "currency": self.settings.currency, "rows": rows}
+        # The header's "data up to" is the fleet's last tick, not the end of its hour (which
+        # read "14:00" at 13:20).
+        return {"end": self.latest_tick() or end, "currency": self.settings.currency, "rows": rows}
 
 
 def _f(v: Any) -> float | None:

@@ -29,8 +29,41 @@ CELL = {"border": "1px solid #e3e3e3", "padding": ".2em .5em", "textAlign": "rig
 LCELL = {**CELL, "textAlign": "left"}
 
 
+UNALLOCATED_LABEL = "unallocated capacity"
+
+
 def money(v: Decimal | None, currency: str) -> str:
     return "—" if v is None else f"{currency} {Decimal(v).quantize(Decimal('0.01')):,.2f}"
+
+
+def plain(v: Decimal) -> str:
+    """A decimal in full, at least to the cent: 2 -> '2.00', 2.905 -> '2.905' (never 1E+1)."""
+    d = Decimal(v).normalize()
+    exp = d.as_tuple().exponent
+    places = max(2, -exp) if isinstance(exp, int) else 2
+    return f"{d:,.{places}f}"
+
+
+def exact(v: Decimal | None, currency: str) -> str:
+    """The exact amount (the ledger keeps cents and the exact value) for a tooltip."""
+    return "" if v is None else f"{currency} {plain(v)} exact"
+
+
+def money_cell(v: Decimal | None, currency: str, exact_value: Decimal | None = None) -> html.Span:
+    """Money to the cent, its exact value in the tooltip (a 56-digit number is never printed)."""
+    return html.Span(money(v, currency), title=exact(v if exact_value is None else exact_value, currency))
+
+
+def unit_price(v: Decimal, currency: str) -> str:
+    """A price with its unit: cents at least, more places only where the price has them."""
+    return f"{currency} {plain(v)} / GPU-h"
+
+
+def tenant_label(t: str) -> str:
+    """The ledger's `__unallocated__` line is the platform's unused capacity: say so in words."""
+    from warehouse.ledger_model import UNALLOCATED_TENANT
+
+    return UNALLOCATED_LABEL if t == UNALLOCATED_TENANT else t
 
 
 def pct(v: float | Decimal | None) -> str:
@@ -173,24 +206,31 @@ def no_data() -> html.Div:
 
 
 def overview_cards(o: dict[str, Any]) -> list[Any]:
+    """Money and idle cover the month to date (what the Tenants page, the Chargeback page and the
+    month's report show); the rates cover the range chosen in the filter bar. Each card says which."""
     cur = o["currency"]
+    mtd = f"{o['month']} to date"
+    rng = f"{when(o['start'])} to {when(o['end'])} UTC"
     cards = [
-        card(f"Cost {o['month']} to date", o["cost_error"] or money(o["cost_to_date"], cur), "card-cost"),
-        card(f"Idle GPU-h {o['month']}", num(o["idle_gpu_h"]), "card-idle-h"),
-        card(f"Idle cost {o['month']}", money(o["idle_cost"], cur), "card-idle-cost"),
-        card(f"Unobserved GPU-h {o['month']}", num(o["unobserved_gpu_h"]), "card-unobserved"),
+        card(f"Cost, {mtd}", o["cost_error"] or money(o["cost_to_date"], cur), "card-cost"),
+        card(f"Idle GPU-h, {mtd}", num(o["idle_gpu_h"]), "card-idle-h"),
+        card(f"Idle cost, {mtd}", money(o["idle_cost"], cur), "card-idle-cost"),
+        card(f"Unobserved GPU-h, {mtd}", num(o["unobserved_gpu_h"]), "card-unobserved"),
     ]
     if o["scope"] == "fleet":
         cards += [
-            card("Utilization", pct(o["utilization"]), "card-util"),
-            card("Allocation rate", pct(o["allocation_rate"]), "card-alloc"),
+            card(f"Utilization, last {o['range']}", pct(o["utilization"]), "card-util"),
+            card(f"Allocation rate, last {o['range']}", pct(o["allocation_rate"]), "card-alloc"),
         ]
     else:
         cards += [
-            card("Efficiency (used / reserved)", pct(o["efficiency"]), "card-eff"),
-            card("Reserved GPU-h", num(o["reserved_gpu_h"]), "card-reserved"),
+            card(f"Efficiency (used / reserved), last {o['range']}", pct(o["efficiency"]), "card-eff"),
+            card(f"Reserved GPU-h, last {o['range']}", num(o["reserved_gpu_h"]), "card-reserved"),
         ]
-    return cards
+    return [
+        *cards,
+        html.Div(f"last {o['range']}: {rng}", id="card-window", style={"color": "#666", "alignSelf": "end"}),
+    ]
 
 
 def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> dict[str, Any]:
@@ -252,6 +292,9 @@ def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> 
                 "side": "right",
                 "title": {"text": "idle GPU-h"},
                 "rangemode": "tozero",
+                "tickmode": "auto",  # its own round ticks, not the % axis's grid carried over
+                "nticks": 6,
+                "showgrid": False,
             },
             "xaxis": {"title": {"text": "UTC"}},
             "barmode": "stack",
@@ -282,9 +325,9 @@ def tenants_table(t: dict[str, Any], search: str) -> list[Any]:
     cur = t["currency"]
     rows = [
         [
-            dcc.Link(r["tenant"], href=f"/tenants/{quote(r['tenant'], safe='')}{search}"),
-            money(r["cost_to_date"], cur),
-            money(r["cost_last_month"], cur),
+            dcc.Link(tenant_label(r["tenant"]), href=f"/tenants/{quote(r['tenant'], safe='')}{search}"),
+            money_cell(r["cost_to_date"], cur),
+            money_cell(r["cost_last_month"], cur),
             num(r["reserved_gpu_h"]),
             num(r["used_gpu_h"]),
             pct(r["efficiency"]),
@@ -415,28 +458,34 @@ def chargeback(c: dict[str, Any], tenants: list[str], admin: bool) -> list[Any]:
             html.P(f"{month}: {state}"),
             html.P(c["error"], id="chargeback-error", style={"color": "#b00"}),
         ]
+    check_title = ""
     if admin:
         check = (
-            f"Conservation: lines add up to {money(c['sum_cents'], cur)} (exact {c['sum_exact']:f}); "
-            f"capacity x price = {c['expected_exact']:f}: " + ("ok" if c["conservation_ok"] else "FAILED")
+            f"Conservation: lines add up to {money(c['sum_cents'], cur)}; capacity x price = "
+            f"{money(c['expected_exact'], cur)}: " + ("ok" if c["conservation_ok"] else "FAILED")
+        )
+        check_title = (
+            f"lines: {exact(c['sum_exact'], cur)}; capacity x price: {exact(c['expected_exact'], cur)}"
         )
     else:
         check = "Conservation check of the period (all tenants, on the server): " + (
             "ok" if c["conservation_ok"] else "FAILED"
         )
+    # An admin sees the ledger's line numbers; a tenant viewer its own lines numbered 1.., so that
+    # the gaps between them do not tell how many lines other tenants have.
     rows = [
         [
-            ln.line_no,
+            ln.line_no if admin else i,
             ln.line_type,
-            ln.tenant,
+            tenant_label(ln.tenant),
             ln.cluster,
-            ln.gpu_model,
+            html.Span(ln.gpu_model, style={"whiteSpace": "nowrap"}),
             ln.price_from.isoformat(),
             num(ln.gpu_hours, 4),
-            f"{ln.unit_price.normalize():f}",
-            money(ln.cost, cur),
+            unit_price(ln.unit_price, cur),
+            money_cell(ln.cost, cur, ln.cost_exact),
         ]
-        for ln in c["lines"]
+        for i, ln in enumerate(c["lines"], start=1)
     ]
     links: list[Any] = []
     scopes: list[str | None] = [None] if admin or len(tenants) == 1 else []
@@ -458,10 +507,21 @@ def chargeback(c: dict[str, Any], tenants: list[str], admin: bool) -> list[Any]:
                 ]
             )
         )
+    notice = []
+    if c.get("asked_month") and c["asked_month"] != month:
+        notice = [
+            html.P(
+                f"No charges for month {c['asked_month']!r} (from the link): showing {month}. "
+                f"Months with charges: {', '.join(c['months'])}.",
+                id="chargeback-month-notice",
+                style={"color": "#b00"},
+            )
+        ]
     return [
+        *notice,
         html.H3(f"Chargeback {month}"),
         html.P(state, id="chargeback-state"),
-        html.P(check, id="chargeback-check"),
+        html.P(check, id="chargeback-check", title=check_title),
         html.P(f"Total shown: {money(c['total'], cur)}", id="chargeback-total"),
         table(
             ["#", "type", "tenant", "cluster", "GPU model", "price from", "GPU-h", "unit price", "cost"],
@@ -483,22 +543,33 @@ def heatmap(h: dict[str, Any]) -> dict[str, Any]:
     for c in h["cells"]:
         nodes[f"{c['cluster']}/{c['node']}"].append(c)
     names = sorted(nodes)
-    width = max((len(v) for v in nodes.values()), default=0)
+
+    # A GPU sits in the column of its NVML index, so "GPU 3" on the axis is GPU 3 in the tooltip
+    # even when a viewer sees only some of a node's GPUs; GPUs without an index come after.
+    placed: dict[str, dict[int, dict[str, Any]]] = {}
+    for n in names:
+        known = [c for c in nodes[n] if isinstance(c.get("index"), int) and c["index"] >= 0]
+        cols: dict[int, dict[str, Any]] = {}
+        for c in sorted(known, key=lambda c: (c["index"], c["gpu"])):
+            col = c["index"]
+            while col in cols:
+                col += 1
+            cols[col] = c
+        for c in sorted((c for c in nodes[n] if c not in known), key=lambda c: c["gpu"]):
+            cols[max(cols, default=-1) + 1] = c
+        placed[n] = cols
+    width = max((max(cols) + 1 for cols in placed.values() if cols), default=0)
     z, text, custom = [], [], []
     for n in names:
-        cells = sorted(nodes[n], key=lambda c: (c.get("index") is None, c.get("index") or 0, c["gpu"]))
-        z.append(
-            [None if c["util"] is None else round(100 * c["util"], 2) for c in cells]
-            + [None] * (width - len(cells))
-        )
+        row = [placed[n].get(i) for i in range(width)]
+        z.append([None if c is None or c["util"] is None else round(100 * c["util"], 2) for c in row])
         text.append(
             [
-                f"GPU {c.get('index', '?')}: {c['gpu']}<br>{c['model']}<br>allocated {pct(c['alloc'])}"
-                for c in cells
+                "" if c is None else f"GPU {i}: {c['gpu']}<br>{c['model']}<br>allocated {pct(c['alloc'])}"
+                for i, c in enumerate(row)
             ]
-            + [""] * (width - len(cells))
         )
-        custom.append([c["gpu"] for c in cells] + [None] * (width - len(cells)))
+        custom.append([None if c is None else c["gpu"] for c in row])
     return {
         "data": [
             {
@@ -517,8 +588,9 @@ def heatmap(h: dict[str, Any]) -> dict[str, Any]:
         ],
         "layout": {
             "title": {"text": "GPU utilization (click a GPU for its slices and processes)"},
-            "height": max(300, 40 + 18 * len(names)),
-            "yaxis": {"automargin": True},
+            "height": max(300, 120 + 20 * len(names)),
+            # every node labelled (plotly would otherwise skip labels on a tall axis)
+            "yaxis": {"automargin": True, "tickmode": "array", "tickvals": names, "ticktext": names},
         },
     }
 

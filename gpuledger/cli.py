@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import signal
 import sys
@@ -34,7 +35,73 @@ def _load(args: argparse.Namespace) -> Config:
         cfg.kafka.bootstrap_servers = args.kafka
     if getattr(args, "lake", None):
         cfg.lake.path = args.lake
+    args.bootstrap_used = cfg.kafka.bootstrap_servers  # what a Kafka error message names
     return cfg
+
+
+MONTH_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+START_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _month(command: str, value: str) -> str:
+    """--month checked before anything runs: a typo must name itself, not end in a traceback."""
+    if not MONTH_RE.fullmatch(value):
+        raise ConfigError(
+            f"gpuledger {command}: --month {value!r}: "
+            f"expected YYYY-MM with a month from 01 to 12 (e.g. 2025-11)"
+        )
+    return value
+
+
+def _start(command: str, value: str | None, span_s: float) -> datetime | None:
+    """--start YYYY-MM-DDTHH:MM (UTC): the first tick of a replayed window that must lie in the past,
+    so that what it writes never overlaps the live clock (and a past month can be closed)."""
+    if value is None:
+        return None
+    try:
+        if not START_RE.fullmatch(value):
+            raise ValueError(value)
+        start = datetime.strptime(value, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC)
+    except ValueError:
+        raise ConfigError(
+            f"gpuledger {command}: --start {value!r}: "
+            f"expected a UTC time YYYY-MM-DDTHH:MM (e.g. 2025-11-30T18:00)"
+        ) from None
+    end = start + timedelta(seconds=span_s)
+    now = datetime.now(UTC)
+    if end > now:
+        raise ConfigError(
+            f"gpuledger {command}: --start {value} with --until {span_s / 3600:g}h ends "
+            f"{end:%Y-%m-%dT%H:%M} UTC, after now ({now:%Y-%m-%dT%H:%M} UTC): expected a window in the past"
+        )
+    return start
+
+
+def _lake_to_read(cfg: Config, command: str) -> Path:
+    """The lake a reading command works on; a missing one is a mistake, never created empty."""
+    path = Path(cfg.lake.path)
+    if not path.is_dir():
+        raise ConfigError(
+            f"gpuledger {command}: lake {path} does not exist: give --lake DIR or set lake.path "
+            f"(gpuledger demo and gpuledger ingest create one)"
+        )
+    return path
+
+
+def _check_price_book(cfg: Config, lake: Path, dates: list[str] | None) -> None:
+    """An empty price book names the models it would have to price (the book's own check names
+    a model it lacks only when it meets one, and not at all when it is empty)."""
+    from warehouse.errors import PriceError
+    from warehouse.preflight import unpriced_models
+
+    if cfg.pricing.book:
+        return
+    missing = unpriced_models(lake, cfg.pricing.book, dates)
+    if missing:
+        raise PriceError(
+            f"no price book: pricing.book is empty, so GPU model(s) {', '.join(repr(m) for m in missing)} "
+            f'have no price; add [pricing] book = [{{ model = ..., gpu_hour = "2.50", from = "2025-01-01" }}]'
+        )
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -124,22 +191,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from warehouse.views import Warehouse
 
     cfg = _load(args)
-    span = parse_duration(args.until)  # before touching the lake: a typo must not wipe the last demo
+    # Arguments checked before touching the lake: a typo must not wipe the last demo.
+    span = parse_duration(args.until)
     cfg.lake.max_tick_age_s = 0  # the demo replays its history on purpose: no age bound on its ticks
+    interval = cfg.collector.interval_s
+    n_ticks = int(span // interval)
+    past_start = _start("demo", args.start, n_ticks * interval)
+    if args.kafka:
+        _demo_topics(cfg, args.topic)
     lake_path = Path(cfg.lake.path)
     _prepare_demo_lake(lake_path)
     lake = Lake(lake_path, cfg.lake.zstd_level)
-    interval = cfg.collector.interval_s
-    n_ticks = int(span // interval)
     now = datetime.now(UTC).replace(microsecond=0)
-    start = now - timedelta(seconds=n_ticks * interval)
+    start = past_start or now - timedelta(seconds=n_ticks * interval)
     fleet = SimulatedFleet(
         seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
     )
     print(
         f"gpuledger demo: {len(fleet.nodes)} nodes, {len(fleet.gpus)} GPUs "
         f"in {len(fleet.clusters)} clusters; "
-        f"replaying {args.until} ({n_ticks} ticks of {interval:g} s) into {lake_path}",
+        f"replaying {args.until} ({n_ticks} ticks of {interval:g} s from {start:%Y-%m-%d %H:%M} UTC) "
+        f"into {lake_path}"
+        + (f" through {cfg.kafka.bootstrap_servers} topic {cfg.kafka.topic}" if args.kafka else ""),
         file=sys.stderr,
     )
 
@@ -194,7 +267,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg.tenants.rules = rules
     if not cfg.pricing.book:  # the demo fleet's models get embedded prices, so costs show
         cfg.pricing.book = _demo_price_book()
-    _print_money(cfg, lake_path, start, datetime.now(UTC))
+    if not args.kafka:  # no consumer group to measure the lag of
+        cfg.alerts.rules = [r for r in cfg.alerts.rules if r != "ingest_lag"]
+    end = start + timedelta(seconds=n_ticks * interval)
+    _print_money(cfg, lake_path, start, end)
+    # Users and a config beside the lake: report, close, jobs and dashboard then run there on
+    # the demo's data with the demo's prices, rules and logins (nothing of it lives only in memory).
+    if cfg.dashboard.auth == "password" and _is_demo_users(cfg, lake_path):
+        cfg.dashboard.users_file = str(_demo_users(lake_path, sorted({r["tenant"] for r in rules})))
+    _write_demo_config(cfg, lake_path, kafka=bool(args.kafka))
 
     if args.no_serve:
         if args.kafka:
@@ -205,9 +286,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         transport.close()
         return 0
 
-    # Live: keep producing in real time and serve the dashboards.
-    if cfg.dashboard.auth == "password" and not cfg.dashboard.users_file:
-        cfg.dashboard.users_file = str(_demo_users(lake_path, sorted({r["tenant"] for r in rules})))
+    # Live: keep producing in real time and serve the dashboards (a replayed past window is
+    # served as it is: live ticks would leave a gap from its end to now).
+    if args.port is not None:
+        cfg.dashboard.port = args.port
     stop_live = threading.Event()
 
     def after_live_tick(_s: CollectStats) -> None:
@@ -216,19 +298,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ingester.poll()
             bus.trim(cfg.kafka.topic)
 
-    threading.Thread(
-        target=run_collector,
-        args=(fleet, transport, interval),
-        kwargs={"stop": stop_live, "after_tick": after_live_tick},
-        name="live-fleet",
-        daemon=True,
-    ).start()
+    if past_start is None:
+        threading.Thread(
+            target=run_collector,
+            args=(fleet, transport, interval),
+            kwargs={"stop": stop_live, "after_tick": after_live_tick},
+            name="live-fleet",
+            daemon=True,
+        ).start()
+    else:
+        print(
+            f"serving the replayed window ({start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC); no live fleet",
+            file=sys.stderr,
+        )
     # The jobs the demo needs beside the dashboards' own rollup timer: idle detection and alerts
     # (recorded in the lake's alerts/, sent to [alerts] webhooks when configured).
     from pipeline.jobs import run_jobs
 
-    if not args.kafka:  # no consumer group to measure the lag of
-        cfg.alerts.rules = [r for r in cfg.alerts.rules if r != "ingest_lag"]
     threading.Thread(
         target=run_jobs,
         args=(cfg,),
@@ -255,6 +341,139 @@ def _demo_price_book() -> list[dict[str, str]]:
     return [{"model": MODELS[k].name, "gpu_hour": p, "from": "2020-01-01"} for k, p in DEMO_PRICES.items()]
 
 
+DEMO_TOPIC = "gpu.samples.demo.v1"
+DEMO_DLQ_TOPIC = "gpu.samples.demo.dlq.v1"
+DEMO_USERS = "demo-users.toml"
+DEMO_CONFIG_HEADER = "# Written by `gpuledger demo`"
+
+
+def _demo_topics(cfg: Config, topic: str | None) -> None:
+    """The demo's ticks go to a topic of their own, so a production `ingest` never bills them;
+    `--topic`, or a topic set in the config, says otherwise."""
+    from gpuledger.config import KafkaConfig
+
+    default = KafkaConfig()
+    if topic:
+        cfg.kafka.topic = topic
+    elif cfg.kafka.topic == default.topic:
+        cfg.kafka.topic = DEMO_TOPIC
+    if cfg.kafka.dlq_topic == default.dlq_topic:
+        cfg.kafka.dlq_topic = DEMO_DLQ_TOPIC
+
+
+def _is_demo_users(cfg: Config, lake_path: Path) -> bool:
+    """No users file configured, or the one an earlier demo wrote into this lake (made again)."""
+    users = cfg.dashboard.users_file
+    return not users or Path(users).resolve() == (lake_path / DEMO_USERS).resolve()
+
+
+def _toml(value: Any) -> str:
+    """A TOML literal for the config the demo writes (strings, numbers, lists, inline tables)."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are TOML basic-string escapes
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        return "[\n" + "".join(f"  {_toml(v)},\n" for v in value) + "]"
+    raise TypeError(f"no TOML literal for {value!r}")
+
+
+def _shown_path(path: Path, cfg_dir: Path) -> str:
+    """A path as the written config holds it: relative when the config sits in the working
+    directory (the folder can then be moved), absolute otherwise (relative paths are read from
+    the working directory, not from the config file's folder)."""
+    here = Path.cwd().resolve()
+    full = path.resolve()
+    if cfg_dir.resolve() == here and full.is_relative_to(here):
+        return "./" + str(full.relative_to(here))
+    return str(full)
+
+
+def demo_config_text(cfg: Config, lake_path: Path, cfg_dir: Path, kafka: bool) -> str:
+    """The demo's settings as a gpuledger.toml: whatever money, tenants, alerts and logins
+    depend on, so later commands on the demo's lake reproduce the demo's numbers."""
+    sections: list[tuple[str, dict[str, Any]]] = [("lake", {"path": _shown_path(lake_path, cfg_dir)})]
+    if kafka:
+        sections.append(
+            (
+                "kafka",
+                {
+                    "bootstrap_servers": cfg.kafka.bootstrap_servers,
+                    "topic": cfg.kafka.topic,
+                    "dlq_topic": cfg.kafka.dlq_topic,
+                },
+            )
+        )
+    sections += [
+        ("tenants", {"default": cfg.tenants.default, "rules": cfg.tenants.rules}),
+        (
+            "pricing",
+            {
+                "currency": cfg.pricing.currency,
+                "mode": cfg.pricing.mode,
+                "idle_policy": cfg.pricing.idle_policy,
+                "kwh": cfg.pricing.kwh,
+                "book": cfg.pricing.book,
+            },
+        ),
+        (
+            "alerts",
+            {
+                "idle_util_ratio": cfg.alerts.idle_util_ratio,
+                "idle_min_minutes": cfg.alerts.idle_min_minutes,
+                "rules": cfg.alerts.rules,
+            },
+        ),
+    ]
+    dash: dict[str, Any] = {"auth": cfg.dashboard.auth}
+    if cfg.dashboard.users_file:
+        dash["users_file"] = _shown_path(Path(cfg.dashboard.users_file), cfg_dir)
+    sections.append(("dashboard", dash))
+    out = [
+        f"{DEMO_CONFIG_HEADER} for the lake it made: its prices, tenant rules and dashboard",
+        "# users (the demo printed their password), so that report, close, jobs and dashboard run",
+        "# here on the demo's data with the demo's numbers. The demo never overwrites this file.",
+    ]
+    for name, values in sections:
+        out.append(f"\n[{name}]")
+        out += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    return "\n".join(out) + "\n"
+
+
+def _write_demo_config(cfg: Config, lake_path: Path, kafka: bool) -> Path:
+    """gpuledger.toml beside the lake; one that exists there is kept, and the demo's then goes
+    into the lake (the demo's own folder) with a line saying how to use it."""
+    cfg_dir = lake_path.resolve().parent
+    target = cfg_dir / "gpuledger.toml"
+    text = demo_config_text(cfg, lake_path, cfg_dir, kafka)
+    if target.exists():
+        if target.read_text() == text:
+            print(f"config: {target} (unchanged)", file=sys.stderr)
+            return target
+        inside = lake_path / "gpuledger.toml"
+        inside.write_text(demo_config_text(cfg, lake_path, lake_path, kafka))
+        print(
+            f"config: kept the existing {target}; the demo's settings are in {inside} "
+            f"(use them with gpuledger --config {inside} ...)",
+            file=sys.stderr,
+        )
+        return inside
+    target.write_text(text)
+    print(
+        f"config: {target} (report, close, jobs and dashboard in {cfg_dir} use the demo's settings)",
+        file=sys.stderr,
+    )
+    return target
+
+
 def _demo_users(lake_path: Path, tenants: list[str]) -> Path:
     """A users file for the demo: admin plus one viewer per tenant, one random password, printed."""
     import secrets
@@ -269,13 +488,19 @@ def _demo_users(lake_path: Path, tenants: list[str]) -> Path:
             f'[[users]]\nname = "viewer-{t}"\npassword_hash = "{h}"\nrole = "tenant-viewer"\n'
             f'tenants = ["{t}"]\n'
         )
-    path = lake_path / "demo-users.toml"
+    path = lake_path / DEMO_USERS
     path.write_text("\n".join(entries))
     print(
         f"dashboard users: admin, viewer-<tenant> ({', '.join(tenants)}); password for all: {password}",
         file=sys.stderr,
     )
     return path
+
+
+def rollups_line(dates: int, rebuilt: int) -> str:
+    """'rollups: 2 dates up to date (1 rebuilt now)': 0 rebuilt on a new lake is not a failure."""
+    noun = "date" if dates == 1 else "dates"
+    return f"rollups: {dates} {noun} up to date ({rebuilt} rebuilt now, {dates - rebuilt} already current)"
 
 
 def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
@@ -288,7 +513,7 @@ def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
     acct = settings.accounting(cfg.lake.path)
     try:
         stats = acct.update()
-        print(f"rollups: {stats.rebuilt} of {stats.dates} dates rebuilt", file=sys.stderr)
+        print(rollups_line(stats.dates, stats.rebuilt), file=sys.stderr)
     finally:
         acct.close()
     try:
@@ -313,17 +538,32 @@ def _serve_dashboards(cfg: Config, port: int, rollup_every_s: float) -> None:
                 a.close()
 
     threading.Thread(target=refresh_rollups, name="rollups", daemon=True).start()
-    if port == 0:  # any free port (Dash would take 0 to mean its default, 8050)
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind((cfg.dashboard.host, 0))
-            port = sock.getsockname()[1]
-    print(f"dashboard on http://{cfg.dashboard.host}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    server = wsgi_server(app.server, cfg.dashboard.host, port, threads=cfg.dashboard.connections)
+    print(
+        f"dashboard on http://{cfg.dashboard.host}:{server.effective_port}/ (Ctrl-C stops)", file=sys.stderr
+    )
     try:
-        app.run(host=cfg.dashboard.host, port=port, debug=False)
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         stop.set()
+        server.close()
+
+
+def wsgi_server(wsgi_app: Any, host: str, port: int, threads: int) -> Any:
+    """The dashboards behind waitress, a production WSGI server (not Flask's development server).
+
+    Why waitress: pure Python (nothing to compile, installs wherever the rest does), runs on
+    Linux, macOS and Windows, and serves from a thread pool, which suits the dashboards: their
+    work happens in DuckDB, which releases the GIL, and they share per-process caches and
+    connections that forked workers (gunicorn) would each hold a copy of. One thread per DuckDB
+    connection (dashboard.connections): a request never waits for a connection another holds.
+    Port 0 takes any free port; `effective_port` says which.
+    """
+    from waitress import create_server
+
+    return create_server(wsgi_app, host=host, port=port, threads=threads, ident="gpuledger")
 
 
 # -- parts --------------------------------------------------------------------------------------
@@ -359,6 +599,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
         cfg.collector.metrics_port = args.metrics_port
     interval = cfg.collector.interval_s
     n_ticks = int(parse_duration(args.until) // interval) if args.until else None
+    past_start = None
+    if args.start is not None:
+        if backend == "nvml":
+            raise ConfigError(
+                "gpuledger collect --backend nvml: --start needs a simulated clock; NVML is real time"
+            )
+        if n_ticks is None:
+            raise ConfigError("gpuledger collect: --start needs --until: the length of the window to replay")
+        past_start = _start("collect", args.start, n_ticks * interval)
+        args.fast = True  # a past window is replayed as fast as it can be: its time is over
     if backend == "nvml":
         if args.fast:
             raise ConfigError("collect --backend nvml: --fast needs a simulated clock; NVML is real time")
@@ -373,20 +623,20 @@ def cmd_collect(args: argparse.Namespace) -> int:
     elif backend == "replay":
         from collector.replay import TraceReplay
 
-        start = datetime.now(UTC).replace(microsecond=0)
+        start = past_start or datetime.now(UTC).replace(microsecond=0)
         try:
             source = TraceReplay(args.trace, start=start, interval_s=interval)
         except ValueError as exc:
             raise ConfigError(f"gpuledger collect: {exc}") from exc
         n_ticks = min(n_ticks or source.ticks_total, source.ticks_total)
-        if args.fast:  # the replayed span ends now
+        if args.fast and past_start is None:  # the replayed span ends now
             source.start = start - timedelta(seconds=n_ticks * interval)
         what = f"{len(source.nodes)} replay nodes ({len(source.trace.pods)} pods of {args.trace})"
     else:
         from collector.fleet import SimulatedFleet
 
-        start = datetime.now(UTC).replace(microsecond=0)
-        if n_ticks and args.fast:
+        start = past_start or datetime.now(UTC).replace(microsecond=0)
+        if n_ticks and args.fast and past_start is None:
             start -= timedelta(seconds=n_ticks * interval)
         source = SimulatedFleet(
             seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
@@ -421,11 +671,25 @@ def cmd_collect(args: argparse.Namespace) -> int:
             source.close()
     spool = transport.stats()
     print(
-        f"collect: sent {stats.messages} ticks from {what}; spooled {spool.spooled}, "
-        f"replayed {spool.replayed}, dropped {spool.dropped}",
+        collect_line(stats.messages, what, cfg.kafka.bootstrap_servers, cfg.collector.spool_dir, spool),
         file=sys.stderr,
     )
     return 0
+
+
+def collect_line(produced: int, what: str, kafka: str, spool_dir: str, spool: Any) -> str:
+    """What became of the ticks: acknowledged by Kafka, or still waiting in the spool (never
+    "sent" for ticks that only reached the disk)."""
+    acked = spool.sent_direct + spool.replayed
+    line = f"collect: {produced} ticks from {what}; {acked} acknowledged by Kafka at {kafka}"
+    if spool.spooled or spool.pending_records:
+        line += (
+            f"; {spool.spooled} spooled to {spool_dir} ({spool.replayed} of them replayed since, "
+            f"{spool.pending_records} waiting for Kafka)"
+        )
+    if spool.dropped:
+        line += f"; {spool.dropped} dropped (spool full)"
+    return line
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -473,6 +737,8 @@ def cmd_alerts_export_rules(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    lake = _lake_to_read(cfg, "dashboard")
+    _check_price_book(cfg, lake, None)
     _serve_dashboards(cfg, args.port or cfg.dashboard.port, DASHBOARD_ROLLUP_EVERY_S)
     return 0
 
@@ -494,9 +760,25 @@ def _settings(cfg: Config) -> Any:
 
 def cmd_close(args: argparse.Namespace) -> int:
     from warehouse.close import close_month
+    from warehouse.preflight import holdings, month_sample_dates
+    from warehouse.pricing import month_bounds
 
+    month = _month("close", args.month)
     cfg = _load(args)
-    res = close_month(cfg.lake.path, args.month, _settings(cfg))
+    lake = _lake_to_read(cfg, "close")
+    settings = _settings(cfg)
+    over = datetime.combine(month_bounds(month)[1], datetime.min.time(), UTC) <= datetime.now(UTC)
+    dates = month_sample_dates(lake, month)
+    if over and not dates and not args.allow_empty:  # (a month not over is refused by close_month)
+        print(
+            f"gpuledger close: no samples for {month} in lake {lake} (it holds {holdings(lake)}); "
+            f"nothing closed (--allow-empty closes it as a ledger of no lines)",
+            file=sys.stderr,
+        )
+        return 1
+    if over:
+        _check_price_book(cfg, lake, dates)
+    res = close_month(lake, month, settings)
     totals = res.manifest["totals"]
     state = "already closed with these exact inputs (unchanged)" if res.unchanged else "closed"
     print(f"{args.month}: {state}")
@@ -515,18 +797,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     from warehouse.charges_csv import write_charges_csv
     from warehouse.focus import write_focus
     from warehouse.monthly import build_reports
+    from warehouse.preflight import holdings, month_sample_dates
+    from warehouse.pricing import month_bounds
     from warehouse.reports import report_filename, write_reports
 
+    month = _month("report", args.month)
     cfg = _load(args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in REPORT_FORMATS]
     if bad or not formats:
         raise ConfigError(f"--format {args.format!r}: expected a comma list of {', '.join(REPORT_FORMATS)}")
-    out = Path(args.out or Path(cfg.lake.path) / "reports" / f"month={args.month}")
+    if args.validate and "focus" not in formats:
+        raise ConfigError("gpuledger report: --validate checks the FOCUS files: add focus to --format")
+    lake = _lake_to_read(cfg, "report")
+    if args.validate:
+        _check_validator()
+    settings = _settings(cfg)
+    begins = month_bounds(month)[0]
+    if begins > datetime.now(UTC).date():
+        print(
+            f"gpuledger report: {month} has not begun (it starts {begins.isoformat()} 00:00 UTC); "
+            f"no report written",
+            file=sys.stderr,
+        )
+        return 1
+    dates = month_sample_dates(lake, month)
+    if not dates:
+        print(
+            f"gpuledger report: no samples for {month} in lake {lake} (it holds {holdings(lake)}); "
+            f"no report written",
+            file=sys.stderr,
+        )
+        return 1
+    _check_price_book(cfg, lake, dates)
+    out = Path(args.out or lake / "reports" / f"month={month}")
     written: list[Path] = []
-    reports = build_reports(cfg.lake.path, args.month, _settings(cfg), tenant=args.tenant)
+    reports = build_reports(lake, month, settings, tenant=args.tenant)
     if args.tenant and not reports[0].lines and not reports[0].daily:
-        print(f"gpuledger report: no data for tenant {args.tenant!r} in {args.month}", file=sys.stderr)
+        print(f"gpuledger report: no data for tenant {args.tenant!r} in {month}", file=sys.stderr)
         return 1
     for rep in reports:
         written += write_reports(rep, out, [f for f in formats if f in ("html", "pdf")])
@@ -546,8 +854,30 @@ def cmd_report(args: argparse.Namespace) -> int:
                 if not rep.ok:
                     print(f"gpuledger report: {p} fails FOCUS validation:\n{rep.summary()}", file=sys.stderr)
                     return 1
-                print(f"{p}: FOCUS validation ok ({rep.summary(limit=0).splitlines()[0]})", file=sys.stderr)
+                print(f"{p}: {validation_line(rep)}", file=sys.stderr)
     return 0
+
+
+def validation_line(rep: Any) -> str:
+    """A passing validator run in words that cannot read as a contradiction: the rules that failed
+    are named as the validator's known defects (warehouse.focus.KNOWN_VALIDATOR_DEFECTS)."""
+    passed = rep.tests - rep.failures - rep.errors - rep.skipped
+    line = f"FOCUS validation ok: {passed} of {rep.tests} rules passed, {rep.skipped} not applicable"
+    if rep.failed:
+        line += f", {len(rep.failed)} known validator defect(s) excused ({', '.join(rep.failed_rules)})"
+    return line
+
+
+def _check_validator() -> None:
+    """--validate needs the official validator in its own environment: say how to get it before
+    anything is written."""
+    from warehouse.focus import validator_installed
+
+    if not validator_installed():
+        raise ConfigError(
+            "gpuledger report: --validate needs the official focus-validator, which is not installed: "
+            "run `bash scripts/focus-validator.sh install` (it needs Python >= 3.12), or leave out --validate"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,6 +891,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-serve", action="store_true", help="print the summary and exit instead of serving")
     d.add_argument("--kafka", metavar="HOST:PORT", help="go through this Kafka broker instead of in-process")
     d.add_argument("--lake", help="lake directory (default from config: ./gpuledger-data)")
+    d.add_argument(
+        "--start",
+        metavar="YYYY-MM-DDTHH:MM",
+        help="replay a past window from this UTC time instead of the --until span that ends now",
+    )
+    d.add_argument("--port", type=int, help="dashboard port (default from config: 8050; 0: any free port)")
+    d.add_argument("--topic", help=f"with --kafka: the topic to go through (default {DEMO_TOPIC})")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("collect", help="node agent")
@@ -571,6 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--until", help="stop after this much fleet time (simulate, replay)")
     c.add_argument(
         "--fast", action="store_true", help="simulate or replay as fast as possible, not in real time"
+    )
+    c.add_argument(
+        "--start",
+        metavar="YYYY-MM-DDTHH:MM",
+        help="simulate or replay the past window from this UTC time over --until (as fast as possible)",
     )
     c.set_defaults(func=cmd_collect)
 
@@ -611,6 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("close", help="month close into the ledger")
     cl.add_argument("--month", required=True, metavar="YYYY-MM")
     cl.add_argument("--lake")
+    cl.add_argument(
+        "--allow-empty", action="store_true", help="close a month that has no samples (a ledger of no lines)"
+    )
     cl.set_defaults(func=cmd_close)
 
     r = sub.add_parser("report", help="monthly reports")
@@ -627,7 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bootstrap_hint(args: argparse.Namespace) -> str:
-    return getattr(args, "kafka", None) or "the configured bootstrap servers"
+    return (
+        getattr(args, "bootstrap_used", None)
+        or getattr(args, "kafka", None)
+        or "the configured bootstrap servers"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -636,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command == "ingest" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # kafka-python logs every failed connect attempt; the CLI says it once
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

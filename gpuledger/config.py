@@ -75,7 +75,7 @@ def _network(v: str) -> bool:
 
 @dataclass
 class KafkaConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = "127.0.0.1:19092"  # scripts/kafka.sh starts its broker here
     topic: str = "gpu.samples.v1"
     dlq_topic: str = "gpu.samples.dlq.v1"
     caps_topic: str = "gpu.caps.v1"

@@ -254,8 +254,12 @@ class JobRunner:
 
     def close(self, now: datetime) -> dict[str, Any]:
         from warehouse.close import close_month
+        from warehouse.rollups import Rollups
 
         month = previous_month(now)
+        if not any(d.startswith(month) for d in Rollups(self.lake).sample_dates()):
+            # `gpuledger close` refuses an empty month unless told (--allow-empty); so does the job
+            return {"month": month, "skipped": "no samples in the month"}
         res = close_month(self.lake.root, month, self.settings, now=now)
         return {"month": month, "unchanged": res.unchanged, "lines": len(res.lines), **res.manifest["totals"]}
 

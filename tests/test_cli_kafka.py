@@ -18,9 +18,7 @@ from warehouse.views import Warehouse
 
 pytestmark = pytest.mark.kafka
 
-SENT_RE = re.compile(
-    r"collect: sent (\d+) ticks from (\d+) simulated nodes; spooled (\d+), replayed (\d+), dropped (\d+)"
-)
+SENT_RE = re.compile(r"collect: (\d+) ticks from (\d+) simulated nodes; (\d+) acknowledged by Kafka at \S+")
 STOPPED_RE = re.compile(r"ingest stopped: (\d+) ticks, \d+ slice rows, (\d+) rejected")
 UNREACHABLE = "127.0.0.1:1"  # a broker address nothing listens on
 COLLECT_5M = ("collect", "--backend", "simulate", "--until", "5m", "--fast")
@@ -56,7 +54,8 @@ def test_collect_replay_of_a_trace_lands_every_tick_once(
     )
     assert c.rc == 0, c.err[-2000:]
     assert c.err.strip().splitlines()[-1] == (
-        f"collect: sent 57 ticks from 1 replay nodes (2 pods of {trace}); spooled 0, replayed 0, dropped 0"
+        f"collect: 57 ticks from 1 replay nodes (2 pods of {trace}); "
+        f"57 acknowledged by Kafka at {kafka_bootstrap}"
     )
     env["GPULEDGER_KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     i = gpuledger(tmp_path, "ingest", "--idle-exit", "5", env=env)
@@ -100,6 +99,7 @@ def test_collect_then_ingest_lands_every_tick_once(kafka_bootstrap: str, make_to
     m = SENT_RE.fullmatch(c.err.strip().splitlines()[-1])
     assert m, c.err[-2000:]
     sent, nodes = int(m.group(1)), int(m.group(2))
+    assert int(m.group(3)) == sent  # every tick acknowledged, none left in the spool
     # 5 min at the default 10 s is 30 ticks per node, less the few a rebooting node skips
     assert nodes >= 20 and 0.9 * 30 * nodes <= sent <= 30 * nodes
 
@@ -140,3 +140,35 @@ def test_demo_through_kafka(kafka_bootstrap: str, make_topic, tmp_path: Path) ->
     assert not (tmp_path / "env-lake").exists()  # --lake wins over the environment
     ids, rows, raw = lake_ids(lake)
     assert len(ids) == rows == raw == produced
+
+
+def test_demo_through_kafka_uses_its_own_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Without a topic set, the demo's ticks go to gpu.samples.demo.v1, never to the production
+    topic a later `ingest` would bill; the config it leaves says which topic it used."""
+    import tomllib
+
+    from gpuledger.cli import DEMO_TOPIC
+
+    r = gpuledger(
+        tmp_path,
+        "demo",
+        "--until",
+        "2m",
+        "--no-serve",
+        "--kafka",
+        kafka_bootstrap,
+        "--lake",
+        "lake",
+        timeout=180,
+    )
+    assert r.rc == 0, r.err[-2000:]
+    assert f"through {kafka_bootstrap} topic {DEMO_TOPIC}" in r.err
+    s = summary(r.out)
+    assert int(s["ticks ingested"]) == int(s["ticks produced"]) > 0
+    written = tomllib.loads((tmp_path / "gpuledger.toml").read_text())
+    assert written["kafka"] == {
+        "bootstrap_servers": kafka_bootstrap,
+        "topic": DEMO_TOPIC,
+        "dlq_topic": "gpu.samples.demo.dlq.v1",
+    }
+    assert "ingest_lag" in written["alerts"]["rules"]

@@ -83,7 +83,7 @@ def write(tmp_path: Path, text: str, name: str = "gpuledger.toml") -> Path:
 def test_defaults_with_no_file_and_no_env() -> None:
     cfg = load_config(env={})
     assert cfg == Config()
-    assert cfg.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert cfg.kafka.bootstrap_servers == "127.0.0.1:19092"
     assert cfg.kafka.topic == "gpu.samples.v1"
     assert cfg.kafka.dlq_topic == "gpu.samples.dlq.v1"
     assert cfg.lake.path == "./gpuledger-data"

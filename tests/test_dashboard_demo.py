@@ -18,9 +18,10 @@ START_TIMEOUT_S = 120
 
 
 def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
-    env = {**os.environ, "GPULEDGER_DASHBOARD_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = ["demo", "--until", "20m", "--port", "0", "--lake", str(tmp_path / "lake")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuledger.cli", "demo", "--until", "20m", "--lake", str(tmp_path / "lake")],
+        [sys.executable, "-m", "gpuledger.cli", *demo],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -41,14 +42,17 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
         port = password = None
         while time.monotonic() < deadline and proc.poll() is None and not (port and password):
             text = "".join(lines)
-            m = re.search(r"Running on http://127\.0\.0\.1:(\d+)", text)
+            m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
             p = re.search(r"password for all: (\S+)", text)
             port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
             time.sleep(0.2)
         assert port and password, "".join(lines)[-3000:]
         text = "".join(lines)
         # the replay's summary already brought the rollups up to date (it prints their cost)
-        assert re.search(r"rollups: 0 of [12] dates rebuilt", text), text[-2000:]
+        assert re.search(r"rollups: ([12]) dates? up to date \(0 rebuilt now, \1 already current\)", text), (
+            text[-2000:]
+        )
+        assert "development server" not in text  # served by waitress
         c = Client(port)
         assert c.login("admin", password)[0] == 302
         deps = json.loads(c.get("/_dash-dependencies")[2])
@@ -75,3 +79,77 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=20)
         reader.join(timeout=5)
+
+
+def test_demo_of_a_past_window_shows_the_same_numbers_everywhere(tmp_path: Path) -> None:
+    """demo --start (a window inside last month, no live fleet): its summary, the Overview cards,
+    the Tenants page and the month's report agree on cost, idle GPU-hours and idle cost."""
+    from decimal import Decimal
+
+    from test_cli import summary
+    from test_cli_first_hour import gpuledger, last_month
+
+    month = last_month()
+    start = f"{month}-15T10:00"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = ["demo", "--until", "2h", "--start", start, "--port", "0", "--lake", str(tmp_path / "lake")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpuledger.cli", *demo],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out: list[str] = []
+    err: list[str] = []
+    readers = [
+        threading.Thread(target=lambda s=s, acc=acc: acc.extend(s), daemon=True)
+        for s, acc in ((proc.stdout, out), (proc.stderr, err))
+    ]
+    for r in readers:
+        r.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        port = password = None
+        while time.monotonic() < deadline and proc.poll() is None and not (port and password):
+            text = "".join(err)
+            m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
+            p = re.search(r"password for all: (\S+)", text)
+            port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
+            time.sleep(0.2)
+        assert port and password, "".join(err)[-3000:]
+        assert "no live fleet" in "".join(err)
+        s = summary("".join(out))
+        c = Client(port)
+        assert c.login("admin", password)[0] == 302
+        deps = json.loads(c.get("/_dash-dependencies")[2])
+        _, resp = call(c, deps, "overview-cards", {"url.pathname": "/", "url.search": ""})
+        cards = {
+            v: k for k, v in re.findall(r'"children": "([^"]*)", "id": "(card-[a-z-]+)"', json.dumps(resp))
+        }
+        assert cards["card-cost"] == s["cost (reserved)"]
+        assert cards["card-idle-h"] == s["allocated-idle GPU-h"]
+        assert cards["card-idle-cost"] == s["allocated-idle cost"]
+        assert f"Cost, {month} to date" in json.dumps(resp)
+        _, resp = call(c, deps, "tenants-table", {"url.pathname": "/tenants", "url.search": ""})
+        tenant_costs = re.findall(r'"children": "USD ([\d,]+\.\d\d)", "title": "[^"]*"', json.dumps(resp))
+        # first money column per row: the month's cost; the unallocated line is not a tenant
+        per_row = tenant_costs[0::2]
+        unallocated = Decimal(s["unallocated cost"].split()[1].replace(",", ""))
+        total = Decimal(s["cost (reserved)"].split()[1].replace(",", ""))
+        assert sum(Decimal(x.replace(",", "")) for x in per_row) + unallocated == total
+        c.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+    rep = gpuledger(tmp_path, "report", "--month", month, "--format", "csv", "--out", str(tmp_path / "r"))
+    assert rep.rc == 0, rep.err
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "r" / f"{month}-fleet-charges.csv").open()))
+    assert f"USD {sum(Decimal(r['cost']) for r in rows):,.2f}" == s["cost (reserved)"]

@@ -9,6 +9,7 @@ one-minute ticks of two GPUs (1/3 GPU-h unobserved).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -126,15 +127,21 @@ def test_chargeback_open_then_closed_matches_month_lines(golden: tuple[int, Any]
     body = cb(admin, deps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"]["children"]
     assert texts(body, "chargeback-state") == ["not closed: accrual to date"]
     assert texts(body, "chargeback-check") == [
-        "Conservation: lines add up to USD 22.00 (exact 22.000000000000); "
-        "capacity x price = 22.000000000000000: ok"
+        "Conservation: lines add up to USD 22.00; capacity x price = USD 22.00: ok"
     ]
     settings = CloseSettings.from_config(cfg)
     lines, note, closed = month_lines(cfg.lake.path, "2026-10", settings)
     assert (note, closed) == ("not closed: accrual to date", False)
     shown = texts(body, "charge-lines")[0]
     assert shown.count('"type": "Tr"') == len(lines) + 1  # header + one row per line
-    assert all(f'"children": "{ln.tenant}"' in shown for ln in lines)
+    from dashboards.pages import tenant_label
+
+    assert all(f'"children": "{tenant_label(ln.tenant)}"' in shown for ln in lines)
+    assert '"children": "unallocated capacity"' in shown and "__unallocated__" not in shown
+    # money to the cent with the exact value in the tooltip; unit prices with their unit
+    assert '"children": "USD 5.61", "title": "USD 5.61 exact"' in shown
+    assert '"children": "USD 2.00", "title": "USD 2.00 exact"' in shown
+    assert '"children": "USD 3.60 / GPU-h"' in shown and '"children": "USD 2.40 / GPU-h"' in shown
 
     # The same month closed (on a copy of the lake): the ledger's lines and manifest hash.
     lake2 = tmp_path / "lake"
@@ -174,8 +181,10 @@ def test_gpu_heatmap_and_drill_down(golden: tuple[int, Any]) -> None:
     assert all(w in slices for w in ("slurm-job/77", "vision/infer-1", "nlp/embed-2"))
     vis, vdeps = signed_in(port, "vis")
     vfig = cb(vis, vdeps, "gpu-heatmap", "/gpus")["gpu-heatmap"]["figure"]["data"][0]
-    assert vfig["customdata"] == [[scenario.A0], [scenario.B1]]
-    assert vfig["z"] == [[30.0], [10.0]]  # vision's own use of those GPUs
+    # each GPU in the column of its index: B1 is GPU 1 on the axis as in its tooltip
+    assert vfig["customdata"] == [[scenario.A0, None], [None, scenario.B1]]
+    assert vfig["z"] == [[30.0, None], [None, 10.0]]  # vision's own use of those GPUs
+    assert vfig["text"][1][1].startswith(f"GPU 1: {scenario.B1}")
     vd = cb(vis, vdeps, "gpu-detail", "/gpus", f"?gpu={scenario.B1}")["gpu-detail"]["children"]
     vs = json.dumps(texts(vd, "gpu-slices"))
     assert "vision/infer-1" in vs and "nlp" not in vs and "slurm-job/77" not in vs
@@ -351,9 +360,14 @@ def test_heatmap_orders_gpus_by_their_index_within_a_node() -> None:
         }
     )["data"][0]
     assert fig["y"] == ["c/n1", "c/n2"]
-    assert fig["customdata"] == [["GPU-ff", "GPU-77", "GPU-00"], ["GPU-aa", "GPU-zz", None]]
-    assert fig["z"] == [[10.0, 20.0, 30.0], [40.0, 90.0, None]]
+    assert fig["customdata"] == [
+        ["GPU-ff", "GPU-77", "GPU-00", None, None],
+        [None, None, None, "GPU-aa", "GPU-zz"],
+    ]
+    assert fig["z"] == [[10.0, 20.0, 30.0, None, None], [None, None, None, 40.0, 90.0]]
     assert fig["text"][0][1].startswith("GPU 1: GPU-77")
+    assert fig["text"][1][3].startswith("GPU 3: GPU-aa")  # the axis column is the tooltip's index
+    assert fig["x"] == ["GPU 0", "GPU 1", "GPU 2", "GPU 3", "GPU 4"]
 
 
 def test_gpu_rollups_keep_the_nvml_index(golden: tuple[int, Any]) -> None:
@@ -388,3 +402,57 @@ def test_pdf_download_is_the_report_the_cli_writes(golden: tuple[int, Any], tmp_
         out = tmp_path / f"{user}.pdf"
         render_pdf(report, out)
         assert body == out.read_bytes(), user
+
+
+def test_a_bad_month_in_the_link_is_named(golden: tuple[int, Any]) -> None:
+    port, _ = golden
+    admin, deps = signed_in(port, "root")  # one sign-in: the login rate limit counts them
+    for month in ("2025-13", "foo", "2020-01"):
+        body = cb(admin, deps, "chargeback-body", "/chargeback", f"?month={month}")["chargeback-body"]
+        assert texts(body["children"], "chargeback-month-notice") == [
+            f"No charges for month {month!r} (from the link): showing 2026-10. Months with charges: 2026-10."
+        ]
+    good = cb(admin, deps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"]["children"]
+    assert texts(good, "chargeback-month-notice") == []
+
+
+def test_a_tenant_viewer_sees_its_lines_numbered_from_one(golden: tuple[int, Any], tmp_path: Path) -> None:
+    """The ledger's line numbers would tell a viewer how many lines other tenants have."""
+    _, cfg = golden
+    users = tmp_path / "u.toml"  # a server of its own: the module's "vis" is throttled by an earlier test
+    write_users(users, PASSWORD, {"root": None, "vis": ["vision"]})
+    with serve(create_app(app_config(cfg.lake.path, users, scenario.RULES, scenario.BOOK))) as port:
+        viewer_and_admin_lines(port)
+
+
+def viewer_and_admin_lines(port: int) -> None:
+    vis, deps = signed_in(port, "vis")
+    body = cb(vis, deps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"]["children"]
+    table = json.loads(texts(body, "charge-lines")[0])
+    rows = table[1]["props"]["children"]
+    numbers = [r["props"]["children"][0]["props"]["children"] for r in rows]
+    assert numbers == list(range(1, len(rows) + 1)) and len(rows) >= 1
+    admin, adeps = signed_in(port, "root")
+    abody = cb(admin, adeps, "chargeback-body", "/chargeback", "?month=2026-10")["chargeback-body"][
+        "children"
+    ]
+    arows = json.loads(texts(abody, "charge-lines")[0])[1]["props"]["children"]
+    vision_nos = [
+        r["props"]["children"][0]["props"]["children"]
+        for r in arows
+        if r["props"]["children"][2]["props"]["children"] == "vision"
+    ]
+    assert len(vision_nos) == len(rows) and vision_nos != numbers  # the ledger's own numbers differ
+
+
+def test_overview_cards_say_which_window_they_cover(golden: tuple[int, Any]) -> None:
+    port, _ = golden
+    admin, deps = signed_in(port, "root")
+    resp = cb(admin, deps, "overview-cards", "/", "?range=24h")
+    labels = re.findall(r'"children": "([^"]*)"', json.dumps(resp["overview-cards"]))
+    assert "Cost, 2026-10 to date" in labels and "Idle GPU-h, 2026-10 to date" in labels
+    assert "Utilization, last 24h" in labels and "Allocation rate, last 24h" in labels
+    window = texts(resp["overview-cards"]["children"], "card-window")
+    assert len(window) == 1 and re.fullmatch(
+        r"last 24h: \d{4}-\d\d-\d\d \d\d:\d\d to \d{4}-\d\d-\d\d \d\d:\d\d UTC", window[0]
+    )

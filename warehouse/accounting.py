@@ -134,6 +134,7 @@ class Accounting:
                        AS qualifies
             FROM p WINDOW pw AS (PARTITION BY rk, slice_id, node, boot_id, period)""")
         self._idle_ready = False
+        self._idle_for = ""  # the idle_key the idle periods were stitched for
 
     def idle_table(self) -> pa.Table:
         """The qualifying idle periods per hour (what `measures` and `idle_periods` read).
@@ -142,6 +143,8 @@ class Accounting:
         of a large fleet), so it is done once per change of the rollups and kept; a process with
         several connections computes it on one and hands it to the others with `share_idle`.
         """
+        if self.idle_source == "shared":  # stitched elsewhere, maybe over older rollups: do it here
+            self._idle_ready = False
         self._ensure_idle()
         return self.con.sql("SELECT * FROM idle_period_hours").to_arrow_table()
 
@@ -162,8 +165,12 @@ class Accounting:
             self.con.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} idle_period_hours")
 
     def _ensure_idle(self) -> None:
-        if self._idle_ready:
+        # A rollup date rebuilt in place keeps its file name (refresh sees no new file list), so
+        # the periods are stitched again when the idle runs' files changed on disk (idle_key).
+        key = self.idle_key()
+        if self._idle_ready and (self.idle_source == "shared" or self._idle_for == key):
             return
+        self._idle_for = key
         self._drop_idle()
         self.idle_source = "computed"
         saved = self.idle_path()

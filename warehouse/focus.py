@@ -471,6 +471,13 @@ def read_validator_report(xml_path: str | os.PathLike[str]) -> ValidatorReport:
     return ValidatorReport(failed=tuple(failed), **counts)
 
 
+def validator_installed(script: str | os.PathLike[str] = VALIDATOR_SCRIPT) -> bool:
+    """Whether the pinned validator's environment exists (the script's `python` exits 1 when not),
+    asked before a report is written so that a missing validator stops it with nothing written."""
+    proc = subprocess.run(["bash", str(script), "python"], capture_output=True, text=True, check=False)
+    return proc.returncode == 0
+
+
 def run_validator(
     data_file: str | os.PathLike[str],
     xml_out: str | os.PathLike[str],

@@ -130,6 +130,7 @@ class Column:
     header: str
     numeric: bool = False
     weight: float = 1.0  # relative width in the PDF
+    nowrap: bool = False  # names with hyphens (GPU models, UUIDs): never broken at a hyphen in HTML
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,10 @@ def _cost_table(report: MonthReport, rows: list[tuple[str, str, Decimal]], total
     cur = report.currency
     return TableBlock(
         key="cost_by_cluster_model",
-        title="Cost by cluster and GPU model",
+        title="Cost by cluster and GPU model: amounts and shares",  # not the chart's title again
         columns=(
             Column("Cluster", weight=2),
-            Column("GPU model", weight=2),
+            Column("GPU model", weight=2, nowrap=True),
             Column("Cost", True),
             Column("Share", True),
         ),
@@ -334,8 +335,8 @@ def _idle_table(report: MonthReport) -> TableBlock:
             Column("Tenant", weight=1.6),
             Column("Workload", weight=2.2),
             Column("Cluster", weight=1.2),
-            Column("Node", weight=1.2),
-            Column("GPU model", weight=1.2),
+            Column("Node", weight=1.2, nowrap=True),
+            Column("GPU model", weight=1.2, nowrap=True),
             Column("Slice", weight=2.4),
             Column("Start (UTC)", weight=1.5),
             Column("End (UTC)", weight=1.5),
@@ -388,13 +389,13 @@ def _lines_table(report: MonthReport) -> TableBlock:
             marked.add(i)
     return TableBlock(
         key="lines",
-        title="Charge lines",
+        title="Every line of the month, in ledger order",  # not the section's heading again
         columns=(
             Column("#", True, 0.5),
             Column("Type", weight=1.9),
             Column("Tenant", weight=1.6),
             Column("Cluster", weight=1.1),
-            Column("GPU model", weight=1.1),
+            Column("GPU model", weight=1.1, nowrap=True),
             Column("Period segment (UTC, end exclusive)", weight=2.6),
             Column("Price from", weight=1.1),
             Column("Quantity", True, 1.5),
@@ -484,7 +485,8 @@ h3{font-size:15px;margin:18px 0 6px}.sub{color:#555;margin:0 0 12px}
 table{border-collapse:collapse;width:100%;font-size:12px;margin:4px 0}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num,th.num{text-align:right;white-space:nowrap}
-tr.correction td{background:#fff4e0}.note{color:#555;font-size:12px}
+tr.correction td{background:#fff4e0}.note{color:#555;font-size:12px}td.nw{white-space:nowrap}
+tr{break-inside:avoid}thead{display:table-header-group}
 .nodata{font-size:16px;padding:12px;border:1px dashed #bbb;border-radius:6px}
 footer{margin-top:32px;color:#555;font-size:12px;border-top:1px solid #ddd;padding-top:8px;
 word-break:break-all}
@@ -492,6 +494,7 @@ word-break:break-all}
 
 
 _NUM = ' class="num"'
+_NW = ' class="nw"'
 
 
 def _e(text: str) -> str:
@@ -508,7 +511,8 @@ def _html_table(block: TableBlock) -> list[str]:
     for i, row in enumerate(block.rows):
         cls = ' class="correction"' if i in block.marked else ""
         cells = "".join(
-            f"<td{_NUM if c.numeric else ''}>{_e(v)}</td>" for c, v in zip(block.columns, row, strict=True)
+            f"<td{_NUM if c.numeric else _NW if c.nowrap else ''}>{_e(v)}</td>"
+            for c, v in zip(block.columns, row, strict=True)
         )
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</tbody></table>")
