@@ -16,7 +16,7 @@ Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
 
 - ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
-  energy.
+  energy, and memory, power and temperature (max, sum and count of the known readings).
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries; the
   close and the idle views stitch them across hours and dates into idle periods.
 - ``node_ticks``: per node: first and last tick of the date and the unobserved GPU-seconds of the
@@ -59,7 +59,7 @@ from warehouse.staging import committed_files
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 6  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 7  # bump when the SQL below changes meaning: every date is rebuilt
 
 IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
 
@@ -346,7 +346,18 @@ class Rollups:
                        sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
                        sum(energy_j) AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
-                       count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks
+                       count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
+                       -- the dcgm-exporter panels (memory, power, temperature) per GPU-hour, as sums
+                       -- and counts so the two date pieces of an hour add up
+                       max(mem_total_mib) AS mem_total_mib,
+                       max(mem_used_mib) AS mem_used_mib_max,
+                       sum(mem_used_mib)::DOUBLE AS mem_used_mib_sum,
+                       count(mem_used_mib)::INTEGER AS mem_ticks,
+                       sum(power_w) AS power_w_sum,
+                       count(power_w)::INTEGER AS power_ticks,
+                       max(temp_c) AS temp_c_max,
+                       sum(temp_c) AS temp_c_sum,
+                       count(temp_c)::INTEGER AS temp_ticks
                 FROM {rows(gpus)} GROUP BY ALL),
             sa AS (
                 SELECT hour, gpu_uuid, sum(reserved_s) AS reserved_s, sum(used_s) AS used_s,
