@@ -17,17 +17,11 @@ import duckdb
 
 from warehouse.lake import Lake
 from warehouse.rules import (
-    SHARE_SQL,
-    USED_FRAC_SQL,
-    WORKLOAD_SQL,
-    idle_tick_sql,
-    reserved_s_sql,
     tenant_sql,
-    used_s_sql,
 )
 from warehouse.sql import lit as _lit
 from warehouse.sql import ts_lit as _ts_lit
-from warehouse.staging import committed_files, dates_between, first_batch_ticks_sql
+from warehouse.staging import committed_files, dates_between, first_batch_ticks_sql, slice_ticks_sql
 
 
 class RecentSamples:
@@ -75,29 +69,20 @@ class RecentSamples:
             SELECT cluster, node, boot_id, seq, ts, interval_s, batch
             FROM ({first_batch_ticks_sql(src("tick"), window)})""")
         n = c.execute("SELECT count(*) FROM ticks").fetchone()[0]  # type: ignore[index]
-        if files["slice"]:
-            ratio = self.idle_util_ratio
-
-            def over(total: str) -> str:  # the GPU tick's total only where it passes the whole GPU
-                return f"CASE WHEN sum_share > 1.0 OR sum_used > 1.0 THEN {total} END"
-
+        staged = slice_ticks_sql(
+            self.lake,
+            dates_between(since.date(), until.date()),
+            tenant=self.tenant,
+            idle_util_ratio=self.idle_util_ratio,
+            where=window,
+        )
+        if files["slice"] and staged is not None:
             c.execute(f"""
                 CREATE OR REPLACE TEMP TABLE slices AS
-                WITH r AS (
-                    SELECT s.*, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac
-                    FROM {src("slice")} s SEMI JOIN ticks t USING (node, boot_id, seq, batch)
-                    WHERE {window}),
-                w AS (
-                    SELECT *, sum(share) OVER g AS sum_share, sum(coalesce(used_frac, 0)) OVER g AS sum_used
-                    FROM r WINDOW g AS (PARTITION BY node, boot_id, seq, gpu_uuid))
                 SELECT slice_id, cluster, node, boot_id, seq, ts, interval_s, gpu_uuid, model, kind,
-                       namespace, pod, ({self.tenant}) AS tenant, ({WORKLOAD_SQL}) AS workload,
-                       share, used_frac, sum_share,
-                       -- GPU-seconds as the rollups count them (DESIGN §6), floored to the nanosecond
-                       {reserved_s_sql(over("sum_share"))} AS reserved_s,
-                       {used_s_sql(over("sum_used"))} AS used_s,
-                       {idle_tick_sql(ratio, over("sum_share"), over("sum_used"))} AS idle
-                FROM w""")
+                       namespace, pod, tenant, workload, share, used_frac, gpu_sum_share AS sum_share,
+                       reserved_s, used_s, idle
+                FROM {staged}""")
         else:
             c.execute("CREATE OR REPLACE TEMP TABLE slices AS SELECT NULL::VARCHAR AS slice_id WHERE false")
         if files["gpu"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date, timedelta
 
+from warehouse import rules
 from warehouse.lake import Lake
 from warehouse.sql import lit
 
@@ -66,3 +67,34 @@ def samples_sql(lake: Lake, kind: str, dates: Iterable[str], where: str = "TRUE"
                 SEMI JOIN ({first_batch_ticks_sql(ticks_src, where)}) t
                   ON r.node = t.node AND r.boot_id = t.boot_id AND r.seq = t.seq AND r.batch = t.batch
                 WHERE {where})"""
+
+
+def slice_ticks_sql(
+    lake: Lake,
+    dates: Iterable[str],
+    *,
+    tenant: str = "'unassigned'",
+    idle_util_ratio: float = 0.05,
+    where: str = "TRUE",
+) -> str | None:
+    """Committed slice ticks, each once, with the accounting attached by the one set of rules:
+    share, busy fraction, the GPU tick's totals (`gpu_sum_share`, `gpu_sum_used`), reserved and
+    used GPU-seconds (over-commit scaled, floored to the nanosecond), the idle test, tenant
+    (`tenant`: an SQL expression, `rules.tenant_sql`) and workload. None without committed rows.
+    """
+    src = samples_sql(lake, "slice", dates, where)
+    if src is None:
+        return None
+    over = "gpu_sum_share > 1.0 OR gpu_sum_used > 1.0"  # the totals count only where they pass the GPU
+    return f"""(
+        WITH r AS (SELECT s.*, ({rules.SHARE_SQL}) AS share, ({rules.USED_FRAC_SQL}) AS used_frac
+                   FROM {src} s),
+        w AS (SELECT *, sum(share) OVER g AS gpu_sum_share, sum(coalesce(used_frac, 0)) OVER g AS gpu_sum_used
+              FROM r WINDOW g AS (PARTITION BY node, boot_id, seq, gpu_uuid)),
+        o AS (SELECT *, CASE WHEN {over} THEN gpu_sum_share END AS sum_share,
+                        CASE WHEN {over} THEN gpu_sum_used END AS sum_used FROM w)
+        SELECT * EXCLUDE (sum_share, sum_used),
+               {rules.reserved_s_sql()} AS reserved_s, {rules.used_s_sql()} AS used_s,
+               {rules.idle_tick_sql(idle_util_ratio)} AS idle,
+               ({tenant}) AS tenant, ({rules.WORKLOAD_SQL}) AS workload
+        FROM o)"""
