@@ -276,3 +276,62 @@ class CapAgent:
         if res.status == "applies-at-restart":
             ack["reason"] = "HAMi-core reads sm_limit when a process starts"
         return ack
+
+
+def run_cap_agent(
+    agent: CapAgent,
+    bootstrap: str,
+    caps_topic: str,
+    acks_topic: str,
+    dlq_topic: str,
+    *,
+    group_id: str | None = None,
+    client_id: str = "gpuledger",
+    stop: Any = None,
+    max_polls: int | None = None,
+    poll_ms: int = 500,
+) -> int:
+    """Consume `caps_topic` as this node's own group, answer each decision, commit after the acks
+    are durably sent (a crash before that redelivers, and the applied log makes the retry a no-op
+    that answers nothing twice). Returns the number of records handled."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        caps_topic,
+        bootstrap_servers=bootstrap,
+        group_id=group_id or f"gpuledger-caps-{agent.node}",
+        client_id=f"{client_id}-caps",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=f"{client_id}-cap-acks", acks="all")
+    handled = polls = 0
+    try:
+        while (stop is None or not stop.is_set()) and (max_polls is None or polls < max_polls):
+            polls += 1
+            batch = consumer.poll(timeout_ms=poll_ms)
+            if not batch:
+                continue
+            for records in batch.values():
+                for rec in records:
+                    handled += 1
+                    if rec.key is not None and rec.key.decode("utf-8", "replace") != agent.node:
+                        continue  # another node's decision: not ours to answer
+                    out = agent.handle(rec.value)
+                    if out is None:
+                        continue
+                    kind, body = out
+                    key = agent.node.encode()
+                    if kind == "ack":
+                        producer.send(acks_topic, key=key, value=json.dumps(body, sort_keys=True).encode())
+                    else:
+                        reason = [("reason", body.encode())]
+                        producer.send(dlq_topic, key=key, value=rec.value, headers=reason)
+            producer.flush()
+            consumer.commit()
+    finally:
+        consumer.close()
+        producer.close()
+    return handled

@@ -80,6 +80,7 @@ class KafkaConfig:
     dlq_topic: str = "gpu.samples.dlq.v1"
     caps_topic: str = "gpu.caps.v1"
     cap_acks_topic: str = "gpu.cap-acks.v1"
+    caps_dlq_topic: str = "gpu.caps.dlq.v1"  # malformed decisions (original bytes, header "reason")
     group_id: str = "gpuledger-ingest"
     client_id: str = "gpuledger"
     max_message_bytes: int = 1_048_576
