@@ -171,3 +171,28 @@ def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) 
     append(lake, "acks", acks)
     append(lake, "dlq", bad)
     return len(acks), len(bad)
+
+
+def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
+    """A sender onto `kafka.caps_topic` (key = node), made on first use so a recommend-only or off
+    enforcer never connects; None when no mode anywhere can send."""
+    modes = {cfg.enforcer.mode, *cfg.enforcer.pools.values()}
+    if modes <= {"off", "recommend"}:
+        return None
+    holder: dict[str, Any] = {}
+
+    def send(node: str, msg: dict[str, Any]) -> None:
+        if "p" not in holder:
+            from kafka import KafkaProducer
+
+            holder["p"] = KafkaProducer(
+                bootstrap_servers=cfg.kafka.bootstrap_servers,
+                client_id=f"{cfg.kafka.client_id}-enforcer",
+                acks="all",
+            )
+        holder["p"].send(
+            cfg.kafka.caps_topic, key=node.encode(), value=json.dumps(msg, sort_keys=True).encode()
+        )
+        holder["p"].flush()
+
+    return send
