@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -196,3 +196,35 @@ def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
         holder["p"].flush()
 
     return send
+
+
+def status(cfg: Config, now: datetime) -> dict[str, Any]:
+    """What `gpuledger enforcer status` prints: modes, demoted tenants, last 24 h of decisions and acks."""
+    import duckdb
+
+    from warehouse.enforcer_audit import audit_sql
+
+    lake = Lake(cfg.lake.path)
+    state = PolicyState.from_json(load_state(lake))
+    out: dict[str, Any] = {
+        "mode": cfg.enforcer.mode,
+        "pools": dict(cfg.enforcer.pools),
+        "tenants": dict(cfg.enforcer.tenants),
+        "opt_out": list(cfg.enforcer.opt_out),
+        "demoted": dict(state.demoted),
+        "decisions_24h": {},
+        "acks_24h": {},
+    }
+    since = f"'{(now - timedelta(hours=24)).isoformat()}'::TIMESTAMPTZ"
+    con = duckdb.connect()
+    dec = audit_sql(lake, "decisions")
+    if dec:
+        q = f"SELECT action || CASE WHEN sent THEN ' sent' ELSE ' recorded' END, count(*) FROM {dec} "
+        out["decisions_24h"] = dict(
+            con.sql(q + f"WHERE issued_at > {since} GROUP BY 1 ORDER BY 1").fetchall()
+        )
+    acks = audit_sql(lake, "acks")
+    if acks:
+        q = f"SELECT status, count(*) FROM {acks} WHERE acked_at > {since} GROUP BY 1 ORDER BY 1"
+        out["acks_24h"] = dict(con.sql(q).fetchall())
+    return out

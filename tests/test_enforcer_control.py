@@ -207,3 +207,31 @@ def test_recommend_mode_writes_decisions_and_sends_nothing(tmp_path: Path) -> No
     assert rows == [("core", "recommend", False), ("memory", "recommend", False)]
     # the same recommendation is not written again next cycle
     assert Enforcer(cfg, lambda n, m: sent.append(m)).cycle(NOW + timedelta(minutes=1))["decisions"] == 0
+
+
+def test_cli_recommend_then_status(tmp_path: Path, capsys) -> None:
+    from gpuledger.cli import main
+
+    lake = Lake(tmp_path / "lake")
+    batch = new_batch_id()
+    msgs = [tick(k) for k in range(570, 576)]  # the last half hour: no shrink yet, nothing to say
+    now_msgs = [
+        {
+            **m,
+            "ts": (datetime.now(UTC) - timedelta(minutes=5 * (575 - m["seq"]))).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+        }
+        for m in msgs
+    ]
+    for m in now_msgs:
+        m["slices"][0]["mem_cap_mib"] = 40960
+        m["slices"][0]["mem_used_mib"] = 39000  # above 90 % of the cap: grow (to the allocation: none)
+    lake.write_batch(
+        decode_batch([orjson.dumps(m) for m in now_msgs], batch=batch, max_message_bytes=1 << 20), batch
+    )
+    assert main(["enforcer", "recommend", "--lake", str(lake.root)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"decisions": 0, "demoted": [], "held": 0, "sent": 0}
+    assert main(["enforcer", "status", "--lake", str(lake.root)]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert (st["mode"], st["decisions_24h"], st["acks_24h"], st["demoted"]) == ("off", {}, {}, {})
