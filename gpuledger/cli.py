@@ -724,6 +724,24 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 1 if any(r.result == "error" for r in runs) else 0
 
 
+def cmd_enforcer(args: argparse.Namespace) -> int:
+    """`gpuledger enforcer status|recommend`: the enforcer's state, or one cycle that sends nothing."""
+    import json as _json
+    from datetime import UTC, datetime
+
+    from pipeline.enforcer import Enforcer, status
+
+    cfg = _load(args)
+    now = datetime.now(UTC)
+    if args.enforcer_command == "status":
+        print(_json.dumps(status(cfg, now), indent=2, sort_keys=True))
+        return 0
+    cfg.enforcer.mode = "recommend"  # whatever is configured: this command never sends
+    cfg.enforcer.pools = {k: "off" if v == "off" else "recommend" for k, v in cfg.enforcer.pools.items()}
+    print(_json.dumps(Enforcer(cfg, None).cycle(now), sort_keys=True))
+    return 0
+
+
 def cmd_alerts_export_rules(args: argparse.Namespace) -> int:
     from pipeline.prom_rules import render_rules, write_rules
 
@@ -932,6 +950,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.add_argument("--metrics-port", type=int, help="gpuledger_job_* metrics port (0: any free port)")
     j.set_defaults(func=cmd_jobs)
+
+    en = sub.add_parser("enforcer", help="feedback enforcer: status, one recommend-only cycle")
+    ensub = en.add_subparsers(dest="enforcer_command", required=True)
+    for name, what in (
+        ("status", "modes, demoted tenants, decisions and acks of the last 24 h"),
+        ("recommend", "one policy cycle that writes decisions to the lake and sends nothing"),
+    ):
+        e = ensub.add_parser(name, help=what)
+        e.add_argument("--lake")
+        e.set_defaults(func=cmd_enforcer)
 
     al = sub.add_parser("alerts", help="alert rules")
     alsub = al.add_subparsers(dest="alerts_command", required=True)

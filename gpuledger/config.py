@@ -80,6 +80,7 @@ class KafkaConfig:
     dlq_topic: str = "gpu.samples.dlq.v1"
     caps_topic: str = "gpu.caps.v1"
     cap_acks_topic: str = "gpu.cap-acks.v1"
+    caps_dlq_topic: str = "gpu.caps.dlq.v1"  # malformed decisions (original bytes, header "reason")
     group_id: str = "gpuledger-ingest"
     client_id: str = "gpuledger"
     max_message_bytes: int = 1_048_576
@@ -144,7 +145,7 @@ class PricingConfig:
 
 ALERT_RULES = ("idle_slice", "idle_gpu", "pool_unallocated", "collector_silent", "ingest_lag")
 SEVERITIES = ("critical", "warning", "info")
-JOB_NAMES = ("rollups", "alerts", "accrual", "close")
+JOB_NAMES = ("rollups", "alerts", "accrual", "close", "enforcer")
 
 
 @dataclass
@@ -197,9 +198,55 @@ class JobsConfig:
     enabled: list[str] = field(default_factory=lambda: list(JOB_NAMES))
 
 
+ENFORCER_MODES = ("off", "recommend", "grow-only", "enforce")
+
+
 @dataclass
 class EnforcerConfig:
-    mode: str = "off"
+    """DESIGN §8 constants; the policy (pipeline/enforcer_policy.py) reads nothing else."""
+
+    mode: str = "off"  # default for every pool: off | recommend | grow-only | enforce
+    pools: dict[str, Any] = field(default_factory=dict)  # "cluster/GPU model" -> mode
+    tenants: dict[str, Any] = field(default_factory=dict)  # tenant -> mode (the stricter of pool/tenant wins)
+    opt_out: list[str] = field(default_factory=list)  # tenants never touched (mode off)
+    guarantees_mib: dict[str, Any] = field(default_factory=dict)  # tenant -> guaranteed memory MiB
+    interval_s: float = 60.0  # policy cycle (`gpuledger jobs`)
+    peak_minutes: float = 5.0  # memory peaks and core features per window
+    half_life_hours: float = 24.0
+    window_days: float = 8.0
+    bucket_pct: float = 5.0  # histogram buckets grow by this much each
+    percentile: float = 98.0
+    margin: float = 0.15
+    round_mib: int = 256
+    floor_mib: int = 512  # never below used + max(floor_mib, floor_frac x used) ...
+    floor_frac: float = 0.10
+    min_cap_mib: int = 1024  # ... nor this
+    shrink_min_history_hours: float = 24.0
+    shrink_min_age_hours: float = 12.0
+    shrink_min_change: float = 0.10
+    shrink_max_step: float = 0.25
+    shrink_every_hours: float = 6.0
+    shrink_lookback_hours: float = 6.0
+    grow_use_frac: float = 0.90
+    oom_factor: float = 1.2
+    oom_extra_mib: int = 512
+    oom_no_shrink_hours: float = 24.0
+    oom_near_cap_frac: float = 0.95  # a suspected OOM: use at >= this x cap, then a process gone / use fell
+    core_pinned_points: float = 5.0
+    core_pinned_frac: float = 0.05
+    core_window_minutes: float = 15.0
+    core_raise_points: float = 10.0
+    core_raise_factor: float = 1.5
+    core_lower_p95_frac: float = 0.6
+    core_lower_max_points: float = 10.0
+    core_lower_every_hours: float = 6.0
+    core_min_pct: float = 5.0
+    budget_frac: float = 0.10  # shrinks per pool per hour, as a fraction of its slices (at least 1)
+    rollback_hours: float = 1.0
+    regressions_max: int = 2  # this many rollbacks of a tenant ...
+    regressions_days: float = 7.0  # ... within this many days put it back to recommend
+    decision_ttl_s: float = 300.0  # a decision not applied by then is refused as expired
+    stale_ticks: float = 2.0  # never write a cap for a slice whose last sample is older than this many ticks
 
 
 @dataclass
@@ -327,10 +374,56 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         lambda v: all(j in JOB_NAMES for j in v) and len(set(v)) == len(v),
         f"a list of distinct job names among {', '.join(JOB_NAMES)}",
     ),
-    ("enforcer", "mode"): (
-        lambda v: v in ("off", "recommend", "grow-only", "enforce"),
-        "one of off, recommend, grow-only, enforce",
+    ("enforcer", "mode"): (lambda v: v in ENFORCER_MODES, "one of off, recommend, grow-only, enforce"),
+    ("enforcer", "pools"): (
+        lambda v: all(isinstance(x, str) and x in ENFORCER_MODES for x in v.values()),
+        "a table of \"cluster/GPU model\" to one of off, recommend, grow-only, enforce",
     ),
+    ("enforcer", "tenants"): (
+        lambda v: all(isinstance(x, str) and x in ENFORCER_MODES for x in v.values()),
+        "a table of tenant to one of off, recommend, grow-only, enforce",
+    ),
+    ("enforcer", "guarantees_mib"): (
+        lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v.values()),
+        "a table of tenant to a whole number of MiB >= 0",
+    ),
+    ("enforcer", "interval_s"): (lambda v: 1 <= v <= 3600, "a number of seconds from 1 to 3600"),
+    ("enforcer", "peak_minutes"): (lambda v: 1 <= v <= 60, "a number of minutes from 1 to 60"),
+    ("enforcer", "half_life_hours"): (_positive, "a number of hours > 0"),
+    ("enforcer", "window_days"): (_positive, "a number of days > 0"),
+    ("enforcer", "bucket_pct"): (lambda v: 0 < v <= 100, "a percentage in (0, 100]"),
+    ("enforcer", "percentile"): (lambda v: 0 < v <= 100, "a percentile in (0, 100]"),
+    ("enforcer", "margin"): (lambda v: v >= 0, "a margin >= 0 (0.15 = 15 %)"),
+    ("enforcer", "round_mib"): (_positive, "a number of MiB > 0"),
+    ("enforcer", "floor_mib"): (lambda v: v >= 0, "a number of MiB >= 0"),
+    ("enforcer", "floor_frac"): (lambda v: 0 <= v <= 1, "a fraction from 0 to 1"),
+    ("enforcer", "min_cap_mib"): (lambda v: v >= 0, "a number of MiB >= 0"),
+    ("enforcer", "shrink_min_history_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "shrink_min_age_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "shrink_min_change"): (lambda v: 0 <= v < 1, "a fraction from 0 to below 1"),
+    ("enforcer", "shrink_max_step"): (lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    ("enforcer", "shrink_every_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "shrink_lookback_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "grow_use_frac"): (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("enforcer", "oom_factor"): (lambda v: v >= 1, "a factor >= 1"),
+    ("enforcer", "oom_extra_mib"): (lambda v: v >= 0, "a number of MiB >= 0"),
+    ("enforcer", "oom_no_shrink_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "oom_near_cap_frac"): (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("enforcer", "core_pinned_points"): (lambda v: 0 <= v <= 100, "a number of points from 0 to 100"),
+    ("enforcer", "core_pinned_frac"): (lambda v: 0 <= v < 1, "a fraction from 0 to below 1"),
+    ("enforcer", "core_window_minutes"): (_positive, "a number of minutes > 0"),
+    ("enforcer", "core_raise_points"): (lambda v: v >= 0, "a number of points >= 0"),
+    ("enforcer", "core_raise_factor"): (lambda v: v >= 1, "a factor >= 1"),
+    ("enforcer", "core_lower_p95_frac"): (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("enforcer", "core_lower_max_points"): (lambda v: v >= 0, "a number of points >= 0"),
+    ("enforcer", "core_lower_every_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "core_min_pct"): (lambda v: 0 <= v <= 100, "a percentage from 0 to 100"),
+    ("enforcer", "budget_frac"): (lambda v: 0 <= v <= 1, "a fraction from 0 to 1"),
+    ("enforcer", "rollback_hours"): (lambda v: v >= 0, "a number of hours >= 0"),
+    ("enforcer", "regressions_max"): (lambda v: v >= 1, "an integer >= 1"),
+    ("enforcer", "regressions_days"): (_positive, "a number of days > 0"),
+    ("enforcer", "decision_ttl_s"): (_positive, "a number of seconds > 0"),
+    ("enforcer", "stale_ticks"): (lambda v: v >= 1, "a number of ticks >= 1"),
     ("dashboard", "port"): (_port, "a port number 0-65535"),
     ("dashboard", "auth"): (lambda v: v in ("password", "trusted-header"), "one of password, trusted-header"),
     ("dashboard", "session_hours"): (lambda v: 0 < v <= 24 * 31, "a number of hours in (0, 744]"),

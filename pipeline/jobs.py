@@ -187,7 +187,9 @@ class JobRunner:
             "alerts": self.alerts,
             "accrual": self.accrual,
             "close": self.close,
+            "enforcer": self.enforcer,
         }
+        self._enforcer: Any = None
 
     # -- the jobs -------------------------------------------------------------------------------
 
@@ -262,6 +264,14 @@ class JobRunner:
             return {"month": month, "skipped": "no samples in the month"}
         res = close_month(self.lake.root, month, self.settings, now=now)
         return {"month": month, "unchanged": res.unchanged, "lines": len(res.lines), **res.manifest["totals"]}
+
+    def enforcer(self, now: datetime) -> dict[str, Any]:
+        """One enforcer cycle (pipeline/enforcer.py); decisions go to gpu.caps.v1 unless recommend."""
+        from pipeline.enforcer import Enforcer, kafka_sender
+
+        if self._enforcer is None:
+            self._enforcer = Enforcer(self.cfg, kafka_sender(self.cfg))
+        return self._enforcer.cycle(now)
 
     def close_due(self, now: datetime) -> bool:
         """The previous month has data, is open, and this month's close time has passed (a missed close)."""
@@ -414,6 +424,7 @@ def build_scheduler(runner: JobRunner, jobs: list[str] | None = None, blocking: 
         "alerts": (IntervalTrigger(seconds=jc.alerts_seconds, timezone=UTC), now),
         "accrual": (CronTrigger(hour=ah, minute=am, timezone=UTC), None),
         "close": (CronTrigger(day=jc.close_day, hour=ch, minute=cm, timezone=UTC), None),
+        "enforcer": (IntervalTrigger(seconds=runner.cfg.enforcer.interval_s, timezone=UTC), now),
     }
     selected = [j for j in (jobs or jc.enabled) if j in triggers]
     for job in selected:

@@ -1,0 +1,230 @@
+"""The enforcer's loop: lake -> features -> policy -> re-check -> audit -> `gpu.caps.v1`; acks -> lake.
+
+One cycle (`Enforcer.cycle`, run every `enforcer.interval_s` by `gpuledger jobs`) reads the features
+through warehouse/enforcer_features.py, calls the pure policy, re-checks each decision meant to be
+sent against the slice's freshest sample, appends every decision (sent, held or recommended) with
+its inputs to the audit, and only then sends. `recommend` mode writes decisions and sends nothing.
+`land_acks` moves the node agents' acks from `gpu.cap-acks.v1` into the audit (bad ones to its
+DLQ table with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+
+from gpuledger.config import Config
+from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, Window, decide, recheck
+from warehouse.enforcer_audit import append, load_state, save_state
+from warehouse.enforcer_features import latest_slices, windows
+from warehouse.lake import Lake
+
+DECISION_SCHEMA_ID = "gpuledger.cap-decision/v1"
+
+
+def _schema(name: str) -> jsonschema.Draft202012Validator:
+    from importlib import resources
+
+    return jsonschema.Draft202012Validator(
+        json.loads(resources.files("gpuledger").joinpath(name).read_text())
+    )
+
+
+DECISION_VALIDATOR = _schema("cap_decision.schema.json")
+ACK_VALIDATOR = _schema("cap_ack.schema.json")
+
+
+def _z(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_message(d: Decision) -> dict[str, Any]:
+    """The `gpu.caps.v1` message of a decision (cap_decision.schema.json)."""
+    m = asdict(d)
+    m.pop("send")
+    m["issued_at"], m["expires_at"] = _z(d.issued_at), _z(d.expires_at)
+    m["inputs"] = json.loads(json.dumps(d.inputs, default=str))
+    return {"schema": DECISION_SCHEMA_ID, **m}
+
+
+def build_features(meta: Iterable[dict[str, Any]], wins: Iterable[dict[str, Any]]) -> list[SliceFeatures]:
+    """SliceFeatures from latest_slices() rows and windows() rows."""
+    by: dict[str, list[Window]] = {}
+    for w in wins:
+        by.setdefault(w["slice_id"], []).append(
+            Window(
+                w["w_start"],
+                w["mem_peak_mib"],
+                w["util_max"],
+                w["ticks"],
+                w["pinned_ticks"],
+                w["oom_suspect"],
+            )
+        )
+    out = []
+    for m in meta:
+        ws = tuple(by.get(m["slice_id"], ()))
+        first = min([m["first_seen"], *(w.start for w in ws)])
+        out.append(
+            SliceFeatures(
+                slice_id=m["slice_id"],
+                cluster=m["cluster"],
+                node=m["node"],
+                model=m["model"] or "",
+                kind=m["kind"],
+                tenant=m["tenant"],
+                gpu_uuid=m["gpu_uuid"],
+                first_seen=first,
+                last_ts=m["last_ts"],
+                interval_s=m["interval_s"],
+                mem_cap_mib=m["mem_cap_mib"],
+                core_cap_pct=m["core_cap_pct"],
+                mem_used_mib=m["mem_used_mib"],
+                gpu_mem_total_mib=m["gpu_mem_total_mib"],
+                pod_uid=m["pod_uid"],
+                container=m["container"],
+                memory_slices=m["memory_slices"],
+                gpu_memory_slices=m["gpu_memory_slices"],
+                replicas=m["replicas"],
+                windows=ws,
+            )
+        )
+    return out
+
+
+class Enforcer:
+    """The policy cycle over one lake; `send(node, message)` puts a decision on `gpu.caps.v1`."""
+
+    def __init__(self, cfg: Config, send: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.lake = Lake(cfg.lake.path, cfg.lake.zstd_level)
+        self.send = send
+
+    def features(self, now: datetime) -> list[SliceFeatures]:
+        e = self.cfg.enforcer
+        wins = windows(
+            self.lake,
+            now,
+            days=e.window_days,
+            window_s=int(e.peak_minutes * 60),
+            pinned_points=e.core_pinned_points,
+            near_cap_frac=e.oom_near_cap_frac,
+        )
+        meta = latest_slices(self.lake, now, self.cfg.tenants.rules, self.cfg.tenants.default)
+        return build_features(meta, wins.to_pylist())
+
+    def cycle(self, now: datetime) -> dict[str, Any]:
+        """One policy cycle; returns counts for the job log."""
+        e = self.cfg.enforcer
+        if e.mode == "off" and not e.pools and not e.tenants:
+            return {"mode": "off"}
+        state = PolicyState.from_json(load_state(self.lake))
+        decisions, state = decide(state, self.features(now), now, e)
+        to_send = [d for d in decisions if d.send]
+        fresh = {
+            r["slice_id"]: r
+            for r in latest_slices(self.lake, now, hours=1.0, slice_ids=[d.slice_id for d in to_send])
+        }
+        rows, sent, held = [], 0, 0
+        for d in decisions:
+            why = None
+            if d.send:
+                f = fresh.get(d.slice_id, {})
+                cap = f.get("mem_cap_mib") if d.resource == "memory" else f.get("core_cap_pct")
+                why = recheck(
+                    d, cap, f.get("mem_used_mib"), f.get("last_ts"), f.get("interval_s") or 60.0, now, e
+                )
+            go = d.send and why is None and self.send is not None
+            rows.append({**asdict(d), "sent": go, "held": why})
+            if go:
+                sent += 1
+            elif d.send:
+                held += 1
+                state.slices[d.slice_id].pending_until.pop(d.resource, None)
+        append(self.lake, "decisions", rows)  # audit before send: nothing goes out unrecorded
+        for d, r in zip(decisions, rows, strict=True):
+            if r["sent"] and self.send is not None:
+                self.send(d.node, to_message(d))
+        save_state(self.lake, state.to_json())
+        return {"decisions": len(decisions), "sent": sent, "held": held, "demoted": sorted(state.demoted)}
+
+
+def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) -> tuple[int, int]:
+    """Acks (topic, raw) into the audit; a malformed one into the audit's DLQ with the reason."""
+    acks, bad = [], []
+    for topic, raw in messages:
+        try:
+            msg = json.loads(raw)
+            errs = sorted(ACK_VALIDATOR.iter_errors(msg), key=lambda e: list(e.path))
+            if errs:
+                where = "/".join(str(p) for p in errs[0].path) or "(root)"
+                raise ValueError(f"{where}: {errs[0].message}")
+        except ValueError as e:
+            bad.append({"received_at": now, "topic": topic, "reason": str(e), "payload": raw})
+            continue
+        acks.append(msg)
+    append(lake, "acks", acks)
+    append(lake, "dlq", bad)
+    return len(acks), len(bad)
+
+
+def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
+    """A sender onto `kafka.caps_topic` (key = node), made on first use so a recommend-only or off
+    enforcer never connects; None when no mode anywhere can send."""
+    modes = {cfg.enforcer.mode, *cfg.enforcer.pools.values()}
+    if modes <= {"off", "recommend"}:
+        return None
+    holder: dict[str, Any] = {}
+
+    def send(node: str, msg: dict[str, Any]) -> None:
+        if "p" not in holder:
+            from kafka import KafkaProducer
+
+            holder["p"] = KafkaProducer(
+                bootstrap_servers=cfg.kafka.bootstrap_servers,
+                client_id=f"{cfg.kafka.client_id}-enforcer",
+                acks="all",
+            )
+        holder["p"].send(
+            cfg.kafka.caps_topic, key=node.encode(), value=json.dumps(msg, sort_keys=True).encode()
+        )
+        holder["p"].flush()
+
+    return send
+
+
+def status(cfg: Config, now: datetime) -> dict[str, Any]:
+    """What `gpuledger enforcer status` prints: modes, demoted tenants, last 24 h of decisions and acks."""
+    import duckdb
+
+    from warehouse.enforcer_audit import audit_sql
+
+    lake = Lake(cfg.lake.path)
+    state = PolicyState.from_json(load_state(lake))
+    out: dict[str, Any] = {
+        "mode": cfg.enforcer.mode,
+        "pools": dict(cfg.enforcer.pools),
+        "tenants": dict(cfg.enforcer.tenants),
+        "opt_out": list(cfg.enforcer.opt_out),
+        "demoted": dict(state.demoted),
+        "decisions_24h": {},
+        "acks_24h": {},
+    }
+    since = f"'{(now - timedelta(hours=24)).isoformat()}'::TIMESTAMPTZ"
+    con = duckdb.connect()
+    dec = audit_sql(lake, "decisions")
+    if dec:
+        q = f"SELECT action || CASE WHEN sent THEN ' sent' ELSE ' recorded' END, count(*) FROM {dec} "
+        out["decisions_24h"] = dict(
+            con.sql(q + f"WHERE issued_at > {since} GROUP BY 1 ORDER BY 1").fetchall()
+        )
+    acks = audit_sql(lake, "acks")
+    if acks:
+        q = f"SELECT status, count(*) FROM {acks} WHERE acked_at > {since} GROUP BY 1 ORDER BY 1"
+        out["acks_24h"] = dict(con.sql(q).fetchall())
+    return out
