@@ -404,6 +404,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
         )
         what = f"{len(source.nodes)} simulated nodes"
+    from gpuledger.topics import ensure_topics_or_warn
+
+    ensure_topics_or_warn(cfg.kafka, [cfg.kafka.topic], timeout_s=5.0)  # broker down: spool, start anyway
     # Kafka unreachable -> bounded fsync'd spool, replayed in order when it is back (DESIGN §7).
     transport = SpoolingTransport(
         lambda: KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic, client_id=cfg.kafka.client_id),

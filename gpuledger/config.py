@@ -84,6 +84,11 @@ class KafkaConfig:
     client_id: str = "gpuledger"
     max_message_bytes: int = 1_048_576
     dlq_max_payload_bytes: int = 900_000
+    # Ingest (and collect, for the samples topic) create missing topics at start with these;
+    # existing topics are left as they are. Use 3 replicas on a production cluster.
+    create_topics: bool = True
+    partitions: int = 6
+    replication_factor: int = 1
 
 
 @dataclass
@@ -248,6 +253,8 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("kafka", "topic"): (_non_empty, "a topic name"),
     ("kafka", "max_message_bytes"): (_positive, "an integer > 0"),
     ("kafka", "dlq_max_payload_bytes"): (_positive, "an integer > 0"),
+    ("kafka", "partitions"): (lambda v: 1 <= v <= 10000, "an integer from 1 to 10000"),
+    ("kafka", "replication_factor"): (lambda v: 1 <= v <= 32767, "an integer from 1 to 32767"),
     ("lake", "path"): (_non_empty, "a directory path"),
     ("lake", "batch_max_messages"): (_positive, "an integer > 0"),
     ("lake", "batch_max_bytes"): (_positive, "an integer > 0"),

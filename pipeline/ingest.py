@@ -25,6 +25,7 @@ from typing import Any
 
 from gpuledger.config import Config
 from gpuledger.decode import TsWindow
+from gpuledger.topics import ensure_topics_or_warn
 from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
@@ -535,6 +536,9 @@ def run_ingest(cfg: Config, idle_exit_s: float | None = None) -> IngestStats:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Samples, DLQ and control topics with the configured partitions and replication, before
+    # the first subscribe (which would otherwise auto-create the samples topic with defaults).
+    ensure_topics_or_warn(cfg.kafka)
     ing = KafkaIngester(cfg, stop=stop)
     log.info("ingest: topic %s group %s -> lake %s", cfg.kafka.topic, cfg.kafka.group_id, cfg.lake.path)
     stats = ing.run(idle_exit_s=idle_exit_s)
