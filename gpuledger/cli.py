@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--once", action="store_true", help="run each selected job once now and exit")
     j.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="run the scheduler this long")
     j.add_argument(
-        "--only", help="comma list of jobs among rollups, alerts, accrual, close (default: config)"
+        "--only", help="comma list of jobs among rollups, alerts, accrual, close, janitor (default: config)"
     )
     j.add_argument("--metrics-port", type=int, help="gpuledger_job_* metrics port (0: any free port)")
     j.set_defaults(func=cmd_jobs)

@@ -106,6 +106,8 @@ class LakeConfig:
     # should wait in a node agent's spool or in Kafka (default retention) before it lands.
     max_tick_future_s: float = 300.0
     max_tick_age_s: float = 7 * 86400.0
+    # The janitor job removes *.tmp files and uncommitted row files (crashed writes) this old.
+    janitor_min_age_hours: float = 24.0
 
 
 @dataclass
@@ -149,7 +151,7 @@ class PricingConfig:
 
 ALERT_RULES = ("idle_slice", "idle_gpu", "pool_unallocated", "collector_silent", "ingest_lag")
 SEVERITIES = ("critical", "warning", "info")
-JOB_NAMES = ("rollups", "alerts", "accrual", "close")
+JOB_NAMES = ("rollups", "alerts", "accrual", "close", "janitor")
 
 
 @dataclass
@@ -196,6 +198,7 @@ class JobsConfig:
     accrual_time: str = "00:30"  # HH:MM UTC, daily: month-to-date charges of the open month
     close_day: int = 1  # the month close of the previous month: day of month ...
     close_time: str = "02:00"  # ... and HH:MM UTC
+    janitor_minutes: float = 60.0  # *.tmp and orphan row files older than lake.janitor_min_age_hours
     misfire_grace_s: float = 300.0  # a run this late (process paused, clock jump) still runs; later: skipped
     metrics_port: int = 9402  # gpuledger_job_* metrics (0: any free port)
     metrics_addr: str = "127.0.0.1"
@@ -263,6 +266,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("lake", "decode_workers"): (lambda v: 0 <= v <= 8, "an integer from 0 (inline) to 8"),
     ("lake", "max_tick_future_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
     ("lake", "max_tick_age_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
+    ("lake", "janitor_min_age_hours"): (lambda v: v >= 1, "a number of hours >= 1"),
     ("collector", "backend"): (
         lambda v: v in ("nvml", "simulate", "replay"),
         "one of nvml, simulate, replay",
@@ -327,6 +331,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("jobs", "accrual_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
     ("jobs", "close_day"): (lambda v: 1 <= v <= 28, "a day of month from 1 to 28"),
     ("jobs", "close_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
+    ("jobs", "janitor_minutes"): (lambda v: 1 <= v <= 10080, "a number of minutes from 1 to 10080"),
     ("jobs", "misfire_grace_s"): (_positive, "a number of seconds > 0"),
     ("jobs", "metrics_port"): (_port, "a port number 0-65535"),
     ("jobs", "metrics_addr"): (_non_empty, "an address to listen on"),

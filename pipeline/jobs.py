@@ -12,6 +12,9 @@ Jobs (schedules in config ``[jobs]``, UTC):
   closing a month already closed with the same inputs changes nothing; a CloseError (e.g. the month
   was closed with other inputs) is logged and counted, never a crash. At start, a close missed while
   the runner was down (previous month open, close time passed) runs at once.
+- ``janitor`` (hourly): removes ``*.tmp`` files and row files of batches that never committed (no
+  tick file) older than ``lake.janitor_min_age_hours`` (``warehouse.janitor``); the run's log row
+  says how many of each went.
 
 Every job runs with coalesce (missed runs collapse into one), a misfire grace time, at most one
 instance in this process (APScheduler's max_instances=1) and at most one in the whole installation
@@ -134,7 +137,7 @@ class JobMetrics:
 
 
 class JobRunner:
-    """The four jobs over one lake, their locks, log and metrics; scheduling is separate."""
+    """The jobs over one lake, their locks, log and metrics; scheduling is separate."""
 
     def __init__(
         self,
@@ -177,6 +180,7 @@ class JobRunner:
             "alerts": self.alerts,
             "accrual": self.accrual,
             "close": self.close,
+            "janitor": self.janitor,
         }
 
     # -- the jobs -------------------------------------------------------------------------------
@@ -244,6 +248,12 @@ class JobRunner:
         month = previous_month(now)
         res = close_month(self.lake.root, month, self.settings, now=now)
         return {"month": month, "unchanged": res.unchanged, "lines": len(res.lines), **res.manifest["totals"]}
+
+    def janitor(self, now: datetime) -> dict[str, Any]:
+        from warehouse.janitor import sweep
+
+        res = sweep(self.lake.root, self.cfg.lake.janitor_min_age_hours * 3600.0, now=now.timestamp())
+        return res.as_detail()
 
     def close_due(self, now: datetime) -> bool:
         """The previous month has data, is open, and this month's close time has passed (a missed close)."""
@@ -396,6 +406,7 @@ def build_scheduler(runner: JobRunner, jobs: list[str] | None = None, blocking: 
         "alerts": (IntervalTrigger(seconds=jc.alerts_seconds, timezone=UTC), now),
         "accrual": (CronTrigger(hour=ah, minute=am, timezone=UTC), None),
         "close": (CronTrigger(day=jc.close_day, hour=ch, minute=cm, timezone=UTC), None),
+        "janitor": (IntervalTrigger(minutes=jc.janitor_minutes, timezone=UTC), None),
     }
     selected = [j for j in (jobs or jc.enabled) if j in triggers]
     for job in selected:
