@@ -108,6 +108,9 @@ class LakeConfig:
     max_tick_age_s: float = 7 * 86400.0
     # The janitor job removes *.tmp files and uncommitted row files (crashed writes) this old.
     janitor_min_age_hours: float = 24.0
+    # Ingest touches this file every few seconds while its loop runs (also while it waits for the
+    # broker): a liveness probe checks its age. Empty: no heartbeat file.
+    ingest_heartbeat_file: str = ""
 
 
 @dataclass
