@@ -225,7 +225,11 @@ class DashboardConfig:
     # (sessions then end when the server restarts). GPULEDGER_DASHBOARD_SECRET_KEY overrides.
     secret_key: str = ""
     secret_key_file: str = ""
+    # Absolute lifetime of a session from its sign-in; requests never extend it.
     session_hours: float = 12.0
+    # Per-user session generations (logout ends every session of the user), shared by every
+    # dashboard process that sees this file; empty: <lake.path>/_dashboard/sessions.json.
+    session_state_file: str = ""
     cookie_secure: bool = False  # set true behind HTTPS: the session cookie is then never sent in clear
     user_header: str = "X-Forwarded-User"
     groups_header: str = "X-Forwarded-Groups"
