@@ -172,7 +172,24 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             flask.g.principal = p
             return None
         s = flask.session.get("user")
-        if not s or s.get("role") not in ("admin", "tenant-viewer"):
+        why = "not signed in"
+        if s and s.get("role") in ("admin", "tenant-viewer"):
+            # Absolute lifetime from the sign-in, and not revoked by a logout since.
+            iat, now = s.get("iat"), ext["clock"]()
+            try:
+                current = gens.current(str(s.get("name", "")))
+            except SessionStateError as exc:
+                log.error("dashboard: %s; refusing sessions until it is fixed", exc)
+                return _refuse(503, "sessions unavailable")
+            if not isinstance(iat, int | float) or not (now - lifetime_s <= iat <= now + 300):
+                s, why = None, "session expired: sign in again"
+            elif s.get("gen") != current:
+                s, why = None, "signed out: sign in again"
+            if s is None:
+                flask.session.clear()
+        else:
+            s = None
+        if s is None:
             if (
                 req.method == "GET"
                 and not req.path.startswith("/_dash-")
@@ -180,20 +197,7 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             ):
                 nxt = req.full_path if req.query_string else req.path
                 return flask.redirect("/login?" + urlencode({"next": nxt}))
-            return _refuse(401, "not signed in")
-        # Absolute lifetime from the sign-in, and not revoked by a logout since.
-        iat, now = s.get("iat"), ext["clock"]()
-        if not isinstance(iat, int | float) or not (now - lifetime_s <= iat <= now + 300):
-            flask.session.clear()
-            return _refuse(401, "session expired: sign in again")
-        try:
-            current = gens.current(s.get("name", ""))
-        except SessionStateError as exc:
-            log.error("dashboard: %s; refusing sessions until it is fixed", exc)
-            return _refuse(503, "sessions unavailable")
-        if s.get("gen") != current:
-            flask.session.clear()
-            return _refuse(401, "signed out: sign in again")
+            return _refuse(401, why)
         # Re-read the user each request: a removed user or changed tenants apply at once.
         user = store.users().get(s["name"]) if store else None
         if user is None:

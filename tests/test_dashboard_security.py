@@ -85,19 +85,23 @@ def test_logout_revokes_every_copy_of_the_cookie_and_other_sessions(tmp_path: Pa
 
     assert _logout(a) == 302
     r = thief.get("/")  # the cookie copied before the logout is worth nothing now
-    assert r.status_code == 401 and r.get_data(as_text=True) == "signed out: sign in again\n"
-    assert thief.post("/_dash-update-component", json=_nav_body()).status_code == 401
-    assert b.get("/").status_code == 401  # every session of the user ended
+    assert (r.status_code, r.headers["Location"]) == (302, "/login?next=%2F")
+    thief.set_cookie("gpuledger_session", captured)  # the redirect cleared it; send it again
+    r = thief.post("/_dash-update-component", json=_nav_body())
+    assert (r.status_code, r.get_data(as_text=True)) == (401, "signed out: sign in again\n")
+    r = b.post("/_dash-update-component", json=_nav_body())  # every session of the user ended
+    assert (r.status_code, r.get_data(as_text=True)) == (401, "signed out: sign in again\n")
     # signing in again works, and gets a session the old cookie still does not match
     c = app.server.test_client()
     _login(c)
     assert c.get("/").status_code == 200
     thief.set_cookie("gpuledger_session", captured)
-    assert thief.get("/").status_code == 401
+    assert thief.get("/").status_code == 302
     # another user's sessions are untouched
     admin = app.server.test_client()
     _login(admin, "admin")
     assert _logout(c) == 302 and admin.get("/").status_code == 200
+    assert admin.post("/_dash-update-component", json=_nav_body()).status_code == 200
 
 
 def test_revocation_survives_a_restart(tmp_path: Path) -> None:
@@ -109,7 +113,9 @@ def test_revocation_survives_a_restart(tmp_path: Path) -> None:
     again, _ = _app(tmp_path)  # a new process with the same key over the same state file
     thief = again.server.test_client()
     thief.set_cookie("gpuledger_session", captured)
-    assert thief.get("/").status_code == 401
+    assert thief.get("/").status_code == 302
+    thief.set_cookie("gpuledger_session", captured)
+    assert thief.post("/_dash-update-component", json=_nav_body()).status_code == 401
     state = json.loads((tmp_path / "lake" / "_dashboard" / "sessions.json").read_text())
     assert state == {"viewer": 1}
 
@@ -124,8 +130,9 @@ def test_absolute_lifetime_is_not_extended_by_requests(tmp_path: Path) -> None:
         assert r.status_code == 200, step
         assert "Set-Cookie" not in r.headers  # nothing slides the cookie's expiry
     clock.now = T0 + 2 * 3600 + 1
-    r = a.get("/")
-    assert r.status_code == 401 and r.get_data(as_text=True) == "session expired: sign in again\n"
+    r = a.post("/_dash-update-component", json=_nav_body())
+    assert (r.status_code, r.get_data(as_text=True)) == (401, "session expired: sign in again\n")
+    assert a.get("/").status_code == 302  # the cookie was cleared: a page asks to sign in
     clock.now = T0 + 2 * 3600 + 2
     _login(a)
     assert a.get("/").status_code == 200
@@ -137,7 +144,8 @@ def test_session_cookie_without_sign_in_time_is_refused(tmp_path: Path) -> None:
     _login(a)
     with a.session_transaction() as s:  # a cookie of the old format (or a forged field)
         s["user"] = {k: v for k, v in s["user"].items() if k != "iat"}
-    assert a.get("/").status_code == 401
+    r = a.post("/_dash-update-component", json=_nav_body())
+    assert (r.status_code, r.get_data(as_text=True)) == (401, "session expired: sign in again\n")
 
 
 def test_unreadable_session_state_fails_closed(tmp_path: Path) -> None:
