@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pytest
 
-from gpuledger.config import Config
+from gpuledger.config import Config, ConfigError, load_config
 from pipeline.jobs import JobRunner, build_scheduler, job_log_sql
 from warehouse.janitor import sweep
 
@@ -121,3 +122,19 @@ def test_janitor_is_scheduled_hourly_by_default(tmp_path: Path) -> None:
     (job,) = sched.get_jobs()
     assert job.id == "janitor"
     assert job.trigger.interval.total_seconds() == 3600.0
+
+
+def test_janitor_is_enabled_by_default_and_its_settings_are_checked(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.lake.path = str(tmp_path)
+    cfg.alerts.rules = ["idle_slice"]
+    sched = build_scheduler(JobRunner(cfg, clock=lambda: NOW))
+    assert sorted(j.id for j in sched.get_jobs()) == ["accrual", "alerts", "close", "janitor", "rollups"]
+    for env, expected in [
+        ({"GPULEDGER_LAKE_JANITOR_MIN_AGE_HOURS": "0.5"}, "expected a number of hours >= 1"),
+        ({"GPULEDGER_JOBS_JANITOR_MINUTES": "0"}, "expected a number of minutes from 1 to 10080"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(env=env)
+        assert str(err.value).endswith(expected), err.value
+    assert load_config(env={"GPULEDGER_LAKE_JANITOR_MIN_AGE_HOURS": "48"}).lake.janitor_min_age_hours == 48.0
