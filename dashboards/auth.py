@@ -179,6 +179,75 @@ class UserStore:
         return user.principal() if verify_password(user.password_hash, password) else None
 
 
+class SessionStateError(RuntimeError):
+    """The session generations cannot be read: sessions are refused (fail closed)."""
+
+
+class SessionGenerations:
+    """Per-user session generation, kept on the server: logout bumps it, and a session cookie made
+    under an older generation is refused on its next request (every one of the user's sessions
+    ends: a cookie captured before the logout is worth nothing after it).
+
+    Stored in a small JSON file (``{"user": generation}``) replaced atomically under an flock, so
+    every dashboard process over the same file (restarts, replicas on a shared volume) agrees;
+    a read is one ``stat`` unless the file changed. Without a path: this process only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._gens: dict[str, int] = {}
+        self._seen: tuple[int, int, int] | None = None
+
+    def _load(self, force: bool = False) -> dict[str, int]:
+        if self.path is None:
+            return self._gens
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._gens, self._seen = {}, None
+            return self._gens
+        except OSError as exc:
+            raise SessionStateError(f"session state {self.path}: {exc.strerror}") from exc
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if force or key != self._seen:
+            try:
+                data = json.loads(self.path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise SessionStateError(f"session state {self.path}: unreadable ({exc})") from exc
+            if not isinstance(data, dict):
+                raise SessionStateError(f"session state {self.path}: expected a JSON object")
+            self._gens = {k: v for k, v in data.items() if isinstance(v, int)}
+            self._seen = key
+        return self._gens
+
+    def current(self, user: str) -> int:
+        with self._lock:
+            return self._load().get(user, 0)
+
+    def bump(self, user: str) -> int:
+        """End every session of `user`; returns the new generation."""
+        with self._lock:
+            if self.path is None:
+                self._gens[user] = self._gens.get(user, 0) + 1
+                return self._gens[user]
+            import fcntl
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                gens = dict(self._load(force=True))
+                gens[user] = gens.get(user, 0) + 1
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                with open(tmp, "w") as fh:
+                    json.dump(gens, fh, sort_keys=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+                self._load(force=True)
+                return gens[user]
+
+
 class LoginThrottle:
     """Exponential delay per (user, address) after `free` failed logins; bounded memory."""
 

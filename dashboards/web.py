@@ -7,6 +7,13 @@ callbacks and the download route, which filter by its tenants on the server.
 
 The login form is CSRF-safe (a per-session token checked with a constant-time compare, and a
 SameSite=Lax cookie), and a POST from another origin is refused on every route.
+
+A session lives at most `dashboard.session_hours` from its sign-in (requests do not extend it), and
+logout ends it on the server: the cookie carries the user's session generation, which logout bumps
+(`SessionGenerations`), so a cookie copied before the logout is refused after it. Every response
+carries security headers (`SECURITY_HEADERS` and a Content-Security-Policy that allows only this
+origin's scripts and Dash's own inline script, by hash), and a callback body that is not the shape
+Dash's renderer sends is answered 400 before Dash sees it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +32,33 @@ from urllib.parse import urlencode, urlsplit
 import flask
 from werkzeug.wrappers import Response
 
-from dashboards.auth import LoginThrottle, Principal, TrustedHeaders, UserStore
+from dashboards.auth import (
+    LoginThrottle,
+    Principal,
+    SessionGenerations,
+    SessionStateError,
+    TrustedHeaders,
+    UserStore,
+)
 from dashboards.data import DashboardData
 
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/login", "/healthz")
+CALLBACK_PATH = "/_dash-update-component"
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Dash and Plotly set inline styles (style attributes) and draw with data: images; scripts only
+# from this origin plus Dash's inline renderer start, by hash (`script-src` is filled per app).
+CSP = (
+    "default-src 'self'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 DOWNLOAD_FORMATS = {"csv": "text/csv", "focus.csv": "text/csv", "pdf": "application/pdf"}
 
 LOGIN_PAGE = """<!doctype html>
@@ -95,7 +124,9 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=d.cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=d.session_hours),
+        SESSION_REFRESH_EACH_REQUEST=False,  # the cookie's expiry is the sign-in's, never slid
     )
+    lifetime_s = d.session_hours * 3600.0
     store: UserStore | None = None
     headers: TrustedHeaders | None = None
     if d.auth == "password":
@@ -109,7 +140,21 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             d.user_header, d.groups_header, d.trusted_proxies, d.admin_group, d.tenant_group_prefix
         )
     throttle = LoginThrottle(d.login_free_attempts, d.login_backoff_s, d.login_backoff_max_s)
-    server.extensions["gpuledger"] = {"store": store, "throttle": throttle, "data": data}
+    gens = SessionGenerations(
+        d.session_state_file or Path(cfg.lake.path) / "_dashboard" / "sessions.json" if store else None
+    )
+    # "clock" (unix seconds) is replaceable by tests; "script_hashes" and "callbacks" are set by the
+    # Dash app built on this server (dashboards.app).
+    ext: dict[str, Any] = {
+        "store": store,
+        "throttle": throttle,
+        "data": data,
+        "sessions": gens,
+        "clock": time.time,
+        "script_hashes": [],
+        "callbacks": None,
+    }
+    server.extensions["gpuledger"] = ext
 
     @server.before_request
     def guard() -> Response | None:
@@ -127,7 +172,24 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             flask.g.principal = p
             return None
         s = flask.session.get("user")
-        if not s or s.get("role") not in ("admin", "tenant-viewer"):
+        why = "not signed in"
+        if s and s.get("role") in ("admin", "tenant-viewer"):
+            # Absolute lifetime from the sign-in, and not revoked by a logout since.
+            iat, now = s.get("iat"), ext["clock"]()
+            try:
+                current = gens.current(str(s.get("name", "")))
+            except SessionStateError as exc:
+                log.error("dashboard: %s; refusing sessions until it is fixed", exc)
+                return _refuse(503, "sessions unavailable")
+            if not isinstance(iat, int | float) or not (now - lifetime_s <= iat <= now + 300):
+                s, why = None, "session expired: sign in again"
+            elif s.get("gen") != current:
+                s, why = None, "signed out: sign in again"
+            if s is None:
+                flask.session.clear()
+        else:
+            s = None
+        if s is None:
             if (
                 req.method == "GET"
                 and not req.path.startswith("/_dash-")
@@ -135,7 +197,7 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             ):
                 nxt = req.full_path if req.query_string else req.path
                 return flask.redirect("/login?" + urlencode({"next": nxt}))
-            return _refuse(401, "not signed in")
+            return _refuse(401, why)
         # Re-read the user each request: a removed user or changed tenants apply at once.
         user = store.users().get(s["name"]) if store else None
         if user is None:
@@ -143,6 +205,24 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
             return _refuse(401, "not signed in")
         flask.g.principal = user.principal()
         return None
+
+    @server.before_request
+    def callback_shape() -> Response | None:
+        # After `guard`: only a signed-in principal gets this far with a callback.
+        req = flask.request
+        if req.method != "POST" or not req.path.endswith(CALLBACK_PATH):
+            return None
+        body = req.get_json(silent=True)
+        why = callback_body_error(body, ext["callbacks"])
+        return _refuse(400, f"malformed callback: {why}") if why else None
+
+    @server.after_request
+    def security_headers(resp: Response) -> Response:
+        for k, v in SECURITY_HEADERS.items():
+            resp.headers.setdefault(k, v)
+        hashes = "".join(" " + h for h in ext["script_hashes"])
+        resp.headers.setdefault("Content-Security-Policy", CSP.format(hashes=hashes))
+        return resp
 
     @server.get("/healthz")
     def healthz() -> Response:
@@ -177,7 +257,11 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
         throttle.succeeded(name, addr)
         flask.session.clear()  # a new session on sign-in (no fixation)
         flask.session.permanent = True
-        flask.session["user"] = p.as_session()
+        flask.session["user"] = {
+            **p.as_session(),
+            "iat": int(ext["clock"]()),
+            "gen": gens.current(p.name),
+        }
         flask.session["csrf"] = secrets.token_urlsafe(32)
         return flask.redirect(nxt)
 
@@ -186,6 +270,9 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
         sent = flask.request.form.get("csrf_token", "")
         if not sent or not hmac.compare_digest(sent, flask.session.get("csrf", "")):
             return _refuse(400, "bad form token")
+        user = flask.session.get("user") or {}
+        if user.get("name"):
+            gens.bump(user["name"])  # this cookie and every copy of it are refused from now on
         flask.session.clear()
         return flask.redirect("/login")
 
@@ -196,6 +283,48 @@ def build_server(cfg: Any, data: DashboardData) -> flask.Flask:
         return _download(data, principal(), month, fmt, flask.request.args.get("tenant"))
 
     return server
+
+
+def _dep_ok(x: Any) -> bool:
+    return isinstance(x, dict) and isinstance(x.get("id"), str | dict) and isinstance(x.get("property"), str)
+
+
+def _deps_ok(v: Any) -> bool:
+    """A list of {id, property, ...}, or of lists of them (pattern-matching ALL/ALLSMALLER)."""
+    return isinstance(v, list) and all(
+        _dep_ok(x) or (isinstance(x, list) and all(_dep_ok(y) for y in x)) for x in v
+    )
+
+
+def callback_body_error(body: Any, callbacks: dict[str, Any] | None) -> str | None:
+    """Why `body` is not a callback request Dash's renderer could send (None: it could be).
+
+    `callbacks` is the Dash app's callback map; with it the output must name a callback and the
+    numbers of inputs and states must be that callback's.
+    """
+    if not isinstance(body, dict):
+        return "expected a JSON object"
+    output = body.get("output")
+    if not isinstance(output, str) or not output:
+        return "'output' must be a non-empty string"
+    outputs = body.get("outputs")
+    if not (_dep_ok(outputs) or _deps_ok(outputs)):
+        return "'outputs' must be an {id, property} object or a list of them"
+    inputs, state = body.get("inputs"), body.get("state", [])
+    if not _deps_ok(inputs):
+        return "'inputs' must be a list of {id, property, value} objects"
+    if not _deps_ok(state):
+        return "'state' must be a list of {id, property, value} objects"
+    changed = body.get("changedPropIds", [])
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
+        return "'changedPropIds' must be a list of strings"
+    if callbacks is not None:
+        cb = callbacks.get(output)
+        if not isinstance(cb, dict):
+            return "no such callback"
+        if len(inputs) != len(cb.get("inputs", [])) or len(state) != len(cb.get("state", [])):
+            return "wrong number of inputs or states for this callback"
+    return None
 
 
 def _refuse(status: int, why: str) -> Response:

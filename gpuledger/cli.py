@@ -642,6 +642,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             seed=cfg.collector.seed, start=start, interval_s=interval, scale=cfg.collector.scale
         )
         what = f"{len(source.nodes)} simulated nodes"
+    from gpuledger.topics import ensure_topics_or_warn
+
+    ensure_topics_or_warn(cfg.kafka, [cfg.kafka.topic], timeout_s=5.0)  # broker down: spool, start anyway
     # Kafka unreachable -> bounded fsync'd spool, replayed in order when it is back (DESIGN §7).
     transport = SpoolingTransport(
         lambda: KafkaTransport(cfg.kafka.bootstrap_servers, cfg.kafka.topic, client_id=cfg.kafka.client_id),
@@ -946,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--once", action="store_true", help="run each selected job once now and exit")
     j.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="run the scheduler this long")
     j.add_argument(
-        "--only", help="comma list of jobs among rollups, alerts, accrual, close (default: config)"
+        "--only", help="comma list of jobs among rollups, alerts, accrual, close, janitor (default: config)"
     )
     j.add_argument("--metrics-port", type=int, help="gpuledger_job_* metrics port (0: any free port)")
     j.set_defaults(func=cmd_jobs)

@@ -85,6 +85,11 @@ class KafkaConfig:
     client_id: str = "gpuledger"
     max_message_bytes: int = 1_048_576
     dlq_max_payload_bytes: int = 900_000
+    # Ingest (and collect, for the samples topic) create missing topics at start with these;
+    # existing topics are left as they are. Use 3 replicas on a production cluster.
+    create_topics: bool = True
+    partitions: int = 6
+    replication_factor: int = 1
 
 
 @dataclass
@@ -102,6 +107,11 @@ class LakeConfig:
     # should wait in a node agent's spool or in Kafka (default retention) before it lands.
     max_tick_future_s: float = 300.0
     max_tick_age_s: float = 7 * 86400.0
+    # The janitor job removes *.tmp files and uncommitted row files (crashed writes) this old.
+    janitor_min_age_hours: float = 24.0
+    # Ingest touches this file every few seconds while its loop runs (also while it waits for the
+    # broker): a liveness probe checks its age. Empty: no heartbeat file.
+    ingest_heartbeat_file: str = ""
 
 
 @dataclass
@@ -145,7 +155,7 @@ class PricingConfig:
 
 ALERT_RULES = ("idle_slice", "idle_gpu", "pool_unallocated", "collector_silent", "ingest_lag")
 SEVERITIES = ("critical", "warning", "info")
-JOB_NAMES = ("rollups", "alerts", "accrual", "close", "enforcer")
+JOB_NAMES = ("rollups", "alerts", "accrual", "close", "enforcer", "janitor")
 
 
 @dataclass
@@ -192,6 +202,7 @@ class JobsConfig:
     accrual_time: str = "00:30"  # HH:MM UTC, daily: month-to-date charges of the open month
     close_day: int = 1  # the month close of the previous month: day of month ...
     close_time: str = "02:00"  # ... and HH:MM UTC
+    janitor_minutes: float = 60.0  # *.tmp and orphan row files older than lake.janitor_min_age_hours
     misfire_grace_s: float = 300.0  # a run this late (process paused, clock jump) still runs; later: skipped
     metrics_port: int = 9402  # gpuledger_job_* metrics (0: any free port)
     metrics_addr: str = "127.0.0.1"
@@ -261,7 +272,11 @@ class DashboardConfig:
     # (sessions then end when the server restarts). GPULEDGER_DASHBOARD_SECRET_KEY overrides.
     secret_key: str = ""
     secret_key_file: str = ""
+    # Absolute lifetime of a session from its sign-in; requests never extend it.
     session_hours: float = 12.0
+    # Per-user session generations (logout ends every session of the user), shared by every
+    # dashboard process that sees this file; empty: <lake.path>/_dashboard/sessions.json.
+    session_state_file: str = ""
     cookie_secure: bool = False  # set true behind HTTPS: the session cookie is then never sent in clear
     user_header: str = "X-Forwarded-User"
     groups_header: str = "X-Forwarded-Groups"
@@ -295,6 +310,8 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("kafka", "topic"): (_non_empty, "a topic name"),
     ("kafka", "max_message_bytes"): (_positive, "an integer > 0"),
     ("kafka", "dlq_max_payload_bytes"): (_positive, "an integer > 0"),
+    ("kafka", "partitions"): (lambda v: 1 <= v <= 10000, "an integer from 1 to 10000"),
+    ("kafka", "replication_factor"): (lambda v: 1 <= v <= 32767, "an integer from 1 to 32767"),
     ("lake", "path"): (_non_empty, "a directory path"),
     ("lake", "batch_max_messages"): (_positive, "an integer > 0"),
     ("lake", "batch_max_bytes"): (_positive, "an integer > 0"),
@@ -303,6 +320,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("lake", "decode_workers"): (lambda v: 0 <= v <= 8, "an integer from 0 (inline) to 8"),
     ("lake", "max_tick_future_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
     ("lake", "max_tick_age_s"): (lambda v: v >= 0, "a number of seconds >= 0 (0: no bound)"),
+    ("lake", "janitor_min_age_hours"): (lambda v: v >= 1, "a number of hours >= 1"),
     ("collector", "backend"): (
         lambda v: v in ("nvml", "simulate", "replay"),
         "one of nvml, simulate, replay",
@@ -367,6 +385,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("jobs", "accrual_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
     ("jobs", "close_day"): (lambda v: 1 <= v <= 28, "a day of month from 1 to 28"),
     ("jobs", "close_time"): (lambda v: _hhmm(v) is not None, "a UTC time HH:MM"),
+    ("jobs", "janitor_minutes"): (lambda v: 1 <= v <= 10080, "a number of minutes from 1 to 10080"),
     ("jobs", "misfire_grace_s"): (_positive, "a number of seconds > 0"),
     ("jobs", "metrics_port"): (_port, "a port number 0-65535"),
     ("jobs", "metrics_addr"): (_non_empty, "an address to listen on"),

@@ -25,6 +25,7 @@ from typing import Any
 
 from gpuledger.config import Config
 from gpuledger.decode import TsWindow
+from gpuledger.topics import ensure_topics_or_warn
 from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
@@ -34,6 +35,7 @@ FAULT_ENV = "GPULEDGER_FAULT_CRASH_BEFORE_COMMIT"  # test hook: exit hard after 
 MAX_INFLIGHT = 2
 REJOIN_AFTER_S = 15.0  # a member with no partitions this long rejoins (see _watch_assignment)
 COMMIT_ATTEMPT_MS = 10_000  # one offset-commit attempt; retried with backoff while the broker is away
+HEARTBEAT_S = 5.0  # lake.ingest_heartbeat_file is touched at most this often
 RETRY_BACKOFF_S = (0.5, 10.0)  # first and longest wait between attempts of a retriable broker call
 
 __all__ = ["IngestStats", "KafkaIngester", "MemoryIngester", "run_ingest"]
@@ -237,6 +239,8 @@ class KafkaIngester:
         # second join that a metadata-less first join triggers, leaving the member with no
         # partitions for good (seen in ~1-2 % of fresh joins).
         self._listener = _Listener()
+        self._beat_at = float("-inf")
+        self._beat_failed = False
         self._empty_since: float | None = None
         self._subscribe()
 
@@ -313,6 +317,7 @@ class KafkaIngester:
                         what,
                         exc,
                     )
+                self._beat()  # waiting on purpose is alive
                 self.stop.wait(delay)  # a stop request ends the wait early; the caller decides
                 delay = min(longest, delay * 2)
         finally:
@@ -323,6 +328,21 @@ class KafkaIngester:
                     attempts,
                     time.monotonic() - since,
                 )
+
+    def _beat(self) -> None:
+        """Touch `lake.ingest_heartbeat_file` (at most every HEARTBEAT_S) for a liveness probe."""
+        path = self.cfg.lake.ingest_heartbeat_file
+        now = time.monotonic()
+        if not path or now - self._beat_at < HEARTBEAT_S:
+            return
+        self._beat_at = now
+        try:
+            with open(path, "a"):
+                os.utime(path)
+        except OSError as exc:
+            if not self._beat_failed:  # once, not every few seconds
+                log.warning("ingest: cannot touch heartbeat file %s: %s", path, exc.strerror)
+            self._beat_failed = True
 
     def _commit(self, offsets: dict[Any, Any]) -> None:
         """Commit offsets, retrying retriable failures (broker or coordinator away) until they work.
@@ -474,6 +494,7 @@ class KafkaIngester:
             while not self.stop.is_set():
                 room = max(1, lake_cfg.batch_max_messages - len(self.pending))
                 polled = self.consumer.poll(timeout_ms=500, max_records=room)
+                self._beat()
                 self._watch_assignment()
                 if self.resync:
                     self._rewind()
@@ -535,6 +556,9 @@ def run_ingest(cfg: Config, idle_exit_s: float | None = None) -> IngestStats:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Samples, DLQ and control topics with the configured partitions and replication, before
+    # the first subscribe (which would otherwise auto-create the samples topic with defaults).
+    ensure_topics_or_warn(cfg.kafka)
     ing = KafkaIngester(cfg, stop=stop)
     log.info("ingest: topic %s group %s -> lake %s", cfg.kafka.topic, cfg.kafka.group_id, cfg.lake.path)
     stats = ing.run(idle_exit_s=idle_exit_s)

@@ -12,6 +12,9 @@ Jobs (schedules in config ``[jobs]``, UTC):
   closing a month already closed with the same inputs changes nothing; a CloseError (e.g. the month
   was closed with other inputs) is logged and counted, never a crash. At start, a close missed while
   the runner was down (previous month open, close time passed) runs at once.
+- ``janitor`` (hourly): removes ``*.tmp`` files and row files of batches that never committed (no
+  tick file) older than ``lake.janitor_min_age_hours`` (``warehouse.janitor``); the run's log row
+  says how many of each went.
 
 Every job runs with coalesce (missed runs collapse into one), a misfire grace time, at most one
 instance in this process (APScheduler's max_instances=1) and at most one in the whole installation
@@ -144,7 +147,7 @@ class JobMetrics:
 
 
 class JobRunner:
-    """The four jobs over one lake, their locks, log and metrics; scheduling is separate."""
+    """The jobs over one lake, their locks, log and metrics; scheduling is separate."""
 
     def __init__(
         self,
@@ -188,6 +191,7 @@ class JobRunner:
             "accrual": self.accrual,
             "close": self.close,
             "enforcer": self.enforcer,
+            "janitor": self.janitor,
         }
         self._enforcer: Any = None
 
@@ -272,6 +276,12 @@ class JobRunner:
         if self._enforcer is None:
             self._enforcer = Enforcer(self.cfg, kafka_sender(self.cfg))
         return self._enforcer.cycle(now)
+
+    def janitor(self, now: datetime) -> dict[str, Any]:
+        from warehouse.janitor import sweep
+
+        res = sweep(self.lake.root, self.cfg.lake.janitor_min_age_hours * 3600.0, now=now.timestamp())
+        return res.as_detail()
 
     def close_due(self, now: datetime) -> bool:
         """The previous month has data, is open, and this month's close time has passed (a missed close)."""
@@ -425,6 +435,7 @@ def build_scheduler(runner: JobRunner, jobs: list[str] | None = None, blocking: 
         "accrual": (CronTrigger(hour=ah, minute=am, timezone=UTC), None),
         "close": (CronTrigger(day=jc.close_day, hour=ch, minute=cm, timezone=UTC), None),
         "enforcer": (IntervalTrigger(seconds=runner.cfg.enforcer.interval_s, timezone=UTC), now),
+        "janitor": (IntervalTrigger(minutes=jc.janitor_minutes, timezone=UTC), None),
     }
     selected = [j for j in (jobs or jc.enabled) if j in triggers]
     for job in selected:

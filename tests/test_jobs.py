@@ -221,7 +221,7 @@ def test_cli_jobs_once(
     assert main(["jobs", "--lake", str(lake), "--once", "--only", "rollups,bogus"]) == 2
     assert capsys.readouterr().err.strip() == (
         "gpuledger jobs: --only 'rollups,bogus': unknown job(s) ['bogus']: expected among rollups, alerts, "
-        "accrual, close, enforcer"
+        "accrual, close, enforcer, janitor"
     )
 
 

@@ -24,10 +24,10 @@ from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
 from warehouse.rollups import ROLLUP_VERSION, TABLES, Rollups, RollupStats
 from warehouse.rules import WORKLOAD_SQL, follows_sql, price_join, tenant_sql
+from warehouse.sql import dicts as _dicts
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet
 from warehouse.sql import ts_lit as _ts
-from warehouse.views import _dicts
 
 DERIVED = "_derived"  # under rollups/: tables computed from the rollups, keyed by their inputs
 
@@ -297,6 +297,29 @@ class Accounting:
             FROM ({m}) m LEFT JOIN ({idle}) i ON {on}
             ORDER BY {", ".join("m." + n for n in names)}"""
         return _dicts(self.sql(q))
+
+    def summary(self) -> dict[str, Any]:
+        """Fleet totals of the whole lake (the demo's closing lines): the same measures as the
+        dashboards and the ledger, from the rollups."""
+        self.refresh()
+        (counts,) = _dicts(
+            self.sql("""
+                SELECT (SELECT coalesce(sum(ticks), 0) FROM r_node_ticks) AS ticks,
+                       (SELECT count(DISTINCT node) FROM r_node_ticks) AS nodes,
+                       (SELECT count(DISTINCT gpu_uuid) FROM gpu_hourly) AS gpus,
+                       (SELECT count(DISTINCT slice_id) FROM slice_hourly) AS slices,
+                       (SELECT count(DISTINCT tenant) FROM slice_hourly) AS tenants""")
+        )
+        (m,) = self.measures([], grain=None)
+        keys = ("capacity_gpu_h", "reserved_gpu_h", "used_gpu_h", "unallocated_gpu_h", "idle_gpu_h")
+        totals = {k: float(m[k] or 0) for k in keys}
+        cap = totals["capacity_gpu_h"]
+        return {
+            **{k: int(v) for k, v in counts.items()},
+            **totals,
+            "utilization": totals["used_gpu_h"] / cap if cap else None,
+            "allocation_rate": totals["reserved_gpu_h"] / cap if cap else None,
+        }
 
     # -- idle periods ----------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
 
 
 def lit(text: object) -> str:
@@ -23,3 +26,9 @@ def ts_lit(value: datetime | date) -> str:
 def read_parquet(files: Iterable[str]) -> str:
     """`read_parquet([...])` over an explicit file list."""
     return "read_parquet([" + ", ".join(lit(f) for f in files) + "])"
+
+
+def dicts(rel: duckdb.DuckDBPyRelation) -> list[dict[str, Any]]:
+    """A relation's rows as dicts by column name."""
+    cols = rel.columns
+    return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
