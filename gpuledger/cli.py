@@ -188,7 +188,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gpuledger.bus import MemoryBus
     from pipeline.ingest import KafkaIngester, MemoryIngester
     from warehouse.lake import Lake
-    from warehouse.views import Warehouse
 
     cfg = _load(args)
     # Arguments checked before touching the lake: a typo must not wipe the last demo.
@@ -260,13 +259,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         ingester.drain()
         stats = ingester.stats
-    rules = cfg.tenants.rules or fleet.tenant_rules()
-    wh = Warehouse(lake, rules, cfg.tenants.default)
-    _print_summary(wh.summary(), produced, stats.rejected)
-    wh.close()
-    cfg.tenants.rules = rules
+    cfg.tenants.rules = cfg.tenants.rules or fleet.tenant_rules()
     if not cfg.pricing.book:  # the demo fleet's models get embedded prices, so costs show
         cfg.pricing.book = _demo_price_book()
+    # The summary from the same rollups and measures as the dashboards and the ledger.
+    acct = _settings(cfg).accounting(lake_path)
+    try:
+        acct.update()
+        _print_summary(acct.summary(), produced, stats.rejected)
+    finally:
+        acct.close()
     if not args.kafka:  # no consumer group to measure the lag of
         cfg.alerts.rules = [r for r in cfg.alerts.rules if r != "ingest_lag"]
     end = start + timedelta(seconds=n_ticks * interval)
@@ -274,7 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # Users and a config beside the lake: report, close, jobs and dashboard then run there on
     # the demo's data with the demo's prices, rules and logins (nothing of it lives only in memory).
     if cfg.dashboard.auth == "password" and _is_demo_users(cfg, lake_path):
-        cfg.dashboard.users_file = str(_demo_users(lake_path, sorted({r["tenant"] for r in rules})))
+        tenants = sorted({r["tenant"] for r in cfg.tenants.rules})
+        cfg.dashboard.users_file = str(_demo_users(lake_path, tenants))
     _write_demo_config(cfg, lake_path, kafka=bool(args.kafka))
 
     if args.no_serve:

@@ -396,7 +396,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("enforcer", "mode"): (lambda v: v in ENFORCER_MODES, "one of off, recommend, grow-only, enforce"),
     ("enforcer", "pools"): (
         lambda v: all(isinstance(x, str) and x in ENFORCER_MODES for x in v.values()),
-        "a table of \"cluster/GPU model\" to one of off, recommend, grow-only, enforce",
+        'a table of "cluster/GPU model" to one of off, recommend, grow-only, enforce',
     ),
     ("enforcer", "tenants"): (
         lambda v: all(isinstance(x, str) and x in ENFORCER_MODES for x in v.values()),

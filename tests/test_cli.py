@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from warehouse.views import Warehouse
+from lake_views import LakeViews as Warehouse
 
 SUMMARY_KEYS = (
     "ticks produced",

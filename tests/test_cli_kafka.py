@@ -11,10 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from lake_views import LakeViews as Warehouse
 from test_cli import gpuledger, summary
 from test_ingest_kafka import env_for, lake_ids
-
-from warehouse.views import Warehouse
 
 pytestmark = pytest.mark.kafka
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from lake_views import LakeViews as Warehouse
 
 from collector.fleet import SimulatedFleet
 from dashboards.app import create_app
@@ -24,7 +25,6 @@ from gpuledger.config import load_config
 from pipeline.ingest import MemoryIngester
 from warehouse.accounting import Accounting
 from warehouse.lake import Lake
-from warehouse.views import Warehouse
 
 START = datetime(2026, 11, 1, 9, 40, tzinfo=UTC)
 PASSWORD = "app-test-password"

@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from lake_views import LakeViews as Warehouse
 
 from collector.fleet import SimulatedFleet
 from gpuledger.config import load_config
 from pipeline.ingest import KafkaIngester
-from warehouse.views import Warehouse
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]

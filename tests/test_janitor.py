@@ -129,7 +129,14 @@ def test_janitor_is_enabled_by_default_and_its_settings_are_checked(tmp_path: Pa
     cfg.lake.path = str(tmp_path)
     cfg.alerts.rules = ["idle_slice"]
     sched = build_scheduler(JobRunner(cfg, clock=lambda: NOW))
-    assert sorted(j.id for j in sched.get_jobs()) == ["accrual", "alerts", "close", "enforcer", "janitor", "rollups"]
+    assert sorted(j.id for j in sched.get_jobs()) == [
+        "accrual",
+        "alerts",
+        "close",
+        "enforcer",
+        "janitor",
+        "rollups",
+    ]
     for env, expected in [
         ({"GPULEDGER_LAKE_JANITOR_MIN_AGE_HOURS": "0.5"}, "expected a number of hours >= 1"),
         ({"GPULEDGER_JOBS_JANITOR_MINUTES": "0"}, "expected a number of minutes from 1 to 10080"),

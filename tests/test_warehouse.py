@@ -1,7 +1,9 @@
-"""Warehouse views over a real lake: shares, reserved/used/unallocated, hours, dedup, tenants.
+"""The real money path over a real lake: shares, reserved/used/unallocated, hours, dedup, tenants.
 
-Every expected number is worked out by hand from DESIGN §6 in the comments next to it, so the
-views are checked against the contract rather than against their own SQL.
+Per slice tick through the staging layer (warehouse/staging.py `slice_ticks_sql`, every rule from
+warehouse/rules.py), per GPU and hour through the rollups and `Accounting` (what the dashboards,
+reports and the ledger read). Every expected number is worked out by hand from DESIGN §6 in the
+comments next to it, so the path is checked against the contract rather than against its own SQL.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
+from lake_views import LakeViews as Warehouse
 from messages import G0, G1, valid_message, whole_slice
 
 from gpuledger.decode import decode_batch
 from warehouse.lake import Lake, new_batch_id
-from warehouse.views import Warehouse, tenant_sql
+from warehouse.rules import HOUR_NO_SQL, tenant_sql
 
 MAX = 1 << 20
 H100_MIB = 81559  # mem_total_mib of G1 in tests/messages.py
@@ -220,14 +223,15 @@ def test_overcommitted_hami_gpu_is_scaled_to_capacity(lake: Lake) -> None:
     assert a["reserved_s"] == approx(30 / 7)
     assert b["reserved_s"] == approx(40 / 7)
     assert a["reserved_s"] + b["reserved_s"] == approx(10.0)
-    # used is not scaled: 0.30·10 = 3.0 and 0.10·10 = 1.0
+    # busy adds up to 0.4 ≤ 1: used is each slice's own, 0.30·10 = 3.0 and 0.10·10 = 1.0
     assert a["used_s"] == approx(3.0)
     assert b["used_s"] == approx(1.0)
     g = by(rows(wh, "SELECT * FROM gpu_acct"), "uuid")
-    # the GPU never reserves more than its capacity: 10, unallocated max(0, 1 − 1.4)·10 = 0
+    # the GPU never reserves more than its capacity: 10, unallocated max(0, 1 − 1.4)·10 = 0 (each
+    # slice's seconds are floored to the nanosecond, so at most a nanosecond each stays unreserved)
     assert g[G1]["sum_share"] == approx(1.4)
-    assert g[G1]["reserved_s"] == approx(10.0)
-    assert g[G1]["unallocated_s"] == 0.0
+    assert 10.0 - 2e-9 <= g[G1]["reserved_s"] <= 10.0
+    assert 0.0 <= g[G1]["unallocated_s"] <= 2e-9
     assert g[G1]["used_s"] == approx(4.0)
     # G0 has no slice in this message: capacity 10, reserved 0, unallocated 10, used 0
     assert g[G0]["n_slices"] == 0
@@ -237,12 +241,29 @@ def test_overcommitted_hami_gpu_is_scaled_to_capacity(lake: Lake) -> None:
     assert g[G0]["used_s"] == 0.0
 
 
+def test_busy_past_the_whole_gpu_is_scaled_like_reserved(lake: Lake) -> None:
+    """Over-committed in busy time too: 80 % + 70 % of one GPU is 1.5 GPUs of work, which the GPU
+    cannot have done; used = Δ·busy / Σ busy, as everywhere (staging, rollups, alerts, exporter)."""
+    write(lake, [msg(slices=[vgpu("a", 1024, 60, util=80.0), vgpu("b", 1024, 60, util=70.0)])], batch=1)
+    wh = Warehouse(lake)
+    s = by(rows(wh, "SELECT * FROM slice_acct"), "slice_id")
+    assert s[f"{G1}:hami:a"]["used_s"] == approx(10 * 0.8 / 1.5)  # 5.333..
+    assert s[f"{G1}:hami:b"]["used_s"] == approx(10 * 0.7 / 1.5)  # 4.666..
+    (g,) = rows(wh, f"SELECT * FROM gpu_acct WHERE uuid = '{G1}'")
+    assert 10.0 - 2e-9 <= g["used_s"] <= 10.0  # never more than the GPU's time
+    # the summary, the dashboards and the ledger read the same rollups
+    assert wh.summary()["used_gpu_h"] == approx(g["used_s"] / 3600)
+
+
 def test_null_util_gives_no_used(lake: Lake) -> None:
     slices = [vgpu("quiet", 20480, 30, util=None), vgpu("busy", 20480, 10, util=25.0)]
     write(lake, [msg(slices=slices)], batch=1)
     wh = Warehouse(lake)
     s = by(rows(wh, "SELECT * FROM slice_acct"), "slice_id")
-    assert s[f"{G1}:hami:quiet"]["used_s"] is None
+    # unknown utilisation: no busy fraction, 0 used (never billed as use), never idle
+    assert s[f"{G1}:hami:quiet"]["used_frac"] is None
+    assert s[f"{G1}:hami:quiet"]["used_s"] == 0.0
+    assert s[f"{G1}:hami:quiet"]["idle"] is False
     # reserved still counts: 10·0.30 = 3.0 (20480/81559 = 0.2511 < 0.30)
     assert s[f"{G1}:hami:quiet"]["reserved_s"] == approx(3.0)
     # busy: 0.25·10 = 2.5; the GPU's used is just that
@@ -297,8 +318,9 @@ def test_fleet_hourly_assigns_ticks_by_their_interval(lake: Lake) -> None:
     assert r["utilization"] == approx(0.32)
     assert r["allocation_rate"] == approx(0.55)
 
-    # gpu_acct.hour says the same per tick
-    got = {(r["seq"], r["hour"].astimezone(UTC)) for r in rows(wh, "SELECT DISTINCT seq, hour FROM gpu_acct")}
+    # each tick's hour by the one rule (its midpoint)
+    q = f"SELECT DISTINCT seq, to_timestamp(({HOUR_NO_SQL}) * 3600) AS hour FROM tick"
+    got = {(r["seq"], r["hour"].astimezone(UTC)) for r in rows(wh, q)}
     assert got == {(0, h10), (1, h10), (2, h11)}
 
 
@@ -326,7 +348,7 @@ def _counts(wh: Warehouse) -> tuple[int, int, int, int, int]:
         one(wh, "SELECT count(*) FROM gpu_sample"),
         one(wh, "SELECT count(*) FROM slice_sample"),
         one(wh, "SELECT count(*) FROM process_sample"),
-        one(wh, "SELECT count(*) FROM gpu_acct"),
+        one(wh, "SELECT coalesce(sum(n_slices), 0) FROM gpu_acct"),  # slice ticks the rollups counted
     )
 
 
@@ -336,7 +358,7 @@ def test_same_ticks_in_two_batches_count_once(lake: Lake) -> None:
     once = Warehouse(lake)
     counts, summary = _counts(once), once.summary()
     # 2 ticks · (2 GPUs, 3 slices, 2 processes)
-    assert counts == (2, 4, 6, 4, 4)
+    assert counts == (2, 4, 6, 4, 6)
     write(lake, msgs, batch=2)  # the whole batch delivered again
     wh = Warehouse(lake)
     assert one(wh, "SELECT count(*) FROM raw_slice") == 12
@@ -346,7 +368,7 @@ def test_same_ticks_in_two_batches_count_once(lake: Lake) -> None:
     assert {r[0] for r in wh.sql("SELECT DISTINCT batch FROM slice_acct").fetchall()} == {1}
     # a redelivery that overlaps: seq 1 again plus a new seq 2 → 3 ticks, each once
     write(lake, [msgs[1], msg(2, "2026-11-27T10:00:30Z")], batch=3)
-    assert _counts(wh) == (3, 6, 9, 6, 6)
+    assert _counts(wh) == (3, 6, 9, 6, 9)
     assert wh.summary()["ticks"] == 3
     assert wh.summary()["reserved_gpu_h"] == approx(3 * 10.5 / 3600)
 
@@ -357,7 +379,7 @@ def test_same_ticks_with_ingest_batch_ids_count_once(lake: Lake) -> None:
     ingest_write(lake, msgs)
     wh = Warehouse(lake)
     assert one(wh, "SELECT count(DISTINCT batch) FROM raw_tick") == 2
-    assert _counts(wh) == (3, 6, 9, 6, 6)
+    assert _counts(wh) == (3, 6, 9, 6, 9)
     s = wh.summary()
     assert s["ticks"] == 3
     assert s["capacity_gpu_h"] == approx(60 / 3600)
@@ -367,7 +389,7 @@ def test_tick_repeated_within_one_batch_counts_once(lake: Lake) -> None:
     # e.g. a spool replay of a send that had in fact landed: decode_batch keeps the first copy
     write(lake, [msg(0), msg(0)], batch=1)
     wh = Warehouse(lake)
-    assert _counts(wh) == (1, 2, 3, 2, 2)
+    assert _counts(wh) == (1, 2, 3, 2, 3)
     # capacity 2 GPUs · 10 s; reserved 5 + 5.5 = 10.5 s (doubled rows would give Σ 1.1 on G1 and 40 s)
     assert wh.summary()["capacity_gpu_h"] == approx(20 / 3600)
     assert wh.summary()["reserved_gpu_h"] == approx(10.5 / 3600)
@@ -391,12 +413,12 @@ def test_batch_without_tick_file_is_ignored(lake: Lake) -> None:
     assert wh.summary()["ticks"] == 0
     # the re-delivered messages land in batch 2: counted once, from batch 2 only
     write(lake, msgs, batch=2)
-    assert _counts(wh) == (2, 4, 6, 4, 4)
+    assert _counts(wh) == (2, 4, 6, 4, 6)
     assert {r[0] for r in wh.sql("SELECT DISTINCT batch FROM slice_sample").fetchall()} == {2}
     # a later crashed batch repeating committed ticks adds nothing either
     write(lake, msgs, batch=3)
     _drop_tick_files(lake, 3)
-    assert _counts(wh) == (2, 4, 6, 4, 4)
+    assert _counts(wh) == (2, 4, 6, 4, 6)
     assert wh.summary()["reserved_gpu_h"] == approx(2 * 10.5 / 3600)
 
 
@@ -408,7 +430,7 @@ def test_ticks_spanning_two_dates_in_one_batch(lake: Lake) -> None:
         "date=2026-11-27",
         "date=2026-11-28",
     ]
-    assert _counts(wh) == (2, 4, 6, 4, 4)
+    assert _counts(wh) == (2, 4, 6, 4, 6)
 
 
 # -- tenants ------------------------------------------------------------------------------------------
@@ -506,7 +528,7 @@ def test_empty_lake_has_zero_rows(tmp_path: Path) -> None:
     assert wh.fleet_hourly() == []
     s = wh.summary()
     assert (s["ticks"], s["nodes"], s["gpus"], s["slices"], s["tenants"]) == (0, 0, 0, 0, 0)
-    assert s["capacity_gpu_h"] is None
+    assert s["capacity_gpu_h"] == 0.0
     assert s["utilization"] is None
 
 

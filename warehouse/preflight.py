@@ -13,10 +13,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from warehouse.lake import Lake
 from warehouse.pricing import days, month_bounds
 from warehouse.rollups import Rollups
-from warehouse.sql import lit
+from warehouse.sql import read_parquet
 
 
 def sample_dates(lake: str | Path) -> list[str]:
@@ -41,18 +43,13 @@ def holdings(lake: str | Path) -> str:
 
 def models_in(lake: str | Path, dates: Sequence[str] | None = None) -> list[str]:
     """GPU models with samples in the lake (on `dates`, when given), sorted."""
-    from warehouse.views import Warehouse
+    from warehouse.staging import committed_files
 
-    wh = Warehouse(lake)
-    try:
-        where = ""
-        if dates is not None:
-            if not dates:
-                return []
-            where = "WHERE date IN (" + ", ".join(f"DATE {lit(d)}" for d in dates) + ")"
-        rows = wh.sql(f"SELECT DISTINCT model FROM raw_gpu {where} ORDER BY 1").fetchall()
-    finally:
-        wh.close()
+    wanted = sample_dates(lake) if dates is None else list(dates)
+    files = committed_files(Lake(lake), "gpu", wanted)
+    if not files:
+        return []
+    rows = duckdb.sql(f"SELECT DISTINCT model FROM {read_parquet(files)} ORDER BY 1").fetchall()
     return [r[0] for r in rows if r[0] is not None]
 
 

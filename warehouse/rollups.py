@@ -186,9 +186,9 @@ class Rollups:
 
     def _build(self, con: duckdb.DuckDBPyConnection, date: str) -> int:
         signature = self._signature(date)
-        tick_files = self._files("tick", date)
-        if not tick_files:
-            raise FileNotFoundError(f"no tick files for date {date} under {self.lake.table_dir('tick')}")
+        # A date whose batches all crashed before their commit record has no committed tick: its
+        # rollups are empty (the re-delivered messages land in a new batch later).
+        tick_files = self._files("tick", date) or [self._empty("tick")]
         tables = self._compute(
             con, tick_files, self._files("slice", date), self._files("gpu", date), checks_for=date
         )
