@@ -641,6 +641,7 @@ class DashboardData:
                 SELECT date_trunc('{grain}', g.hour) AS period, g.cluster, g.node, g.gpu_uuid,
                        any_value(g.model), min(g.gpu_index),
                        sum({used}) / nullif(sum(g.capacity_s), 0),
+                       sum({used}), sum(g.capacity_s),
                        max(g.mem_total_mib), max(g.mem_max),
                        sum(g.mem_sum) / nullif(sum(g.mem_ticks), 0),
                        sum(g.power_sum) / nullif(sum(g.power_ticks), 0),
@@ -658,6 +659,8 @@ class DashboardData:
                 "model": m,
                 "index": i,
                 "util": _f(u),
+                "used_s": _f(us),
+                "capacity_s": _f(cs),
                 "mem_total_mib": _f(mt),
                 "mem_max_mib": _f(mm),
                 "mem_avg_mib": _f(ma),
@@ -665,7 +668,7 @@ class DashboardData:
                 "temp_max_c": _f(tx),
                 "temp_avg_c": _f(ta),
             }
-            for p, c, n, g, m, i, u, mt, mm, ma, pw, tx, ta in rows
+            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta in rows
         ]
         return {"start": start, "end": end, "grain": grain, "points": points}
 

@@ -796,35 +796,49 @@ def gpu_line_chart(
     }
 
 
+TIMELINE_GPU_ROWS = 40  # more GPUs than this: the time heatmap has one row per node
+
+
 def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
-    """GPU x time heatmap of utilization (every GPU labelled, time on the x axis); a period with
-    no data for a GPU is empty, not 0."""
-    labels = [g["label"] for g in gpus]
+    """Utilization over time: a row per GPU (a row per node, used / capacity of its GPUs, when
+    there are more than TIMELINE_GPU_ROWS GPUs), time on the x axis, every row labelled; a period
+    with no data is empty, not 0."""
+    per_node = len(gpus) > TIMELINE_GPU_ROWS
+    rows: dict[str, dict[str, Any]] = {}
+    for g in gpus:
+        key = f"{g['cluster']}/{g['node']}" if per_node else g["label"]
+        r = rows.setdefault(key, {"uuid": None if per_node else g["uuid"], "used": {}, "cap": {}})
+        for per, pt in g["at"].items():
+            if pt.get("capacity_s"):
+                r["used"][per] = r["used"].get(per, 0.0) + (pt.get("used_s") or 0.0)
+                r["cap"][per] = r["cap"].get(per, 0.0) + pt["capacity_s"]
+    periods = gpus[0]["periods"] if gpus else []
+    labels = list(rows)
     z = [
         [
-            None if (pt := g["at"].get(per)) is None or pt["util"] is None else round(100 * pt["util"], 2)
-            for per in g["periods"]
+            round(100 * rows[k]["used"][per] / rows[k]["cap"][per], 2) if rows[k]["cap"].get(per) else None
+            for per in periods
         ]
-        for g in gpus
+        for k in labels
     ]
+    trace: dict[str, Any] = {
+        "type": "heatmap",
+        "z": z,
+        "x": x,
+        "y": labels,
+        "zmin": 0,
+        "zmax": 100,
+        "colorscale": "Viridis",
+        "hoverongaps": False,
+        "hovertemplate": "%{y}<br>%{x}<br>utilization %{z:.1f} %<extra></extra>",
+        "colorbar": {"title": {"text": "util %"}, "tick0": 0, "dtick": 20},
+    }
+    if not per_node:
+        trace["customdata"] = [[rows[k]["uuid"]] * len(x) for k in labels]
     return {
-        "data": [
-            {
-                "type": "heatmap",
-                "z": z,
-                "x": x,
-                "y": labels,
-                "customdata": [[g["uuid"]] * len(x) for g in gpus],
-                "zmin": 0,
-                "zmax": 100,
-                "colorscale": "Viridis",
-                "hoverongaps": False,
-                "hovertemplate": "%{y}<br>%{x}<br>utilization %{z:.1f} %<extra></extra>",
-                "colorbar": {"title": {"text": "util %"}, "tick0": 0, "dtick": 20},
-            }
-        ],
+        "data": [trace],
         "layout": {
-            "title": {"text": "GPU utilization over time"},
+            "title": {"text": "Utilization over time" + (", by node" if per_node else ", by GPU")},
             "height": max(260, 120 + 18 * len(labels)),
             "xaxis": {"type": "date", "title": {"text": "UTC"}},
             "yaxis": {

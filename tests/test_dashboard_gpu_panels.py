@@ -179,7 +179,9 @@ def series(n_nodes: int, gpus_per_node: int, clusters: int = 1) -> dict[str, Any
                             "gpu": f"GPU-{c}-{n}-{i}",
                             "model": "M",
                             "index": i,
-                            "util": 0.5,
+                            "util": 0.25 * (i % 2),
+                            "used_s": 900.0 * (i % 2),
+                            "capacity_s": 3600.0,
                             "mem_total_mib": 40960.0,
                             "mem_max_mib": 2000.0,
                             "mem_avg_mib": 1000.0,
@@ -249,3 +251,20 @@ def test_overview_legend_groups_beyond_eight_traces() -> None:
         "model-0 idle GPU-h",
     ]
     assert "legendgroup" not in small["data"][0]
+
+
+def test_time_heatmap_has_a_row_per_node_beyond_forty_gpus() -> None:
+    small = figures([c.to_plotly_json() for c in pages.gpu_panels(series(2, 4))])["gpu-timeline"]
+    assert small["data"][0]["y"] == [f"c0/n0{n} GPU {i}" for n in range(2) for i in range(4)]
+    assert small["data"][0]["z"][:2] == [[0.0, 0.0, 0.0], [25.0, 25.0, 25.0]]
+    assert small["data"][0]["x"] == [
+        "2026-10-01T00:00:00+00:00",
+        "2026-10-01T01:00:00+00:00",
+        "2026-10-01T02:00:00+00:00",
+    ]
+    big = figures([c.to_plotly_json() for c in pages.gpu_panels(series(3, 16))])["gpu-timeline"]
+    hm = big["data"][0]
+    assert hm["y"] == ["c0/n00", "c0/n01", "c0/n02"] == big["layout"]["yaxis"]["tickvals"]
+    # per node: 8 of its 16 GPUs used 900 of 3,600 s: 7,200 / 57,600 = 12.5 %
+    assert hm["z"] == [[12.5, 12.5, 12.5]] * 3
+    assert "customdata" not in hm  # a node row is not one GPU: no click target
