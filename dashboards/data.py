@@ -646,7 +646,8 @@ class DashboardData:
                        sum(g.mem_sum) / nullif(sum(g.mem_ticks), 0),
                        sum(g.power_sum) / nullif(sum(g.power_ticks), 0),
                        max(g.temp_max),
-                       sum(g.temp_sum) / nullif(sum(g.temp_ticks), 0)
+                       sum(g.temp_sum) / nullif(sum(g.temp_ticks), 0),
+                       sum(g.power_sum), sum(g.power_ticks)
                 FROM g {held}
                 GROUP BY period, g.cluster, g.node, g.gpu_uuid
                 ORDER BY g.cluster, g.node, min(g.gpu_index), g.gpu_uuid, period""").fetchall()
@@ -667,8 +668,10 @@ class DashboardData:
                 "power_avg_w": _f(pw),
                 "temp_max_c": _f(tx),
                 "temp_avg_c": _f(ta),
+                "power_sum_w": _f(ps),
+                "power_ticks": int(pt or 0),
             }
-            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta in rows
+            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt in rows
         ]
         return {"start": start, "end": end, "grain": grain, "points": points}
 

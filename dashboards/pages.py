@@ -361,7 +361,7 @@ def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> 
     for r in rows:
         stacked[r["period"]] += float(r["idle_gpu_h"] or 0)
     idle_max = max(stacked.values(), default=0.0)
-    legend: dict[str, Any] = {"orientation": "h"}
+    legend: dict[str, Any] = {"orientation": "h", "y": -0.22, "yanchor": "top"}  # below the axis title
     if grouped:  # groups side by side, each a column: readable with many values
         legend.update({"traceorder": "grouped", "groupclick": "togglegroup"})
     return {
@@ -789,6 +789,8 @@ def gpu_line_chart(
             "yaxis": {"title": {"text": unit}, **round_axis(axis_max)},
             "legend": {
                 "orientation": "h",
+                "y": -0.25,
+                "yanchor": "top",
                 "title": {"text": {"gpu": "", "node": "by node", "cluster": "by cluster"}[level]},
             },
             "margin": {"t": 50},
@@ -852,6 +854,75 @@ def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
     }
 
 
+def node_heatmap(
+    gpus: list[dict[str, Any]], x: list[str], cell: Any, title: str, unit: str, zmax: float | None, fid: str
+) -> dict[str, Any]:
+    """A metric per node (rows, every one labelled) over time, for fleets too large for a line per
+    GPU: `cell(points of the node's GPUs in one period)` gives the value or None (a gap)."""
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for g in gpus:
+        nodes.setdefault(f"{g['cluster']}/{g['node']}", []).append(g)
+    periods = gpus[0]["periods"] if gpus else []
+    labels = list(nodes)
+    z = []
+    for k in labels:
+        row = []
+        for per in periods:
+            pts = [p for g in nodes[k] if (p := g["at"].get(per)) is not None]
+            v = cell(pts) if pts else None
+            row.append(None if v is None else round(v, 1))
+        z.append(row)
+    top = round_axis(zmax)
+    return {
+        "data": [
+            {
+                "type": "heatmap",
+                "z": z,
+                "x": x,
+                "y": labels,
+                "zmin": 0,
+                **({"zmax": top["range"][1]} if "range" in top else {}),
+                "colorscale": "Viridis" if fid != "gpu-temp" else "YlOrRd",
+                "hoverongaps": False,
+                "hovertemplate": f"%{{y}}<br>%{{x}}<br>%{{z}} {unit}<extra></extra>",
+                "colorbar": {
+                    "title": {"text": unit},
+                    **({"tick0": 0, "dtick": top["dtick"]} if "dtick" in top else {}),
+                },
+            }
+        ],
+        "layout": {
+            "title": {"text": title},
+            "height": max(260, 120 + 18 * len(labels)),
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            "yaxis": {
+                "automargin": True,
+                "autorange": "reversed",
+                "tickmode": "array",
+                "tickvals": labels,
+                "ticktext": labels,
+            },
+        },
+    }
+
+
+def _mem_pct(pts: list[dict[str, Any]]) -> float | None:
+    known = [p for p in pts if p["mem_avg_mib"] is not None and p["mem_total_mib"]]
+    return (
+        100 * sum(p["mem_avg_mib"] for p in known) / sum(p["mem_total_mib"] for p in known) if known else None
+    )
+
+
+def _power_mean(pts: list[dict[str, Any]]) -> float | None:
+    ticks = sum(p.get("power_ticks") or 0 for p in pts)
+    return sum(p.get("power_sum_w") or 0 for p in pts) / ticks if ticks else None
+
+
+def _temp_peak(pts: list[dict[str, Any]]) -> float | None:
+    known = [p["temp_max_c"] for p in pts if p["temp_max_c"] is not None]
+    return max(known) if known else None
+
+
 def gpu_panels(s: dict[str, Any]) -> list[Any]:
     """The panels users of NVIDIA's dcgm-exporter Grafana dashboard look for: utilization over time,
     framebuffer memory used, power draw and temperature, per GPU, per hour (per day beyond 7 days)."""
@@ -863,9 +934,46 @@ def gpu_panels(s: dict[str, Any]) -> list[Any]:
     mem_top = max(totals) if totals else max((p["mem_max_mib"] or 0 for p in s["points"]), default=None)
     power = max((p["power_avg_w"] or 0 for p in s["points"]), default=None)
     temp = max((p["temp_max_c"] or 0 for p in s["points"]), default=None)
-    return [
+    head = [
         html.H4(f"GPU readings per {grain}, {when(s['start'])} to {when(s['end'])} UTC"),
         dcc.Graph(id="gpu-timeline", figure=gpu_timeline(gpus, x)),
+    ]
+    if len(gpus) > TIMELINE_GPU_ROWS:  # a line per GPU would be a tangle: a row per node
+        return [
+            *head,
+            dcc.Graph(
+                id="gpu-memory",
+                figure=node_heatmap(
+                    gpus,
+                    x,
+                    _mem_pct,
+                    f"Framebuffer memory used, % of the node's (mean per {grain})",
+                    "%",
+                    100,
+                    "gpu-memory",
+                ),
+            ),
+            dcc.Graph(
+                id="gpu-power",
+                figure=node_heatmap(
+                    gpus,
+                    x,
+                    _power_mean,
+                    f"Power draw per GPU, node mean (mean per {grain})",
+                    "W",
+                    power,
+                    "gpu-power",
+                ),
+            ),
+            dcc.Graph(
+                id="gpu-temp",
+                figure=node_heatmap(
+                    gpus, x, _temp_peak, f"Hottest GPU of the node (peak per {grain})", "°C", temp, "gpu-temp"
+                ),
+            ),
+        ]
+    return [
+        *head,
         dcc.Graph(
             id="gpu-memory",
             figure=gpu_line_chart(

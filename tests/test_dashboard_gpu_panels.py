@@ -186,6 +186,8 @@ def series(n_nodes: int, gpus_per_node: int, clusters: int = 1) -> dict[str, Any
                             "mem_max_mib": 2000.0,
                             "mem_avg_mib": 1000.0,
                             "power_avg_w": 250.0 + h,
+                            "power_sum_w": (250.0 + h) * 60,
+                            "power_ticks": 60,
                             "temp_max_c": 70.0,
                             "temp_avg_c": 60.0,
                         }
@@ -268,3 +270,18 @@ def test_time_heatmap_has_a_row_per_node_beyond_forty_gpus() -> None:
     # per node: 8 of its 16 GPUs used 900 of 3,600 s: 7,200 / 57,600 = 12.5 %
     assert hm["z"] == [[12.5, 12.5, 12.5]] * 3
     assert "customdata" not in hm  # a node row is not one GPU: no click target
+
+
+def test_beyond_forty_gpus_memory_power_and_temperature_are_rows_per_node() -> None:
+    figs = figures([c.to_plotly_json() for c in pages.gpu_panels(series(3, 16))])
+    for fid in ("gpu-memory", "gpu-power", "gpu-temp"):
+        assert figs[fid]["data"][0]["type"] == "heatmap"
+        assert figs[fid]["data"][0]["y"] == ["c0/n00", "c0/n01", "c0/n02"]
+        assert figs[fid]["layout"]["yaxis"]["tickvals"] == ["c0/n00", "c0/n01", "c0/n02"]
+    # 16 GPUs x mean 1,000 MiB of 16 x 40,960: 2.44 % -> 2.4
+    assert figs["gpu-memory"]["data"][0]["z"] == [[2.4, 2.4, 2.4]] * 3
+    # per-GPU mean power over the node's ticks: (250 + h) W in hour h
+    assert figs["gpu-power"]["data"][0]["z"] == [[250.0, 251.0, 252.0]] * 3
+    assert figs["gpu-temp"]["data"][0]["z"] == [[70.0, 70.0, 70.0]] * 3  # the hottest GPU's peak
+    assert figs["gpu-power"]["data"][0]["zmax"] == 300  # round: 252 W -> 0..300 by 100
+    assert figs["gpu-power"]["data"][0]["colorbar"]["dtick"] == 100
