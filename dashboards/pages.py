@@ -872,7 +872,7 @@ def node_heatmap(
             v = cell(pts) if pts else None
             row.append(None if v is None else round(v, 1))
         z.append(row)
-    top = round_axis(zmax)
+    top = {"range": [0, 100], "dtick": 20} if unit == "%" else round_axis(zmax)  # a share tops at 100 %
     return {
         "data": [
             {

@@ -264,8 +264,9 @@ def test_demo_idle_page_lists_idle_allocations_and_gpu_panels_draw(
         d.find_element(By.ID, "nav-gpus").click()
         for panel in ("gpu-timeline", "gpu-memory", "gpu-power", "gpu-temp"):
             wait_for(panel, lambda p=panel: d.find_elements(By.CSS_SELECTOR, f"#{p} .main-svg"))
-        assert d.find_elements(By.CSS_SELECTOR, "#gpu-timeline .heatmaplayer")
-        assert len(d.find_elements(By.CSS_SELECTOR, "#gpu-power .scatterlayer .trace")) > 0
+        # the demo's fleet has more than 40 GPUs: every panel is a node x time heatmap
+        for panel in ("gpu-timeline", "gpu-memory", "gpu-power", "gpu-temp"):
+            assert d.find_elements(By.CSS_SELECTOR, f"#{panel} .heatmaplayer"), panel
         d.save_screenshot(str(artifacts / "gpus-admin.png"))
 
         d.delete_all_cookies()

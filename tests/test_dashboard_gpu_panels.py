@@ -280,6 +280,10 @@ def test_beyond_forty_gpus_memory_power_and_temperature_are_rows_per_node() -> N
         assert figs[fid]["layout"]["yaxis"]["tickvals"] == ["c0/n00", "c0/n01", "c0/n02"]
     # 16 GPUs x mean 1,000 MiB of 16 x 40,960: 2.44 % -> 2.4
     assert figs["gpu-memory"]["data"][0]["z"] == [[2.4, 2.4, 2.4]] * 3
+    assert (figs["gpu-memory"]["data"][0]["zmax"], figs["gpu-memory"]["data"][0]["colorbar"]["dtick"]) == (
+        100,
+        20,
+    )
     # per-GPU mean power over the node's ticks: (250 + h) W in hour h
     assert figs["gpu-power"]["data"][0]["z"] == [[250.0, 251.0, 252.0]] * 3
     assert figs["gpu-temp"]["data"][0]["z"] == [[70.0, 70.0, 70.0]] * 3  # the hottest GPU's peak
