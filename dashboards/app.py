@@ -212,6 +212,12 @@ def create_app(cfg: Config, data: DashboardData | None = None) -> dash.Dash:
             return [html.P("No such GPU in your view for this time range.", id="gpu-missing")]
         return pages.gpu_detail(d)
 
+    @app.callback(Output("gpu-panels", "children"), *DATA_INPUTS)
+    def gpu_panels(_path: Any, search: str | None, _n: Any) -> list[Any]:
+        f = clean(Filters.from_search(search))  # a GPU outside the view is dropped, not shown
+        s = data.gpu_series(principal().allowed(f.tenants), f)
+        return [pages.no_data()] if s is None else pages.gpu_panels(s)
+
     @app.callback(Output("idle-table", "children"), *DATA_INPUTS)
     def idle(_path: Any, search: str | None, _n: Any) -> list[Any]:
         f = Filters.from_search(search)

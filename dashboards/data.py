@@ -378,6 +378,9 @@ class DashboardData:
     def gpu_heatmap(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
         return self.cached(("heatmap", allowed, f), lambda: self._gpu_heatmap(allowed, f))
 
+    def gpu_series(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        return self.cached(("gpu_series", allowed, f), lambda: self._gpu_series(allowed, f))
+
     def gpu_detail(self, allowed: Allowed, gpu: str, f: Filters) -> dict[str, Any] | None:
         return self.cached(("gpu", allowed, gpu, f), lambda: self._gpu_detail(allowed, gpu, f))
 
@@ -598,6 +601,79 @@ class DashboardData:
             for c, n, g, m, i, u, a in rows
         ]
         return {"start": start, "end": end, "cells": cells}
+
+    def _gpu_series(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:
+        """Per GPU and period (hour up to 7 days, else day): utilization and the dcgm-exporter
+        panels' readings, memory (max and mean MiB, total), power (mean W) and temperature (max and
+        mean C). Means are sums over counts of the known readings, both added over the two date
+        pieces an hour can have; a period without a known reading is None (a gap, never 0).
+        A viewer sees the GPU-hours its slices held, utilization being its slices' use."""
+        win = self.window(f)
+        if win is None:
+            return None
+        start, end = win
+        grain = "hour" if f.hours <= 7 * 24 else "day"
+        tcond = where(
+            f"hour >= {ts_lit(start)}",
+            f"hour < {ts_lit(end)}",
+            self.gpu_where(f),
+            f"gpu_uuid = {lit(f.gpu)}" if f.gpu else "",
+        )
+        if allowed is None:
+            held, used = "", "g.used_s"
+        else:
+            held = f"""JOIN (SELECT gpu_uuid, hour, sum(used_s) AS u FROM slice_hourly
+                         WHERE {where(tcond, in_list("tenant", allowed))} GROUP BY ALL) s
+                       USING (gpu_uuid, hour)"""
+            used = "s.u"
+        with self.acct() as acct:
+            rows = acct.sql(f"""
+                WITH g AS (
+                    SELECT gpu_uuid, hour, any_value(cluster) AS cluster, any_value(node) AS node,
+                           any_value(model) AS model, min(gpu_index) AS gpu_index,
+                           sum(capacity_s) AS capacity_s, sum(used_s) AS used_s,
+                           max(mem_total_mib) AS mem_total_mib, max(mem_used_mib_max) AS mem_max,
+                           sum(mem_used_mib_sum) AS mem_sum, sum(mem_ticks) AS mem_ticks,
+                           sum(power_w_sum) AS power_sum, sum(power_ticks) AS power_ticks,
+                           max(temp_c_max) AS temp_max, sum(temp_c_sum) AS temp_sum,
+                           sum(temp_ticks) AS temp_ticks
+                    FROM gpu_hourly WHERE {tcond} GROUP BY gpu_uuid, hour)
+                SELECT date_trunc('{grain}', g.hour) AS period, g.cluster, g.node, g.gpu_uuid,
+                       any_value(g.model), min(g.gpu_index),
+                       sum({used}) / nullif(sum(g.capacity_s), 0),
+                       sum({used}), sum(g.capacity_s),
+                       max(g.mem_total_mib), max(g.mem_max),
+                       sum(g.mem_sum) / nullif(sum(g.mem_ticks), 0),
+                       sum(g.power_sum) / nullif(sum(g.power_ticks), 0),
+                       max(g.temp_max),
+                       sum(g.temp_sum) / nullif(sum(g.temp_ticks), 0),
+                       sum(g.power_sum), sum(g.power_ticks)
+                FROM g {held}
+                GROUP BY period, g.cluster, g.node, g.gpu_uuid
+                ORDER BY g.cluster, g.node, min(g.gpu_index), g.gpu_uuid, period""").fetchall()
+        points = [
+            {
+                "period": p,
+                "cluster": c,
+                "node": n,
+                "gpu": g,
+                "model": m,
+                "index": i,
+                "util": _f(u),
+                "used_s": _f(us),
+                "capacity_s": _f(cs),
+                "mem_total_mib": _f(mt),
+                "mem_max_mib": _f(mm),
+                "mem_avg_mib": _f(ma),
+                "power_avg_w": _f(pw),
+                "temp_max_c": _f(tx),
+                "temp_avg_c": _f(ta),
+                "power_sum_w": _f(ps),
+                "power_ticks": int(pt or 0),
+            }
+            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt in rows
+        ]
+        return {"start": start, "end": end, "grain": grain, "points": points}
 
     def _gpu_detail(self, allowed: Allowed, gpu: str, f: Filters) -> dict[str, Any] | None:
         """Slices on one GPU in the window and the processes of its last hour; None if out of scope."""

@@ -6,6 +6,7 @@ and checked as JSON by the isolation tests.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
@@ -192,6 +193,7 @@ def skeleton(path: str) -> list[Any]:
         return [
             dcc.Graph(id="gpu-heatmap", figure={"data": [], "layout": {"height": 300}}),
             html.Div(id="gpu-detail"),
+            html.Div(id="gpu-panels"),
         ]
     if path == "/idle":
         return [html.Div(id="idle-table")]
@@ -200,6 +202,49 @@ def skeleton(path: str) -> list[Any]:
 
 def no_data() -> html.Div:
     return html.Div("No data yet: the lake has no rollups in this view.", className="no-data")
+
+
+# -- charts -----------------------------------------------------------------------------------------
+
+# plotly's default qualitative colours (D3 category10): one per legend group, so that a group's
+# lines and bars read as one thing
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
+MAX_LEGEND = 8  # more traces than this: the legend lists groups, not traces
+
+
+def nice_step(span: float, ticks: int = 5) -> float:
+    """A round tick step (1, 2 or 5 times a power of ten) giving about `ticks` ticks over `span`."""
+    if span <= 0:
+        return 1.0
+    raw = span / ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * mag >= raw - 1e-12 * mag:
+            return float(m * mag)
+    return float(10 * mag)  # pragma: no cover (the loop always returns)
+
+
+def round_axis(vmax: float | None, ticks: int = 5) -> dict[str, Any]:
+    """A y axis from 0 with ticks at round numbers, a little headroom above `vmax`."""
+    if vmax is None or vmax <= 0:
+        return {"rangemode": "tozero"}
+    step = nice_step(vmax, ticks)
+    top = math.ceil(vmax * 1.05 / step) * step
+    return {"range": [0, top], "tick0": 0, "dtick": step}
+
+
+PCT_AXIS = {"range": [0, 100], "tick0": 0, "dtick": 20, "ticksuffix": " %"}
 
 
 # -- overview ------------------------------------------------------------------------------------
@@ -234,72 +279,107 @@ def overview_cards(o: dict[str, Any]) -> list[Any]:
 
 
 def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> dict[str, Any]:
-    """Utilization and allocation (fleet) or efficiency (tenants), plus idle GPU-h, per `dim` value."""
+    """Utilization and allocation (fleet) or efficiency (tenants), plus idle GPU-h, per `dim` value.
+
+    One colour per value (its lines and its bars); with more than MAX_LEGEND traces the legend is
+    grouped by value (a title per value, short trace names, a click hides the whole value)."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[str(r[dim])].append(r)
     data: list[dict[str, Any]] = []
-    for key in sorted(by):
+    per_key = 3 if fleet else 2
+    grouped = len(by) * per_key > MAX_LEGEND
+    for n, key in enumerate(sorted(by)):
+        color = PALETTE[n % len(PALETTE)]
         pts = sorted(by[key], key=lambda r: r["period"])
         x = [r["period"].isoformat() for r in pts]
+
+        def trace(what: str, extra: dict[str, Any], key: str = key) -> dict[str, Any]:
+            t = {"name": what if grouped else f"{key} {what}", **extra}
+            if grouped:
+                t.update(
+                    {
+                        "legendgroup": key,
+                        "legendgrouptitle": {"text": key},
+                        "hovertemplate": f"{key} {what}: %{{y}}<extra></extra>",
+                    }
+                )
+            return t
+
         if fleet:
             data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"{key} utilization",
-                    "x": x,
-                    "y": [round(100 * float(r["utilization"] or 0), 2) for r in pts],
-                }
+                trace(
+                    "utilization",
+                    {
+                        "type": "scatter",
+                        "mode": "lines",
+                        "line": {"color": color},
+                        "x": x,
+                        "y": [round(100 * float(r["utilization"] or 0), 2) for r in pts],
+                    },
+                )
             )
             data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "line": {"dash": "dot"},
-                    "name": f"{key} allocated",
-                    "x": x,
-                    "y": [round(100 * float(r["allocation_rate"] or 0), 2) for r in pts],
-                }
+                trace(
+                    "allocated",
+                    {
+                        "type": "scatter",
+                        "mode": "lines",
+                        "line": {"dash": "dot", "color": color},
+                        "x": x,
+                        "y": [round(100 * float(r["allocation_rate"] or 0), 2) for r in pts],
+                    },
+                )
             )
         else:
             data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"{key} efficiency",
-                    "x": x,
-                    "y": [round(100 * float(r["efficiency"] or 0), 2) for r in pts],
-                }
+                trace(
+                    "efficiency",
+                    {
+                        "type": "scatter",
+                        "mode": "lines",
+                        "line": {"color": color},
+                        "x": x,
+                        "y": [round(100 * float(r["efficiency"] or 0), 2) for r in pts],
+                    },
+                )
             )
         data.append(
-            {
-                "type": "bar",
-                "name": f"{key} idle GPU-h",
-                "x": x,
-                "yaxis": "y2",
-                "opacity": 0.35,
-                "y": [round(float(r["idle_gpu_h"] or 0), 4) for r in pts],
-            }
+            trace(
+                "idle GPU-h",
+                {
+                    "type": "bar",
+                    "x": x,
+                    "yaxis": "y2",
+                    "opacity": 0.35,
+                    "marker": {"color": color},
+                    "y": [round(float(r["idle_gpu_h"] or 0), 4) for r in pts],
+                },
+            )
         )
+    stacked: dict[Any, float] = defaultdict(float)  # the bars stack: the axis must hold their sum
+    for r in rows:
+        stacked[r["period"]] += float(r["idle_gpu_h"] or 0)
+    idle_max = max(stacked.values(), default=0.0)
+    legend: dict[str, Any] = {"orientation": "h", "y": -0.22, "yanchor": "top"}  # below the axis title
+    if grouped:  # groups side by side, each a column: readable with many values
+        legend.update({"traceorder": "grouped", "groupclick": "togglegroup"})
     return {
         "data": data,
         "layout": {
             "title": {"text": title},
-            "yaxis": {"range": [0, 100], "ticksuffix": " %"},
+            "yaxis": dict(PCT_AXIS),
             "yaxis2": {
                 "overlaying": "y",
                 "side": "right",
                 "title": {"text": "idle GPU-h"},
-                "rangemode": "tozero",
-                "tickmode": "auto",  # its own round ticks, not the % axis's grid carried over
-                "nticks": 6,
+                **round_axis(idle_max, 5),  # its own round ticks, not the % axis's grid carried over
                 "showgrid": False,
             },
-            "xaxis": {"title": {"text": "UTC"}},
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
             "barmode": "stack",
-            "height": 420,
-            "legend": {"orientation": "h"},
+            "height": 420 + (20 * math.ceil(len(by) / 4) if grouped else 0),
+            "legend": legend,
         },
     }
 
@@ -593,6 +673,331 @@ def heatmap(h: dict[str, Any]) -> dict[str, Any]:
             "yaxis": {"automargin": True, "tickmode": "array", "tickvals": names, "ticktext": names},
         },
     }
+
+
+def gpu_label(cluster: str, node: str, index: Any, uuid: str) -> str:
+    return (
+        f"{cluster}/{node} GPU {index}"
+        if isinstance(index, int) and index >= 0
+        else f"{cluster}/{node} {uuid}"
+    )
+
+
+def _series_by_gpu(points: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The periods (x) and one entry per GPU (label, node, cluster, uuid, its points by period)."""
+    periods = sorted({p["period"] for p in points})
+    gpus: dict[str, dict[str, Any]] = {}
+    for p in points:
+        g = gpus.get(p["gpu"])
+        if g is None:
+            g = gpus[p["gpu"]] = {
+                "uuid": p["gpu"],
+                "cluster": p["cluster"],
+                "node": p["node"],
+                "model": p["model"],
+                "index": p["index"],
+                "at": {},
+            }
+        g["at"][p["period"]] = p
+    ordered = sorted(
+        gpus.values(),
+        key=lambda g: (
+            g["cluster"],
+            g["node"],
+            g["index"] if isinstance(g["index"], int) else 1 << 30,
+            g["uuid"],
+        ),
+    )
+    seen: dict[str, int] = defaultdict(int)
+    for g in ordered:
+        label = gpu_label(g["cluster"], g["node"], g["index"], g["uuid"])
+        seen[label] += 1
+        g["label"] = label if seen[label] == 1 else f"{label} ({g['uuid']})"
+    return [p.isoformat() for p in periods], [{**g, "periods": periods} for g in ordered]
+
+
+def _legend_level(gpus: list[dict[str, Any]]) -> str:
+    """'gpu' (one legend entry per GPU) up to MAX_LEGEND GPUs, else 'node', else 'cluster'."""
+    if len(gpus) <= MAX_LEGEND:
+        return "gpu"
+    if len({(g["cluster"], g["node"]) for g in gpus}) <= MAX_LEGEND:
+        return "node"
+    return "cluster"
+
+
+def gpu_line_chart(
+    gpus: list[dict[str, Any]],
+    x: list[str],
+    value: str,
+    title: str,
+    unit: str,
+    axis_max: float | None,
+    places: int = 1,
+    peak: str | None = None,
+) -> dict[str, Any]:
+    """One line per GPU of `value` per period; None (no known reading) is a gap in the line.
+
+    Up to MAX_LEGEND GPUs each has its legend entry; beyond that the lines are grouped by node (or
+    by cluster when there are more nodes than that): one legend entry and one colour per group, a
+    click hides the whole group, and the hover names the GPU."""
+    level = _legend_level(gpus)
+    groups: dict[str, int] = {}
+    data = []
+    for n, g in enumerate(gpus):
+        group = {"gpu": g["label"], "node": f"{g['cluster']}/{g['node']}", "cluster": g["cluster"]}[level]
+        first = group not in groups
+        if first:
+            groups[group] = len(groups)
+        color = PALETTE[(n if level == "gpu" else groups[group]) % len(PALETTE)]
+        y = []
+        for per in g["periods"]:
+            pt = g["at"].get(per)
+            v = None if pt is None else pt[value]
+            y.append(None if v is None else round(v, places))
+        t: dict[str, Any] = {
+            "type": "scatter",
+            "mode": "lines+markers" if len(x) <= 2 else "lines",
+            "name": group,
+            "legendgroup": group,
+            "showlegend": first,
+            "line": {"color": color},
+            "marker": {"color": color, "size": 5},
+            "connectgaps": False,
+            "x": x,
+            "y": y,
+            "customdata": [g["uuid"]] * len(x),
+            "hovertemplate": f"{g['label']} ({g['model']})<br>%{{x}}: %{{y}} {unit}<extra></extra>",
+        }
+        if peak is not None:
+            peaks = []
+            for per in g["periods"]:
+                pt = g["at"].get(per)
+                v = None if pt is None else pt[peak]
+                peaks.append("—" if v is None else f"{v:,.{places}f}")
+            t["text"] = peaks
+            t["hovertemplate"] = (
+                f"{g['label']} ({g['model']})<br>%{{x}}: mean %{{y}} {unit}, "
+                f"peak %{{text}} {unit}<extra></extra>"
+            )
+        data.append(t)
+    return {
+        "data": data,
+        "layout": {
+            "title": {"text": title},
+            "height": 320,
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            "yaxis": {"title": {"text": unit}, **round_axis(axis_max)},
+            "legend": {
+                "orientation": "h",
+                "y": -0.25,
+                "yanchor": "top",
+                "title": {"text": {"gpu": "", "node": "by node", "cluster": "by cluster"}[level]},
+            },
+            "margin": {"t": 50},
+        },
+    }
+
+
+TIMELINE_GPU_ROWS = 40  # more GPUs than this: the time heatmap has one row per node
+
+
+def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
+    """Utilization over time: a row per GPU (a row per node, used / capacity of its GPUs, when
+    there are more than TIMELINE_GPU_ROWS GPUs), time on the x axis, every row labelled; a period
+    with no data is empty, not 0."""
+    per_node = len(gpus) > TIMELINE_GPU_ROWS
+    rows: dict[str, dict[str, Any]] = {}
+    for g in gpus:
+        key = f"{g['cluster']}/{g['node']}" if per_node else g["label"]
+        r = rows.setdefault(key, {"uuid": None if per_node else g["uuid"], "used": {}, "cap": {}})
+        for per, pt in g["at"].items():
+            if pt.get("capacity_s"):
+                r["used"][per] = r["used"].get(per, 0.0) + (pt.get("used_s") or 0.0)
+                r["cap"][per] = r["cap"].get(per, 0.0) + pt["capacity_s"]
+    periods = gpus[0]["periods"] if gpus else []
+    labels = list(rows)
+    z = [
+        [
+            round(100 * rows[k]["used"][per] / rows[k]["cap"][per], 2) if rows[k]["cap"].get(per) else None
+            for per in periods
+        ]
+        for k in labels
+    ]
+    trace: dict[str, Any] = {
+        "type": "heatmap",
+        "z": z,
+        "x": x,
+        "y": labels,
+        "zmin": 0,
+        "zmax": 100,
+        "colorscale": "Viridis",
+        "hoverongaps": False,
+        "hovertemplate": "%{y}<br>%{x}<br>utilization %{z:.1f} %<extra></extra>",
+        "colorbar": {"title": {"text": "util %"}, "tick0": 0, "dtick": 20},
+    }
+    if not per_node:
+        trace["customdata"] = [[rows[k]["uuid"]] * len(x) for k in labels]
+    return {
+        "data": [trace],
+        "layout": {
+            "title": {"text": "Utilization over time" + (", by node" if per_node else ", by GPU")},
+            "height": max(260, 120 + 18 * len(labels)),
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            "yaxis": {
+                "automargin": True,
+                "autorange": "reversed",
+                "tickmode": "array",
+                "tickvals": labels,
+                "ticktext": labels,
+            },
+        },
+    }
+
+
+def node_heatmap(
+    gpus: list[dict[str, Any]], x: list[str], cell: Any, title: str, unit: str, zmax: float | None, fid: str
+) -> dict[str, Any]:
+    """A metric per node (rows, every one labelled) over time, for fleets too large for a line per
+    GPU: `cell(points of the node's GPUs in one period)` gives the value or None (a gap)."""
+    nodes: dict[str, list[dict[str, Any]]] = {}
+    for g in gpus:
+        nodes.setdefault(f"{g['cluster']}/{g['node']}", []).append(g)
+    periods = gpus[0]["periods"] if gpus else []
+    labels = list(nodes)
+    z = []
+    for k in labels:
+        row = []
+        for per in periods:
+            pts = [p for g in nodes[k] if (p := g["at"].get(per)) is not None]
+            v = cell(pts) if pts else None
+            row.append(None if v is None else round(v, 1))
+        z.append(row)
+    top = {"range": [0, 100], "dtick": 20} if unit == "%" else round_axis(zmax)  # a share tops at 100 %
+    return {
+        "data": [
+            {
+                "type": "heatmap",
+                "z": z,
+                "x": x,
+                "y": labels,
+                "zmin": 0,
+                **({"zmax": top["range"][1]} if "range" in top else {}),
+                "colorscale": "Viridis" if fid != "gpu-temp" else "YlOrRd",
+                "hoverongaps": False,
+                "hovertemplate": f"%{{y}}<br>%{{x}}<br>%{{z}} {unit}<extra></extra>",
+                "colorbar": {
+                    "title": {"text": unit},
+                    **({"tick0": 0, "dtick": top["dtick"]} if "dtick" in top else {}),
+                },
+            }
+        ],
+        "layout": {
+            "title": {"text": title},
+            "height": max(260, 120 + 18 * len(labels)),
+            "xaxis": {"type": "date", "title": {"text": "UTC"}},
+            "yaxis": {
+                "automargin": True,
+                "autorange": "reversed",
+                "tickmode": "array",
+                "tickvals": labels,
+                "ticktext": labels,
+            },
+        },
+    }
+
+
+def _mem_pct(pts: list[dict[str, Any]]) -> float | None:
+    known = [p for p in pts if p["mem_avg_mib"] is not None and p["mem_total_mib"]]
+    return (
+        100 * sum(p["mem_avg_mib"] for p in known) / sum(p["mem_total_mib"] for p in known) if known else None
+    )
+
+
+def _power_mean(pts: list[dict[str, Any]]) -> float | None:
+    ticks = sum(p.get("power_ticks") or 0 for p in pts)
+    return sum(p.get("power_sum_w") or 0 for p in pts) / ticks if ticks else None
+
+
+def _temp_peak(pts: list[dict[str, Any]]) -> float | None:
+    known = [p["temp_max_c"] for p in pts if p["temp_max_c"] is not None]
+    return max(known) if known else None
+
+
+def gpu_panels(s: dict[str, Any]) -> list[Any]:
+    """The panels users of NVIDIA's dcgm-exporter Grafana dashboard look for: utilization over time,
+    framebuffer memory used, power draw and temperature, per GPU, per hour (per day beyond 7 days)."""
+    x, gpus = _series_by_gpu(s["points"])
+    if not gpus:
+        return [html.P("No GPU readings in this view for this time range.", id="gpu-panels-empty")]
+    grain = s["grain"]
+    totals = [p["mem_total_mib"] for p in s["points"] if p["mem_total_mib"] is not None]
+    mem_top = max(totals) if totals else max((p["mem_max_mib"] or 0 for p in s["points"]), default=None)
+    power = max((p["power_avg_w"] or 0 for p in s["points"]), default=None)
+    temp = max((p["temp_max_c"] or 0 for p in s["points"]), default=None)
+    head = [
+        html.H4(f"GPU readings per {grain}, {when(s['start'])} to {when(s['end'])} UTC"),
+        dcc.Graph(id="gpu-timeline", figure=gpu_timeline(gpus, x)),
+    ]
+    if len(gpus) > TIMELINE_GPU_ROWS:  # a line per GPU would be a tangle: a row per node
+        return [
+            *head,
+            dcc.Graph(
+                id="gpu-memory",
+                figure=node_heatmap(
+                    gpus,
+                    x,
+                    _mem_pct,
+                    f"Framebuffer memory used, % of the node's (mean per {grain})",
+                    "%",
+                    100,
+                    "gpu-memory",
+                ),
+            ),
+            dcc.Graph(
+                id="gpu-power",
+                figure=node_heatmap(
+                    gpus,
+                    x,
+                    _power_mean,
+                    f"Power draw per GPU, node mean (mean per {grain})",
+                    "W",
+                    power,
+                    "gpu-power",
+                ),
+            ),
+            dcc.Graph(
+                id="gpu-temp",
+                figure=node_heatmap(
+                    gpus, x, _temp_peak, f"Hottest GPU of the node (peak per {grain})", "°C", temp, "gpu-temp"
+                ),
+            ),
+        ]
+    return [
+        *head,
+        dcc.Graph(
+            id="gpu-memory",
+            figure=gpu_line_chart(
+                gpus,
+                x,
+                "mem_avg_mib",
+                f"Framebuffer memory used (mean per {grain})",
+                "MiB",
+                mem_top,
+                0,
+                "mem_max_mib",
+            ),
+        ),
+        dcc.Graph(
+            id="gpu-power",
+            figure=gpu_line_chart(gpus, x, "power_avg_w", f"Power draw (mean per {grain})", "W", power, 1),
+        ),
+        dcc.Graph(
+            id="gpu-temp",
+            figure=gpu_line_chart(
+                gpus, x, "temp_avg_c", f"GPU temperature (mean per {grain})", "°C", temp, 1, "temp_max_c"
+            ),
+        ),
+    ]
 
 
 def gpu_detail(d: dict[str, Any]) -> list[Any]:

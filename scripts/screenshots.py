@@ -24,12 +24,14 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+# (file name, page, element that says the data is drawn, element to scroll to or None)
 PAGES = [
-    ("overview", "/", "overview-cards"),
-    ("tenants", "/tenants", "tenants"),
-    ("chargeback", "/chargeback", "charge-lines"),
-    ("gpus", "/gpus", "gpu-heatmap"),
-    ("idle", "/idle", "idle-now"),
+    ("overview", "/", "overview-cards", None),
+    ("tenants", "/tenants", "tenants", None),
+    ("chargeback", "/chargeback", "charge-lines", None),
+    ("gpus", "/gpus", "gpu-heatmap", None),
+    ("gpu-panels", "/gpus", "gpu-power", "gpu-panels"),
+    ("idle", "/idle", "idle-now", None),
 ]
 
 
@@ -111,9 +113,12 @@ def main() -> int:
             driver.find_element(By.NAME, "password").send_keys(password)
             driver.find_element(By.CSS_SELECTOR, "form").submit()
             time.sleep(1.0)
-            for name, path, ready in PAGES:
+            for name, path, ready, scroll in PAGES:
                 driver.get(base + path)
                 wait_id(driver, ready)
+                if scroll:  # the part of a long page below the first screen
+                    driver.execute_script("document.getElementById(arguments[0]).scrollIntoView()", scroll)
+                    time.sleep(1.0)
                 target = args.out / f"dashboard-{name}.png"
                 driver.save_screenshot(str(target))
                 print(target)

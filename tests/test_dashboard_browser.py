@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -205,3 +206,79 @@ def test_sign_in_pages_filters_shared_link_and_downloads(base_url: str, artifact
     assert sorted(p.name for p in artifacts.glob("[0-9][0-9]-*.png")) == [
         f"{i:02d}-{n}.png" for i, n in enumerate(shots)
     ]
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, datetime]]:
+    """A lake as the demo leaves it: its simulated fleet (one hour of 10 s ticks, ending two hours
+    ago) with its tenant rules and price book, rollups built, served with a viewer of one tenant."""
+    from collector.fleet import SimulatedFleet
+    from gpuledger.cli import _demo_price_book
+    from warehouse.accounting import Accounting
+    from warehouse.lake import Lake
+    from warehouse.pricing import PriceBook
+
+    root = tmp_path_factory.mktemp("demo-browser")
+    lake = root / "lake"
+    start = (datetime.now(UTC) - timedelta(hours=3)).replace(second=0, microsecond=0)
+    fleet = SimulatedFleet(seed=7, start=start, interval_s=10.0)
+    scenario.write(Lake(lake), [m for _ in range(360) for m in fleet.next_tick()])
+    rules, book = fleet.tenant_rules(), _demo_price_book()
+    acct = Accounting(lake, tenant_rules=rules, price_book=PriceBook(book))
+    acct.update()
+    idle = acct.idle_periods(start=start, end=start + timedelta(hours=2))
+    acct.close()
+    tenant = sorted(r["tenant"] for r in idle)[0]
+    users = root / "users.toml"
+    write_users(users, PASSWORD, {"root": None, "one": [tenant]})
+    with serve(create_app(app_config(lake, users, rules, book))) as port:
+        yield f"http://127.0.0.1:{port}", start + timedelta(seconds=3600)
+
+
+def idle_rows(d: webdriver.Chrome) -> list[list[str]]:
+    return [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in d.find_elements(By.CSS_SELECTOR, "#idle-now tbody tr")
+    ]
+
+
+def test_demo_idle_page_lists_idle_allocations_and_gpu_panels_draw(
+    demo_like: tuple[str, datetime], artifacts: Path
+) -> None:
+    url, last_tick = demo_like
+    d = browser(artifacts)
+    done = False
+    try:
+        d.get(url + "/idle")
+        sign_in(d, "root")
+        rows = wait_for("idle rows", lambda: idle_rows(d))
+        header = d.find_element(By.CSS_SELECTOR, "#idle-table h3").text
+        # the header's time is the fleet's last tick, not the end of its hour
+        assert f"data up to {last_tick:%Y-%m-%d %H:%M} UTC" in header
+        assert all(len(r) == 10 and r[9].startswith("USD ") for r in rows)
+        minutes = [int(r[7].replace(",", "")) for r in rows]
+        assert minutes == sorted(minutes, reverse=True) and minutes[-1] >= 30  # idle_min_minutes
+        tenants = {r[0] for r in rows}
+        d.save_screenshot(str(artifacts / "idle-admin.png"))
+
+        d.find_element(By.ID, "nav-gpus").click()
+        for panel in ("gpu-timeline", "gpu-memory", "gpu-power", "gpu-temp"):
+            wait_for(panel, lambda p=panel: d.find_elements(By.CSS_SELECTOR, f"#{p} .main-svg"))
+        # the demo's fleet has more than 40 GPUs: every panel is a node x time heatmap
+        for panel in ("gpu-timeline", "gpu-memory", "gpu-power", "gpu-temp"):
+            assert d.find_elements(By.CSS_SELECTOR, f"#{panel} .heatmaplayer"), panel
+        d.save_screenshot(str(artifacts / "gpus-admin.png"))
+
+        d.delete_all_cookies()
+        d.get(url + "/idle")
+        sign_in(d, "one")
+        mine = wait_for("viewer idle rows", lambda: idle_rows(d))
+        who = d.find_element(By.ID, "whoami").text
+        own = who.split(": ", 1)[1].rstrip(")")
+        assert {r[0] for r in mine} == {own} and own in tenants
+        assert len(mine) == sum(1 for r in rows if r[0] == own)
+        done = True
+    finally:
+        if not done:
+            d.save_screenshot(str(artifacts / "failure.png"))
+        d.quit()

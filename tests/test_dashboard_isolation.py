@@ -127,6 +127,7 @@ def test_every_callback_answers_a_viewer_with_its_own_tenant_only(served: int) -
                 "chargeback-body.children",
                 "gpu-heatmap.figure",
                 "gpu-detail.children",
+                "gpu-panels.children",
                 "idle-table.children",
             ]
         )

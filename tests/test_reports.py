@@ -579,3 +579,84 @@ def test_same_bytes_in_another_process(tmp_path: Path) -> None:
     assert out.stdout.strip() == hashlib.sha256(render_html(fleet_report()).encode()).hexdigest()
     render_pdf(fleet_report(), tmp_path / "here.pdf")
     assert (tmp_path / "other.pdf").read_bytes() == (tmp_path / "here.pdf").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# PDF layout: whole words, whole rows
+
+A100_LONG = "NVIDIA A100-SXM4-80GB"
+UUID = "GPU-a1000000-0000-4000-8000-000000000000"
+
+
+def long_names_report() -> MonthReport:
+    lines = [replace(ln, gpu_model=A100_LONG) for ln in LINES]
+    idles = [
+        replace(
+            p, gpu_model=A100_LONG, gpu_uuid=UUID, slice_id=f"{UUID}:whole:p-sweep", node="gpu-node-0007-west"
+        )
+        for p in TOP_IDLE
+    ]
+    return fleet_report(
+        lines=lines,
+        top_idle=idles,
+        cost_by_cluster_model=[
+            ("west", A100_LONG, D("1176.45")),
+            ("east", "NVIDIA H100 80GB HBM3", D("4154.83")),
+        ],
+    )
+
+
+def test_pdf_never_breaks_a_model_name_or_a_uuid(tmp_path: Path) -> None:
+    path = tmp_path / "long.pdf"
+    render_pdf(long_names_report(), path)
+    cells = pdf_text(path).splitlines()
+    # every GPU model cell whole on one line: 1 cost bar row + 10 charge lines + 2 idle rows
+    assert sum(c.strip() == A100_LONG for c in cells) == 13
+    assert sum(c.strip() == f"{UUID}:whole:p-sweep" for c in cells) == 2
+    assert sum(c.strip() == "gpu-node-0007-west" for c in cells) == 2
+    assert not [c for c in cells if c.strip() in ("A100-SXM4-80GB", "-SXM4-80GB", "NVIDIA A100")]
+
+
+def test_pdf_columns_fit_their_widest_word_else_the_font_shrinks() -> None:
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from warehouse.reports import PDF_CELL_SIZE, PDF_PAD, Column, TableBlock, pdf_column_layout
+
+    block = TableBlock(
+        "k",
+        "t",
+        (Column("Slice", weight=1), Column("Note", weight=9), Column("Cost", True)),
+        [[f"{UUID}:whole:p-sweep", "a b c", "USD 1.00"]],
+        "",
+    )
+    widths, sizes = pdf_column_layout(block, 400.0)
+    assert sizes == [PDF_CELL_SIZE] * 3 and abs(sum(widths) - 400.0) < 1e-9
+    # the slice's weight alone would give it 400/11 pt; it gets its whole id plus padding
+    assert widths[0] == stringWidth(f"{UUID}:whole:p-sweep", "Helvetica", PDF_CELL_SIZE) + PDF_PAD + 1.0
+    narrow, small = pdf_column_layout(block, 200.0)  # the words do not fit 200 pt at 6.5 pt: smaller type
+    assert abs(sum(narrow) - 200.0) < 1e-9 and 4.0 < small[0] < PDF_CELL_SIZE and len(set(small)) == 1
+    text_w = stringWidth(f"{UUID}:whole:p-sweep", "Helvetica", small[0])
+    assert abs(narrow[0] - (text_w + PDF_PAD + 1.0)) < 1e-9  # the id fits its cell at that size
+
+
+def test_pdf_tables_break_between_rows_and_repeat_their_header(tmp_path: Path) -> None:
+    report = big_fleet()
+    path = tmp_path / "fleet.pdf"
+    render_pdf(report, path)
+    seen: list[int] = []
+    for page in pypdf.PdfReader(path).pages:
+        cells = page.extract_text().splitlines()
+        starts = [i for i in range(len(cells) - 1) if cells[i].isdigit() and cells[i + 1] == "usage"]
+        if not starts:
+            continue
+        first_header = cells.index(" #") if " #" in cells else len(cells)
+        assert first_header < starts[0]  # the lines table's header row heads every page it is on
+        for k, i in enumerate(starts):
+            n = int(cells[i])
+            row = cells[i : starts[k + 1] if k + 1 < len(starts) else len(cells)]
+            ln = report.lines[n - 1]
+            # the whole row on this page: its tenant, cluster, model and, in its last cell, its cost
+            assert row[2:5] == [ln.tenant, ln.cluster, ln.gpu_model]
+            assert format_money(ln.cost, "USD") in row[:14], (n, row)
+            seen.append(n)
+    assert seen == list(range(1, len(report.lines) + 1))

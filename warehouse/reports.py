@@ -571,6 +571,54 @@ def _pdf_date(month: str):  # type: ignore[no-untyped-def]
     return lambda *_ymdhms: stamp
 
 
+PDF_CELL_SIZE = 6.5
+PDF_MIN_SIZE = 4.0
+PDF_PAD = 12.0  # left + right cell padding (reportlab's default 6 + 6)
+
+
+def pdf_column_layout(
+    block: TableBlock, width: float, size: float = PDF_CELL_SIZE
+) -> tuple[list[float], list[float]]:
+    """Column widths and font sizes for a PDF table in which no word is ever broken.
+
+    Text wraps at spaces only, never inside a word: a GPU model (`NVIDIA A100-SXM4-80GB`), a UUID
+    or a slice id stays whole on its line. Each column is at least as wide as its widest word
+    (numbers and `nowrap` columns such as GPU models: their whole text), the rest of the page
+    width going to the columns in proportion to their weights. When the widest words of all
+    columns together do not fit the page, every column keeps its share of them and the font
+    shrinks until they fit (never below PDF_MIN_SIZE)."""
+
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    def words(text: str, whole: bool) -> list[str]:
+        return [text] if whole else text.split()
+
+    need = []
+    for i, c in enumerate(block.columns):
+        w = max((stringWidth(x, "Helvetica-Bold", size) for x in words(c.header, c.numeric)), default=0.0)
+        for row in block.rows:
+            for x in words(row[i], c.numeric or c.nowrap):
+                w = max(w, stringWidth(x, "Helvetica", size))
+        need.append(w)
+    fixed = PDF_PAD + 1.0  # padding, + 1 pt: a word exactly as wide as the cell still fits
+    if sum(need) + fixed * len(need) > width:
+        scale = max(0.0, width - fixed * len(need)) / sum(need)
+        if size * scale >= PDF_MIN_SIZE:
+            return [n * scale + fixed for n in need], [size * scale] * len(need)
+        # even the smallest type does not fit: the smallest type, the width shared by need
+        total = sum(need) * PDF_MIN_SIZE / size + fixed * len(need)
+        return [(n * PDF_MIN_SIZE / size + fixed) * width / total for n in need], [PDF_MIN_SIZE] * len(need)
+    need = [n + fixed for n in need]
+    weights = sum(c.weight for c in block.columns)
+    widths = [max(n, width * c.weight / weights) for n, c in zip(need, block.columns, strict=True)]
+    excess = sum(widths) - width
+    slack = [w - n for w, n in zip(widths, need, strict=True)]
+    total_slack = sum(slack)
+    if excess > 0 and total_slack > 0:
+        widths = [w - excess * s / total_slack for w, s in zip(widths, slack, strict=True)]
+    return widths, [size] * len(need)
+
+
 def render_pdf(report: MonthReport, path: str | os.PathLike[str]) -> None:
     """The same content as `render_html`, as a landscape A4 PDF with standard fonts.
 
@@ -604,26 +652,47 @@ def render_pdf(report: MonthReport, path: str | os.PathLike[str]) -> None:
     cell_num = ParagraphStyle("cellnum", parent=cell, alignment=TA_RIGHT)
     head = ParagraphStyle("head", parent=cell, fontName="Helvetica-Bold")
     head_num = ParagraphStyle("headnum", parent=head, alignment=TA_RIGHT)
+    # words are never split (a model name, a UUID), nor hyphenated: lines break at spaces only
+    cell_whole = ParagraphStyle(
+        "cellwhole", parent=cell, splitLongWords=0, embeddedHyphenation=0, hyphenationLang=""
+    )
+    h3_keep = ParagraphStyle("h3keep", parent=h3, keepWithNext=1)
     grid = colors.HexColor("#cccccc")
 
     def p(text: str, style: ParagraphStyle) -> Paragraph:
         return Paragraph(html.escape(text, quote=False), style)
 
     def table(block: TableBlock) -> list:  # type: ignore[type-arg]
-        flow: list = [p(block.title, h3)]  # type: ignore[type-arg]
+        title = p(block.title, h3_keep)  # never left alone at the foot of a page
         if not block.rows:
-            return [*flow, p(block.empty, body)]
-        weights = sum(c.weight for c in block.columns)
-        widths = [width * c.weight / weights for c in block.columns]
-        data = [[p(c.header, head_num if c.numeric else head) for c in block.columns]]
+            return [title, p(block.empty, body)]
+        widths, sizes = pdf_column_layout(block, width)
+        text_styles = [
+            ParagraphStyle(f"cell{i}", parent=cell_whole, fontSize=sz, leading=sz * 1.25)
+            for i, sz in enumerate(sizes)
+        ]
+        head_styles = [
+            ParagraphStyle(f"head{i}", parent=head_num if c.numeric else head, fontSize=sz, leading=sz * 1.25)
+            for i, (c, sz) in enumerate(zip(block.columns, sizes, strict=True))
+        ]
+        data = [[p(c.header, head_styles[i]) for i, c in enumerate(block.columns)]]
         # Numbers are short and never wrap: plain strings (drawn as is, no markup, much faster to
-        # lay out than a Paragraph each) in right-aligned columns; text wraps in Paragraphs.
+        # lay out than a Paragraph each) in right-aligned columns; text wraps in Paragraphs, at
+        # spaces only.
         data += [
-            [v if c.numeric else p(v, cell) for c, v in zip(block.columns, row, strict=True)]
+            [
+                v if c.numeric else p(v, text_styles[i])
+                for i, (c, v) in enumerate(zip(block.columns, row, strict=True))
+            ]
             for row in block.rows
         ]
         style = [
             ("FONT", (0, 1), (-1, -1), "Helvetica", cell.fontSize, cell.leading),
+            *[
+                ("FONT", (i, 1), (i, -1), "Helvetica", sizes[i], sizes[i] * 1.25)
+                for i in range(len(sizes))
+                if sizes[i] != cell.fontSize
+            ],
             *[("ALIGN", (i, 1), (i, -1), "RIGHT") for i, c in enumerate(block.columns) if c.numeric],
             ("GRID", (0, 0), (-1, -1), 0.25, grid),
             ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")),
@@ -634,7 +703,10 @@ def render_pdf(report: MonthReport, path: str | os.PathLike[str]) -> None:
         style += [
             ("BACKGROUND", (0, i + 1), (-1, i + 1), colors.HexColor("#fff4e0")) for i in sorted(block.marked)
         ]
-        flow.append(Table(data, colWidths=widths, repeatRows=1, style=TableStyle(style)))
+        # Page breaks fall between rows, never inside one, and the header row repeats on each page.
+        t = Table(data, colWidths=widths, repeatRows=1, splitByRow=1, splitInRow=0, style=TableStyle(style))
+        t.gpuledger_key = block.key  # type: ignore[attr-defined]
+        flow: list = [title, t]  # type: ignore[type-arg]
         if block.note:
             flow.append(p(block.note, note))
         return flow
