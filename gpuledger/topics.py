@@ -76,10 +76,15 @@ def ensure_topics(k: KafkaConfig, topics: list[str] | None = None, timeout_s: fl
 
 def ensure_topics_or_warn(k: KafkaConfig, topics: list[str] | None = None, timeout_s: float = 10.0) -> bool:
     """`ensure_topics` for processes that must start anyway (the broker may be down): one log line."""
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, KafkaTimeoutError
 
     try:
         ensure_topics(k, topics, timeout_s)
+    except KafkaTimeoutError:
+        # The broker is not there: the client's own connection error names the address once, and
+        # a collector spools meanwhile. Saying it here too would say it twice.
+        log.warning("topics not checked or created (no broker answered); continuing")
+        return False
     except KafkaError as exc:
         log.warning("topics not checked or created (%s); continuing with what the broker has", exc)
         return False
