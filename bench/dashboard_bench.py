@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))  # the test client of the dashboards (tests/dashboard_client.py)
 
 PRICES = ["3.20", "1.95", "4.10", "0.80", "0.55"]
 PAGES = [
@@ -60,10 +61,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import duckdb
+    from dashboard_client import Client, app_config, call, serve, write_users
     from lakegen import MODELS, ensure_lake
 
     from dashboards.app import create_app
-    from dashboards.testing import Client, app_config, call, serve, write_users
     from warehouse.accounting import Accounting
 
     lake = ensure_lake(

@@ -4,18 +4,13 @@ Every function takes the tenants the caller may see (`allowed`: None = all, for 
 puts them into the SQL, so data of other tenants never leaves DuckDB. Nothing here reads raw
 samples, except the process list of one GPU's drill-down (one date partition, one GPU).
 
-A bounded pool of `Accounting` connections serves concurrent requests (a DuckDB connection is
-not shared between threads); month-sized results (charge lines, idle periods, coverage) are
-cached per process and dropped when a rollup date or a ledger month changes on disk.
+Connections and cached results come from dashboards/pool.py (a bounded pool of `Accounting`
+connections; month-sized results cached per process until the rollups or the ledger change).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from dashboards.filters import Filters
+from dashboards.pool import AccountingPool, ResultCache
 from warehouse.accounting import Accounting
 from warehouse.chargeback import quantize_line
 from warehouse.close import CloseSettings, closed_months, manifest_sha256, read_ledger
@@ -32,7 +28,6 @@ from warehouse.lake import Lake
 from warehouse.ledger_model import ChargeLine
 from warehouse.monthly import ACCRUAL_NOTE
 from warehouse.pricing import month_bounds
-from warehouse.rollups import ROLLUPS, STATE
 from warehouse.sql import lit, ts_lit
 from warehouse.staging import samples_sql
 
@@ -81,54 +76,6 @@ class MonthCharges:
         return ok, exact, cents, self.expected_exact
 
 
-class AccountingPool:
-    """At most `size` Accounting connections; a request borrows one and gives it back."""
-
-    def __init__(self, factory: Callable[[], Accounting], size: int, timeout_s: float = 60.0) -> None:
-        self.factory, self.size, self.timeout_s = factory, size, timeout_s
-        self._idle: queue.LifoQueue[Accounting] = queue.LifoQueue()
-        self._made = 0
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def get(self) -> Iterator[Accounting]:
-        try:
-            acct = self._idle.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                make = self._made < self.size
-                if make:
-                    self._made += 1
-            if make:
-                try:
-                    acct = self.factory()
-                except BaseException:
-                    with self._lock:
-                        self._made -= 1
-                    raise
-            else:
-                acct = self._idle.get(timeout=self.timeout_s)
-        ok = False
-        try:
-            acct.refresh()  # new rollup files -> views re-pointed (replaced files are re-read anyway)
-            yield acct
-            ok = True
-        finally:
-            if ok:
-                self._idle.put(acct)
-            else:  # a failed query may leave the connection in a bad state: drop it
-                acct.close()
-                with self._lock:
-                    self._made -= 1
-
-    def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
-
-
 class DashboardData:
     """Queries for the pages; one per server process."""
 
@@ -143,9 +90,7 @@ class DashboardData:
         self.settings = settings
         self.retire_after_hours = retire_after_hours
         self.pool = AccountingPool(self._accounting, connections)
-        self._cache: dict[Any, tuple[Any, Any]] = {}
-        self._lock = threading.Lock()
-        self._fp: tuple[float, Any] = (-1.0, None)
+        self.results = ResultCache(self.lake)
 
     def close(self) -> None:
         self.pool.close()
@@ -178,38 +123,10 @@ class DashboardData:
     # -- caching -----------------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """Changes whenever a rollup date is rebuilt or a month is closed (looked at most once a second)."""
-        now = time.monotonic()
-        at, fp = self._fp
-        if now - at < 1.0 and fp is not None:
-            return fp
-        h = hashlib.sha256()
-        for d, pattern in (
-            (self.lake.root / ROLLUPS / STATE, "date=*.json"),
-            (self.lake.root / "ledger", "*/*"),
-        ):
-            if d.exists():
-                for p in sorted(d.glob(pattern)):
-                    try:
-                        st = p.stat()
-                    except OSError:
-                        continue
-                    h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
-        fp = h.hexdigest()
-        self._fp = (now, fp)
-        return fp
+        return self.results.fingerprint()
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
-        fp = self.fingerprint()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == fp:
-            return hit[1]
-        value = compute()
-        with self._lock:
-            if len(self._cache) > 256:
-                self._cache.clear()
-            self._cache[key] = (fp, value)
-        return value
+        return self.results.cached(key, compute)
 
     def warm(self) -> None:
         """Fill the month caches (called after a rollup update, so the next page load is quick)."""

@@ -375,7 +375,7 @@ def _download(data: DashboardData, p: Principal, month: str, fmt: str, tenant: s
 
 def _pdf(data: DashboardData, month: str, tenant: str | None) -> bytes | None:
     from warehouse.monthly import build_reports
-    from warehouse.reports import render_pdf
+    from warehouse.report_pdf import render_pdf
 
     # On a pooled connection: rollups as the dashboard reads them, idle periods already loaded.
     with data.acct() as acct:

@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 import pytest
+from dashboard_client import Client, app_config, call, serve, write_users
 from lake_views import LakeViews as Warehouse
 
 from collector.fleet import SimulatedFleet
 from dashboards.app import create_app
-from dashboards.testing import Client, app_config, call, serve, write_users
 from gpuledger.bus import MemoryBus
 from gpuledger.config import load_config
 from pipeline.ingest import MemoryIngester

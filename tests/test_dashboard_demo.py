@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from dashboards.testing import Client, call
+from dashboard_client import Client, call
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120

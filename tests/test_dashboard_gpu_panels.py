@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 import scenario
+from dashboard_client import app_config, serve, write_users
 from test_dashboard_pages import PASSWORD, cb, signed_in
 
 from dashboards import pages
 from dashboards.app import create_app
 from dashboards.data import DashboardData
 from dashboards.filters import Filters
-from dashboards.testing import app_config, serve, write_users
 from warehouse.accounting import Accounting
 from warehouse.close import CloseSettings
 from warehouse.lake import Lake

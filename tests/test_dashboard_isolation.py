@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import scenario
+from dashboard_client import Client, app_config, callback_body, serve, write_users
 from pypdf import PdfReader
 
 from dashboards.app import create_app
-from dashboards.testing import Client, app_config, callback_body, serve, write_users
 
 PASSWORD = "correct horse battery staple"
 A1, B0, B1 = scenario.A1, scenario.B0, scenario.B1

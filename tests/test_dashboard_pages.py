@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 import scenario
+from dashboard_client import Client, app_config, call, serve, write_users
 
 from dashboards.app import create_app
 from dashboards.auth import AuthConfigError, LoginThrottle, TrustedHeaders, load_users, parse_users
 from dashboards.filters import Filters
-from dashboards.testing import Client, app_config, call, serve, write_users
 from warehouse.accounting import Accounting
 from warehouse.close import CloseSettings, close_month
 from warehouse.monthly import month_lines
@@ -385,7 +385,7 @@ def test_gpu_rollups_keep_the_nvml_index(golden: tuple[int, Any]) -> None:
 def test_pdf_download_is_the_report_the_cli_writes(golden: tuple[int, Any], tmp_path: Path) -> None:
     from warehouse.close import CloseSettings
     from warehouse.monthly import build_reports
-    from warehouse.reports import render_pdf
+    from warehouse.report_pdf import render_pdf
 
     port, cfg = golden
     settings = CloseSettings.from_config(cfg)

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_client import app_config, write_users
 
 from dashboards.app import create_app
 from dashboards.auth import SessionGenerations, SessionStateError
-from dashboards.testing import app_config, write_users
 from dashboards.web import CSP, callback_body_error
 
 PASSWORD = "correct horse battery staple"

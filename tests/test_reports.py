@@ -22,16 +22,10 @@ import pypdf
 import pytest
 
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
-from warehouse.reports import (
-    format_money,
-    format_pct,
-    format_price,
-    format_qty,
-    render_html,
-    render_pdf,
-    safe_name,
-    write_reports,
-)
+from warehouse.report_content import format_money, format_pct, format_price, format_qty
+from warehouse.report_html import render_html
+from warehouse.report_pdf import render_pdf
+from warehouse.reports import safe_name, write_reports
 
 MONTH = "2026-06"
 ML = "ml-research"
@@ -620,7 +614,8 @@ def test_pdf_never_breaks_a_model_name_or_a_uuid(tmp_path: Path) -> None:
 def test_pdf_columns_fit_their_widest_word_else_the_font_shrinks() -> None:
     from reportlab.pdfbase.pdfmetrics import stringWidth
 
-    from warehouse.reports import PDF_CELL_SIZE, PDF_PAD, Column, TableBlock, pdf_column_layout
+    from warehouse.report_content import Column, TableBlock
+    from warehouse.report_pdf import PDF_CELL_SIZE, PDF_PAD, pdf_column_layout
 
     block = TableBlock(
         "k",

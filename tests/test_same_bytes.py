@@ -24,7 +24,7 @@ from warehouse.focus import focus_csv_bytes, focus_table
 from warehouse.lake import Lake
 from warehouse.monthly import build_reports
 from warehouse.pricing import PriceBook
-from warehouse.reports import render_html
+from warehouse.report_html import render_html
 
 SETTINGS = {
     mode: CloseSettings(
