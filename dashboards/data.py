@@ -28,6 +28,7 @@ from warehouse.lake import Lake
 from warehouse.ledger_model import ChargeLine
 from warehouse.monthly import ACCRUAL_NOTE
 from warehouse.pricing import month_bounds
+from warehouse.rollups import Rollups
 from warehouse.sql import lit, ts_lit
 from warehouse.staging import samples_sql
 
@@ -360,6 +361,13 @@ class DashboardData:
             "idle_gpu_h": sum(float(r["gpu_hours"]) for r in idle),
             "idle_cost": sum((r["cost"] for r in idle if r["cost"] is not None), Decimal(0)),
             "unobserved_gpu_h": sum(float(c["unobserved_gpu_h"] or 0) for c in cov),
+            # data checks of the last rollup builds (warehouse/checks.py): the platform team's, so
+            # an admin sees which rule broke where; a tenant viewer only that the data has a problem
+            "checks_failed": [
+                f"{c.check} on {c.date}: {c.failures} row(s)"
+                + (f", e.g. {c.example}" if allowed is None else "")
+                for c in Rollups(self.lake).failed_checks()
+            ],
         }
 
     def _tenants(self, allowed: Allowed, f: Filters) -> dict[str, Any] | None:

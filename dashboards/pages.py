@@ -272,7 +272,22 @@ def overview_cards(o: dict[str, Any]) -> list[Any]:
             card(f"Efficiency (used / reserved), last {o['range']}", pct(o["efficiency"]), "card-eff"),
             card(f"Reserved GPU-h, last {o['range']}", num(o["reserved_gpu_h"]), "card-reserved"),
         ]
+    checks = []
+    if o.get("checks_failed"):
+        checks = [
+            html.Div(
+                [html.B("Data checks failed on the last rollup build: "), "; ".join(o["checks_failed"])],
+                id="card-checks",
+                style={
+                    "background": "#fff4e0",
+                    "border": "1px solid #e0a040",
+                    "padding": ".4em .6em",
+                    "flexBasis": "100%",
+                },
+            )
+        ]
     return [
+        *checks,
         *cards,
         html.Div(f"last {o['range']}: {rng}", id="card-window", style={"color": "#666", "alignSelf": "end"}),
     ]

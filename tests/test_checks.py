@@ -69,3 +69,32 @@ def test_a_tick_twice_in_one_batch_fails_unique_ticks(tmp_path: Path) -> None:
     lake.write_batch(decoded, batch)
     n, example = _failing(lake)["unique_ticks"]
     assert n == 5 and example is not None and example.startswith("node-a ")
+
+
+def test_a_failed_check_is_shown_on_the_overview(tmp_path: Path) -> None:
+    """The admin sees which rule broke where and an example; a tenant viewer only that it broke."""
+    from dashboards.data import DashboardData
+    from dashboards.filters import Filters
+    from dashboards.pages import overview_cards
+    from warehouse.close import CloseSettings
+
+    msgs = [scenario.node_b(k) for k in range(1, 11)]
+    for m in msgs:
+        m["slices"][1]["mem_cap_mib"], m["slices"][1]["core_cap_pct"] = 0, 0
+    lake = _lake(tmp_path, msgs)
+    Rollups(lake).update()
+    settings = CloseSettings(
+        tuple(scenario.RULES), "unassigned", "USD", (), "", "reserved", "platform", 0.05, 30.0
+    )
+    data = DashboardData(lake.root, settings, connections=1)
+    try:
+        admin = data.overview(None, Filters())
+        viewer = data.overview(frozenset({"nlp"}), Filters())
+    finally:
+        data.close()
+    assert admin["checks_failed"] == [f"share_in_range on {DATE}: 10 row(s), e.g. share 0.0"]
+    assert viewer["checks_failed"] == [f"share_in_range on {DATE}: 10 row(s)"]
+    (banner,) = [c for c in overview_cards(admin) if getattr(c, "id", None) == "card-checks"]
+    assert "share_in_range on 2026-10-15" in str(banner.children)
+    clean = dict(admin, checks_failed=[])
+    assert not [c for c in overview_cards(clean) if getattr(c, "id", None) == "card-checks"]
