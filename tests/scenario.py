@@ -187,6 +187,46 @@ def node_b(k: int) -> dict[str, Any]:
     }
 
 
+def one_gpu_tick(
+    ts: datetime,
+    boot: str,
+    seq: int,
+    slices: list[dict[str, Any]],
+    *,
+    gpu: str,
+    model: str = H100,
+    node: str = "n1",
+    cluster: str = "c",
+) -> dict[str, Any]:
+    """A tick of a node with one GPU and no processes (Δ = 60 s), for small hand-made lakes."""
+    g = _gpu(gpu, 0, model)
+    g.update(mem_used_mib=0, util_pct=None, power_w=None, energy_j=None, temp_c=None)
+    return {
+        "schema": "gpuledger.sample/v1",
+        "cluster": cluster,
+        "node": node,
+        "boot_id": boot,
+        "seq": seq,
+        "ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "interval_s": 60.0,
+        "gpus": [g],
+        "slices": slices,
+        "processes": [],
+    }
+
+
+def quarter_replica(gpu: str, util: float | None, slice_id: str, workload: dict[str, Any]) -> dict[str, Any]:
+    """A replica of a GPU time-sliced 4 ways."""
+    return {
+        "slice_id": slice_id,
+        "gpu_uuid": gpu,
+        "kind": "timeslice",
+        "replicas": 4,
+        "util_pct": util,
+        "workload": workload,
+    }
+
+
 def messages(late: bool = False) -> list[dict[str, Any]]:
     """The scenario's ticks; `late=True` gives only node-b's missing ticks (they arrive late)."""
     if late:

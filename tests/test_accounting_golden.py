@@ -423,44 +423,14 @@ def _tick(
     model: str = H100,
 ) -> dict:
     """Tick k of one node with one GPU: ts = start + k minutes (Δ = 60 s)."""
-    return {
-        "schema": "gpuledger.sample/v1",
-        "cluster": "c",
-        "node": "n1",
-        "boot_id": boot,
-        "seq": k if seq is None else seq,
-        "ts": (start + timedelta(minutes=k)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "interval_s": 60.0,
-        "gpus": [
-            {
-                "uuid": gpu,
-                "index": 0,
-                "model": model,
-                "mem_total_mib": 81920,
-                "mem_used_mib": 0,
-                "util_pct": None,
-                "power_w": None,
-                "energy_j": None,
-                "temp_c": None,
-                "mig_mode": False,
-                "state": "ok",
-            }
-        ],
-        "slices": slices,
-        "processes": [],
-    }
+    ts = start + timedelta(minutes=k)
+    return scenario.one_gpu_tick(ts, boot, k if seq is None else seq, slices, gpu=gpu, model=model)
 
 
 def _ts_slice(util: float, gpu: str = G) -> dict:
     """A 1/4 time-sliced replica held by namespace ml."""
-    return {
-        "slice_id": f"{gpu}:ts:p1",
-        "gpu_uuid": gpu,
-        "kind": "timeslice",
-        "replicas": 4,
-        "util_pct": util,
-        "workload": {"namespace": "ml", "pod": "p1", "container": "main", "pod_uid": "p1"},
-    }
+    ml = {"namespace": "ml", "pod": "p1", "container": "main", "pod_uid": "p1"}
+    return scenario.quarter_replica(gpu, util, f"{gpu}:ts:p1", ml)
 
 
 def _mig_2g(util: float) -> dict:
@@ -490,6 +460,23 @@ def _acct(tmp_path: Path, msgs: list[dict], book: list[dict] = PRICE4, **kw) -> 
     a = Accounting(root, tenant_rules=[{"tenant": "ml", "namespace": "ml"}], price_book=PriceBook(book), **kw)
     a.update()
     return a
+
+
+def _ml_settings():  # -> CloseSettings
+    """Namespace ml is tenant ml, H100 at $4, reserved mode, platform idle policy."""
+    from warehouse.close import CloseSettings
+
+    return CloseSettings(
+        tenant_rules=({"tenant": "ml", "namespace": "ml"},),
+        default_tenant="unassigned",
+        currency="USD",
+        book=tuple(PriceBook(PRICE4).as_config()),
+        kwh="",
+        mode="reserved",
+        idle_policy="platform",
+        idle_util_ratio=0.05,
+        idle_min_minutes=30.0,
+    )
 
 
 def _usage_hours(c) -> dict[str, Decimal]:
@@ -625,23 +612,13 @@ def test_exact_ties_follow_line_order_not_division_noise() -> None:
 def test_corrections_are_the_cents_difference_of_the_reclosed_month(tmp_path: Path) -> None:
     """Late data for a closed month: each correction bills what the month bills now minus what it
     billed, in cents, so a correction is always a whole number of cents that adds up."""
-    from warehouse.close import CloseSettings, close_month, read_ledger
+    from warehouse.close import close_month, read_ledger
 
     msgs = [_tick(k, BOOT_A, [_ts_slice(10.0)]) for k in range(1, 41)]
     late = [_tick(k, BOOT_A, [_ts_slice(10.0)]) for k in range(41, 48)]
     root = tmp_path / "lake"
     scenario.write(Lake(root), msgs)
-    settings = CloseSettings(
-        tenant_rules=({"tenant": "ml", "namespace": "ml"},),
-        default_tenant="unassigned",
-        currency="USD",
-        book=tuple(PriceBook(PRICE4).as_config()),
-        kwh="",
-        mode="reserved",
-        idle_policy="platform",
-        idle_util_ratio=0.05,
-        idle_min_minutes=30.0,
-    )
+    settings = _ml_settings()
     oct_ = close_month(root, "2026-10", settings, now=OCT_CLOSED)
     billed = {ln.tenant: ln.cost for ln in oct_.lines}
     assert billed == {"ml": Decimal("0.67"), "__unallocated__": Decimal("2.00")}  # 40 min: 1/6 + 1/2 GPU-h
@@ -689,22 +666,12 @@ def test_a_node_that_stops_sending_retires_after_a_day(tmp_path: Path) -> None:
 def test_a_closed_months_report_shows_the_usage_it_was_billed_from(tmp_path: Path) -> None:
     """Late data for a closed month changes its rollups but not its report: capacity and idle stay
     as closed, beside the ledger; the late data is the next month's correction."""
-    from warehouse.close import CloseSettings, close_month
+    from warehouse.close import close_month
     from warehouse.monthly import build_reports
 
     root = tmp_path / "lake"
     scenario.write(Lake(root), [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(1, 41)])
-    settings = CloseSettings(
-        tenant_rules=({"tenant": "ml", "namespace": "ml"},),
-        default_tenant="unassigned",
-        currency="USD",
-        book=tuple(PriceBook(PRICE4).as_config()),
-        kwh="",
-        mode="reserved",
-        idle_policy="platform",
-        idle_util_ratio=0.05,
-        idle_min_minutes=30.0,
-    )
+    settings = _ml_settings()
     close_month(root, "2026-10", settings, now=OCT_CLOSED)
     before = build_reports(root, "2026-10", settings)
     scenario.write(Lake(root), [_tick(k, BOOT_A, [_ts_slice(0.0)]) for k in range(41, 101)])

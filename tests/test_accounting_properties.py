@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import Any
 
+import scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenario import write
@@ -142,24 +143,15 @@ def fleet(draw: Any) -> list[dict[str, Any]]:
 
 
 def expected_capacity_cost(msgs: list[dict[str, Any]], month: str) -> Decimal:
+    """Σ over GPU ticks of Δ x price / 3600 for the month's hours, computed in Python."""
     with localcontext(Context(prec=60)):
-        return _expected_capacity_cost(msgs, month)
-
-
-def _expected_capacity_cost(msgs: list[dict[str, Any]], month: str) -> Decimal:
-    total = Decimal(0)  # GPU-seconds x $/GPU-hour: products of short decimals are exact
-    for m in msgs:
-        ts = datetime.fromisoformat(m["ts"].replace("Z", "+00:00"))
-        hour = (ts - timedelta(seconds=m["interval_s"] / 2)).replace(minute=0, second=0, microsecond=0)
-        if hour.strftime("%Y-%m") != month:
-            continue
-        for g in m["gpus"]:
-            total += Decimal(str(m["interval_s"])) * price(g["model"], hour.date())
-    return total / 3600  # one division, at the end: exact sums, no 28-digit rounding per term
+        return sum(expected_capacity_cost_by_segment(msgs, month).values(), Decimal(0))
 
 
 def expected_capacity_cost_by_segment(msgs: list[dict[str, Any]], month: str) -> dict[tuple, Decimal]:
-    """Capacity x price per (cluster, model, price from), computed in Python from the messages."""
+    """Capacity x price per (cluster, model, price from), computed in Python from the messages.
+
+    GPU-seconds x $/GPU-hour are products of short decimals, exact; one division at the end."""
     with localcontext(Context(prec=60)):
         out: dict[tuple, Decimal] = defaultdict(Decimal)
         for m in msgs:
@@ -285,41 +277,8 @@ GPU = "GPU-d0000000-0000-4000-8000-000000000000"
 
 def _tick(k: int, boot: str, seq: int, util: float | None, ts: datetime | None = None) -> dict[str, Any]:
     """One node, one H100 time-sliced 4 ways, one replica held by namespace a (tenant t-ns)."""
-    return {
-        "schema": "gpuledger.sample/v1",
-        "cluster": "c",
-        "node": "n",
-        "boot_id": boot,
-        "seq": seq,
-        "ts": (ts or HOUR + timedelta(minutes=k)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "interval_s": 60.0,
-        "gpus": [
-            {
-                "uuid": GPU,
-                "index": 0,
-                "model": "NVIDIA H100 80GB HBM3",
-                "mem_total_mib": 81559,
-                "mem_used_mib": 0,
-                "util_pct": None,
-                "power_w": None,
-                "energy_j": None,
-                "temp_c": None,
-                "mig_mode": False,
-                "state": "ok",
-            }
-        ],
-        "slices": [
-            {
-                "slice_id": f"{GPU}:ts:0",
-                "gpu_uuid": GPU,
-                "kind": "timeslice",
-                "replicas": 4,
-                "util_pct": util,
-                "workload": {"namespace": "a", "pod": "p"},
-            }
-        ],
-        "processes": [],
-    }
+    replica = scenario.quarter_replica(GPU, util, f"{GPU}:ts:0", {"namespace": "a", "pod": "p"})
+    return scenario.one_gpu_tick(ts or HOUR + timedelta(minutes=k), boot, seq, [replica], gpu=GPU, node="n")
 
 
 def _boot(i: int) -> str:
