@@ -276,10 +276,12 @@ class Rollups:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE a AS
             SELECT hash(r.slice_id, r.node, r.boot_id) AS sk, {HOUR_NO_SQL} AS h, hash({ident}) AS ident,
-                   r.seq, r.ts, r.interval_s, ({SHARE_SQL}) AS share, r.util_pct IS NULL AS util_unknown,
-                   {reserved_s_sql("o.sum_share")} AS reserved_s, {used_s_sql("o.sum_used")} AS used_s,
-                   {idle_tick_sql(ratio, "o.sum_share", "o.sum_used")} AS idle, r.mem_used_mib
-            FROM {rows(slices)} r
+                   r.seq, r.ts, r.interval_s, r.share, r.util_pct IS NULL AS util_unknown,
+                   {reserved_s_sql("o.sum_share", "r.share")} AS reserved_s,
+                   {used_s_sql("o.sum_used", "r.used_frac")} AS used_s,
+                   {idle_tick_sql(ratio, "o.sum_share", "o.sum_used", "r.share", "r.used_frac")} AS idle,
+                   r.mem_used_mib
+            FROM (SELECT *, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac FROM {rows(slices)}) r
             LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq""")
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE dims AS
@@ -315,22 +317,34 @@ class Rollups:
         # Idle ticks -> runs: consecutive seq of one slice in one agent boot, each tick starting
         # where the previous one ended (a silence ends a run even when seq does not skip), cut at
         # the hour.
-        follows = follows_sql("prev_ts", tick_start_s(), "interval_s")
+        # Consecutive seq are found with one sort, as `seq - row_number()` (constant along a run);
+        # the same window gives each tick's predecessor, so a silence inside such a run (the agent
+        # stalled but seq went on) is flagged without a second sort. Only runs holding a silence
+        # (rare) are cut again, at their silences, by a window over their own ticks.
+        follows = follows_sql("lag(ts) OVER w", tick_start_s(), "interval_s")
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE i AS
+            SELECT sk, h, ident, seq, ts, interval_s, reserved_s,
+                   seq - row_number() OVER w AS run,
+                   coalesce(lag(seq) OVER w = seq - 1 AND NOT {follows}, false) AS gap
+            FROM a WHERE {idle_cond} WINDOW w AS (PARTITION BY sk ORDER BY seq)""")
+        silent = con.execute("SELECT count(*) FROM i WHERE gap").fetchall()[0][0] > 0
+        pieces = "SELECT *, 0 AS piece FROM i"
+        if silent:
+            pieces = """
+                WITH cut AS (SELECT DISTINCT sk, run FROM i WHERE gap)
+                SELECT i.*, 0 AS piece FROM i ANTI JOIN cut USING (sk, run)
+                UNION ALL
+                SELECT i.*, sum(gap::INTEGER) OVER (PARTITION BY sk, run ORDER BY seq) AS piece
+                FROM i SEMI JOIN cut USING (sk, run)"""
         idle_runs = con.sql(f"""
-            WITH i0 AS (
-                SELECT sk, h, ident, seq, ts, interval_s, reserved_s,
-                       lag(seq) OVER w AS prev_seq, lag(ts) OVER w AS prev_ts
-                FROM a WHERE {idle_cond} WINDOW w AS (PARTITION BY sk ORDER BY seq)),
-            i AS (
-                SELECT *, sum(CASE WHEN seq = prev_seq + 1 AND {follows} THEN 0 ELSE 1 END)
-                              OVER (PARTITION BY sk ORDER BY seq ROWS UNBOUNDED PRECEDING) AS run
-                FROM i0),
+            WITH p AS ({pieces}),
             r AS (
                 SELECT sk, h, ident, min(seq) AS first_seq, max(seq) AS last_seq,
                        min({TICK_START_SQL}) AS start_ts, max(ts) AS end_ts,
                        arg_min(interval_s, seq) AS interval_s,
                        count(*)::INTEGER AS ticks, sum(reserved_s) AS reserved_s
-                FROM i GROUP BY sk, h, ident, run)
+                FROM p GROUP BY sk, h, ident, run, piece)
             SELECT d.cluster, d.node, d.boot_id, d.gpu_uuid, d.model, d.slice_id, d.kind,
                    {", ".join("d." + c for c in IDENTITY)},
                    to_timestamp(r.h * 3600) AS hour, r.first_seq, r.last_seq, r.start_ts, r.end_ts, r.ticks,
@@ -387,7 +401,7 @@ class Rollups:
             self.checks = checks.run(con, checks_for, ticks)
             con.unregister("_gpu_hourly")
             con.execute("DROP VIEW _slices")
-        for tmp in ("t", "losers", "over", "a", "dims"):
+        for tmp in ("t", "losers", "over", "a", "dims", "i"):
             con.execute(f"DROP TABLE {tmp}")
         return {
             "slice_hourly": slice_hourly,

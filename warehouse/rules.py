@@ -108,15 +108,18 @@ def nanos(expr: str) -> str:
     return f"CAST(floor(({expr}) * 1e9) / 1e9 AS {SECONDS})"
 
 
-def reserved_s_sql(sum_share: str = "sum_share") -> str:
-    """Reserved GPU-seconds of a slice tick: Δ·share / max(1, Σ shares on that GPU in that tick)."""
-    return nanos(f"interval_s * ({SHARE_SQL}) / greatest(1.0, coalesce({sum_share}, 1.0))")
+def reserved_s_sql(sum_share: str = "sum_share", share: str = SHARE_SQL) -> str:
+    """Reserved GPU-seconds of a slice tick: Δ·share / max(1, Σ shares on that GPU in that tick).
+
+    `share`: SHARE_SQL, or the name of a column that already holds it (computed once per row)."""
+    return nanos(f"interval_s * ({share}) / greatest(1.0, coalesce({sum_share}, 1.0))")
 
 
-def used_s_sql(sum_used: str = "sum_used") -> str:
+def used_s_sql(sum_used: str = "sum_used", used: str = USED_FRAC_SQL) -> str:
     """Used GPU-seconds of a slice tick: busy time scaled down when busy fractions on one GPU add
-    up past the whole GPU (over-commit), floored to the nanosecond."""
-    return nanos(f"interval_s * coalesce(({USED_FRAC_SQL}), 0.0) / greatest(1.0, coalesce({sum_used}, 1.0))")
+    up past the whole GPU (over-commit), floored to the nanosecond. `used`: USED_FRAC_SQL or a
+    column holding it."""
+    return nanos(f"interval_s * coalesce(({used}), 0.0) / greatest(1.0, coalesce({sum_used}, 1.0))")
 
 
 def ratio_lit(ratio: float) -> str:
@@ -125,24 +128,38 @@ def ratio_lit(ratio: float) -> str:
     return f"CAST({lit(str(d))} AS DECIMAL(18, 9))"
 
 
-def idle_tick_sql(ratio: float, sum_share: str = "sum_share", sum_used: str = "sum_used") -> str:
+def idle_tick_sql(
+    ratio: float,
+    sum_share: str = "sum_share",
+    sum_used: str = "sum_used",
+    share: str = SHARE_SQL,
+    used: str = USED_FRAC_SQL,
+) -> str:
     """DESIGN §6 idle test of one slice tick: used / reserved < ratio, compared exactly.
 
     `sum_share` / `sum_used` are the GPU tick's totals when they pass 1 (over-commit), else NULL.
     Without over-commit the test is u < ratio x s on exact fractions (cross-multiplied), so a
     ratio of exactly the threshold is not idle for any slice kind. On an over-committed GPU the
     normalised fractions u / Σu and s / Σs are compared unfloored in double precision.
-    Unknown utilisation is never idle.
+    Unknown utilisation is never idle. `share` / `used`: the double-precision share and busy
+    fraction, as SQL or as the names of columns that hold them.
     """
     r = ratio_lit(ratio)
     exact = f"(({USED_NUM_SQL}) * ({SHARE_DEN_SQL}) < {r} * ({SHARE_NUM_SQL}) * ({USED_DEN_SQL}))"
+    # The exact decimal test costs more than the rest of a row's work, so it decides only the
+    # ticks whose double-precision ratio sits within 1e-9 of the threshold (CASE evaluates a branch
+    # for its own rows only); a difference larger than that, binary rounding cannot flip.
+    bound = f"{float(ratio)!r} * ({share})"
+    near = f"(({used}) BETWEEN {bound} * (1 - 1e-9) AND {bound} * (1 + 1e-9))"
+    fast = f"(({used}) < {bound})"
     scaled = (
-        f"(({USED_FRAC_SQL}) / greatest(1.0, coalesce({sum_used}, 1.0)) < "
-        f"{float(ratio)!r} * ({SHARE_SQL}) / greatest(1.0, coalesce({sum_share}, 1.0)))"
+        f"(({used}) / greatest(1.0, coalesce({sum_used}, 1.0)) < "
+        f"{float(ratio)!r} * ({share}) / greatest(1.0, coalesce({sum_share}, 1.0)))"
     )
     return (
-        f"(util_pct IS NOT NULL AND CASE WHEN {sum_share} IS NULL AND {sum_used} IS NULL "
-        f"THEN {exact} ELSE {scaled} END)"
+        f"(util_pct IS NOT NULL AND CASE WHEN {sum_share} IS NOT NULL OR {sum_used} IS NOT NULL "
+        f"THEN {scaled} "
+        f"WHEN {near} THEN {exact} ELSE {fast} END)"
     )
 
 
