@@ -83,14 +83,13 @@ def dashboard(tree: Path, lake: Path, a: argparse.Namespace) -> tuple[float, str
     if out.returncode != 0:
         raise SystemExit(f"dashboard bench failed in {tree}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     p50 = 0.0
+    row = re.compile(
+        r"^(admin|viewer)\s+(.*?)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)"
+    )  # who, callback, cold, p50, ...
     for line in out.stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if (
-            len(cells) >= 4
-            and cells[0] in ("admin", "tenant-viewer", "viewer")
-            and re.fullmatch(r"[\d.]+", cells[3])
-        ):
-            p50 += float(cells[3])
+        m = row.match(line)
+        if m:
+            p50 += float(m.group(4))
     return p50 / 1000.0, "sum of callback p50s"
 
 
@@ -138,7 +137,8 @@ def main() -> None:
     print("\n| step | before s | after s | after / before |\n|---|---:|---:|---:|")
     for step in dict.fromkeys(k[0] for k in times):
         b, f = statistics.median(times[(step, "before")]), statistics.median(times[(step, "after")])
-        print(f"| {step} | {b:.2f} | {f:.2f} | {f / b:.2f} |")
+        ratio = f"{f / b:.2f}" if b else "n/a"
+        print(f"| {step} | {b:.2f} | {f:.2f} | {ratio} |")
 
 
 if __name__ == "__main__":
