@@ -530,7 +530,8 @@ def collector_kill_in_outage(broker, work: Path, up_s: float = 5.0, outage_s: fl
     last = max((i for i, r in enumerate(made) if r & got_topic), default=-1)
     sent = set().union(*made[: last + 1], *agent_ids(seed2, rounds2))
     row.note = (
-        f"agent 1 made {last + 1} rounds that reached the topic ({outage_s / TICK_S:.0f} of the outage); "
+        f"agent 1: {last + 1} rounds reached the topic "
+        f"(killed {outage_s / TICK_S:.0f} ticks into the outage); "
         f"agent 2 rc {crc}, ingest rc {irc}"
     )
     row.seconds = time.monotonic() - t0
