@@ -22,8 +22,9 @@ Every wait is bounded; a scenario that runs past its deadline reports what it ha
 
 Full disk: an unprivileged run cannot mount a small tmpfs, so the suite uses two loop-free
 stand-ins: RLIMIT_FSIZE on the ingest process (every write past the limit fails with EFBIG, as a
-full disk fails with ENOSPC) and a read-only lake directory; each is followed by a normal ingest
-run once the "disk" has room again.
+full disk fails with ENOSPC) and a read-only lake (as root: a read-only bind mount in a mount
+namespace of the faulted process's own, `unshare -m`, EROFS; otherwise folders of mode 555);
+each is followed by a normal ingest run once the "disk" has room again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -215,12 +217,24 @@ def env_for(bootstrap: str, topic: str, lake: Path, group: str, **extra: str) ->
 class Proc:
     """A `gpuledger` subprocess with its log in a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, preexec: Callable | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        preexec: Callable | None = None,
+        ro_mount: Path | None = None,
+    ):
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._f = log.open("ab")
+        cmd = [sys.executable, "-m", "gpuledger.cli", *args]
+        if ro_mount is not None:  # a read-only bind mount in a mount namespace of the process's own
+            q = shlex.quote(str(ro_mount))
+            run = " ".join(shlex.quote(a) for a in cmd)
+            cmd = ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {q} {q} && exec {run}"]
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "gpuledger.cli", *args],
+            cmd,
             env=env,
             cwd=REPO,
             stdout=self._f,
@@ -413,17 +427,16 @@ def _fsize_limit(limit: int) -> Callable[[], None]:
     return apply
 
 
-def _as_nobody() -> None:
-    os.setgid(65534)
-    os.setuid(65534)
-
-
 def full_disk(bootstrap: str, work: Path, rounds: int = 40, how: str = "fsize") -> Row:
     """The lake cannot be written (`fsize`: RLIMIT_FSIZE 16 KiB on ingest, so every row file
     fails with EFBIG; `readonly`: the lake's sample folders are read-only) while ticks arrive;
     then room comes back and a normal ingest run drains."""
     t0 = time.monotonic()
-    fault = "RLIMIT_FSIZE 16 KiB on ingest" if how == "fsize" else "read-only lake folders (ingest as nobody)"
+    fault = (
+        "RLIMIT_FSIZE 16 KiB on ingest"
+        if how == "fsize"
+        else "read-only lake (ro bind mount as root, else mode 555)"
+    )
     row = Row(f"full-disk-{how}", fault)
     topic = make_topic(bootstrap, "disk", 2)
     lake, group = work / "lake", f"g-{uuid.uuid4().hex[:8]}"
@@ -431,18 +444,20 @@ def full_disk(bootstrap: str, work: Path, rounds: int = 40, how: str = "fsize") 
     produce(bootstrap, topic, data)
     preexec = None
     ro: list[Path] = []
+    ro_mount = None
     if how == "fsize":
         preexec = _fsize_limit(16 * 1024)
     else:
         for d in (lake / "samples", lake / "dlq"):
             d.mkdir(parents=True, exist_ok=True)
-        ro = [lake, *(d for d in lake.rglob("*") if d.is_dir())]
-        for d in ro:
-            d.chmod(0o555)
-        if os.geteuid() == 0:  # root writes through file modes: run the faulted ingest as nobody
-            preexec = _as_nobody
+        if os.geteuid() == 0:  # root writes through file modes: a read-only mount of the lake
+            ro_mount = lake
+        else:
+            ro = [lake, *(d for d in lake.rglob("*") if d.is_dir())]
+            for d in ro:
+                d.chmod(0o555)
     log = work / "ingest-full.log"
-    p = Proc(["ingest", "--idle-exit", "8"], env_for(bootstrap, topic, lake, group), log, preexec=preexec)
+    p = Proc(["ingest", "--idle-exit", "8"], env_for(bootstrap, topic, lake, group), log, preexec, ro_mount)
     rc = p.wait(60)
     if "batch:" in p.text():
         row.note = "the faulted run wrote a batch: the fault did not take; "
