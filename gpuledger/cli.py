@@ -442,7 +442,7 @@ def demo_config_text(cfg: Config, lake_path: Path, cfg_dir: Path, kafka: bool) -
     sections.append(("dashboard", dash))
     out = [
         f"{DEMO_CONFIG_HEADER} for the lake it made: its prices, tenant rules and dashboard",
-        "# users (the demo printed their password), so that report, close, jobs and dashboard run",
+        "# users (the demo printed their passwords), so that report, close, jobs and dashboard run",
         "# here on the demo's data with the demo's numbers. The demo never overwrites this file.",
     ]
     for name, values in sections:
@@ -478,25 +478,27 @@ def _write_demo_config(cfg: Config, lake_path: Path, kafka: bool) -> Path:
 
 
 def _demo_users(lake_path: Path, tenants: list[str]) -> Path:
-    """A users file for the demo: admin plus one viewer per tenant, one random password, printed."""
+    """A users file for the demo: admin plus one viewer per tenant, each with its own random
+    password, printed once here (the file keeps only their hashes)."""
     import secrets
 
     from dashboards.auth import hash_password
 
-    password = secrets.token_urlsafe(9)
-    h = hash_password(password)
-    entries = [f'[[users]]\nname = "admin"\npassword_hash = "{h}"\nrole = "admin"\n']
-    for t in tenants:
-        entries.append(
-            f'[[users]]\nname = "viewer-{t}"\npassword_hash = "{h}"\nrole = "tenant-viewer"\n'
-            f'tenants = ["{t}"]\n'
-        )
+    users = [("admin", None)] + [(f"viewer-{t}", t) for t in tenants]
+    passwords = {name: secrets.token_urlsafe(12) for name, _ in users}
+    entries = []
+    for name, tenant in users:
+        h = hash_password(passwords[name])
+        role = "admin" if tenant is None else "tenant-viewer"
+        entry = f'[[users]]\nname = "{name}"\npassword_hash = "{h}"\nrole = "{role}"\n'
+        if tenant is not None:
+            entry += f'tenants = ["{tenant}"]\n'
+        entries.append(entry)
     path = lake_path / DEMO_USERS
     path.write_text("\n".join(entries))
-    print(
-        f"dashboard users: admin, viewer-<tenant> ({', '.join(tenants)}); password for all: {password}",
-        file=sys.stderr,
-    )
+    lines = [f"dashboard users ({path}; each has its own password, shown only now):"]
+    lines += [f"  dashboard user {name}: password {passwords[name]}" for name, _ in users]
+    print("\n".join(lines), file=sys.stderr)
     return path
 
 

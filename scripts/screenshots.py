@@ -54,7 +54,7 @@ def start_demo(folder: Path, until: str) -> tuple[subprocess.Popen[str], int, st
     while time.monotonic() < deadline and proc.poll() is None:
         text = "".join(lines)
         port = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
-        password = re.search(r"password for all: (\S+)", text)
+        password = re.search(r"dashboard user admin: password (\S+)", text)
         if port and password:
             return proc, int(port.group(1)), password.group(1), lines
         time.sleep(0.3)

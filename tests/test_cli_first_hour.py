@@ -56,7 +56,37 @@ def test_demo_writes_a_config_beside_its_lake(walk: dict) -> None:
     assert {e["gpu_hour"] for e in cfg.pricing.book} == set(DEMO_PRICES.values())
     assert len(cfg.tenants.rules) >= 5 and cfg.tenants.rules[0]["tenant"] == "vision"
     assert "ingest_lag" not in cfg.alerts.rules  # no broker in the demo: no lag to watch
-    assert "password for all: " in run.err
+    assert "password for all" not in run.err
+
+
+def test_demo_gives_each_user_its_own_password(walk: dict) -> None:
+    """admin and every viewer-<tenant> get a password of their own, printed once; the users file
+    keeps its format (name, argon2 hash, role, tenants) and only the hashes."""
+    from dashboards.auth import load_users, verify_password
+
+    d, run = walk["dir"], walk["run"]
+    assert run.rc == 0, run.err
+    users_file = d / "gpuledger-data" / "demo-users.toml"
+    printed = dict(re.findall(r"^  dashboard user (\S+): password (\S+)$", run.err, re.M))
+    raw = tomllib.loads(users_file.read_text())["users"]
+    tenants = sorted({r["tenant"] for r in load_config(d / "gpuledger.toml", env={}).tenants.rules})
+    assert [u["name"] for u in raw] == ["admin"] + [f"viewer-{t}" for t in tenants]
+    assert set(printed) == {u["name"] for u in raw}
+    assert len(set(printed.values())) == len(printed)  # no two users share a password
+    assert all(len(pw) >= 16 for pw in printed.values())
+    assert raw[0]["role"] == "admin" and "tenants" not in raw[0]
+    for u in raw[1:]:
+        assert u["role"] == "tenant-viewer" and u["tenants"] == [u["name"].removeprefix("viewer-")]
+    users = load_users(users_file)  # the dashboards read what the demo wrote
+    assert set(users) == set(printed)
+    text = users_file.read_text()
+    hashes = {u["name"]: u["password_hash"] for u in raw}
+    for name, pw in printed.items():
+        assert pw not in text  # only the hash is stored
+        assert verify_password(hashes[name], pw)
+        other = next(n for n in printed if n != name)
+        assert not verify_password(hashes[other], pw)  # one user's password opens no other account
+    assert run.err.count(printed["admin"]) == 1  # printed once
 
 
 def test_walkthrough_close_then_report_reproduces_the_demo(walk: dict) -> None:

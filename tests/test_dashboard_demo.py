@@ -43,7 +43,7 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
         while time.monotonic() < deadline and proc.poll() is None and not (port and password):
             text = "".join(lines)
             m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
-            p = re.search(r"password for all: (\S+)", text)
+            p = re.search(r"dashboard user admin: password (\S+)", text)
             port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
             time.sleep(0.2)
         assert port and password, "".join(lines)[-3000:]
@@ -115,7 +115,7 @@ def test_demo_of_a_past_window_shows_the_same_numbers_everywhere(tmp_path: Path)
         while time.monotonic() < deadline and proc.poll() is None and not (port and password):
             text = "".join(err)
             m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
-            p = re.search(r"password for all: (\S+)", text)
+            p = re.search(r"dashboard user admin: password (\S+)", text)
             port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
             time.sleep(0.2)
         assert port and password, "".join(err)[-3000:]
