@@ -389,3 +389,53 @@ def run_cap_agent(
         consumer.close()
         producer.close()
     return handled
+
+
+def cap_agent_wanted(cfg: Any) -> bool:
+    """`gpuledger collect` runs the agent when some pool's enforcer mode is not off and a broker is
+    configured (tenant modes can only be stricter than their pool's, so they never turn it on)."""
+    modes = {cfg.enforcer.mode, *cfg.enforcer.pools.values()}
+    return bool(cfg.kafka.bootstrap_servers) and modes != {"off"}
+
+
+def start_cap_agent(cfg: Any, stop: Any, *, poll_ms: int = 500, retry_s: float = 5.0) -> Any:
+    """The node's cap agent in a daemon thread until `stop` is set, or None when not wanted.
+
+    The agent answers decisions for `collector.node`, on the regions under `collector.hami_hook_dir`,
+    keeping its log of answered decisions in `collector.spool_dir` (caps-applied.log). A broker
+    error restarts it after `retry_s` with a fresh agent read back from that log, so an ack whose
+    send failed is sent again when the decision is redelivered.
+    """
+    import sys
+    import threading
+
+    if not cap_agent_wanted(cfg):
+        return None
+
+    def loop() -> None:
+        while not stop.is_set():
+            agent = CapAgent(
+                cfg.collector.node,
+                cfg.collector.hami_hook_dir,
+                Path(cfg.collector.spool_dir) / "caps-applied.log",
+                floor_mib=cfg.enforcer.floor_mib,
+                floor_frac=cfg.enforcer.floor_frac,
+            )
+            try:
+                run_cap_agent(
+                    agent,
+                    cfg.kafka.bootstrap_servers,
+                    cfg.kafka.caps_topic,
+                    cfg.kafka.cap_acks_topic,
+                    cfg.kafka.caps_dlq_topic,
+                    client_id=cfg.kafka.client_id,
+                    stop=stop,
+                    poll_ms=poll_ms,
+                )
+            except Exception as e:  # broker away, topic missing: keep the collector running
+                print(f"collect: cap agent: {type(e).__name__}: {e}; again in {retry_s:g} s", file=sys.stderr)
+                stop.wait(retry_s)
+
+    t = threading.Thread(target=loop, name="gpuledger-cap-agent", daemon=True)
+    t.start()
+    return t

@@ -655,6 +655,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from collector.caps import start_cap_agent
+
+    cap_agent = start_cap_agent(cfg, stop)  # [enforcer] not off: this node applies its caps
     try:
         stats = run_collector(
             _Exported(source, exporter),
@@ -665,6 +668,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             stop=stop,
         )
     finally:
+        stop.set()
+        if cap_agent is not None:
+            cap_agent.join(timeout=10)
         transport.close()
         exporter.close()
         if hasattr(source, "close"):

@@ -173,6 +173,46 @@ def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) 
     return len(acks), len(bad)
 
 
+class AckLander:
+    """`gpu.cap-acks.v1` into the audit, once per enforcer cycle (`gpuledger jobs`): one consumer
+    kept across cycles (group `<client_id>-enforcer-acks`), offsets committed after the acks are
+    in the lake (a crash in between lands those acks twice: the audit is at-least-once)."""
+
+    def __init__(self, cfg: Config, lake: Lake) -> None:
+        self.cfg, self.lake = cfg, lake
+        self._consumer: Any = None
+
+    def land(self, now: datetime, *, max_polls: int = 5, poll_ms: int = 200) -> dict[str, int]:
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+
+            self._consumer = KafkaConsumer(
+                self.cfg.kafka.cap_acks_topic,
+                bootstrap_servers=self.cfg.kafka.bootstrap_servers,
+                group_id=f"{self.cfg.kafka.client_id}-enforcer-acks",
+                client_id=f"{self.cfg.kafka.client_id}-enforcer-acks",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+        msgs: list[tuple[str, bytes]] = []
+        for _ in range(max_polls):
+            batch = self._consumer.poll(timeout_ms=poll_ms)
+            for recs in batch.values():
+                msgs += [(r.topic, r.value) for r in recs]
+            if not batch and msgs:
+                break
+        if not msgs:
+            return {"acks": 0, "bad_acks": 0}
+        good, bad = land_acks(self.lake, msgs, now)
+        self._consumer.commit()
+        return {"acks": good, "bad_acks": bad}
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
 def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
     """A sender onto `kafka.caps_topic` (key = node), made on first use so a recommend-only or off
     enforcer never connects; None when no mode anywhere can send."""

@@ -190,6 +190,7 @@ class JobRunner:
             "enforcer": self.enforcer,
         }
         self._enforcer: Any = None
+        self._acks: Any = None
 
     # -- the jobs -------------------------------------------------------------------------------
 
@@ -271,7 +272,14 @@ class JobRunner:
 
         if self._enforcer is None:
             self._enforcer = Enforcer(self.cfg, kafka_sender(self.cfg))
-        return self._enforcer.cycle(now)
+        out = self._enforcer.cycle(now)
+        if kafka_sender(self.cfg) is not None:  # something may be sent: the nodes' acks come back
+            from pipeline.enforcer import AckLander
+
+            if self._acks is None:
+                self._acks = AckLander(self.cfg, self.lake)
+            out.update(self._acks.land(now))
+        return out
 
     def close_due(self, now: datetime) -> bool:
         """The previous month has data, is open, and this month's close time has passed (a missed close)."""
