@@ -436,6 +436,31 @@ def table(results: Sequence[Result], label: str = "") -> str:
 
 DEFAULT_SWEEP_HOURS = (24.0, 12.0, 6.0, 3.0, 1.0)
 DEFAULT_SWEEP_PM = ((98.0, 0.15), (95.0, 0.10), (90.0, 0.05), (99.0, 0.25))
+_FAST = {"shrink_min_history_hours": 3.0, "shrink_min_age_hours": 3.0}
+DEFAULT_PACING: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("history 3 h, shrink <= 50 % every 1 h", {**_FAST, "shrink_max_step": 0.5, "shrink_every_hours": 1.0}),
+    (
+        "history 3 h, shrink <= 50 % every 1 h, core -30 points every 1 h",
+        {
+            **_FAST,
+            "shrink_max_step": 0.5,
+            "shrink_every_hours": 1.0,
+            "core_lower_max_points": 30.0,
+            "core_lower_every_hours": 1.0,
+        },
+    ),
+    (
+        "history 3 h, shrink <= 50 % every 1 h, core -30 points every 1 h, budget 50 %/h",
+        {
+            **_FAST,
+            "shrink_max_step": 0.5,
+            "shrink_every_hours": 1.0,
+            "core_lower_max_points": 30.0,
+            "core_lower_every_hours": 1.0,
+            "budget_frac": 0.5,
+        },
+    ),
+)
 
 
 def sweep(
@@ -445,9 +470,11 @@ def sweep(
     hours: Sequence[float] = DEFAULT_SWEEP_HOURS,
     pm: Sequence[tuple[float, float]] = DEFAULT_SWEEP_PM,
     cycle_s: float = 300.0,
+    pacing: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> list[Result]:
     """The policy under each history requirement (slice age guard min(h, its default)) and each
-    (percentile, margin); the rest of the configuration as given."""
+    (percentile, margin); the rest of the configuration as given. `pacing`: (label, overrides)
+    runs after the grid, e.g. larger and more frequent steps."""
     out = []
     for h in hours:
         for pct, margin in pm:
@@ -460,8 +487,13 @@ def sweep(
             )
             r = evaluate(series, c, methods=("policy",), cycle_s=cycle_s)["policy"]
             r.extra["label"] = f"history {h:g} h, P{pct:g} x {1 + margin:g}"
-            r.extra.update(history_h=h, percentile=pct, margin=margin)
+            r.extra.update(group=f"history {h:g} h", history_h=h, percentile=pct, margin=margin)
             out.append(r)
+    for label, over in pacing:
+        c = replace(cfg, **over)
+        r = evaluate(series, c, methods=("policy",), cycle_s=cycle_s)["policy"]
+        r.extra.update(label=label, group="faster pacing", **over)
+        out.append(r)
     return out
 
 
@@ -473,14 +505,12 @@ def plot_frontier(base: dict[str, Result], swept: Sequence[Result], path: str | 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    by_h: dict[float, list[Result]] = {}
+    groups: dict[str, list[Result]] = {}
     for r in swept:
-        by_h.setdefault(r.extra["history_h"], []).append(r)
-    for h, rs in sorted(by_h.items()):
+        groups.setdefault(r.extra.get("group", "policy"), []).append(r)
+    for g, rs in groups.items():
         ax.scatter(
-            [100 * r.violation_rate for r in rs],
-            [r.reclaimed_gib_h for r in rs],
-            label=f"policy, history {h:g} h",
+            [100 * r.violation_rate for r in rs], [r.reclaimed_gib_h for r in rs], label=f"policy, {g}"
         )
     for name, marker in (("vpa", "s"), ("oracle", "*"), ("static", "x")):
         if name in base:
@@ -535,9 +565,9 @@ def report(
         "table": table(list(base.values())),
     }
     if do_sweep or plot:
-        swept = sweep(series, cfg, cycle_s=cycle_s)
+        swept = sweep(series, cfg, cycle_s=cycle_s, pacing=DEFAULT_PACING)
         out["sweep"] = [{**r.row(), **{k: v for k, v in r.extra.items()}} for r in swept]
-        out["sweep_table"] = table(swept, label="policy")
+        out["sweep_table"] = table(swept, label="configuration")
         if plot:
             out["plot"] = str(plot_frontier(base, swept, plot))
     return out

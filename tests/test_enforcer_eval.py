@@ -140,3 +140,31 @@ def test_cli_evaluate_on_a_slice_of_the_real_trace(capsys, tmp_path):
     rc = main(["enforcer", "evaluate", str(tmp_path), "--pods", "1"])
     assert rc == 2
     assert "missing pod_gpu_duty_cycle.csv.gz" in capsys.readouterr().err
+
+
+def test_sweep_and_frontier_plot(tmp_path):
+    from pipeline.enforcer_eval import plot_frontier, sweep
+
+    s = replace(tiny(), mem_mib=[[1000.0] * 10, [500.0] * 5 + [0.0] * 5])
+    swept = sweep(
+        s,
+        EnforcerConfig(),
+        hours=(24.0, 0.0),
+        pm=((98.0, 0.15),),
+        cycle_s=300,
+        pacing=(
+            (
+                "no budget limit",
+                {"shrink_min_history_hours": 0.0, "shrink_min_age_hours": 0.0, "budget_frac": 1.0},
+            ),
+        ),
+    )
+    assert [r.extra["label"] for r in swept] == [
+        "history 24 h, P98 x 1.15",
+        "history 0 h, P98 x 1.15",
+        "no budget limit",
+    ]
+    # a day of history: nothing; none: one slice shrinks (budget); all slices may change: both
+    assert [r.reclaimed_gib_h for r in swept] == [0.0, 0.3, round((9 * 2048 + 4 * 2048) / 60 / 1024, 3)]
+    png = plot_frontier(evaluate(s, EnforcerConfig(), cycle_s=300), swept, tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
