@@ -218,6 +218,9 @@ def create_app(cfg: Config, data: DashboardData | None = None) -> dash.Dash:
         d = data.idle_now(principal().allowed(f.tenants), f)
         return [pages.no_data()] if d is None else pages.idle_table(d)
 
+    from dashboards import caps_page
+
+    caps_page.register(app, data, cfg, principal, DATA_INPUTS)
     return app
 
 

@@ -137,18 +137,16 @@ def cap_series(
     if not slice_ids:
         return {}
     since = now - timedelta(hours=hours)
-    where = (
-        f"ts > {lit(since.isoformat())}::TIMESTAMPTZ AND ts <= {lit(now.isoformat())}::TIMESTAMPTZ "
-        "AND slice_id IN (" + ", ".join(lit(s) for s in slice_ids) + ")"
-    )
+    where = f"ts > {lit(since.isoformat())}::TIMESTAMPTZ AND ts <= {lit(now.isoformat())}::TIMESTAMPTZ"
     days = dates_between(since.astimezone(UTC).date(), now.astimezone(UTC).date())
     src = samples_sql(lake, "slice", days, where)
     if src is None:
         return {}
+    ids = ", ".join(lit(s) for s in slice_ids)
     sql = f"""
 SELECT slice_id, to_timestamp(floor(epoch(ts) / {int(window_s)}) * {int(window_s)}) AS w,
        max(mem_used_mib) AS used, max(mem_cap_mib) AS cap
-FROM {src} GROUP BY ALL ORDER BY slice_id, w"""
+FROM {src} WHERE slice_id IN ({ids}) GROUP BY ALL ORDER BY slice_id, w"""
     out: dict[str, list[dict[str, Any]]] = {}
     for sid, w, used, cap in duckdb.connect().sql(sql).fetchall():
         out.setdefault(sid, []).append({"t": w, "used_mib": used, "cap_mib": cap})
