@@ -111,3 +111,42 @@ def test_caps_view_exact_and_isolated(tmp_path: Path) -> None:
 def test_caps_page_is_registered() -> None:
     assert ("/caps", "Caps") in pages.PAGES
     assert repr(pages.skeleton("/caps")) == repr(caps_page.skeleton())
+
+
+def test_monthly_report_right_sizing_section(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    from warehouse.enforcer_views import rightsizing_month
+    from warehouse.money_settings import CloseSettings
+    from warehouse.monthly import build_reports
+    from warehouse.pricing import PriceBook
+    from warehouse.reports import build_content, render_html
+
+    lake = lake_with_a_shrink(tmp_path)
+    book = PriceBook([{"model": "NVIDIA H100 80GB HBM3", "gpu_hour": "3.00"}])
+    rows = rightsizing_month(lake, "2026-11", RULES, book=book)
+    # one 300 s tick at cap 30,720 under an allocation of 40,960: 10,240 MiB x 300 s
+    gpu_h = 10240 * 300 / 3600 / 81920
+    assert rows == [
+        {
+            "tenant": "nlp",
+            "cluster": "c1",
+            "model": "NVIDIA H100 80GB HBM3",
+            "slices": 1,
+            "gib_h": round(10240 * 300 / 3600 / 1024, 3),
+            "gpu_h": round(gpu_h, 6),
+            "worth": (Decimal("3.00") * Decimal(str(round(gpu_h, 9)))).quantize(Decimal("0.01")),
+        }
+    ]
+    assert rows[0]["gib_h"] == 0.833 and rows[0]["worth"] == Decimal("0.03")
+    assert rightsizing_month(lake, "2026-10", RULES, book=book) == []
+    assert rightsizing_month(lake, "2026-11", RULES, book=None)[0]["worth"] is None  # no price: no worth
+    cfg = Config()
+    cfg.tenants.rules = RULES
+    cfg.pricing.book = [{"model": "NVIDIA H100 80GB HBM3", "gpu_hour": "3.00"}]
+    fleet, nlp = build_reports(lake.root, "2026-11", CloseSettings.from_config(cfg))
+    assert nlp.tenant == "nlp" and nlp.rightsizing == fleet.rightsizing == rows
+    content = build_content(fleet)
+    (sec,) = [s for s in content.sections if s.title == "Right-sizing"]
+    assert sec.blocks[0].rows == [["nlp", "c1", "NVIDIA H100 80GB HBM3", "1", "0.8", "0.01", "USD 0.03"]]
+    assert "Memory reclaimed by the enforcer" in render_html(fleet)

@@ -185,3 +185,83 @@ def caps_view(
         "series": cap_series(lake, now, shown, hours=hours),
         "band": band,
     }
+
+
+def rightsizing_month(
+    lake: Lake | str,
+    month: str,
+    tenant_rules: Sequence[Mapping[str, Any]] = (),
+    default_tenant: str = "unassigned",
+    book: Any = None,
+) -> list[dict[str, Any]]:
+    """Memory the enforcer reclaimed in `month`, per (tenant, cluster, GPU model): slices below
+    their allocation, GiB-hours (allocation - cap, tick by tick), the same as GPU-hours (over the
+    GPU's memory) and what those are worth at the price book (`book`: a PriceBook; None or a model
+    without a price: no worth). Empty when the enforcer never changed a cap."""
+    from decimal import Decimal
+
+    from warehouse.errors import PriceError
+    from warehouse.pricing import month_bounds
+    from warehouse.rules import tenant_sql
+
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    alloc = {
+        sid: int(s["requested_mem_mib"])
+        for sid, s in load_state(lake).get("slices", {}).items()
+        if s.get("requested_mem_mib")
+    }
+    if not alloc:
+        return []
+    m0, m1 = month_bounds(month)
+    days = dates_between(m0, m1 - timedelta(days=1))
+    src = samples_sql(lake, "slice", days)
+    if src is None:
+        return []
+    values = ", ".join(f"({lit(k)}, {v})" for k, v in sorted(alloc.items()))
+    sql = f"""
+WITH a(slice_id, alloc) AS (VALUES {values}),
+t AS (SELECT s.slice_id, s.cluster, s.model, ({tenant_sql(tenant_rules, default_tenant)}) AS tenant,
+             CAST(s.ts AS DATE) AS day, (a.alloc - s.mem_cap_mib) * s.interval_s / 3600.0 AS mib_h,
+             (a.alloc - s.mem_cap_mib) * s.interval_s / 3600.0 / s.gpu_mem_total_mib AS gpu_h
+      FROM {src} s JOIN a USING (slice_id)
+      WHERE s.kind = 'vgpu' AND s.mem_cap_mib < a.alloc AND s.gpu_mem_total_mib > 0)
+SELECT tenant, cluster, model, day, count(DISTINCT slice_id), sum(mib_h), sum(gpu_h)
+FROM t GROUP BY ALL ORDER BY tenant, cluster, model, day"""
+    acc: dict[tuple[str, str, str], dict[str, Any]] = {}
+    slices: dict[tuple[str, str, str], set[str]] = {}
+    rows = duckdb.connect().sql(sql).fetchall()
+    ids_sql = f"""
+SELECT DISTINCT ({tenant_sql(tenant_rules, default_tenant)}), s.cluster, s.model, s.slice_id
+FROM {src} s JOIN (VALUES {values}) a(slice_id, alloc) USING (slice_id)
+WHERE s.kind = 'vgpu' AND s.mem_cap_mib < a.alloc"""
+    for t, c, m, sid in duckdb.connect().sql(ids_sql).fetchall():
+        slices.setdefault((t, c, m), set()).add(sid)
+    for tenant, cluster, model, day, _n, mib_h, gpu_h in rows:
+        a = acc.setdefault(
+            (tenant, cluster, model),
+            {
+                "tenant": tenant,
+                "cluster": cluster,
+                "model": model,
+                "slices": 0,
+                "gib_h": 0.0,
+                "gpu_h": 0.0,
+                "worth": Decimal(0),
+            },
+        )
+        a["gib_h"] += float(mib_h) / 1024.0
+        a["gpu_h"] += float(gpu_h)
+        if a["worth"] is not None:
+            try:
+                price = book.price_at(model, day).gpu_hour if book is not None else None
+            except PriceError:
+                price = None
+            a["worth"] = None if price is None else a["worth"] + price * Decimal(str(round(float(gpu_h), 9)))
+    out = []
+    for key, a in sorted(acc.items()):
+        a["slices"] = len(slices.get(key, ()))
+        a["gib_h"], a["gpu_h"] = round(a["gib_h"], 3), round(a["gpu_h"], 6)
+        if a["worth"] is not None:
+            a["worth"] = a["worth"].quantize(Decimal("0.01"))
+        out.append(a)
+    return out
