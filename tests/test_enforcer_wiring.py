@@ -140,3 +140,48 @@ def test_gpuledger_collect_runs_the_cap_agent(tmp_path: Path, kafka_bootstrap: s
         "applied",
         16_384,
     )
+
+
+def test_enforcer_job_lands_acks(tmp_path: Path, kafka_bootstrap: str, make_topic) -> None:
+    """`gpuledger jobs`' enforcer job: one cycle (nothing to decide on an empty lake), then the
+    acks waiting on gpu.cap-acks.v1 into the audit; a recommend-only enforcer reads no acks."""
+    from pipeline.jobs import JobRunner
+
+    caps, acks, dlq = make_topic("caps"), make_topic("acks"), make_topic("capsdlq")
+    cfg = _cfg(tmp_path, kafka_bootstrap, caps, acks, dlq)
+    ack = {
+        "schema": "gpuledger.cap-ack/v1",
+        "decision_id": "c" * 32,
+        "cluster": "c1",
+        "node": "n1",
+        "slice_id": "GPU-x:hami:pod/main",
+        "resource": "core",
+        "status": "applies-at-restart",
+        "reason": "HAMi-core reads sm_limit when a process starts",
+        "used_mib": None,
+        "cap_before": 50,
+        "cap_after": 40,
+        "acked_at": "2026-11-27T12:00:05.000000Z",
+    }
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    p.send(acks, key=b"n1", value=json.dumps(ack).encode())
+    p.send(acks, key=b"n1", value=b"not json")
+    p.flush()
+    p.close()
+    now = datetime(2026, 11, 27, 12, 1, tzinfo=UTC)
+    runner = JobRunner(cfg, clock=lambda: now)
+    got: dict = {}
+    try:
+        for _ in range(10):  # the first polls may only join the group
+            got = runner.enforcer(now)
+            if got.get("acks"):
+                break
+    finally:
+        if runner._acks is not None:
+            runner._acks.close()
+    assert (got["acks"], got["bad_acks"]) == (1, 1)
+    rows = duckdb.sql(f"SELECT decision_id, status FROM {audit_sql(Lake(cfg.lake.path), 'acks')}").fetchall()
+    assert rows == [("c" * 32, "applies-at-restart")]
+    cfg.enforcer.mode = "recommend"
+    quiet = JobRunner(cfg, clock=lambda: now)
+    assert "acks" not in quiet.enforcer(now) and quiet._acks is None
