@@ -125,6 +125,28 @@ def body(v: dict[str, Any]) -> list[Any]:
     return out
 
 
+def narrow(v: dict[str, Any], clusters: tuple[str, ...], models: tuple[str, ...]) -> dict[str, Any]:
+    """The view cut to the cluster and GPU model filters (a pool is "cluster/model")."""
+    if not clusters and not models:
+        return v
+    from warehouse.enforcer_views import reclaimed_by
+
+    def keep(pool: str) -> bool:
+        c, _, m = pool.partition("/")
+        return (not clusters or c in clusters) and (not models or m in models)
+
+    slices = [r for r in v["slices"] if keep(r["pool"])]
+    ids = {r["slice_id"] for r in slices}
+    return {
+        **v,
+        "slices": slices,
+        "by_tenant_pool": reclaimed_by(slices),
+        "decisions": [d for d in v["decisions"] if keep(d["pool"])],
+        "series": {k: x for k, x in v["series"].items() if k in ids},
+        "band": {k: x for k, x in v["band"].items() if k in ids},
+    }
+
+
 def register(app: Any, data: Any, cfg: Any, principal: Any, inputs: list[Any]) -> None:
     """The page's data callback; `data` is the app's DashboardData (its lake and tenant rules)."""
     from warehouse.enforcer_views import caps_view
@@ -145,4 +167,4 @@ def register(app: Any, data: Any, cfg: Any, principal: Any, inputs: list[Any]) -
             hours=f.hours,
             top=TOP,
         )
-        return body(v)
+        return body(narrow(v, f.clusters, f.models))

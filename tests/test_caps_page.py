@@ -106,6 +106,11 @@ def test_caps_view_exact_and_isolated(tmp_path: Path) -> None:
     assert "caps-reclaimed" in html and "caps-decisions" in html and "recommendation band" in html
     assert "10.0" in html and "0.12" in html
     assert repr(caps_page.body(other)).count("caps-empty") == 1
+    # the cluster and model filters
+    assert caps_page.narrow(v, ("c1",), ()) == v
+    assert caps_page.narrow(v, (), ("NVIDIA H100 80GB HBM3",))["slices"] == v["slices"]
+    cut = caps_page.narrow(v, ("c2",), ())
+    assert (cut["slices"], cut["by_tenant_pool"], cut["decisions"], cut["series"]) == ([], [], [], {})
 
 
 def test_caps_page_is_registered() -> None:
