@@ -15,6 +15,7 @@ goes to the DLQ with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -173,22 +174,60 @@ def apply_cap(
 
 
 class AppliedLog:
-    """Decision ids this node has answered, one per line, fsync'd: at most once across restarts."""
+    """Decisions this node has answered, fsync'd: each decision applied at most once across restarts.
+
+    A line `id<TAB>ack JSON` is written after the decision is applied and before its ack is sent;
+    a line `id<TAB>sent` once the broker has the ack. A decision redelivered after a crash between
+    the two (applied, ack never sent) is answered again with the stored ack and never re-applied.
+    Lines of a bare id (older logs) count as answered and sent.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.ids: set[str] = set(self.path.read_text().split()) if self.path.exists() else set()
+        self.ids: set[str] = set()
+        self.unsent: dict[str, dict[str, Any]] = {}
+        text = self.path.read_text() if self.path.exists() else ""
+        if text and not text.endswith("\n"):
+            self._write([""])  # end a line torn by a crash, so the next one starts clean
+        for line in text.splitlines():
+            did, _, rest = line.partition("\t")
+            if not did:
+                continue
+            self.ids.add(did)
+            if rest == "sent":
+                self.unsent.pop(did, None)
+            elif rest:
+                # torn by a crash mid-write: the ack was never sent, nothing to repeat
+                with contextlib.suppress(ValueError):
+                    self.unsent[did] = json.loads(rest)
 
     def __contains__(self, decision_id: str) -> bool:
         return decision_id in self.ids
 
-    def add(self, decision_id: str) -> None:
+    def _write(self, lines: list[str]) -> None:
         with open(self.path, "a") as fh:
-            fh.write(decision_id + "\n")
+            fh.write("".join(x + "\n" for x in lines))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def add(self, decision_id: str, ack: dict[str, Any] | None = None) -> None:
+        """Answered: with the ack still to send (re-sent on redelivery until `mark_sent`)."""
+        self._write([decision_id + ("\t" + json.dumps(ack, sort_keys=True) if ack is not None else "")])
         self.ids.add(decision_id)
+        if ack is not None:
+            self.unsent[decision_id] = ack
+
+    def mark_sent(self, decision_ids: list[str]) -> None:
+        """The broker holds these acks: a later redelivery is answered with nothing."""
+        ids = [d for d in decision_ids if d in self.unsent]
+        if ids:
+            self._write([d + "\tsent" for d in ids])
+            for d in ids:
+                self.unsent.pop(d, None)
+
+    def pending_ack(self, decision_id: str) -> dict[str, Any] | None:
+        return self.unsent.get(decision_id)
 
 
 def _now() -> datetime:
@@ -197,7 +236,8 @@ def _now() -> datetime:
 
 class CapAgent:
     """Handles the decision messages of one node: `handle(raw)` returns ("ack", ack) or ("dlq", reason),
-    or None for a decision of another node (not ours to answer) or one already answered."""
+    or None for a decision of another node (not ours to answer) or one already answered and sent
+    (a redelivered one whose ack may not have been sent gets that ack again, nothing re-applied)."""
 
     def __init__(
         self,
@@ -211,6 +251,7 @@ class CapAgent:
     ) -> None:
         self.node, self.hook_dir = node, Path(hook_dir)
         self.log = AppliedLog(applied_log)
+        self.answered_here: set[str] = set()
         self.floor_mib, self.floor_frac, self.clock = floor_mib, floor_frac, clock
 
     def handle(self, raw: bytes) -> tuple[str, Any] | None:
@@ -225,10 +266,19 @@ class CapAgent:
             return ("dlq", f"{where}: {e.message}")
         if msg["node"] != self.node:
             return None
-        if msg["decision_id"] in self.log:
-            return None  # redelivered: answered already
+        did = msg["decision_id"]
+        if did in self.log:
+            # redelivered: applied already. Answered by this process: its ack is on its way (a send
+            # that fails ends run_cap_agent, and a restart makes a new agent). Answered before a
+            # restart with the ack never confirmed sent: that ack again.
+            stored = None if did in self.answered_here else self.log.pending_ack(did)
+            if stored is None:
+                return None
+            self.answered_here.add(did)
+            return ("ack", stored)
         ack = self._apply(msg)
-        self.log.add(msg["decision_id"])
+        self.log.add(did, ack)
+        self.answered_here.add(did)
         return ("ack", ack)
 
     def _apply(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +358,7 @@ def run_cap_agent(
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=f"{client_id}-cap-acks", acks="all")
     handled = polls = 0
+    acked: list[str] = []
     try:
         while (stop is None or not stop.is_set()) and (max_polls is None or polls < max_polls):
             polls += 1
@@ -326,12 +377,65 @@ def run_cap_agent(
                     key = agent.node.encode()
                     if kind == "ack":
                         producer.send(acks_topic, key=key, value=json.dumps(body, sort_keys=True).encode())
+                        acked.append(body["decision_id"])
                     else:
                         reason = [("reason", body.encode())]
                         producer.send(dlq_topic, key=key, value=rec.value, headers=reason)
             producer.flush()
+            agent.log.mark_sent(acked)
+            acked.clear()
             consumer.commit()
     finally:
         consumer.close()
         producer.close()
     return handled
+
+
+def cap_agent_wanted(cfg: Any) -> bool:
+    """`gpuledger collect` runs the agent when some pool's enforcer mode is not off and a broker is
+    configured (tenant modes can only be stricter than their pool's, so they never turn it on)."""
+    modes = {cfg.enforcer.mode, *cfg.enforcer.pools.values()}
+    return bool(cfg.kafka.bootstrap_servers) and modes != {"off"}
+
+
+def start_cap_agent(cfg: Any, stop: Any, *, poll_ms: int = 500, retry_s: float = 5.0) -> Any:
+    """The node's cap agent in a daemon thread until `stop` is set, or None when not wanted.
+
+    The agent answers decisions for `collector.node`, on the regions under `collector.hami_hook_dir`,
+    keeping its log of answered decisions in `collector.spool_dir` (caps-applied.log). A broker
+    error restarts it after `retry_s` with a fresh agent read back from that log, so an ack whose
+    send failed is sent again when the decision is redelivered.
+    """
+    import sys
+    import threading
+
+    if not cap_agent_wanted(cfg):
+        return None
+
+    def loop() -> None:
+        while not stop.is_set():
+            agent = CapAgent(
+                cfg.collector.node,
+                cfg.collector.hami_hook_dir,
+                Path(cfg.collector.spool_dir) / "caps-applied.log",
+                floor_mib=cfg.enforcer.floor_mib,
+                floor_frac=cfg.enforcer.floor_frac,
+            )
+            try:
+                run_cap_agent(
+                    agent,
+                    cfg.kafka.bootstrap_servers,
+                    cfg.kafka.caps_topic,
+                    cfg.kafka.cap_acks_topic,
+                    cfg.kafka.caps_dlq_topic,
+                    client_id=cfg.kafka.client_id,
+                    stop=stop,
+                    poll_ms=poll_ms,
+                )
+            except Exception as e:  # broker away, topic missing: keep the collector running
+                print(f"collect: cap agent: {type(e).__name__}: {e}; again in {retry_s:g} s", file=sys.stderr)
+                stop.wait(retry_s)
+
+    t = threading.Thread(target=loop, name="gpuledger-cap-agent", daemon=True)
+    t.start()
+    return t

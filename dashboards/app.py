@@ -224,6 +224,10 @@ def create_app(cfg: Config, data: DashboardData | None = None) -> dash.Dash:
         d = data.idle_now(principal().allowed(f.tenants), f)
         return [pages.no_data()] if d is None else pages.idle_table(d)
 
+    from dashboards import caps_page
+
+    caps_page.register(app, data, cfg, principal, DATA_INPUTS)
+
     # For the server's CSP (Dash's inline scripts by hash) and its callback-body check.
     server.extensions["gpuledger"].update(script_hashes=app.csp_hashes(), callbacks=app.callback_map)
     return app

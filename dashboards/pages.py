@@ -23,6 +23,7 @@ PAGES = [
     ("/chargeback", "Chargeback"),
     ("/gpus", "GPUs"),
     ("/idle", "Idle"),
+    ("/caps", "Caps"),  # dashboards/caps_page.py
 ]
 CARD = {"border": "1px solid #ddd", "borderRadius": "6px", "padding": ".6em 1em", "minWidth": "11em"}
 TABLE = {"borderCollapse": "collapse", "fontSize": "90%", "marginTop": ".5em"}
@@ -197,6 +198,10 @@ def skeleton(path: str) -> list[Any]:
         ]
     if path == "/idle":
         return [html.Div(id="idle-table")]
+    if path == "/caps":
+        from dashboards import caps_page
+
+        return caps_page.skeleton()
     return [html.H3("Page not found", id="not-found")]
 
 

@@ -663,6 +663,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from collector.caps import start_cap_agent
+
+    cap_agent = start_cap_agent(cfg, stop)  # [enforcer] not off: this node applies its caps
     try:
         stats = run_collector(
             _Exported(source, exporter),
@@ -673,6 +676,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
             stop=stop,
         )
     finally:
+        stop.set()
+        if cap_agent is not None:
+            cap_agent.join(timeout=10)
         transport.close()
         exporter.close()
         if hasattr(source, "close"):
@@ -741,12 +747,46 @@ def cmd_enforcer(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     now = datetime.now(UTC)
+    if args.enforcer_command == "evaluate":
+        return _enforcer_evaluate(args, cfg)
     if args.enforcer_command == "status":
         print(_json.dumps(status(cfg, now), indent=2, sort_keys=True))
         return 0
     cfg.enforcer.mode = "recommend"  # whatever is configured: this command never sends
     cfg.enforcer.pools = {k: "off" if v == "off" else "recommend" for k, v in cfg.enforcer.pools.items()}
     print(_json.dumps(Enforcer(cfg, None).cycle(now), sort_keys=True))
+    return 0
+
+
+def _enforcer_evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    """`gpuledger enforcer evaluate TRACE`: offline causal replay (pipeline/enforcer_eval.py)."""
+    import json as _json
+
+    from pipeline.enforcer_eval import report
+
+    try:
+        out = report(
+            args.trace,
+            cfg.enforcer,
+            cycle_s=args.cycle_s,
+            pods=args.pods,
+            hours=args.hours,
+            do_sweep=args.sweep,
+            plot=args.plot,
+        )
+    except ValueError as e:
+        print(f"gpuledger enforcer {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(_json.dumps({k: v for k, v in out.items() if not k.endswith("table")}, sort_keys=True))
+        return 0
+    print(f"{out['trace']}: {out['pods']} pods, {out['hours']} h, policy cycle {out['cycle_s']:g} s")
+    print(out["table"])
+    if "sweep_table" in out:
+        print()
+        print(out["sweep_table"])
+    if "plot" in out:
+        print(f"frontier plot: {out['plot']}")
     return 0
 
 
@@ -968,6 +1008,15 @@ def build_parser() -> argparse.ArgumentParser:
         e = ensub.add_parser(name, help=what)
         e.add_argument("--lake")
         e.set_defaults(func=cmd_enforcer)
+    ev = ensub.add_parser("evaluate", help="offline causal replay of a trace: policy vs static, VPA, oracle")
+    ev.add_argument("trace", help="a GenTD26-layout trace directory")
+    ev.add_argument("--cycle-s", type=float, default=300.0, help="policy cycle in trace seconds")
+    ev.add_argument("--pods", type=int, help="only the first N pods")
+    ev.add_argument("--hours", type=float, help="only the first H hours")
+    ev.add_argument("--sweep", action="store_true", help="also sweep history and percentile/margin")
+    ev.add_argument("--plot", help="write the frontier plot (PNG) here (implies --sweep)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_enforcer)
 
     al = sub.add_parser("alerts", help="alert rules")
     alsub = al.add_subparsers(dest="alerts_command", required=True)

@@ -10,6 +10,7 @@ DLQ table with the reason).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from typing import Any
 import jsonschema
 
 from gpuledger.config import Config
+from pipeline.alert_records import ALERTS, ZERO_TIME, write_record
 from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, Window, decide, recheck
 from warehouse.enforcer_audit import append, load_state, save_state
 from warehouse.enforcer_features import latest_slices, windows
@@ -147,11 +149,59 @@ class Enforcer:
                 held += 1
                 state.slices[d.slice_id].pending_until.pop(d.resource, None)
         append(self.lake, "decisions", rows)  # audit before send: nothing goes out unrecorded
+        rollbacks = [d for d in decisions if d.action == "rollback"]
+        if rollbacks:
+            write_record(self.lake, self.lake.root / ALERTS, rollback_alerts(rollbacks, now), now, None)
         for d, r in zip(decisions, rows, strict=True):
             if r["sent"] and self.send is not None:
                 self.send(d.node, to_message(d))
         save_state(self.lake, state.to_json())
         return {"decisions": len(decisions), "sent": sent, "held": held, "demoted": sorted(state.demoted)}
+
+
+ROLLBACK_ALERTNAME = "GpuCapRolledBack"
+
+
+def rollback_alerts(decisions: Iterable[Decision], now: datetime) -> list[dict[str, Any]]:
+    """A firing alert record (alerts/ in the lake, pipeline/alert_records.py) per rolled-back shrink
+    or lowering: a regression the operator should see. One-shot: the record, no Alertmanager
+    delivery and no resolve (the rollback itself restores the cap)."""
+    out = []
+    for d in decisions:
+        labels = {
+            "alertname": ROLLBACK_ALERTNAME,
+            "severity": "warning",
+            "tenant": d.tenant,
+            "cluster": d.cluster,
+            "node": d.node,
+            "pool": d.pool,
+            "slice_id": d.slice_id,
+            "resource": d.resource,
+        }
+        fp = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+        unit = "MiB" if d.resource == "memory" else "%"
+        out.append(
+            {
+                "id": hashlib.sha256(f"{d.decision_id}|firing".encode()).hexdigest()[:32],
+                "event": "firing",
+                "fingerprint": fp,
+                "status": "firing",
+                "labels": labels,
+                "annotations": {
+                    "summary": (
+                        f"{d.resource} cap of {d.slice_id} rolled back {d.old_cap} -> {d.new_cap} {unit}"
+                    ),
+                    "description": d.reason,
+                    "decision_id": d.decision_id,
+                    "mode": d.mode,
+                },
+                "startsAt": _z(now),
+                "endsAt": ZERO_TIME,
+                "event_ts": _z(now),
+                "targets": {},
+            }
+        )
+    return out
 
 
 def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) -> tuple[int, int]:
@@ -171,6 +221,46 @@ def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) 
     append(lake, "acks", acks)
     append(lake, "dlq", bad)
     return len(acks), len(bad)
+
+
+class AckLander:
+    """`gpu.cap-acks.v1` into the audit, once per enforcer cycle (`gpuledger jobs`): one consumer
+    kept across cycles (group `<client_id>-enforcer-acks`), offsets committed after the acks are
+    in the lake (a crash in between lands those acks twice: the audit is at-least-once)."""
+
+    def __init__(self, cfg: Config, lake: Lake) -> None:
+        self.cfg, self.lake = cfg, lake
+        self._consumer: Any = None
+
+    def land(self, now: datetime, *, max_polls: int = 5, poll_ms: int = 200) -> dict[str, int]:
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+
+            self._consumer = KafkaConsumer(
+                self.cfg.kafka.cap_acks_topic,
+                bootstrap_servers=self.cfg.kafka.bootstrap_servers,
+                group_id=f"{self.cfg.kafka.client_id}-enforcer-acks",
+                client_id=f"{self.cfg.kafka.client_id}-enforcer-acks",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+        msgs: list[tuple[str, bytes]] = []
+        for _ in range(max_polls):
+            batch = self._consumer.poll(timeout_ms=poll_ms)
+            for recs in batch.values():
+                msgs += [(r.topic, r.value) for r in recs]
+            if not batch and msgs:
+                break
+        if not msgs:
+            return {"acks": 0, "bad_acks": 0}
+        good, bad = land_acks(self.lake, msgs, now)
+        self._consumer.commit()
+        return {"acks": good, "bad_acks": bad}
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:

@@ -13,11 +13,10 @@ rollbacks are capped at the first cap seen for the slice.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -322,7 +321,7 @@ def decide(
     Order per slice: rollback of a regression, growth after a suspected out-of-memory, growth on
     need, then shrink behind its guards (and the pool's budget, applied last, largest first).
     """
-    st = copy.deepcopy(state)
+    st = copy_state(state)
     cyc = _Cycle(st, now, cfg)
     _prune(st, now, cfg)
     pool_sizes: dict[str, int] = {}
@@ -350,6 +349,20 @@ def decide(
         shrink_candidates += _core(cyc, f, s, mode)
     _apply_budget(cyc, shrink_candidates, pool_sizes)
     return cyc.out, st
+
+
+def copy_state(state: PolicyState) -> PolicyState:
+    """A deep copy of the state, without `copy.deepcopy`'s cost (the offline evaluation calls
+    `decide` tens of thousands of times): every leaf is immutable, only the containers are copied."""
+    return PolicyState(
+        slices={
+            k: replace(v, recs=list(v.recs), pending_until=dict(v.pending_until), last_reco=dict(v.last_reco))
+            for k, v in state.slices.items()
+        },
+        shrinks=list(state.shrinks),
+        regressions={k: list(v) for k, v in state.regressions.items()},
+        demoted=dict(state.demoted),
+    )
 
 
 def _prune(st: PolicyState, now: datetime, cfg: EnforcerConfig) -> None:

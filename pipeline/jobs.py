@@ -194,6 +194,7 @@ class JobRunner:
             "janitor": self.janitor,
         }
         self._enforcer: Any = None
+        self._acks: Any = None
 
     # -- the jobs -------------------------------------------------------------------------------
 
@@ -275,7 +276,14 @@ class JobRunner:
 
         if self._enforcer is None:
             self._enforcer = Enforcer(self.cfg, kafka_sender(self.cfg))
-        return self._enforcer.cycle(now)
+        out = self._enforcer.cycle(now)
+        if kafka_sender(self.cfg) is not None:  # something may be sent: the nodes' acks come back
+            from pipeline.enforcer import AckLander
+
+            if self._acks is None:
+                self._acks = AckLander(self.cfg, self.lake)
+            out.update(self._acks.land(now))
+        return out
 
     def janitor(self, now: datetime) -> dict[str, Any]:
         from warehouse.janitor import sweep

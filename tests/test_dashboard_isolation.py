@@ -55,6 +55,7 @@ PATHS = [
     "/chargeback",
     "/gpus",
     "/idle",
+    "/caps",
 ]
 FOREIGN = "&".join(f"tenant={t}" for t in OTHERS)
 SEARCHES = ["", f"?{FOREIGN}", f"?gpu={B0}&{FOREIGN}", f"?gpu={A1}", "?range=90d&month=2026-10&tenant=nlp"]
@@ -129,6 +130,7 @@ def test_every_callback_answers_a_viewer_with_its_own_tenant_only(served: int) -
                 "gpu-detail.children",
                 "gpu-panels.children",
                 "idle-table.children",
+                "caps-body.children",
             ]
         )
         calls = 0

@@ -216,7 +216,12 @@ def test_agent_applies_once_refuses_expired_unknown_and_dlqs_malformed(tmp_path:
         None,
     )
     assert limits(path)[0][0] == 16_384 * MIB
+    first = ack
     assert a.handle(json.dumps(decision()).encode()) is None  # redelivered: applied once
+    # after a restart, before the ack was confirmed sent: the same ack again, nothing re-applied
+    # (else it would be refused: the cap is no longer old_cap)
+    assert agent(tmp_path).handle(json.dumps(decision()).encode()) == ("ack", first)
+    a.log.mark_sent([first["decision_id"]])
     assert agent(tmp_path).handle(json.dumps(decision()).encode()) is None  # ... across restarts too
     kind, ack = a.handle(
         json.dumps(decision(decision_id="0" * 31 + "2", expires_at="2026-11-27T11:59:59Z")).encode()
@@ -237,3 +242,31 @@ def test_agent_applies_once_refuses_expired_unknown_and_dlqs_malformed(tmp_path:
         json.dumps(decision(decision_id="0" * 31 + "5", resource="core", old_cap=30, new_cap=40)).encode()
     )
     assert (ack["status"], ack["cap_after"]) == ("applies-at-restart", 40)
+
+
+def test_crash_between_log_and_send_resends_the_stored_ack(tmp_path: Path) -> None:
+    """The agent logged the decision id and applied the cap, then died before the ack was sent:
+    the redelivered decision is answered with the stored ack after the restart, never re-applied."""
+    path = region(tmp_path)
+    raw = json.dumps(decision()).encode()
+    kind, ack = agent(tmp_path).handle(raw)  # ... and the process dies here, nothing sent
+    assert kind == "ack" and ack["status"] == "applied"
+    log = (tmp_path / "applied.log").read_text().splitlines()
+    assert log == ["0" * 31 + "1\t" + json.dumps(ack, sort_keys=True)]
+    restarted = agent(tmp_path)
+    assert restarted.handle(raw) == ("ack", ack)
+    assert limits(path)[0][0] == 16_384 * MIB
+    restarted.log.mark_sent([ack["decision_id"]])
+    assert (tmp_path / "applied.log").read_text().splitlines()[-1] == "0" * 31 + "1\tsent"
+    assert agent(tmp_path).handle(raw) is None
+    # a torn last line (crash mid-write) counts as answered, with no ack to repeat
+    with open(tmp_path / "applied.log", "a") as fh:
+        fh.write("0" * 31 + "9\t{\"schema\": \"gpul")
+    torn = agent(tmp_path)
+    assert "0" * 31 + "9" in torn.log and torn.log.pending_ack("0" * 31 + "9") is None
+    torn.log.add("0" * 31 + "8")  # the torn line was ended first
+    assert (tmp_path / "applied.log").read_text().endswith("gpul\n" + "0" * 31 + "8\n")
+    # a log of bare ids (before acks were stored) still means answered
+    (tmp_path / "old.log").write_text("0" * 31 + "1\n")
+    old = CapAgent("n1", tmp_path, tmp_path / "old.log", clock=lambda: NOW)
+    assert old.handle(raw) is None

@@ -135,3 +135,5 @@ class MonthReport:
     totals: dict[str, Decimal] = field(default_factory=dict)
     # totals keys: capacity_gpu_h, reserved_gpu_h, used_gpu_h, idle_gpu_h, idle_cost, cost,
     # utilization, allocation_rate, efficiency (ratios as Decimal, may be absent when undefined)
+    # memory the enforcer reclaimed (warehouse/enforcer_views.rightsizing_month rows of this scope)
+    rightsizing: list[dict[str, object]] = field(default_factory=list)

@@ -80,13 +80,25 @@ def build_reports(
         if tenant is not None:
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
+        rs = _rightsizing(lake, month, settings)
         out = []
         for scope in scopes:
-            out.append(_report(acct, month, m0, m1, scope, lines, sha, settings, kept))
+            r = _report(acct, month, m0, m1, scope, lines, sha, settings, kept)
+            r.rightsizing.extend(x for x in rs if scope is None or x["tenant"] == scope)
+            out.append(r)
         return out
     finally:
         if own:
             acct.close()
+
+
+def _rightsizing(lake: str | Path, month: str, settings: CloseSettings) -> list[dict[str, Any]]:
+    """The enforcer's reclaimed memory of the month (empty without an enforcer state)."""
+    from warehouse.enforcer_views import rightsizing_month
+    from warehouse.pricing import PriceBook
+
+    book = PriceBook(settings.book, settings.currency)
+    return rightsizing_month(lake, month, settings.tenant_rules, settings.default_tenant, book)
 
 
 def _report(

@@ -398,6 +398,38 @@ def _lines_table(report: MonthReport) -> TableBlock:
     )
 
 
+def _rightsizing_table(report: MonthReport) -> TableBlock:
+    """Memory the enforcer reclaimed below the allocations (docs/enforcer.md), and its worth."""
+    rows = [
+        [
+            str(r["tenant"]),
+            str(r["cluster"]),
+            str(r["model"]),
+            str(r["slices"]),
+            format_qty(Decimal(str(r["gib_h"])), 1, "reclaimed GiB-hours"),
+            format_qty(Decimal(str(r["gpu_h"])), 2, "reclaimed GPU-hours"),
+            "—" if r["worth"] is None else format_money(r["worth"], report.currency, "reclaimed worth"),
+        ]
+        for r in report.rightsizing
+    ]
+    return TableBlock(
+        "rightsizing",
+        "Memory reclaimed by the enforcer",
+        (
+            Column("Tenant"),
+            Column("Cluster"),
+            Column("GPU model", nowrap=True, weight=1.6),
+            Column("vGPU slices", True),
+            Column("GiB-hours", True),
+            Column("GPU-hours", True),
+            Column("Worth", True),
+        ),
+        rows,
+        "The enforcer reclaimed no memory this month.",
+        note="Allocation minus cap, tick by tick; GPU-hours over the GPU's memory, at the price book.",
+    )
+
+
 def build_content(report: MonthReport) -> ReportContent:
     """Everything a report says, as text and charts, independent of the output format."""
     _check(report)
@@ -428,6 +460,8 @@ def build_content(report: MonthReport) -> ReportContent:
             cost_blocks.append(_tenant_table(report, total))
         sections.append(Section("Cost", cost_blocks, "No cost this month."))
         sections.append(Section("Idle", [_idle_table(report)], ""))
+        if report.rightsizing:
+            sections.append(Section("Right-sizing", [_rightsizing_table(report)], ""))
         sections.append(Section("Charge lines", [_lines_table(report)], ""))
 
     scope = _scope(report)
