@@ -197,7 +197,7 @@ def test_demo_prints_the_money_of_the_replay(tmp_path: Path) -> None:
     from decimal import Decimal
 
     from collector.fleet import MODELS
-    from gpuledger.cli import DEMO_PRICES
+    from gpuledger.demo import DEMO_PRICES
 
     run = gpuledger(tmp_path, "demo", "--until", "1h", "--no-serve", "--lake", str(tmp_path / "lake"))
     s = check_demo_summary(run)

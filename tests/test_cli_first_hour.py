@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from test_cli import clean_env, gpuledger, summary
 
-from gpuledger.cli import DEMO_PRICES, collect_line, rollups_line, validation_line
+from gpuledger.cli import collect_line, validation_line
 from gpuledger.config import load_config
+from gpuledger.demo import DEMO_PRICES
+from gpuledger.serve import rollups_line
 
 
 def last_month(today: date | None = None) -> str:

@@ -146,7 +146,7 @@ def test_demo_through_kafka_uses_its_own_topic(kafka_bootstrap: str, tmp_path: P
     topic a later `ingest` would bill; the config it leaves says which topic it used."""
     import tomllib
 
-    from gpuledger.cli import DEMO_TOPIC
+    from gpuledger.demo import DEMO_TOPIC
 
     r = gpuledger(
         tmp_path,

@@ -213,7 +213,7 @@ def demo_like(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, d
     """A lake as the demo leaves it: its simulated fleet (one hour of 10 s ticks, ending two hours
     ago) with its tenant rules and price book, rollups built, served with a viewer of one tenant."""
     from collector.fleet import SimulatedFleet
-    from gpuledger.cli import _demo_price_book
+    from gpuledger.demo import _demo_price_book
     from warehouse.accounting import Accounting
     from warehouse.lake import Lake
     from warehouse.pricing import PriceBook

@@ -16,8 +16,8 @@ import scenario
 from collector.fleet import SimulatedFleet
 from dashboards.data import DashboardData
 from dashboards.filters import Filters
-from gpuledger.cli import _demo_price_book
 from gpuledger.config import Config
+from gpuledger.demo import _demo_price_book
 from warehouse.close import CloseSettings
 from warehouse.lake import Lake
 from warehouse.rollups import keep_current as keep_rollups_current

@@ -261,7 +261,7 @@ def test_crash_between_log_and_send_resends_the_stored_ack(tmp_path: Path) -> No
     assert agent(tmp_path).handle(raw) is None
     # a torn last line (crash mid-write) counts as answered, with no ack to repeat
     with open(tmp_path / "applied.log", "a") as fh:
-        fh.write("0" * 31 + "9\t{\"schema\": \"gpul")
+        fh.write("0" * 31 + '9\t{"schema": "gpul')
     torn = agent(tmp_path)
     assert "0" * 31 + "9" in torn.log and torn.log.pending_ack("0" * 31 + "9") is None
     torn.log.add("0" * 31 + "8")  # the torn line was ended first
