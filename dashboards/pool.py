@@ -8,7 +8,6 @@ per process under a fingerprint of those files and dropped when it changes.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from warehouse.accounting import Accounting
 from warehouse.lake import Lake
-from warehouse.rollups import ROLLUPS, STATE
+from warehouse.rollups import change_key
 
 
 class AccountingPool:
@@ -85,19 +84,7 @@ class ResultCache:
         at, fp = self._fp
         if now - at < 1.0 and fp is not None:
             return fp
-        h = hashlib.sha256()
-        for d, pattern in (
-            (self.lake.root / ROLLUPS / STATE, "date=*.json"),
-            (self.lake.root / "ledger", "*/*"),
-        ):
-            if d.exists():
-                for p in sorted(d.glob(pattern)):
-                    try:
-                        st = p.stat()
-                    except OSError:
-                        continue
-                    h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
-        fp = h.hexdigest()
+        fp = change_key(self.lake)
         self._fp = (now, fp)
         return fp
 

@@ -340,6 +340,7 @@ def _download(data: DashboardData, p: Principal, month: str, fmt: str, tenant: s
     """Charge lines of `month` as CSV, FOCUS CSV or a PDF report, only of the principal's tenants."""
     from warehouse.charges_csv import charges_csv_bytes
     from warehouse.focus import focus_csv_bytes, focus_table
+    from warehouse.monthly import tenant_numbered
     from warehouse.reports import safe_name
 
     if fmt not in DOWNLOAD_FORMATS or month not in data.months():
@@ -351,6 +352,8 @@ def _download(data: DashboardData, p: Principal, month: str, fmt: str, tenant: s
     if ch.error:
         return _refuse(409, ch.error)
     lines = [ln for ln in ch.lines if allowed is None or ln.tenant in allowed]
+    if allowed is not None:  # a tenant's lines numbered from 1 (the ledger's numbers reveal other tenants')
+        lines = tenant_numbered(lines)
     scope = safe_name(tenant) if tenant else ("fleet" if p.tenants is None else "tenants")
     name = f"{month}-{scope}"
     if fmt == "csv":

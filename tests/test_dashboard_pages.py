@@ -423,6 +423,20 @@ def test_a_tenant_viewer_sees_its_lines_numbered_from_one(golden: tuple[int, Any
     write_users(users, PASSWORD, {"root": None, "vis": ["vision"]})
     with serve(create_app(app_config(cfg.lake.path, users, scenario.RULES, scenario.BOOK))) as port:
         viewer_and_admin_lines(port)
+        # ... and so do its downloads (CSV, FOCUS) and its report (the PDF's lines come from it)
+        vis, _ = signed_in(port, "vis")
+        status, _, csv = vis.get("/download/2026-10.csv")
+        rows = [r.split(",") for r in csv.decode().strip().splitlines()]
+        col = rows[0].index("line_no")
+        assert status == 200 and [int(r[col]) for r in rows[1:]] == list(range(1, len(rows)))
+        assert {r[rows[0].index("tenant")] for r in rows[1:]} == {"vision"}
+    from warehouse.close import CloseSettings
+    from warehouse.monthly import build_reports
+
+    (report,) = build_reports(
+        cfg.lake.path, "2026-10", CloseSettings.from_config(cfg), tenant="vision", fleet=False
+    )
+    assert [ln.line_no for ln in report.lines] == list(range(1, len(report.lines) + 1))
 
 
 def viewer_and_admin_lines(port: int) -> None:

@@ -6,6 +6,7 @@ computed now with the current settings, and says so instead of a manifest hash.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +52,12 @@ def month_lines(
         if own:
             acct.close()
     return [quantize_line(ln) for ln in charges.lines], ACCRUAL_NOTE, False
+
+
+def tenant_numbered(lines: list[ChargeLine]) -> list[ChargeLine]:
+    """A tenant's lines numbered from 1 in ledger order: the ledger's own numbers would tell a
+    tenant how many lines the other tenants have between its own."""
+    return [replace(ln, line_no=i) for i, ln in enumerate(sorted(lines, key=lambda ln: ln.line_no), start=1)]
 
 
 def build_reports(
@@ -113,6 +120,8 @@ def _report(
     kept: ClosedUsage | None = None,
 ) -> MonthReport:
     lines = [ln for ln in all_lines if tenant is None or ln.tenant == tenant]
+    if tenant is not None:
+        lines = tenant_numbered(lines)
     if kept is not None:
         daily = [
             DailyPoint(r["day"], r["capacity_gpu_h"], r["reserved_gpu_h"], r["used_gpu_h"], r["idle_gpu_h"])

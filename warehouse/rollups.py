@@ -448,3 +448,19 @@ def keep_current(acct: Any, fresh_s: float, now: datetime | None = None) -> bool
         return True
     acct.refresh()
     return False
+
+
+def change_key(lake: Lake) -> str:
+    """Changes whenever a rollup date is rebuilt or a month is closed: what results computed from
+    the rollups and the ledger (the dashboards' month caches) are keyed by. Cheap: a listing of
+    small state files, never the data."""
+    h = hashlib.sha256()
+    for d, pattern in ((lake.root / ROLLUPS / STATE, "date=*.json"), (lake.root / "ledger", "*/*")):
+        if d.exists():
+            for p in sorted(d.glob(pattern)):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
+    return h.hexdigest()
