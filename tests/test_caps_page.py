@@ -125,7 +125,8 @@ def test_monthly_report_right_sizing_section(tmp_path: Path) -> None:
     from warehouse.money_settings import CloseSettings
     from warehouse.monthly import build_reports
     from warehouse.pricing import PriceBook
-    from warehouse.reports import build_content, render_html
+    from warehouse.report_content import build_content
+    from warehouse.report_html import render_html
 
     lake = lake_with_a_shrink(tmp_path)
     book = PriceBook([{"model": "NVIDIA H100 80GB HBM3", "gpu_hour": "3.00"}])
