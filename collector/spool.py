@@ -629,6 +629,7 @@ class SpoolingTransport:
         self._wal = []
 
     def _create_segment(self) -> tuple[_Segment, int]:
+        """A new, empty segment (magic written and fsync'd, its folder too) and its open fd."""
         path = self.dir / f"{self._next_no:016d}{_SUFFIX}"
         self._next_no += 1
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -645,22 +646,9 @@ class SpoolingTransport:
         return _Segment(path, len(MAGIC), 0), fd
 
     def _open_segment(self) -> _Segment:
-        path = self.dir / f"{self._next_no:016d}{_SUFFIX}"
-        self._next_no += 1
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        try:
-            _write_all(fd, MAGIC)
-            os.fsync(fd)
-            _fsync_dir(self.dir)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        seg = _Segment(path, len(MAGIC), 0)
+        """A new segment that becomes the one appended to."""
+        seg, self._active_fd = self._create_segment()
         self._segments.append(seg)
-        self._active_fd = fd
-        self._bytes += len(MAGIC)
         return seg
 
     def _close_active(self) -> None:

@@ -107,19 +107,10 @@ class DashboardData:
             yield a
 
     def _accounting(self) -> Accounting:
+        # Without a price book usage and idle still show; costs say that prices are missing.
         s = self.settings
-        if s.book:
-            return s.accounting(self.lake, threads=2, retire_after_hours=self.retire_after_hours)
-        # No price book: usage and idle still show; costs say that prices are missing.
-        return Accounting(
-            self.lake,
-            tenant_rules=s.tenant_rules,
-            default_tenant=s.default_tenant,
-            idle_util_ratio=s.idle_util_ratio,
-            idle_min_minutes=s.idle_min_minutes,
-            retire_after_hours=self.retire_after_hours,
-            threads=2,
-        )
+        kw = {"threads": 2, "retire_after_hours": self.retire_after_hours}
+        return s.accounting(self.lake, priced=bool(s.book), **kw)
 
     # -- caching -----------------------------------------------------------------------------------
 

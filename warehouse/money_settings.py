@@ -91,13 +91,15 @@ class CloseSettings:
     def policy(self) -> ChargePolicy:
         return ChargePolicy(self.mode, self.idle_policy, Decimal(self.kwh) if self.kwh else None)
 
-    def accounting(self, lake: str | Path, **kw: Any) -> Accounting:
+    def accounting(self, lake: str | Path, priced: bool = True, **kw: Any) -> Accounting:
+        """An Accounting connection under these settings; `priced=False` leaves the price book out
+        (usage and idle without costs, for a config that has no prices yet)."""
         return Accounting(
             lake,
             tenant_rules=self.tenant_rules,
             default_tenant=self.default_tenant,
             idle_util_ratio=self.idle_util_ratio,
             idle_min_minutes=self.idle_min_minutes,
-            price_book=PriceBook(self.book, self.currency),
+            price_book=PriceBook(self.book, self.currency) if priced else None,
             **kw,
         )
