@@ -326,44 +326,11 @@ def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> 
                 )
             return t
 
-        if fleet:
-            data.append(
-                trace(
-                    "utilization",
-                    {
-                        "type": "scatter",
-                        "mode": "lines",
-                        "line": {"color": color},
-                        "x": x,
-                        "y": [round(100 * float(r["utilization"] or 0), 2) for r in pts],
-                    },
-                )
-            )
-            data.append(
-                trace(
-                    "allocated",
-                    {
-                        "type": "scatter",
-                        "mode": "lines",
-                        "line": {"dash": "dot", "color": color},
-                        "x": x,
-                        "y": [round(100 * float(r["allocation_rate"] or 0), 2) for r in pts],
-                    },
-                )
-            )
-        else:
-            data.append(
-                trace(
-                    "efficiency",
-                    {
-                        "type": "scatter",
-                        "mode": "lines",
-                        "line": {"color": color},
-                        "x": x,
-                        "y": [round(100 * float(r["efficiency"] or 0), 2) for r in pts],
-                    },
-                )
-            )
+        lines = [("utilization", "utilization", "solid"), ("allocated", "allocation_rate", "dot")]
+        for what, col, dash in lines if fleet else [("efficiency", "efficiency", "solid")]:
+            pct_of = [round(100 * float(r[col] or 0), 2) for r in pts]
+            line = {"color": color} if dash == "solid" else {"dash": dash, "color": color}
+            data.append(trace(what, {"type": "scatter", "mode": "lines", "line": line, "x": x, "y": pct_of}))
         data.append(
             trace(
                 "idle GPU-h",
