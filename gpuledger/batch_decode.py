@@ -31,16 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from gpuledger import typed
-from gpuledger.decode import (
-    LABELS_TYPE,
-    TS_TYPE,
-    WORKLOAD_FIELDS,
-    DecodedBatch,
-    TsWindow,
-    decode_batch,
-    table_schema,
-)
+from gpuledger.decode import DecodedBatch, TsWindow, decode_batch
 from gpuledger.exact import KIND_REQUIRES, FieldRule, rules
+from gpuledger.lake_tables import LABELS_TYPE, TS_TYPE, WORKLOAD_FIELDS, table_schema
 from gpuledger.schema import load_schema, parse_ts
 
 log = logging.getLogger("gpuledger.batch_decode")

@@ -22,97 +22,13 @@ import pyarrow as pa
 from msgspec.structs import astuple
 
 from gpuledger import typed
-from gpuledger.exact import KIND_REQUIRES, exact_check, first_duplicate_key, rules
+from gpuledger.exact import KIND_REQUIRES, exact_check, first_duplicate_key
+from gpuledger.lake_tables import (
+    TS_TYPE,
+    WORKLOAD_FIELDS,
+    table_schema,
+)
 from gpuledger.schema import parse_ts
-
-# -- the lake's columns -------------------------------------------------------------------------
-# Row tables repeat the tick identity so each file can be read on its own; Parquet's
-# run-length encoding makes the repetition nearly free.
-
-TABLES = ("tick", "gpu", "slice", "process")
-TS_TYPE = pa.timestamp("us", tz="UTC")
-LABELS_TYPE = pa.map_(pa.string(), pa.string())
-
-GPU_FIELDS = (
-    "uuid",
-    "index",
-    "model",
-    "mem_total_mib",
-    "mem_used_mib",
-    "util_pct",
-    "power_w",
-    "energy_j",
-    "temp_c",
-    "mig_mode",
-    "state",
-)
-SLICE_FIELDS = (
-    "slice_id",
-    "gpu_uuid",
-    "kind",
-    "mem_cap_mib",
-    "core_cap_pct",
-    "mem_used_mib",
-    "util_pct",
-    "last_kernel_age_s",
-    "mig_profile",
-    "gi_id",
-    "ci_id",
-    "mig_uuid",
-    "compute_slices",
-    "memory_slices",
-    "gpu_compute_slices",
-    "gpu_memory_slices",
-    "replicas",
-)
-WORKLOAD_FIELDS = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", "user")
-PROCESS_FIELDS = (
-    "pid",
-    "gpu_uuid",
-    "slice_id",
-    "mem_used_mib",
-    "sm_util_pct",
-    "container_id",
-    "pod_uid",
-    "job_id",
-    "user",
-)
-
-
-@cache
-def table_schema(kind: str) -> pa.Schema:
-    """Arrow schema of one lake table: tick, gpu, slice or process."""
-    r = rules()
-    base = [
-        ("batch", pa.int64()),
-        ("cluster", pa.string()),
-        ("node", pa.string()),
-        ("boot_id", pa.string()),
-        ("seq", pa.int64()),
-        ("ts", TS_TYPE),
-        ("interval_s", pa.float64()),
-    ]
-    if kind == "tick":
-        return pa.schema(
-            [
-                *base,
-                ("n_gpus", pa.int32()),
-                ("n_slices", pa.int32()),
-                ("n_processes", pa.int32()),
-                ("src_partition", pa.int32()),
-                ("src_offset", pa.int64()),
-            ]
-        )
-    if kind == "gpu":
-        return pa.schema(base + [(f, r["gpu"].fields[f].arrow) for f in GPU_FIELDS])
-    if kind == "slice":
-        extra = [("model", pa.string()), ("gpu_mem_total_mib", pa.int64())]
-        cols = [(f, r["slice"].fields[f].arrow) for f in SLICE_FIELDS]
-        wl = [(f, LABELS_TYPE if f == "labels" else r["workload"].fields[f].arrow) for f in WORKLOAD_FIELDS]
-        return pa.schema(base + extra + cols + wl)
-    if kind == "process":
-        return pa.schema(base + [(f, r["process"].fields[f].arrow) for f in PROCESS_FIELDS])
-    raise KeyError(kind)
 
 
 @dataclass

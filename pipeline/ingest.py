@@ -6,7 +6,7 @@ its Kafka offsets. A crash anywhere before the commit re-delivers the batch; the
 one batch per tick, so a tick written twice is still counted once. Bad messages never stop
 ingest: each goes to the DLQ topic and the lake's dlq/ with its reason.
 
-Decoding runs in a worker process (see `pipeline.decoder`) while this process keeps
+Decoding runs in a worker process (see `pipeline.ingest_worker`) while this process keeps
 fetching; at most `MAX_INFLIGHT` batches are out at once, which bounds memory whatever the
 backlog.
 """
@@ -26,7 +26,7 @@ from typing import Any
 from gpuledger.config import Config
 from gpuledger.decode import TsWindow
 from gpuledger.topics import ensure_topics_or_warn
-from pipeline.decoder import Batch, BatchBuilder, BatchResult, make_decoder
+from pipeline.ingest_worker import Batch, BatchBuilder, BatchResult, make_decoder
 from warehouse.lake import Lake, new_batch_id
 
 log = logging.getLogger("gpuledger.ingest")

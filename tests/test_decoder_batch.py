@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from collector.fleet import SimulatedFleet
 from gpuledger.batch_decode import fast_decode
 from gpuledger.memory import peak_rss_mb
-from pipeline.decoder import Batch, BatchBuilder, InlineDecoder, ProcessDecoder
+from pipeline.ingest_worker import Batch, BatchBuilder, InlineDecoder, ProcessDecoder
 from warehouse.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpuledger.decode import TABLES, DecodedBatch, table_schema
+from gpuledger.decode import DecodedBatch
+from gpuledger.lake_tables import TABLES, table_schema
 
 SAMPLES = "samples"
 DLQ = "dlq"

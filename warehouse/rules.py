@@ -2,7 +2,7 @@
 
 Rollups, alerts, the idle periods, coverage and the chargeback all build their queries from these
 expressions, so a rule changed here changes everywhere at once. Each expression reads the column
-names of a lake slice row (see `gpuledger.decode.table_schema('slice')`); where a caller needs the
+names of a lake slice row (see `gpuledger.lake_tables.table_schema('slice')`); where a caller needs the
 same rule in Python (the exporter, the simulated fleet), `gpuledger.shares` has it, tested value for
 value against this SQL (tests/test_rules.py).
 
