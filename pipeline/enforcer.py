@@ -288,6 +288,25 @@ def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
     return send
 
 
+def memory_sender(
+    lake: Lake,
+    deliver: Callable[[dict[str, Any]], dict[str, Any] | None],
+    acks_topic: str,
+    clock: Callable[[], datetime],
+) -> Callable[[str, dict[str, Any]], None]:
+    """An in-process sender (the demo's, without a broker): each decision, as its JSON would travel
+    on `gpu.caps.v1`, goes to `deliver` (the node side, e.g. a simulated fleet's agent), and the ack
+    that comes back lands in the audit at once through `land_acks`, as if read from `acks_topic`.
+    `deliver` returns None for a decision it already answered (nothing lands)."""
+
+    def send(node: str, msg: dict[str, Any]) -> None:
+        ack = deliver(json.loads(json.dumps(msg, sort_keys=True)))
+        if ack is not None:
+            land_acks(lake, [(acks_topic, json.dumps(ack, sort_keys=True).encode())], clock())
+
+    return send
+
+
 def status(cfg: Config, now: datetime) -> dict[str, Any]:
     """What `gpuledger enforcer status` prints: modes, demoted tenants, last 24 h of decisions and acks."""
     import duckdb
