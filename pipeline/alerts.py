@@ -643,11 +643,19 @@ def rollbacks_since(lake: Lake, since: datetime, until: datetime) -> list[dict[s
     warehouse/enforcer_audit.py); [] when it holds none."""
     import duckdb
 
-    from warehouse.enforcer_audit import audit_sql
+    from warehouse.sql import lit
 
-    src = audit_sql(lake, "decisions")
-    if not src:
+    base = lake.root / "audit" / "enforcer" / "decisions"
+    lo, hi = since.astimezone(UTC).date(), until.astimezone(UTC).date()
+    files = sorted(  # only the date partitions the range touches: the audit grows forever
+        str(f)
+        for d in (base.glob("date=*") if base.exists() else [])
+        if lo.isoformat() <= d.name[5:] <= hi.isoformat()
+        for f in d.glob("*.parquet")
+    )
+    if not files:
         return []
+    src = f"read_parquet([{', '.join(lit(f) for f in files)}], hive_partitioning = false)"
     con = duckdb.connect()
     try:
         cur = con.execute(
