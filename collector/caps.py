@@ -439,3 +439,60 @@ def start_cap_agent(cfg: Any, stop: Any, *, poll_ms: int = 500, retry_s: float =
     t = threading.Thread(target=loop, name="gpuledger-cap-agent", daemon=True)
     t.start()
     return t
+
+
+class SimulatedCapAgent:
+    """The node agents of a simulated fleet in one (the demo's, collector/fleet.py): a decision
+    message as it travels on `gpu.caps.v1` in, its ack out, through `SimulatedFleet.apply_cap`
+    instead of a region file. The same checks as CapAgent before the fleet's own: the schema,
+    expiry against the fleet's clock, each decision id answered at most once (None again)."""
+
+    def __init__(self, fleet: Any, *, floor_mib: int = 512, floor_frac: float = 0.10) -> None:
+        self.fleet, self.floor_mib, self.floor_frac = fleet, floor_mib, floor_frac
+        self.answered: set[str] = set()
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        errors = sorted(DECISION_VALIDATOR.iter_errors(msg), key=lambda e: list(e.path))
+        if errors:
+            raise ValueError(f"not a cap decision: {errors[0].message}")
+        did = msg["decision_id"]
+        if did in self.answered:
+            return None
+        self.answered.add(did)
+        now = self.fleet.now
+        ack: dict[str, Any] = {
+            "schema": ACK_SCHEMA_ID,
+            "decision_id": did,
+            "cluster": msg["cluster"],
+            "node": msg["node"],
+            "slice_id": msg["slice_id"],
+            "resource": msg["resource"],
+            "status": "refused",
+            "reason": None,
+            "used_mib": None,
+            "cap_before": msg["old_cap"],
+            "cap_after": msg["old_cap"],
+            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        expires = datetime.fromisoformat(msg["expires_at"].replace("Z", "+00:00"))
+        if now > expires:
+            ack["reason"] = f"expired at {msg['expires_at']}"
+            return ack
+        if msg["resource"] not in ("memory", "core"):
+            ack["reason"] = f"resource {msg['resource']!r} cannot be applied on a node"
+            return ack
+        res = self.fleet.apply_cap(
+            msg["slice_id"],
+            old_cap=msg["old_cap"],
+            floor_mib=self.floor_mib,
+            floor_frac=self.floor_frac,
+            **(
+                {"mem_cap_mib": msg["new_cap"]}
+                if msg["resource"] == "memory"
+                else {"core_cap_pct": msg["new_cap"]}
+            ),
+        )
+        ack.update(status=res.status, reason=res.reason, used_mib=res.used_mib)
+        if res.cap_after is not None:
+            ack["cap_after"] = res.cap_after
+        return ack

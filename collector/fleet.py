@@ -383,6 +383,7 @@ class _Slot:
     __slots__ = (
         "active",
         "app",
+        "base_core",
         "compute_frac",
         "container",
         "core_cap",
@@ -395,6 +396,7 @@ class _Slot:
         "kind",
         "labels",
         "last_kernel_t",
+        "last_mm",
         "life",
         "mem_cap",
         "mem_limit",
@@ -402,6 +404,8 @@ class _Slot:
         "nominal_mem",
         "nominal_util",
         "null_util",
+        "oom_down",
+        "oom_n",
         "pattern",
         "patterns",
         "pids",
@@ -431,6 +435,10 @@ class _Slot:
         self.restart_t = math.inf
         self.start_t = 0.0
         self.last_kernel_t = 0.0
+        self.base_core: int | None = None
+        self.last_mm = 0  # use reported at the last tick (what a node agent would read at apply time)
+        self.oom_down = 0  # ticks left with the container down after an out-of-memory
+        self.oom_n = 0  # restarts after an out-of-memory in this lifetime
 
 
 class _Gpu:
@@ -507,6 +515,20 @@ def _fmt_ts(dt: datetime) -> str:
     return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else base + "Z"
 
 
+_OOM_DOWN_TICKS = 1  # ticks a container stays down after an out-of-memory before it restarts
+
+
+@dataclass(frozen=True)
+class CapResult:
+    """What a simulated slice did with a cap (SimulatedFleet.apply_cap); the fields of an ack."""
+
+    status: str  # applied | applies-at-restart | refused
+    reason: str | None = None
+    used_mib: int | None = None
+    cap_before: int | None = None
+    cap_after: int | None = None
+
+
 class SimulatedFleet:
     """Deterministic simulated heterogeneous GPU fleet (see module docstring for what it holds).
 
@@ -540,6 +562,8 @@ class SimulatedFleet:
         self._rng = random.Random(f"gpuledger-fleet:{seed}:structure")
         self._job_ids: dict[str, int] = {}
         self._nodes: list[_Node] = []
+        self._by_slice: dict[str, tuple[_Slot, _Node]] = {}
+        self.oom_events: list[dict[str, Any]] = []  # out-of-memory failures, in order (apply_cap)
         self._build()
         self.nodes: list[str] = [n.name for n in self._nodes]
         self.clusters: list[str] = list(dict.fromkeys(n.cluster for n in self._nodes))
@@ -638,7 +662,7 @@ class SimulatedFleet:
         cap = int(gpu.model.mem_total_mib * mem_frac) // 256 * 256
         s.mem_cap = s.mem_limit = cap
         s.nominal_mem = float(cap)
-        s.core_cap = core
+        s.core_cap = s.base_core = core
         s.nominal_util = float(core) if core > 0 else 100.0
         return s
 
@@ -875,6 +899,12 @@ class SimulatedFleet:
         if s.pids:
             self._release(s, node)
         s.gen += 1
+        if s.kind == "vgpu":  # a new pod gets its allocation's caps again
+            s.mem_cap, s.core_cap = s.mem_limit, s.base_core
+        s.oom_down, s.oom_n, s.last_mm = 0, 0, 0
+        prev = getattr(s, "slice_tpl", None)
+        if prev is not None:
+            self._by_slice.pop(prev["slice_id"], None)
         rng = random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}")
         gpu = s.gpu
         gpu_uuid = gpu.spec.uuid
@@ -1008,6 +1038,7 @@ class SimulatedFleet:
         s.proc_head = procs[1:]
         s.proc_last = procs[0][0]
         s.active = True
+        self._by_slice[slice_id] = (s, node)
 
     def _boot(self, node: _Node, t1: float) -> None:
         """Node back from a reboot: new boot_id, seq 0, every workload restarted."""
@@ -1091,7 +1122,21 @@ class SimulatedFleet:
                     mm = s.mem_limit
                 elif mm < 0:
                     mm = 0
-                rows.append([s, u, mm])
+                down = False
+                if s.oom_down:  # restarting after an out-of-memory: no process, nothing held
+                    s.oom_down -= 1
+                    down, u, mm = True, 0.0, 0
+                    if not s.oom_down:
+                        self._restart_procs(s, node)
+                elif s.kind == "vgpu" and mm > s.mem_cap:
+                    # HAMi-core refuses the allocation past limit[]: the process holds the cap, fails,
+                    # and its container is down at the next tick (then restarts with new processes)
+                    self.oom_events.append(
+                        {"t": t1, "slice_id": s.slice_tpl["slice_id"], "cap_mib": s.mem_cap, "demand_mib": mm}
+                    )
+                    mm = s.mem_cap
+                    s.oom_down = _OOM_DOWN_TICKS
+                rows.append([s, u, mm, down])
                 sum_u += u
                 sum_m += mm
                 if gpu.mig:
@@ -1122,7 +1167,8 @@ class SimulatedFleet:
                     total_c = 10000
                 gpu_util = total_c / 100
                 busy = total_c / 10000.0
-            for s, uc, mm in rows:
+            for s, uc, mm, down in rows:
+                s.last_mm = mm
                 sl = s.slice_tpl.copy()
                 wl = s.wl_tpl.copy()
                 if s.labels is not None:
@@ -1137,6 +1183,8 @@ class SimulatedFleet:
                     age = t1 - s.last_kernel_t
                     sl["last_kernel_age_s"] = round(age, 1) if age > 0.0 else 0.0
                 slices_out.append(sl)
+                if down:
+                    continue
                 rem_m = mm
                 rem_u = uc
                 proc_null = s.proc_null
@@ -1192,6 +1240,97 @@ class SimulatedFleet:
             "slices": slices_out,
             "processes": procs_out,
         }
+
+    def _restart_procs(self, s: _Slot, node: _Node) -> None:
+        """The container restarted after an out-of-memory: same pod and slice, new process ids."""
+        s.oom_n += 1
+        rng = random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}:oom:{s.oom_n}")
+        node.pids.difference_update(s.pids)
+        new = {old: self._new_pid(node, rng) for old in s.pids}
+        s.pids = list(new.values())
+        s.proc_head = [(dict(tpl, pid=new[tpl["pid"]]), mw, uw) for tpl, mw, uw in s.proc_head]
+        s.proc_last = dict(s.proc_last, pid=new[s.proc_last["pid"]])
+
+    # -- caps (the enforcer's actuator, simulated) --------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        """The fleet's clock: the timestamp of the last tick (``start`` before the first)."""
+        return self.start + timedelta(microseconds=self._k * self._interval_us)
+
+    def apply_cap(
+        self,
+        slice_id: str,
+        *,
+        mem_cap_mib: int | None = None,
+        core_cap_pct: int | None = None,
+        old_cap: int | None = None,
+        floor_mib: int = 512,
+        floor_frac: float = 0.10,
+    ) -> CapResult:
+        """Set one cap of a live HAMi vGPU slice, as the node agent writes a region
+        (collector/caps.py apply_cap): refused, with nothing changed, for a slice that is not a live
+        vGPU slice, a cap that is not ``old_cap`` (when given), a memory cap below the use of the last
+        tick + max(floor_mib, floor_frac x use) or above the slice's allocation, a core cap outside
+        1-100. A memory cap holds from the next tick: a process whose demand passes it fails as
+        HAMi-core fails it (the tick shows use at the cap, the next one the container down, then a
+        restart; ``oom_events``). A core cap is reported from the next tick and answered
+        ``applies-at-restart``: the simulated processes keep the share they started with.
+        """
+        if (mem_cap_mib is None) == (core_cap_pct is None):
+            raise ValueError("apply_cap: give exactly one of mem_cap_mib, core_cap_pct")
+        found = self._by_slice.get(slice_id)
+        s = found[0] if found else None
+        if s is None or not s.active or s.kind != "vgpu" or s.slice_tpl["slice_id"] != slice_id:
+            return CapResult("refused", f"unknown slice {slice_id}: not a live HAMi slice of the fleet")
+        used = s.last_mm
+        if mem_cap_mib is not None:
+            cur = s.mem_cap
+            if old_cap is not None and cur != old_cap:
+                return CapResult(
+                    "refused",
+                    f"cap changed under the agent: limit is {cur} MiB, decision expected {old_cap}",
+                    used,
+                    cur,
+                    cur,
+                )
+            need = used + max(floor_mib, floor_frac * used)
+            if mem_cap_mib < need:
+                return CapResult(
+                    "refused",
+                    f"new cap {mem_cap_mib} MiB below use {used} MiB + floor ({need:.0f} MiB)",
+                    used,
+                    cur,
+                    cur,
+                )
+            if mem_cap_mib > s.mem_limit:
+                return CapResult(
+                    "refused",
+                    f"new cap {mem_cap_mib} MiB above the allocation ({s.mem_limit} MiB)",
+                    used,
+                    cur,
+                    cur,
+                )
+            s.mem_cap = int(mem_cap_mib)
+            s.slice_tpl["mem_cap_mib"] = s.mem_cap
+            return CapResult("applied", None, used, cur, s.mem_cap)
+        cur = s.core_cap
+        if old_cap is not None and cur != old_cap:
+            return CapResult(
+                "refused",
+                f"cap changed under the agent: sm_limit is {cur} %, decision expected {old_cap}",
+                used,
+                cur,
+                cur,
+            )
+        assert core_cap_pct is not None
+        if not 0 < core_cap_pct <= 100:
+            return CapResult("refused", f"core cap {core_cap_pct} outside 1-100", used, cur, cur)
+        s.core_cap = int(core_cap_pct)
+        s.slice_tpl["core_cap_pct"] = s.core_cap
+        return CapResult(
+            "applies-at-restart", "HAMi-core reads sm_limit when a process starts", used, cur, s.core_cap
+        )
 
     # -- introspection -----------------------------------------------------------------------
 

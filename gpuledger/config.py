@@ -153,7 +153,14 @@ class PricingConfig:
     idle_policy: str = "platform"  # unallocated capacity: platform | weighted | even
 
 
-ALERT_RULES = ("idle_slice", "idle_gpu", "pool_unallocated", "collector_silent", "ingest_lag")
+ALERT_RULES = (
+    "idle_slice",
+    "idle_gpu",
+    "pool_unallocated",
+    "collector_silent",
+    "ingest_lag",
+    "cap_rolled_back",
+)
 SEVERITIES = ("critical", "warning", "info")
 JOB_NAMES = ("rollups", "alerts", "accrual", "close", "enforcer", "janitor")
 
@@ -184,6 +191,8 @@ class AlertsConfig:
     ingest_lag_messages: int = 10000  # consumer-group lag (messages, all partitions) above this
     ingest_lag_minutes: float = 5.0  # ... for this long
     ingest_lag_severity: str = "warning"
+    cap_rolled_back_severity: str = "warning"  # the enforcer rolled a shrink or lowering back
+    cap_rolled_back_hold_minutes: float = 60.0  # ... fires once, resolves after this long
     resolve_ticks: int = 3  # a firing alert resolves after this many consecutive non-idle ticks
     repeat_interval_minutes: float = 240.0  # a still-firing alert is sent again this often
     lookback_minutes: float = 120.0  # how far back the first evaluation (no saved state) reads
@@ -371,6 +380,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("alerts", "silent_intervals"): (lambda v: v >= 1, "a number of intervals >= 1"),
     ("alerts", "ingest_lag_messages"): (lambda v: v >= 0, "a number of messages >= 0"),
     ("alerts", "ingest_lag_minutes"): (lambda v: v >= 0, "a number of minutes >= 0"),
+    ("alerts", "cap_rolled_back_hold_minutes"): (_positive, "a number of minutes > 0"),
     ("alerts", "resolve_ticks"): (lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
     ("alerts", "repeat_interval_minutes"): (_positive, "a number of minutes > 0"),
     ("alerts", "lookback_minutes"): (_positive, "a number of minutes > 0"),

@@ -162,10 +162,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     progress = Progress(n_ticks, "replay")
     drain_every = max(1, cfg.lake.batch_max_messages // max(1, len(fleet.nodes)))
+    # The enforcer against the fleet, in process (no broker): decisions to the fleet's slices, acks
+    # into the audit (gpuledger/demo_enforcer.py). With --kafka the lake lags the fleet: not run.
+    demo_enf = None
+    if not args.kafka:
+        from gpuledger.demo_enforcer import DemoEnforcer, demo_enforcer_settings
+
+        note = demo_enforcer_settings(cfg, n_ticks * interval)
+        if note:
+            print(note, file=sys.stderr)
+        cfg.tenants.rules = cfg.tenants.rules or fleet.tenant_rules()
+        demo_enf = DemoEnforcer(cfg, fleet)
 
     def after_replay_tick(s: CollectStats) -> None:
         if not args.kafka and s.ticks % drain_every == 0:
             ingester.poll()
+        if demo_enf is not None:
+            demo_enf.after_tick(ingester.drain)
         progress.update()
 
     replay = run_collector(
@@ -195,6 +208,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg.alerts.rules = [r for r in cfg.alerts.rules if r != "ingest_lag"]
     end = start + timedelta(seconds=n_ticks * interval)
     _print_money(cfg, lake_path, start, end)
+    if demo_enf is not None:
+        _print_enforcer(demo_enf)
     # Users and a config beside the lake: report, close, jobs and dashboard then run there on
     # the demo's data with the demo's prices, rules and logins (nothing of it lives only in memory).
     if cfg.dashboard.auth == "password" and _is_demo_users(cfg, lake_path):
@@ -221,6 +236,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         transport.flush()
         if not args.kafka:
             ingester.poll()
+            if demo_enf is not None:
+                demo_enf.after_tick(ingester.drain)
             bus.trim(cfg.kafka.topic)
 
     if past_start is None:
@@ -255,6 +272,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 DEMO_ROLLUP_EVERY_S = 60.0
+
+
+def _print_enforcer(de: Any, out: Any = sys.stdout) -> None:
+    """What the demo's enforcer did to the fleet over the replay."""
+    sent = sum(c.get("sent", 0) for c in de.cycles)
+    decisions = sum(c.get("decisions", 0) for c in de.cycles)
+    lines = [
+        ("enforcer", f"{de.enforcer.cfg.enforcer.mode}: {len(de.cycles)} cycles, {decisions} decisions"),
+        ("caps sent", f"{sent}"),
+        ("out-of-memory kills", f"{len(de.fleet.oom_events)}"),
+    ]
+    for k, v in lines:
+        print(f"{k:<{SUMMARY_WIDTH}}  {v}", file=out)
 
 
 DEMO_PRICES = {"H200": "4.20", "H100": "3.10", "A100": "1.90", "V100": "0.70", "RTX4090": "0.50"}

@@ -13,6 +13,11 @@ Rules (names are the ``alertname`` label):
 - ``GpuCollectorSilent``: a node whose last tick is older than ``silent_intervals`` of its interval.
 - ``GpuledgerIngestLag``: the ingest consumer group's lag (end offsets - committed offsets, summed
   over partitions) above ``ingest_lag_messages`` for ``ingest_lag_minutes``.
+- ``GpuCapRolledBack``: the enforcer rolled back one of its own shrinks (or core lowerings) because an
+  out-of-memory or pinning followed it (docs/enforcer.md): one alert per rollback in the enforcer's
+  audit (labels tenant, cluster, node, pool, slice_id, resource), firing at once and resolved after
+  ``cap_rolled_back_hold_minutes`` (the rollback itself restored the cap). Lake-side only: it reads
+  the enforcer's decision audit, which no exporter metric carries (see pipeline/prom_rules.py).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ ALERTNAMES = {
     "pool_unallocated": "GpuPoolUnallocated",
     "collector_silent": "GpuCollectorSilent",
     "ingest_lag": "GpuledgerIngestLag",
+    "cap_rolled_back": "GpuCapRolledBack",
 }
+
+LAKE_ONLY = frozenset({"cap_rolled_back"})  # rules with no Prometheus expression over exporter metrics
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class AlertRules:
     reorder_slack_s: float
     outbox_max_s: float
     external_url: str = ""
+    rollback_hold_s: float = 3600.0  # a GpuCapRolledBack alert resolves this long after it fired
     silent_forget_s: float = 86400.0  # a node silent this long is forgotten (its alert resolves)
 
     @classmethod
@@ -73,4 +82,5 @@ class AlertRules:
             reorder_slack_s=a.reorder_slack_s,
             outbox_max_s=a.outbox_max_hours * 3600.0,
             external_url=a.external_url,
+            rollback_hold_s=a.cap_rolled_back_hold_minutes * 60.0,
         )

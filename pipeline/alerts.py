@@ -151,6 +151,7 @@ class AlertEngine:
         self._eval_pools(state, gpus, now, ev)
         self._eval_silent(state, now, ev)
         self._eval_lag(state, now, ev)
+        self._eval_rollbacks(state, now, ev)
         self._repeat(state, now, ev)
         self._expire_outbox(state, now)
 
@@ -505,6 +506,61 @@ class AlertEngine:
             ev,
         )
 
+    def _eval_rollbacks(self, state: dict[str, Any], now: datetime, ev: Evaluation) -> None:
+        """One GpuCapRolledBack alert per rollback the enforcer recorded in its audit since the last
+        evaluation (issued_at after the rule's watermark, up to now): fired at once, resolved after
+        the hold. The first evaluation looks back ``lookback_s``."""
+        rule = "cap_rolled_back"
+        for fp, a in sorted(state["alerts"].items()):
+            if (
+                a["rule"] == rule
+                and (now - parse_iso(a["fired_at"])).total_seconds() >= self.rules.rollback_hold_s
+            ):
+                self._resolve(state, fp, now, ev, "the rollback restored the cap")
+        if rule not in self.rules.enabled:
+            return
+        wm = state.get("rollback_watermark")
+        since = parse_iso(wm) if wm else now - timedelta(seconds=self.rules.lookback_s)
+        rows = rollbacks_since(self.lake, since, now)
+        for r in rows:
+            labels = self._labels(
+                rule,
+                tenant=r["tenant"],
+                cluster=r["cluster"],
+                node=r["node"],
+                pool=r["pool"],
+                slice_id=r["slice_id"],
+                resource=r["resource"],
+            )
+            fp = fingerprint(labels)
+            if fp in state["alerts"]:
+                continue  # this slice's earlier rollback still firing: one alert for both
+            unit = "MiB" if r["resource"] == "memory" else "%"
+            state["alerts"][fp] = {
+                "rule": rule,
+                "labels": labels,
+                "state": "pending",
+                "active_since": iso(r["issued_at"]),
+                "fired_at": None,
+                "info": {},
+                "key": None,
+                "misses": 0,
+                "annotations": {
+                    "summary": (
+                        f"{r['resource']} cap of {r['slice_id']} rolled back "
+                        f"{r['old_cap']} -> {r['new_cap']} {unit}"
+                    ),
+                    "description": r["reason"],
+                    "decision_id": r["decision_id"],
+                    "mode": r["mode"],
+                },
+            }
+            self._fire(state, fp, r["issued_at"], ev)
+        if rows:
+            state["rollback_watermark"] = iso(max(r["issued_at"] for r in rows))
+        elif wm is None:
+            state["rollback_watermark"] = iso(since)
+
     # -- transitions and notifications ----------------------------------------------------------
 
     def _fire(self, state: dict[str, Any], fp: str, at: datetime, ev: Evaluation) -> None:
@@ -580,6 +636,40 @@ class AlertEngine:
         """Pending and firing alerts now (for dashboards and the Alertmanager v2 resend)."""
         state = self.load_state()
         return [dict(a, fingerprint=fp) for fp, a in sorted(state["alerts"].items())]
+
+
+def rollbacks_since(lake: Lake, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """The enforcer's rollback decisions with since < issued_at <= until, oldest first (the audit,
+    warehouse/enforcer_audit.py); [] when it holds none."""
+    import duckdb
+
+    from warehouse.sql import lit
+
+    base = lake.root / "audit" / "enforcer" / "decisions"
+    lo, hi = since.astimezone(UTC).date(), until.astimezone(UTC).date()
+    files = sorted(  # only the date partitions the range touches: the audit grows forever
+        str(f)
+        for d in (base.glob("date=*") if base.exists() else [])
+        if lo.isoformat() <= d.name[5:] <= hi.isoformat()
+        for f in d.glob("*.parquet")
+    )
+    if not files:
+        return []
+    src = f"read_parquet([{', '.join(lit(f) for f in files)}], hive_partitioning = false)"
+    con = duckdb.connect()
+    try:
+        cur = con.execute(
+            "SELECT DISTINCT ON (decision_id) decision_id, issued_at, tenant, cluster, node, pool, "
+            f"slice_id, resource, old_cap, new_cap, reason, mode FROM {src} "
+            "WHERE action = 'rollback' AND issued_at > $since AND issued_at <= $until "
+            "ORDER BY decision_id",
+            {"since": since, "until": until},
+        )
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, t, strict=True)) for t in cur.fetchall()]
+    finally:
+        con.close()
+    return sorted(rows, key=lambda r: (r["issued_at"], r["decision_id"]))
 
 
 def _cents(v: Decimal) -> Decimal:

@@ -5,12 +5,12 @@ through warehouse/enforcer_features.py, calls the pure policy, re-checks each de
 sent against the slice's freshest sample, appends every decision (sent, held or recommended) with
 its inputs to the audit, and only then sends. `recommend` mode writes decisions and sends nothing.
 `land_acks` moves the node agents' acks from `gpu.cap-acks.v1` into the audit (bad ones to its
-DLQ table with the reason).
+DLQ table with the reason). A rollback is alerted by the alert engine's `GpuCapRolledBack` rule
+(pipeline/alerts.py), which reads it from the audit.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -20,7 +20,6 @@ from typing import Any
 import jsonschema
 
 from gpuledger.config import Config
-from pipeline.alert_records import ALERTS, ZERO_TIME, write_record
 from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, Window, decide, recheck
 from warehouse.enforcer_audit import append, load_state, save_state
 from warehouse.enforcer_features import latest_slices, windows
@@ -149,59 +148,11 @@ class Enforcer:
                 held += 1
                 state.slices[d.slice_id].pending_until.pop(d.resource, None)
         append(self.lake, "decisions", rows)  # audit before send: nothing goes out unrecorded
-        rollbacks = [d for d in decisions if d.action == "rollback"]
-        if rollbacks:
-            write_record(self.lake, self.lake.root / ALERTS, rollback_alerts(rollbacks, now), now, None)
         for d, r in zip(decisions, rows, strict=True):
             if r["sent"] and self.send is not None:
                 self.send(d.node, to_message(d))
         save_state(self.lake, state.to_json())
         return {"decisions": len(decisions), "sent": sent, "held": held, "demoted": sorted(state.demoted)}
-
-
-ROLLBACK_ALERTNAME = "GpuCapRolledBack"
-
-
-def rollback_alerts(decisions: Iterable[Decision], now: datetime) -> list[dict[str, Any]]:
-    """A firing alert record (alerts/ in the lake, pipeline/alert_records.py) per rolled-back shrink
-    or lowering: a regression the operator should see. One-shot: the record, no Alertmanager
-    delivery and no resolve (the rollback itself restores the cap)."""
-    out = []
-    for d in decisions:
-        labels = {
-            "alertname": ROLLBACK_ALERTNAME,
-            "severity": "warning",
-            "tenant": d.tenant,
-            "cluster": d.cluster,
-            "node": d.node,
-            "pool": d.pool,
-            "slice_id": d.slice_id,
-            "resource": d.resource,
-        }
-        fp = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-        unit = "MiB" if d.resource == "memory" else "%"
-        out.append(
-            {
-                "id": hashlib.sha256(f"{d.decision_id}|firing".encode()).hexdigest()[:32],
-                "event": "firing",
-                "fingerprint": fp,
-                "status": "firing",
-                "labels": labels,
-                "annotations": {
-                    "summary": (
-                        f"{d.resource} cap of {d.slice_id} rolled back {d.old_cap} -> {d.new_cap} {unit}"
-                    ),
-                    "description": d.reason,
-                    "decision_id": d.decision_id,
-                    "mode": d.mode,
-                },
-                "startsAt": _z(now),
-                "endsAt": ZERO_TIME,
-                "event_ts": _z(now),
-                "targets": {},
-            }
-        )
-    return out
 
 
 def land_acks(lake: Lake, messages: Iterable[tuple[str, bytes]], now: datetime) -> tuple[int, int]:
@@ -284,6 +235,25 @@ def kafka_sender(cfg: Config) -> Callable[[str, dict[str, Any]], None] | None:
             cfg.kafka.caps_topic, key=node.encode(), value=json.dumps(msg, sort_keys=True).encode()
         )
         holder["p"].flush()
+
+    return send
+
+
+def memory_sender(
+    lake: Lake,
+    deliver: Callable[[dict[str, Any]], dict[str, Any] | None],
+    acks_topic: str,
+    clock: Callable[[], datetime],
+) -> Callable[[str, dict[str, Any]], None]:
+    """An in-process sender (the demo's, without a broker): each decision, as its JSON would travel
+    on `gpu.caps.v1`, goes to `deliver` (the node side, e.g. a simulated fleet's agent), and the ack
+    that comes back lands in the audit at once through `land_acks`, as if read from `acks_topic`.
+    `deliver` returns None for a decision it already answered (nothing lands)."""
+
+    def send(node: str, msg: dict[str, Any]) -> None:
+        ack = deliver(json.loads(json.dumps(msg, sort_keys=True)))
+        if ack is not None:
+            land_acks(lake, [(acks_topic, json.dumps(ack, sort_keys=True).encode())], clock())
 
     return send
 

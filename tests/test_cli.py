@@ -31,6 +31,9 @@ SUMMARY_KEYS = (
     "idle periods",
     "allocated-idle GPU-h",
     "allocated-idle cost",
+    "enforcer",
+    "caps sent",
+    "out-of-memory kills",
 )
 
 
@@ -109,6 +112,9 @@ def check_demo_summary(run: Run) -> dict[str, str]:
     assert 0 < pct(s["allocation rate"]) <= 100
     assert pct(s["fleet utilization"]) == pytest.approx(100 * used / capacity, abs=0.2)
     assert pct(s["allocation rate"]) == pytest.approx(100 * reserved / capacity, abs=0.2)
+    # the enforcer ran against the fleet in enforce mode, a cycle per 15 fleet minutes, and killed nothing
+    assert re.fullmatch(r"enforce: 4 cycles, \d+ decisions", s["enforcer"]), s["enforcer"]
+    assert s["out-of-memory kills"] == "0"
     return s
 
 
