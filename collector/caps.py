@@ -50,6 +50,25 @@ DECISION_SCHEMA_ID = "gpuledger.cap-decision/v1"
 ACK_SCHEMA_ID = "gpuledger.cap-ack/v1"
 
 
+def refused_ack(msg: dict[str, Any], node: str, now: datetime) -> dict[str, Any]:
+    """The ack of a decision as it starts: refused, nothing changed (the cap stays the old one);
+    the apply path fills in what it did."""
+    return {
+        "schema": ACK_SCHEMA_ID,
+        "decision_id": msg["decision_id"],
+        "cluster": msg["cluster"],
+        "node": node,
+        "slice_id": msg["slice_id"],
+        "resource": msg["resource"],
+        "status": "refused",
+        "reason": None,
+        "used_mib": None,
+        "cap_before": msg["old_cap"],
+        "cap_after": msg["old_cap"],
+        "acked_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+
+
 def _load(name: str) -> dict[str, Any]:
     return json.loads(resources.files("gpuledger").joinpath(name).read_text("utf-8"))
 
@@ -283,20 +302,7 @@ class CapAgent:
 
     def _apply(self, msg: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
-        ack: dict[str, Any] = {
-            "schema": ACK_SCHEMA_ID,
-            "decision_id": msg["decision_id"],
-            "cluster": msg["cluster"],
-            "node": self.node,
-            "slice_id": msg["slice_id"],
-            "resource": msg["resource"],
-            "status": "refused",
-            "reason": None,
-            "used_mib": None,
-            "cap_before": msg["old_cap"],
-            "cap_after": msg["old_cap"],
-            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        }
+        ack = refused_ack(msg, self.node, now)
         try:
             expires = datetime.fromisoformat(msg["expires_at"].replace("Z", "+00:00"))
             issued = datetime.fromisoformat(msg["issued_at"].replace("Z", "+00:00"))
@@ -460,20 +466,7 @@ class SimulatedCapAgent:
             return None
         self.answered.add(did)
         now = self.fleet.now
-        ack: dict[str, Any] = {
-            "schema": ACK_SCHEMA_ID,
-            "decision_id": did,
-            "cluster": msg["cluster"],
-            "node": msg["node"],
-            "slice_id": msg["slice_id"],
-            "resource": msg["resource"],
-            "status": "refused",
-            "reason": None,
-            "used_mib": None,
-            "cap_before": msg["old_cap"],
-            "cap_after": msg["old_cap"],
-            "acked_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        }
+        ack = refused_ack(msg, msg["node"], now)
         expires = datetime.fromisoformat(msg["expires_at"].replace("Z", "+00:00"))
         if now > expires:
             ack["reason"] = f"expired at {msg['expires_at']}"

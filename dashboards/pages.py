@@ -826,18 +826,9 @@ def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
         trace["customdata"] = [[rows[k]["uuid"]] * len(x) for k in labels]
     return {
         "data": [trace],
-        "layout": {
-            "title": {"text": "Utilization over time" + (", by node" if per_node else ", by GPU")},
-            "height": max(260, 120 + 18 * len(labels)),
-            "xaxis": {"type": "date", "title": {"text": "UTC"}},
-            "yaxis": {
-                "automargin": True,
-                "autorange": "reversed",
-                "tickmode": "array",
-                "tickvals": labels,
-                "ticktext": labels,
-            },
-        },
+        "layout": _time_rows_layout(
+            "Utilization over time" + (", by node" if per_node else ", by GPU"), labels
+        ),
     }
 
 
@@ -878,18 +869,7 @@ def node_heatmap(
                 },
             }
         ],
-        "layout": {
-            "title": {"text": title},
-            "height": max(260, 120 + 18 * len(labels)),
-            "xaxis": {"type": "date", "title": {"text": "UTC"}},
-            "yaxis": {
-                "automargin": True,
-                "autorange": "reversed",
-                "tickmode": "array",
-                "tickvals": labels,
-                "ticktext": labels,
-            },
-        },
+        "layout": _time_rows_layout(title, labels),
     }
 
 
@@ -1064,3 +1044,19 @@ def idle_table(d: dict[str, Any]) -> list[Any]:
             left=7,
         ),
     ]
+
+
+def _time_rows_layout(title: str, labels: list[str]) -> dict[str, Any]:
+    """A heatmap of rows (GPUs or nodes) over UTC time: one labelled row each, first row on top."""
+    return {
+        "title": {"text": title},
+        "height": max(260, 120 + 18 * len(labels)),
+        "xaxis": {"type": "date", "title": {"text": "UTC"}},
+        "yaxis": {
+            "automargin": True,
+            "autorange": "reversed",
+            "tickmode": "array",
+            "tickvals": labels,
+            "ticktext": labels,
+        },
+    }

@@ -17,6 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 
 
+def wait_for_dashboard(proc: subprocess.Popen[str], lines: list[str]) -> tuple[int, str]:
+    """The demo's dashboard port and admin password, read from its stderr as it prints them."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    port = password = None
+    while time.monotonic() < deadline and proc.poll() is None and not (port and password):
+        text = "".join(lines)
+        m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
+        p = re.search(r"dashboard user admin: password (\S+)", text)
+        port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
+        time.sleep(0.2)
+    assert port and password, "".join(lines)[-3000:]
+    return port, password
+
+
 def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     demo = ["demo", "--until", "20m", "--port", "0", "--lake", str(tmp_path / "lake")]
@@ -38,15 +52,7 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        port = password = None
-        while time.monotonic() < deadline and proc.poll() is None and not (port and password):
-            text = "".join(lines)
-            m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
-            p = re.search(r"dashboard user admin: password (\S+)", text)
-            port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
-            time.sleep(0.2)
-        assert port and password, "".join(lines)[-3000:]
+        port, password = wait_for_dashboard(proc, lines)
         text = "".join(lines)
         # the replay's summary already brought the rollups up to date (it prints their cost)
         assert re.search(r"rollups: ([12]) dates? up to date \(0 rebuilt now, \1 already current\)", text), (
@@ -113,15 +119,7 @@ def test_demo_of_a_past_window_shows_the_same_numbers_everywhere(tmp_path: Path)
     for r in readers:
         r.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        port = password = None
-        while time.monotonic() < deadline and proc.poll() is None and not (port and password):
-            text = "".join(err)
-            m = re.search(r"dashboard on http://127\.0\.0\.1:(\d+)/", text)
-            p = re.search(r"dashboard user admin: password (\S+)", text)
-            port, password = (int(m.group(1)) if m else None), (p.group(1) if p else None)
-            time.sleep(0.2)
-        assert port and password, "".join(err)[-3000:]
+        port, password = wait_for_dashboard(proc, err)
         assert "no live fleet" in "".join(err)
         s = summary("".join(out))
         c = Client(port)
