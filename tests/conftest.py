@@ -84,3 +84,15 @@ def private_broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         subprocess.run(["bash", str(SCRIPT), "stop"], env=b.env, capture_output=True, timeout=90)
+
+
+def topic_env(bootstrap: str, base: str) -> dict[str, str]:
+    """Config variables that point a test's gpuledger at its own four topics (`base`.samples, .dlq,
+    .caps, .acks) on the test broker, so tests never see each other's messages."""
+    return {
+        "GPULEDGER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "GPULEDGER_KAFKA_TOPIC": base + ".samples",
+        "GPULEDGER_KAFKA_DLQ_TOPIC": base + ".dlq",
+        "GPULEDGER_KAFKA_CAPS_TOPIC": base + ".caps",
+        "GPULEDGER_KAFKA_CAP_ACKS_TOPIC": base + ".acks",
+    }

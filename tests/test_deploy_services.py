@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import topic_env
 from test_deploy import _check
 
 from gpuledger.cli import build_parser
@@ -173,11 +174,7 @@ def test_run_ingest_creates_topics_and_touches_the_heartbeat(kafka_bootstrap: st
     beat = tmp_path / "ingest.alive"
     cfg = load_config(
         env={
-            "GPULEDGER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "GPULEDGER_KAFKA_TOPIC": base + ".samples",
-            "GPULEDGER_KAFKA_DLQ_TOPIC": base + ".dlq",
-            "GPULEDGER_KAFKA_CAPS_TOPIC": base + ".caps",
-            "GPULEDGER_KAFKA_CAP_ACKS_TOPIC": base + ".acks",
+            **topic_env(kafka_bootstrap, base),
             "GPULEDGER_KAFKA_GROUP_ID": base,
             "GPULEDGER_KAFKA_PARTITIONS": "2",
             "GPULEDGER_LAKE_PATH": str(tmp_path / "lake"),

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from conftest import topic_env
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
@@ -24,11 +25,7 @@ def test_ensure_topics_creates_all_four_with_configured_partitions(kafka_bootstr
     base = f"topics-{uuid.uuid4().hex[:10]}"
     cfg = load_config(
         env={
-            "GPULEDGER_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "GPULEDGER_KAFKA_TOPIC": base + ".samples",
-            "GPULEDGER_KAFKA_DLQ_TOPIC": base + ".dlq",
-            "GPULEDGER_KAFKA_CAPS_TOPIC": base + ".caps",
-            "GPULEDGER_KAFKA_CAP_ACKS_TOPIC": base + ".acks",
+            **topic_env(kafka_bootstrap, base),
             "GPULEDGER_KAFKA_PARTITIONS": "3",
             "GPULEDGER_KAFKA_REPLICATION_FACTOR": "1",
         }
