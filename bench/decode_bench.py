@@ -6,7 +6,8 @@ Decodes the same batch of simulated-fleet ticks (seed 7, as the ingest bench pro
 both paths, alternating them round by round so load on the machine hits both alike, and prints
 median wall and CPU microseconds per message (CPU = this process's time, the steadier number on
 a shared machine) plus the load average. The whole-batch path runs with the native reader
-(gpuledger/native) and with Arrow's JSON reader; each reader alone is shown as its floor.
+(gpuledger/native); the native read alone is shown as its floor. (The arrow-rs `arrow-json`
+reader is compared with the native one in bench/reader_bench.py.)
 """
 
 from __future__ import annotations
@@ -43,11 +44,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    import pyarrow as pa
-    import pyarrow.json as pj
-
     import gpuledger.batch_decode as bd
-    from gpuledger.batch_decode import READ_BLOCK_BYTES, decode_batch_fast, fast_decode, read_schema
+    from gpuledger.batch_decode import decode_batch_fast, fast_decode
     from gpuledger.decode import decode_batch
 
     native = bd.native_reader()
@@ -65,29 +63,13 @@ def main() -> None:
     ref, got = decode_batch(raws, **kw), decode_batch_fast(raws, **kw)
     assert all(ref.tables[k].equals(got.tables[k]) for k in ref.tables), "paths disagree"
 
-    def arrow_only() -> Any:
-        return pj.read_json(
-            pa.BufferReader(b"\n".join(raws)),
-            read_options=pj.ReadOptions(use_threads=False, block_size=READ_BLOCK_BYTES),
-            parse_options=pj.ParseOptions(explicit_schema=read_schema(), unexpected_field_behavior="infer"),
-        )
-
     blob = b"\n".join(raws)
     ends = [e - 1 for e in accumulate(len(r) + 1 for r in raws)]
-
-    def arrow_fast() -> Any:
-        bd.native_reader = lambda: None  # type: ignore[assignment]
-        try:
-            return decode_batch_fast(raws, **kw)
-        finally:
-            bd.native_reader = lambda: native  # type: ignore[assignment]
 
     cases: dict[str, Callable[[], Any]] = {
         "decode_batch": lambda: decode_batch(raws, **kw),
         "decode_batch_fast, native": lambda: decode_batch_fast(raws, **kw),
         "  (native read alone)": lambda: native.read(blob, ends),
-        "decode_batch_fast, Arrow": arrow_fast,
-        "  (Arrow JSON read alone)": arrow_only,
     }
     wall: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}

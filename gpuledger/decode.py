@@ -1,9 +1,12 @@
-"""Decode a batch of raw v1 tick messages into validated Arrow tables.
+"""Decode a batch of raw v1 tick messages into validated Arrow tables: the explaining path.
 
-Two paths decide together. The typed fast path (`gpuledger.typed`, msgspec in C) validates
-while it parses; the exact checker (`gpuledger.exact`) sees only what the fast path refused,
-decides as JSON Schema would and names the problem. A message with any bad value is rejected
-whole (a tick is never half-ingested); the good messages of the same batch are kept.
+The whole-batch path (`gpuledger.batch_decode`) takes clean batches; any other batch comes
+here. Each message is decoded by the typed decoder (`gpuledger.typed`, msgspec in C), which
+validates while it parses. A message it refuses is explained by the reference JSON Schema
+validator (`gpuledger.schema.schema_error`), which also decides: msgspec is stricter in one
+corner (an integer written as 3.0), and such a message is accepted. The semantic rules then
+run once over the batch's columns (`gpuledger.semantics`). A message with any bad value is
+rejected whole (a tick is never half-ingested); the good messages of the same batch are kept.
 
 Rows then go to Arrow as tuples (`msgspec.structs.astuple`) converted into struct arrays
 with their types known, both in C, so no value is touched twice in Python.
@@ -11,6 +14,9 @@ with their types known, both in C, so no value is touched twice in Python.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,17 +24,17 @@ from functools import cache
 from typing import Any
 
 import msgspec
+import orjson
 import pyarrow as pa
 from msgspec.structs import astuple
 
-from gpuledger import typed
-from gpuledger.exact import KIND_REQUIRES, exact_check, first_duplicate_key
+from gpuledger import semantics, typed
 from gpuledger.lake_tables import (
     TS_TYPE,
     WORKLOAD_FIELDS,
     table_schema,
 )
-from gpuledger.schema import parse_ts
+from gpuledger.schema import field_path, schema_error
 
 
 @dataclass
@@ -79,33 +85,6 @@ class DecodedBatch:
         return len(self.accepted)
 
 
-def _semantics_ok(t: Any) -> datetime | None:
-    """The rules JSON Schema cannot say (see schema.SEMANTIC_RULES); the tick's time if all hold."""
-    try:
-        ts = parse_ts(t.ts)
-    except ValueError:
-        return None
-    gpus = {g.uuid for g in t.gpus}
-    if len(gpus) != len(t.gpus):
-        return None
-    slices = t.slices
-    if len({s.slice_id for s in slices}) != len(slices):
-        return None
-    for s in slices:
-        if s.gpu_uuid not in gpus:
-            return None
-        need = KIND_REQUIRES.get(s.kind)
-        if need:
-            for f in need:
-                v = getattr(s, f)
-                if v is None or v is typed.UNSET:
-                    return None
-    for p in t.processes:
-        if p.gpu_uuid not in gpus:
-            return None
-    return ts.astimezone(UTC)
-
-
 def decode_batch(
     raws: Sequence[bytes],
     *,
@@ -120,39 +99,41 @@ def decode_batch(
     """Validate and flatten a batch of raw messages.
 
     `batch` is the ingest batch id stamped on every row: queries pick one batch per tick, which
-    is how a tick delivered twice is still counted once. `fast=False` sends every message
-    through the exact checker (tests use it to hold the two paths to the same answers).
+    is how a tick delivered twice is still counted once. `fast=False` has every message decided
+    by the reference validator (tests use it to hold the typed decode to the same answers).
     With `ts_window`, a tick whose ts is outside it around `now` (default: the clock now, i.e.
     receive time) is rejected with the reason.
     """
     n = len(raws)
     ticks: list[Any] = [None] * n
-    times: list[datetime | None] = [None] * n
-    slow: list[int] = []
+    reasons: dict[int, str] = {}
     dec = typed.decoder()
     for i, raw in enumerate(raws):
-        if fast and len(raw) <= max_message_bytes:
+        if len(raw) > max_message_bytes:
+            reasons[i] = f"payload too large: {len(raw)} bytes > max_message_bytes {max_message_bytes}"
+            continue
+        if fast:
             try:
                 t = dec.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-                slow.append(i)
-                continue
-            ts = _semantics_ok(t)
-            # msgspec keeps the last of two values for one key: such a message goes to the
-            # exact checker, which rejects it naming the key.
-            if ts is not None and first_duplicate_key(raw) is None:
-                ticks[i], times[i] = t, ts
-                continue
-        slow.append(i)
-    reasons: dict[int, str] = {}
-    if slow:
-        bad, good = exact_check([raws[i] for i in slow], max_message_bytes)
-        for local, reason in bad.items():
-            reasons[slow[local]] = reason
-        for local, doc in good.items():
-            i = slow[local]
-            ticks[i] = typed.from_builtins(doc)
-            times[i] = parse_ts(doc["ts"]).astimezone(UTC)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                at = _error_path(str(exc)) if isinstance(exc, msgspec.ValidationError) else ()
+                ticks[i], reasons_i = _explained(raw, at)
+            else:
+                # msgspec keeps the last of two values for one key: such a message is rejected.
+                dup = first_duplicate_key(raw)
+                ticks[i], reasons_i = (t, None) if dup is None else (None, _duplicate(dup))
+        else:
+            ticks[i], reasons_i = _explained(raw, None)
+        if reasons_i is not None:
+            reasons[i] = reasons_i
+    live = [i for i in range(n) if ticks[i] is not None]
+    bad, tick_times = semantics.check([ticks[i] for i in live])
+    times: list[datetime | None] = [None] * n
+    for k, (i, ts) in enumerate(zip(live, tick_times.to_pylist(), strict=True)):
+        if k in bad:
+            reasons[i], ticks[i] = bad[k], None
+        else:
+            times[i] = ts
     if ts_window is not None:
         now = now or datetime.now(UTC)
         for i, ts in enumerate(times):
@@ -179,6 +160,108 @@ def decode_batch(
         [offsets[i] for i in accepted] if offsets is not None else None,
     )
     return DecodedBatch(tables, accepted, [Reject(i, reasons[i]) for i in sorted(reasons)], duplicates)
+
+
+# -- explaining a refused message --------------------------------------------------------------
+
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _error_path(message: str) -> tuple[Any, ...] | None:
+    """The place a msgspec ValidationError names (`... - at `$.slices[3].kind``), as path parts."""
+    where = message.rpartition(" - at `$")[2].rstrip("`") if " - at `$" in message else ""
+    parts: list[Any] = []
+    pos = 0
+    while pos < len(where):
+        m = _PATH_PART.match(where, pos)
+        if m is None:
+            break  # a label key msgspec shows in another form: validate from the last part read
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    return tuple(parts)
+
+
+def _duplicate(key: str) -> str:
+    return f"invalid JSON: duplicate key {key!r} in an object (parsers disagree on which value wins)"
+
+
+_JSON_WORDS = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _explained(raw: bytes | memoryview, at: tuple[Any, ...] | None) -> tuple[Any, str | None]:
+    """(typed tick, None) when the schema accepts `raw`, else (None, what is wrong and where).
+
+    `at` is where the typed decode found the message wrong: the reference validator checks
+    that part first (fast), then, if it finds nothing there, the parts around it up to the
+    whole message. None: validate the whole message.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc}"
+    dup = first_duplicate_key(raw)
+    if dup is not None:
+        return None, _duplicate(dup)
+    if type(doc) is not dict:
+        return None, f"{field_path(())}: expected a JSON object, got {_JSON_WORDS.get(type(doc), 'null')}"
+    places = [()] if at is None else [at[:depth] for depth in range(len(at), -1, -1)]
+    for place in places:
+        why = schema_error(doc, place)
+        if why is not None:
+            return None, why
+    return typed.from_builtins(doc), None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+@cache
+def _native_duplicate_key() -> Any | None:
+    if os.environ.get("GPULEDGER_NATIVE_DECODE", "1") == "0":
+        return None
+    try:
+        from gpuledger._native import duplicate_key
+    except ImportError:
+        return None
+    return duplicate_key
+
+
+def first_duplicate_key(raw: bytes | memoryview) -> str | None:
+    """The first key that some object of `raw` has twice, or None (also for text that is not JSON).
+
+    Why: JSON parsers disagree on which of two values for one key wins (`{"seq":-1,"seq":7}` is
+    seq 7 to orjson and msgspec, -1 to others), so such a message means different things to
+    different consumers of the topic; ingest rejects it. The native walker (gpuledger/native)
+    costs ~24 us per 12 KB tick (about the typed decode's own cost); Python's json with a pairs
+    hook (~80 us) is the fallback where it is not built or cannot read the bytes.
+    """
+    native = _native_duplicate_key()
+    data = raw if isinstance(raw, bytes) else bytes(raw)
+    if native is not None:
+        walked, key = native(data)
+        if walked:
+            return key
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as dup:
+        return dup.key
+    except (ValueError, RecursionError):
+        return None  # not JSON: the parsers reject it with their own reason
+    return None
 
 
 @cache

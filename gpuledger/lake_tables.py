@@ -1,7 +1,7 @@
 """The lake's four sample tables (tick, gpu, slice, process) as Arrow schemas: the one definition
 that the decoders write and the warehouse reads.
 
-Column types come from the message schema (`sample.schema.json` through `gpuledger.exact.rules`),
+Column types come from the message schema (`sample.schema.json` through `gpuledger.schema.rules`),
 so a field added to the message is a column here without a second list of types.
 """
 
@@ -11,7 +11,7 @@ from functools import cache
 
 import pyarrow as pa
 
-from gpuledger.exact import rules
+from gpuledger.schema import rules
 
 # -- the lake's columns -------------------------------------------------------------------------
 # Row tables repeat the tick identity so each file can be read on its own; Parquet's

@@ -3,8 +3,9 @@
 msgspec checks types, ranges, lengths, patterns, enums and unknown fields while it parses,
 and builds slotted objects instead of dicts, so the common case (a valid tick) costs about
 as much as parsing alone. It is stricter than JSON Schema in one place (an integer written
-as 3.0 is refused), so anything it refuses goes to the exact checker in `gpuledger.decode`,
-which decides and explains. Everything it accepts the schema accepts too (tested).
+as 3.0 is refused), so anything it refuses goes to the reference validator
+(`gpuledger.schema.schema_error`, through `gpuledger.decode`), which decides and explains.
+Everything it accepts the schema accepts too (tested).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def decoder() -> msgspec.json.Decoder:
 
 
 def from_builtins(doc: dict[str, Any]) -> Any:
-    """A dict the exact checker accepted -> the typed object (3.0 becomes 3 for integer fields)."""
+    """A dict the reference validator accepted -> the typed object (3.0 becomes 3 for integer fields)."""
     return msgspec.convert(doc, message_type(), strict=False)
 
 

@@ -89,7 +89,7 @@ class Batch:
     """One batch: per-message columns plus every payload joined by single newlines.
 
     The joined form is what crosses to a worker (one `send_bytes`, no pickling of payloads)
-    and what Arrow's JSON reader parses there, so a payload is copied once on its way from the
+    and what the native batch reader parses there, so a payload is copied once on its way from the
     Kafka client to the decoder. `values` are views into it.
     """
 

@@ -1,7 +1,7 @@
 """Hostile input at ingest: ticks dated far from receive time, and objects with duplicate keys.
 
-Both go to the DLQ with a reason in every decode path: the whole-batch path (native reader and
-Arrow's reader) must hand such a batch back, and the typed path and the exact checker must
+Both go to the DLQ with a reason in every decode path: the whole-batch path must hand such a
+batch back, and the explaining path (typed decode, and the reference validator alone) must
 reject exactly the bad messages and keep every good one of the same batch.
 """
 
@@ -22,16 +22,12 @@ NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 WINDOW = TsWindow(future_s=300.0, past_s=7 * 86400.0)
 
 
-@pytest.fixture(autouse=True, params=["native", "arrow"])
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every case runs with both column readers of the whole-batch path."""
+@pytest.fixture(autouse=True)
+def reader() -> None:
+    """The whole-batch path needs the native reader (gpuledger/native): its one column reader."""
     import gpuledger.batch_decode as bd
 
-    if request.param == "native":
-        assert bd.native_reader() is not None, "the native reader is not built (pip install -e .)"
-    else:
-        monkeypatch.setattr(bd, "native_reader", lambda: None)
-    return request.param
+    assert bd.native_reader() is not None, "the native reader is not built (pip install -e .)"
 
 
 def _at(seq: int, ts: datetime) -> bytes:
@@ -39,12 +35,12 @@ def _at(seq: int, ts: datetime) -> bytes:
 
 
 def _decode_all_paths(raws: list[bytes], **kw) -> list[tuple[str, object]]:
-    """(path, result) for the whole-batch entry point, the typed path and the exact checker."""
+    """(path, result) for the whole-batch entry point, the typed path and the reference validator alone."""
     base = {"batch": 1, "max_message_bytes": MAX, **kw}
     return [
         ("fast", decode_batch_fast(raws, **base)),
         ("typed", decode_batch(raws, **base)),
-        ("exact", decode_batch(raws, fast=False, **base)),
+        ("reference", decode_batch(raws, fast=False, **base)),
     ]
 
 
@@ -136,7 +132,7 @@ def _dup_cases() -> list[tuple[bytes, str]]:
 
 @pytest.mark.parametrize("walker", ["native", "python"])
 def test_duplicate_keys_are_rejected_naming_the_key_in_every_path(walker, monkeypatch):
-    import gpuledger.exact as ex
+    import gpuledger.decode as ex
 
     if walker == "python":
         monkeypatch.setattr(ex, "_native_duplicate_key", lambda: None)
@@ -159,7 +155,7 @@ def test_duplicate_keys_are_rejected_naming_the_key_in_every_path(walker, monkey
 
 @pytest.mark.parametrize("walker", ["native", "python"])
 def test_duplicate_key_walker_edges(walker, monkeypatch):
-    import gpuledger.exact as ex
+    import gpuledger.decode as ex
 
     if walker == "python":
         monkeypatch.setattr(ex, "_native_duplicate_key", lambda: None)
