@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from operator import attrgetter
 from typing import Any
 
 import pyarrow as pa
@@ -111,26 +112,27 @@ def check_columns(ts: pa.Array, cols: dict[str, dict[str, pa.Array]], owners: di
 
 
 def check(ticks: Sequence[Any]) -> tuple[dict[int, str], pa.Array]:
-    """`check_columns` over typed ticks (`gpuledger.typed`): (reasons by tick, each tick's time)."""
-    from gpuledger.typed import UNSET
+    """`check_columns` over typed ticks (`gpuledger.typed`): (reasons by tick, each tick's time).
 
+    The per-kind fields are nullable in the typed slice (None when absent), so they convert as is.
+    """
     need = sorted({f for fields in kind_requires().values() for f in fields})
     owners: dict[str, list[int]] = {"gpu": [], "slice": [], "process": []}
-    gpu, slices, procs = [], [], []
+    gpus, slices, procs = [], [], []
     for k, t in enumerate(ticks):
-        gpu.extend(t.gpus)
+        gpus.extend(t.gpus)
         slices.extend(t.slices)
         procs.extend(t.processes)
         owners["gpu"].extend([k] * len(t.gpus))
         owners["slice"].extend([k] * len(t.slices))
         owners["process"].extend([k] * len(t.processes))
+    names = ("slice_id", "gpu_uuid", "kind", *need)
+    values = zip(*map(attrgetter(*names), slices), strict=True) if slices else [()] * len(names)
     cols = {
-        "gpu": {"uuid": pa.array([x.uuid for x in gpu], pa.string())},
+        "gpu": {"uuid": pa.array([x.uuid for x in gpus], pa.string())},
         "slice": {
-            "slice_id": pa.array([x.slice_id for x in slices], pa.string()),
-            "gpu_uuid": pa.array([x.gpu_uuid for x in slices], pa.string()),
-            "kind": pa.array([x.kind for x in slices], pa.string()),
-            **{f: pa.array([None if (v := getattr(x, f)) is UNSET else v for x in slices]) for f in need},
+            f: pa.array(v, pa.string() if i < 3 else None)
+            for i, (f, v) in enumerate(zip(names, values, strict=True))
         },
         "process": {"gpu_uuid": pa.array([x.gpu_uuid for x in procs], pa.string())},
     }
