@@ -188,6 +188,8 @@ def _reason(e: Any, prefix: tuple[Any, ...]) -> str:
         missing = next((k for k in e.validator_value if k not in e.instance), None)
         if missing is not None:
             path = (*path, missing)
+    if e.validator == "const":  # jsonschema says only what was expected
+        message = f"{show(e.instance)} is not {e.validator_value!r}"
     full = repr(e.instance)
     if len(full) > 80 and message.startswith(full):  # "[...65 GPUs...] is too long"
         message = show(e.instance) + message[len(full) :]
