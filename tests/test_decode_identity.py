@@ -4,6 +4,10 @@ The batch mixes real fleet ticks with every rejected example of the schema corpu
 text cases, ticks outside the receive window and a tick delivered twice. Each of the four
 sample tables is pinned row by row (a digest of its rows in order); the DLQ is pinned as
 (index, reason). `GPULEDGER_PIN=write` rewrites the pins (only when a change is intended).
+
+The table digests and the rejected payloads are the ones pinned from the decoder before issue
+12 (commit 62f97f8, exact checker); since then the reasons are the reference validator's
+wording, naming the same field paths (the message-level ones as `(message)`).
 """
 
 from __future__ import annotations
