@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from gpuledger.cli_args import _load, _settings, _start
-from gpuledger.config import Config, ConfigError
+from gpuledger.config import Config, ConfigError, EnforcerConfig
 from gpuledger.progress import Progress, parse_duration
 from gpuledger.serve import _serve_dashboards
 
@@ -394,6 +395,13 @@ def demo_config_text(cfg: Config, lake_path: Path, cfg_dir: Path, kafka: bool) -
             },
         ),
     ]
+    # The enforcer settings the demo ran with (its mode and shortened guards; only what differs from
+    # the defaults), so `gpuledger enforcer status|recommend` and `jobs` here decide as the demo did.
+    base = EnforcerConfig()
+    enf = {f.name: getattr(cfg.enforcer, f.name) for f in fields(EnforcerConfig)}
+    changed = {k: v for k, v in enf.items() if v != getattr(base, k)}
+    if changed:
+        sections.append(("enforcer", changed))
     dash: dict[str, Any] = {"auth": cfg.dashboard.auth}
     if cfg.dashboard.users_file:
         dash["users_file"] = _shown_path(Path(cfg.dashboard.users_file), cfg_dir)

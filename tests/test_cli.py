@@ -120,6 +120,11 @@ def check_demo_summary(run: Run) -> dict[str, str]:
 
 def test_demo_prints_the_summary(first_demo: Run, demo_dir: Path) -> None:
     check_demo_summary(first_demo)
+    # the gpuledger.toml it leaves holds the enforcer settings it ran with (enforce, shortened guards)
+    from gpuledger.config import load_config
+
+    e = load_config(demo_dir / "gpuledger.toml", env={}).enforcer
+    assert (e.mode, e.shrink_min_history_hours, e.shrink_min_age_hours) == ("enforce", 2.0, 2.0)
     assert (demo_dir / "lake" / ".gpuledger-demo").exists()
     assert list((demo_dir / "lake" / "samples" / "tick").rglob("*.parquet"))
 
