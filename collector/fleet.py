@@ -22,7 +22,7 @@ Lifecycle events, so the pipeline sees what production brings:
 - churn: Slurm jobs, notebook pods, workstation sessions and ETL pods end and are replaced; a
   new lifetime always gets a new ``slice_id`` (new pod UID or job id), never a reused one;
 - reboots: each node reboots rarely (first one at least 12 h after start, then about every two
-  weeks). While it is down (2-15 min) it emits nothing, so ``next_tick()`` returns one message
+  weeks). While it is down (2-15 min) it emits nothing, so ``sample()`` returns one tick
   per node that is up; it comes back with a new ``boot_id``, ``seq`` 0, new PIDs and new pods.
 
 Units and semantics follow DESIGN §4/§6 and the JSON Schema: slice ``util_pct`` is % of the whole
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, format_ts
 from collector.traces import Trace, load_gentd26
 from gpuledger.shares import share
 
-SCHEMA = "gpuledger.sample/v1"
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 _HOUR = 3600.0
 _DAY = 86400.0
@@ -510,11 +510,6 @@ def _k8s_suffix(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_K8S_ALNUM) for _ in range(n))
 
 
-def _fmt_ts(dt: datetime) -> str:
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else base + "Z"
-
-
 _OOM_DOWN_TICKS = 1  # ticks a container stays down after an out-of-memory before it restarts
 
 
@@ -529,10 +524,11 @@ class CapResult:
     cap_after: int | None = None
 
 
-class SimulatedFleet:
+class SimulatedFleet(TickSource):
     """Deterministic simulated heterogeneous GPU fleet (see module docstring for what it holds).
 
-    ``next_tick()`` advances the clock by ``interval_s`` and returns one v1 message per node
+    ``sample()`` (``next_tick()`` as dicts) advances the clock by ``interval_s`` and returns one v1
+    tick per node
     that is up; the k-th call (k from 1) has ``ts = start + k * interval_s``.
     """
 
@@ -1055,13 +1051,13 @@ class SimulatedFleet:
 
     # -- ticks -------------------------------------------------------------------------------
 
-    def next_tick(self) -> list[dict[str, Any]]:
-        """Advance one interval; return one v1 message (a JSON-ready dict) per node that is up."""
+    def sample(self) -> list[Any]:
+        """Advance one interval; return one typed v1 tick per node that is up."""
         self._k += 1
         k = self._k
         t1 = k * self._interval_us / 1_000_000
         t0 = t1 - self.interval_s
-        ts = _fmt_ts(self.start + timedelta(microseconds=k * self._interval_us))
+        ts = format_ts(self.start + timedelta(microseconds=k * self._interval_us))
         out = []
         for node in self._nodes:
             if node.down_until is not None:
@@ -1079,13 +1075,13 @@ class SimulatedFleet:
             node.seq += 1
         return out
 
-    def _message(self, node: _Node, ts: str, t0: float, t1: float) -> dict[str, Any]:
+    def _message(self, node: _Node, ts: str, t0: float, t1: float) -> Any:
         dt = self.interval_s
         rnd = self._noise.random
         alpha = 1.0 - math.exp(-dt / 180.0)
-        gpus_out: list[dict[str, Any]] = []
-        slices_out: list[dict[str, Any]] = []
-        procs_out: list[dict[str, Any]] = []
+        gpus_out: list[Any] = []
+        slices_out: list[Any] = []
+        procs_out: list[Any] = []
         for gpu in node.gpus:
             if gpu.has_churn:
                 for s in gpu.slots:
@@ -1173,7 +1169,7 @@ class SimulatedFleet:
                 wl = s.wl_tpl.copy()
                 if s.labels is not None:
                     wl["labels"] = s.labels.copy()
-                sl["workload"] = wl
+                sl["workload"] = Workload(**wl)
                 sl["mem_used_mib"] = mm
                 util = None if s.null_util else uc / 100
                 sl["util_pct"] = util
@@ -1182,7 +1178,7 @@ class SimulatedFleet:
                         s.last_kernel_t = t1 - rnd() * (dt if dt < 2.0 else 2.0)
                     age = t1 - s.last_kernel_t
                     sl["last_kernel_age_s"] = round(age, 1) if age > 0.0 else 0.0
-                slices_out.append(sl)
+                slices_out.append(Slice(**sl))
                 if down:
                     continue
                 rem_m = mm
@@ -1197,12 +1193,12 @@ class SimulatedFleet:
                         pu = int(uc * uw)
                         p["sm_util_pct"] = pu / 100
                         rem_u -= pu
-                    procs_out.append(p)
+                    procs_out.append(Process(**p))
                 p = s.proc_last.copy()
                 p["mem_used_mib"] = rem_m
                 if not proc_null:
                     p["sm_util_pct"] = rem_u / 100
-                procs_out.append(p)
+                procs_out.append(Process(**p))
             # power: idle floor plus a concave function of busy time, a little for memory traffic
             span = model.tdp_w - model.idle_w
             power = model.idle_w + span * (busy**0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
@@ -1214,32 +1210,23 @@ class SimulatedFleet:
             target = model.temp_idle_c + (model.temp_max_c - model.temp_idle_c) * heat
             gpu.temp += (target - gpu.temp) * alpha
             gpus_out.append(
-                {
-                    "uuid": gpu.spec.uuid,
-                    "index": gpu.spec.index,
-                    "model": model.name,
-                    "mem_total_mib": total,
-                    "mem_used_mib": sum_m,
-                    "util_pct": gpu_util,
-                    "power_w": power_w,
-                    "energy_j": round(power_w * dt, 2),
-                    "temp_c": int(gpu.temp + 0.5),
-                    "mig_mode": gpu.mig,
-                    "state": "ok",
-                }
+                Gpu(
+                    uuid=gpu.spec.uuid,
+                    index=gpu.spec.index,
+                    model=model.name,
+                    mem_total_mib=total,
+                    mem_used_mib=sum_m,
+                    util_pct=gpu_util,
+                    power_w=power_w,
+                    energy_j=round(power_w * dt, 2),
+                    temp_c=int(gpu.temp + 0.5),
+                    mig_mode=gpu.mig,
+                    state="ok",
+                )
             )
-        return {
-            "schema": SCHEMA,
-            "cluster": node.cluster,
-            "node": node.name,
-            "boot_id": node.boot_id,
-            "seq": node.seq,
-            "ts": ts,
-            "interval_s": dt,
-            "gpus": gpus_out,
-            "slices": slices_out,
-            "processes": procs_out,
-        }
+        return build_tick(
+            node.cluster, node.name, node.boot_id, node.seq, ts, dt, gpus_out, slices_out, procs_out
+        )
 
     def _restart_procs(self, s: _Slot, node: _Node) -> None:
         """The container restarted after an out-of-memory: same pod and slice, new process ids."""
@@ -1376,7 +1363,7 @@ class SimulatedFleet:
                     overcommitted += 1
         return {
             "seed": self.seed,
-            "start": _fmt_ts(self.start),
+            "start": format_ts(self.start),
             "interval_s": self.interval_s,
             "scale": self.scale,
             "ticks": self._k,
