@@ -59,7 +59,7 @@ from collector.activity import (
     TrainingPattern,
 )
 from collector.catalog import GI_IDS, MIG_FULL, MIG_PARTIAL, MODELS, GpuModel, MigProfile
-from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, format_ts
+from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, check_interval, format_ts
 from collector.traces import load_gentd26
 from gpuledger.shares import share
 
@@ -352,8 +352,7 @@ class SimulatedFleet(TickSource):
             start = DEFAULT_START
         if start.tzinfo is None or start.utcoffset() is None:
             raise ValueError(f"start={start!r}: expected a timezone-aware datetime (UTC)")
-        if not isinstance(interval_s, int | float) or not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600] (schema limit)")
+        check_interval(interval_s)
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale={scale!r}: expected an integer >= 1")
         self.seed = seed

@@ -48,6 +48,7 @@ from collector.tick import (
     TickSource,
     Workload,
     build_tick,
+    check_interval,
     clamp_labels,
     format_ts,
     gpu_of,
@@ -160,8 +161,7 @@ class NvmlBackend(TickSource):
         for what, name in (("cluster", cluster), ("node", node)):
             if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > LIMITS.name_max:
                 raise ValueError(f"{what}={name!r}: expected a name of letters, digits, '.', '_', '-'")
-        if not isinstance(interval_s, int | float) or not 0 < interval_s <= LIMITS.interval_max_s:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600]")
+        check_interval(interval_s)
         if not isinstance(timeslice_replicas, int) or not 0 <= timeslice_replicas <= 1024:
             raise ValueError(f"timeslice_replicas={timeslice_replicas!r}: expected an integer from 0 to 1024")
         if nvml is None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, format_ts
+from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, check_interval, format_ts
 from collector.traces import DUTY_FILE, MEM_FILE, load_gentd26_from
 
 MIB = 1 << 20
@@ -49,8 +49,7 @@ class TraceReplay(TickSource):
             raise ValueError(f"replay trace {d}: missing {', '.join(missing)} (GenTD26 layout, DESIGN §10)")
         if start.tzinfo is None:
             raise ValueError(f"start={start!r}: expected a timezone-aware datetime (UTC)")
-        if not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600] (schema limit)")
+        check_interval(interval_s)
         if gpus_per_node < 1:
             raise ValueError(f"gpus_per_node={gpus_per_node!r}: expected an integer >= 1")
         self.trace = load_gentd26_from(d)

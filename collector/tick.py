@@ -31,6 +31,7 @@ __all__ = [
     "Workload",
     "as_dicts",
     "build_tick",
+    "check_interval",
     "clamp_labels",
     "encode",
     "format_ts",
@@ -63,6 +64,17 @@ def build_tick(
         slices=slices,
         processes=processes,
     )
+
+
+def check_interval(interval_s: Any) -> float:
+    """A tick interval within the schema's bounds, as float; a clear error naming it otherwise."""
+    if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
+        interval_s = None
+    if interval_s is None or not 0 < interval_s <= LIMITS.interval_max_s:
+        raise ValueError(
+            f"interval_s={interval_s!r}: expected seconds in (0, {LIMITS.interval_max_s:g}] (schema limit)"
+        )
+    return float(interval_s)
 
 
 def nullable_id(v: Any) -> str | None:

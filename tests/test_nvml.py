@@ -27,14 +27,10 @@ from fake_nvml import (
 
 from collector.agent import run_collector
 from collector.hami import HamiProcess, SharedRegion, write_shared_region
-from collector.nvml import (
-    NvmlBackend,
-    build_nvml_backend,
-    integrate_process_util,
-    integrate_samples,
-)
+from collector.nvml import NvmlBackend, build_nvml_backend
 from collector.pod_resolvers import StaticFileResolver
 from collector.proc_identity import ProcAttributor, ProcessIdentity
+from collector.readings import integrate_process_util, integrate_samples
 from collector.transport import MemoryTransport
 from gpuledger.bus import MemoryBus
 from gpuledger.config import CollectorConfig
