@@ -1,4 +1,7 @@
-"""msgspec types compiled from `sample.schema.json`: validating JSON decode in C.
+"""msgspec types compiled from `sample.schema.json`: validating JSON decode in C, and the producers' types.
+
+The same Structs are what the collectors build ticks from (`tick_types()`, through
+`collector.tick`) and `encode` writes, so the message has one definition, the schema file.
 
 msgspec checks types, ranges, lengths, patterns, enums and unknown fields while it parses,
 and builds slotted objects instead of dicts, so the common case (a valid tick) costs about
