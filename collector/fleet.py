@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from msgspec.structs import replace
+
 from collector.activity import (
     DAY,
     HOUR,
@@ -228,6 +230,7 @@ class _Slot:
         "replicas",
         "restart_t",
         "slice_tpl",
+        "slice_typed",
         "start_t",
         "wl_tpl",
     )
@@ -819,6 +822,7 @@ class SimulatedFleet(TickSource):
             tpl["replicas"] = s.replicas
         tpl["workload"] = None
         s.slice_tpl = tpl
+        s.slice_typed = None
         # Processes: the main one does the work; helpers (data loaders, servers' side cars) hold
         # a CUDA context and a little memory.
         mem_w = [rng.uniform(0.02, 0.08) for _ in range(n_procs - 1)]
@@ -827,17 +831,17 @@ class SimulatedFleet(TickSource):
         for j, pid in enumerate(pids):
             procs.append(
                 (
-                    {
-                        "pid": pid,
-                        "gpu_uuid": gpu_uuid,
-                        "slice_id": slice_id,
-                        "mem_used_mib": 0,
-                        "sm_util_pct": None,
-                        "container_id": container_id,
-                        "pod_uid": pod_uid,
-                        "job_id": job_id,
-                        "user": user,
-                    },
+                    Process(
+                        pid=pid,
+                        gpu_uuid=gpu_uuid,
+                        slice_id=slice_id,
+                        mem_used_mib=0,
+                        sm_util_pct=None,
+                        container_id=container_id,
+                        pod_uid=pod_uid,
+                        job_id=job_id,
+                        user=user,
+                    ),
                     mem_w[j - 1] if j else 0.0,
                     util_w[j - 1] if j else 0.0,
                 )
@@ -977,40 +981,36 @@ class SimulatedFleet(TickSource):
                 busy = total_c / 10000.0
             for s, uc, mm, down in rows:
                 s.last_mm = mm
-                sl = s.slice_tpl.copy()
-                wl = s.wl_tpl.copy()
-                if s.labels is not None:
-                    wl["labels"] = s.labels.copy()
-                sl["workload"] = Workload(**wl)
-                sl["mem_used_mib"] = mm
+                base = s.slice_typed
+                if base is None:  # new lifetime or a new cap: the typed template is built again
+                    base = s.slice_typed = self._slice_struct(s)
                 util = None if s.null_util else uc / 100
-                sl["util_pct"] = util
                 if s.core_cap is not None:
                     if uc > 0:
                         s.last_kernel_t = t1 - rnd() * (dt if dt < 2.0 else 2.0)
                     age = t1 - s.last_kernel_t
-                    sl["last_kernel_age_s"] = round(age, 1) if age > 0.0 else 0.0
-                slices_out.append(Slice(**sl))
+                    age = round(age, 1) if age > 0.0 else 0.0
+                    slices_out.append(replace(base, mem_used_mib=mm, util_pct=util, last_kernel_age_s=age))
+                else:
+                    slices_out.append(replace(base, mem_used_mib=mm, util_pct=util))
                 if down:
                     continue
                 rem_m = mm
                 rem_u = uc
-                proc_null = s.proc_null
+                if s.proc_null:
+                    for tpl, mw, _uw in s.proc_head:
+                        pm = int(mm * mw)
+                        rem_m -= pm
+                        procs_out.append(replace(tpl, mem_used_mib=pm))
+                    procs_out.append(replace(s.proc_last, mem_used_mib=rem_m))
+                    continue
                 for tpl, mw, uw in s.proc_head:
-                    p = tpl.copy()
                     pm = int(mm * mw)
-                    p["mem_used_mib"] = pm
+                    pu = int(uc * uw)
                     rem_m -= pm
-                    if not proc_null:
-                        pu = int(uc * uw)
-                        p["sm_util_pct"] = pu / 100
-                        rem_u -= pu
-                    procs_out.append(Process(**p))
-                p = s.proc_last.copy()
-                p["mem_used_mib"] = rem_m
-                if not proc_null:
-                    p["sm_util_pct"] = rem_u / 100
-                procs_out.append(Process(**p))
+                    rem_u -= pu
+                    procs_out.append(replace(tpl, mem_used_mib=pm, sm_util_pct=pu / 100))
+                procs_out.append(replace(s.proc_last, mem_used_mib=rem_m, sm_util_pct=rem_u / 100))
             # power: idle floor plus a concave function of busy time, a little for memory traffic
             span = model.tdp_w - model.idle_w
             power = model.idle_w + span * (busy**0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
@@ -1040,6 +1040,14 @@ class SimulatedFleet(TickSource):
             node.cluster, node.name, node.boot_id, node.seq, ts, dt, gpus_out, slices_out, procs_out
         )
 
+    @staticmethod
+    def _slice_struct(s: _Slot) -> Any:
+        """The slot's slice as a typed template: its lifetime's identity and caps, no readings yet."""
+        wl = s.wl_tpl.copy()
+        if s.labels is not None:
+            wl["labels"] = s.labels.copy()
+        return Slice(**dict(s.slice_tpl, workload=Workload(**wl)))
+
     def _restart_procs(self, s: _Slot, node: _Node) -> None:
         """The container restarted after an out-of-memory: same pod and slice, new process ids."""
         s.oom_n += 1
@@ -1047,8 +1055,8 @@ class SimulatedFleet(TickSource):
         node.pids.difference_update(s.pids)
         new = {old: self._new_pid(node, rng) for old in s.pids}
         s.pids = list(new.values())
-        s.proc_head = [(dict(tpl, pid=new[tpl["pid"]]), mw, uw) for tpl, mw, uw in s.proc_head]
-        s.proc_last = dict(s.proc_last, pid=new[s.proc_last["pid"]])
+        s.proc_head = [(replace(tpl, pid=new[tpl.pid]), mw, uw) for tpl, mw, uw in s.proc_head]
+        s.proc_last = replace(s.proc_last, pid=new[s.proc_last.pid])
 
     # -- caps (the enforcer's actuator, simulated) --------------------------------------------
 
@@ -1112,6 +1120,7 @@ class SimulatedFleet(TickSource):
                 )
             s.mem_cap = int(mem_cap_mib)
             s.slice_tpl["mem_cap_mib"] = s.mem_cap
+            s.slice_typed = None
             return CapResult("applied", None, used, cur, s.mem_cap)
         cur = s.core_cap
         if old_cap is not None and cur != old_cap:
@@ -1127,6 +1136,7 @@ class SimulatedFleet(TickSource):
             return CapResult("refused", f"core cap {core_cap_pct} outside 1-100", used, cur, cur)
         s.core_cap = int(core_cap_pct)
         s.slice_tpl["core_cap_pct"] = s.core_cap
+        s.slice_typed = None
         return CapResult(
             "applies-at-restart", "HAMi-core reads sm_limit when a process starts", used, cur, s.core_cap
         )
