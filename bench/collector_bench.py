@@ -420,6 +420,10 @@ def run_one(name: str, workdir: Path, ticks: int) -> dict[str, Any]:
             backend = PlainCollector(fake, workdir, fake.clock)
 
         def tick_fn() -> Any:
+            if name == "gpuledger":  # the agent's path: typed ticks, encoded with msgspec
+                from collector.tick import encode
+
+                return [encode(t) for t in backend.sample()]
             return [orjson.dumps(m) for m in backend.next_tick()]
 
         counts = None

@@ -1,6 +1,6 @@
 """The node agent's loop: take a tick from a backend, encode it, hand it to a transport.
 
-A backend returns the tick messages of one interval (one per node it speaks for: a real
+A backend returns the typed ticks of one interval (one per node it speaks for: a real
 node agent has one, the simulated fleet has many). The loop is the same for every backend
 and transport, so the demo, `gpuledger collect` and the tests all run this code.
 """
@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
+from collector.tick import encode
 from collector.transport import Transport
 
 
 class Backend(Protocol):
-    def next_tick(self) -> list[dict[str, Any]]: ...
+    def sample(self) -> list[Any]: ...  # one interval's typed ticks (collector.tick)
 
 
 @dataclass
@@ -31,9 +30,9 @@ class CollectStats:
 
 def collect_once(backend: Backend, transport: Transport, stats: CollectStats) -> None:
     """Sample one interval and send each node's message, keyed by node (per-node order)."""
-    for msg in backend.next_tick():
-        raw = orjson.dumps(msg)
-        transport.send(msg["node"], raw)
+    for tick in backend.sample():
+        raw = encode(tick)
+        transport.send(tick.node, raw)
         stats.messages += 1
         stats.bytes += len(raw)
     stats.ticks += 1

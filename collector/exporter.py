@@ -5,7 +5,8 @@ and HAMi's vGPU monitor (``hami_*``); exporting their names lets a platform team
 dashboards at gpuledger instead of running three agents. What neither has (reserved share, slice
 caps, per-process attribution, the agent's own health) is under ``gpuledger_``.
 
-Everything is derived from one schema-v1 tick message (``update``), so every backend (NVML,
+Everything is derived from one typed v1 tick (``update``; `collector.tick`, the Structs of
+`gpuledger.typed`), the same object the agent encodes onto the topic, so every backend (NVML,
 simulated, replay) exports the same way. Each update replaces that node's whole set of series at
 once: a series of a process, slice or GPU that is gone, or whose value is null this tick, is
 simply not in the new set, and a scrape never mixes two ticks. Null means absent, never 0.
@@ -36,16 +37,18 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from gpuledger.schema import parse_ts
 from gpuledger.shares import share
+from gpuledger.typed import from_builtins, tick_types
 
 if TYPE_CHECKING:
     from collector.spool import SpoolStats
@@ -125,9 +128,24 @@ def _s(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _share(sl: dict[str, Any], mem_total: Any) -> float | None:
+Tick, _, _, _, Workload = tick_types()
+_NO_WORKLOAD = Workload()
+
+
+def _typed(message: Any) -> Any:
+    """A typed tick as is; a dict (tests, tools) checked against the schema's types first."""
+    if isinstance(message, Tick):
+        return message
+    try:
+        return from_builtins(message)
+    except (msgspec.ValidationError, TypeError) as exc:
+        where = message.get("node") if isinstance(message, dict) else type(message).__name__
+        raise ValueError(f"exporter: tick message of node {where!r} is not schema v1: {exc}") from exc
+
+
+def _share(sl: Any, mem_total: Any) -> float | None:
     """DESIGN §6 share of one slice (the one definition, gpuledger.shares), or None when unknown."""
-    sh = share(sl, mem_total)
+    sh = share(msgspec.structs.asdict(sl), mem_total)
     return None if sh is None else float(sh)
 
 
@@ -259,16 +277,18 @@ class AgentExporter:
 
     # -- updates -----------------------------------------------------------------------------
 
-    def update(self, message: dict[str, Any], tick_seconds: float | None = None) -> None:
-        """Replace this node's series with those of ``message`` (one schema-v1 tick)."""
-        built = self._build(message)
+    def update(self, message: Any, tick_seconds: float | None = None) -> None:
+        """Replace this node's series with those of ``message`` (one typed v1 tick, or its dict)."""
+        tick = _typed(message)
+        built = self._build(tick)
         with self._ticks.lock:
-            self._ticks.nodes[message["node"]] = built
+            self._ticks.nodes[tick.node] = built
         self._count(1, tick_seconds)
 
-    def update_all(self, messages: Iterable[dict[str, Any]], tick_seconds: float | None = None) -> None:
+    def update_all(self, messages: Iterable[Any], tick_seconds: float | None = None) -> None:
         """Replace every node's series with this tick's messages; nodes not in it disappear."""
-        built = {m["node"]: self._build(m) for m in messages}
+        ticks = [_typed(m) for m in messages]
+        built = {t.node: self._build(t) for t in ticks}
         with self._ticks.lock:
             self._ticks.nodes = built
         self._count(len(built), tick_seconds)
@@ -278,15 +298,8 @@ class AgentExporter:
         if tick_seconds is not None:
             self._tick_seconds.observe(tick_seconds)
 
-    def _build(self, msg: dict[str, Any]) -> _Series:
-        try:
-            return self._series(msg)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            where = msg.get("node") if isinstance(msg, dict) else type(msg).__name__
-            raise ValueError(f"exporter: tick message of node {where!r} is not schema v1: {exc!r}") from exc
-
-    def _series(self, msg: dict[str, Any]) -> _Series:
-        node = msg["node"]
+    def _build(self, tick: Any) -> _Series:
+        node = tick.node
         out: _Series = {}
 
         def put(name: str, labels: dict[str, str], value: Any) -> None:
@@ -294,73 +307,73 @@ class AgentExporter:
                 return
             out.setdefault(name, {})[tuple(labels.values())] = (labels, float(value))
 
-        slices = msg.get("slices") or []
-        whole_owner: dict[str, dict[str, Any]] = {}
+        slices = tick.slices
+        whole_owner: dict[str, Any] = {}
         for sl in slices:
-            if sl.get("kind") == "whole":
-                whole_owner[sl["gpu_uuid"]] = sl.get("workload") or {}
+            if sl.kind == "whole":
+                whole_owner[sl.gpu_uuid] = sl.workload or _NO_WORKLOAD
 
         mem_total: dict[str, Any] = {}
-        for g in msg.get("gpus") or []:
-            uuid = g["uuid"]
-            mem_total[uuid] = g.get("mem_total_mib")
-            wl = whole_owner.get(uuid, {})
+        for g in tick.gpus:
+            uuid = g.uuid
+            mem_total[uuid] = g.mem_total_mib
+            wl = whole_owner.get(uuid, _NO_WORKLOAD)
             gl = {
-                "gpu": str(g["index"]),
+                "gpu": str(g.index),
                 "UUID": uuid,
-                "device": f"nvidia{g['index']}",
-                "modelName": _s(g.get("model")),
+                "device": f"nvidia{g.index}",
+                "modelName": _s(g.model),
                 "Hostname": node,
-                "namespace": _s(wl.get("namespace")),
-                "pod": _s(wl.get("pod")),
-                "container": _s(wl.get("container")),
+                "namespace": _s(wl.namespace),
+                "pod": _s(wl.pod),
+                "container": _s(wl.container),
             }
-            put("DCGM_FI_DEV_GPU_UTIL", gl, g.get("util_pct"))
-            used, total = g.get("mem_used_mib"), g.get("mem_total_mib")
+            put("DCGM_FI_DEV_GPU_UTIL", gl, g.util_pct)
+            used, total = g.mem_used_mib, g.mem_total_mib
             put("DCGM_FI_DEV_FB_USED", gl, used)
             if used is not None and total is not None:
                 put("DCGM_FI_DEV_FB_FREE", gl, max(0, total - used))
-            power = g.get("power_w")
+            power = g.power_w
             put("DCGM_FI_DEV_POWER_USAGE", gl, power)
-            put("DCGM_FI_DEV_GPU_TEMP", gl, g.get("temp_c"))
+            put("DCGM_FI_DEV_GPU_TEMP", gl, g.temp_c)
             key = (node, uuid)
-            energy = g.get("energy_j")
+            energy = g.energy_j
             if energy is not None:
                 self._energy_mj[key] = self._energy_mj.get(key, 0.0) + energy * 1000.0
                 if energy == 0 and power:
                     self._energy_resets[key] = self._energy_resets.get(key, 0) + 1
                 put("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", gl, self._energy_mj[key])
             ident = {"gpu": gl["gpu"], "UUID": uuid, "Hostname": node}
-            put("gpuledger_gpu_state", {**ident, "state": _s(g.get("state"))}, 1)
+            put("gpuledger_gpu_state", {**ident, "state": _s(g.state)}, 1)
             put("gpuledger_gpu_energy_counter_resets", ident, self._energy_resets.get(key, 0))
 
-        slice_wl: dict[str, dict[str, Any]] = {}
+        slice_wl: dict[str, Any] = {}
         vdev: dict[tuple[str, str, str], int] = {}
         for sl in slices:
-            wl = sl.get("workload") or {}
-            slice_wl[sl["slice_id"]] = wl
+            wl = sl.workload or _NO_WORKLOAD
+            slice_wl[sl.slice_id] = wl
             sll = {
-                "slice_id": sl["slice_id"],
-                "kind": _s(sl.get("kind")),
-                "UUID": sl["gpu_uuid"],
+                "slice_id": sl.slice_id,
+                "kind": _s(sl.kind),
+                "UUID": sl.gpu_uuid,
                 "Hostname": node,
-                "mig_profile": _s(sl.get("mig_profile")),
-                "namespace": _s(wl.get("namespace")),
-                "pod": _s(wl.get("pod")),
-                "container": _s(wl.get("container")),
-                "job_id": _s(wl.get("job_id")),
-                "account": _s(wl.get("account")),
-                "user": _s(wl.get("user")),
+                "mig_profile": _s(sl.mig_profile),
+                "namespace": _s(wl.namespace),
+                "pod": _s(wl.pod),
+                "container": _s(wl.container),
+                "job_id": _s(wl.job_id),
+                "account": _s(wl.account),
+                "user": _s(wl.user),
             }
-            cap, mem = sl.get("mem_cap_mib"), sl.get("mem_used_mib")
-            put("gpuledger_slice_reserved_share", sll, _share(sl, mem_total.get(sl["gpu_uuid"])))
-            put("gpuledger_slice_util_percent", sll, sl.get("util_pct"))
+            cap, mem = sl.mem_cap_mib, sl.mem_used_mib
+            put("gpuledger_slice_reserved_share", sll, _share(sl, mem_total.get(sl.gpu_uuid)))
+            put("gpuledger_slice_util_percent", sll, sl.util_pct)
             put("gpuledger_slice_memory_used_bytes", sll, None if mem is None else mem * MIB)
             put("gpuledger_slice_memory_cap_bytes", sll, None if cap is None else cap * MIB)
-            put("gpuledger_slice_core_cap_percent", sll, sl.get("core_cap_pct"))
-            put("gpuledger_slice_last_kernel_age_seconds", sll, sl.get("last_kernel_age_s"))
-            if sl.get("kind") == "vgpu" and wl.get("namespace") and wl.get("pod"):
-                ctr = (wl["namespace"], wl["pod"], _s(wl.get("container")))
+            put("gpuledger_slice_core_cap_percent", sll, sl.core_cap_pct)
+            put("gpuledger_slice_last_kernel_age_seconds", sll, sl.last_kernel_age_s)
+            if sl.kind == "vgpu" and wl.namespace and wl.pod:
+                ctr = (wl.namespace, wl.pod, _s(wl.container))
                 idx = vdev.get(ctr, 0)
                 vdev[ctr] = idx + 1
                 hl = {
@@ -368,37 +381,35 @@ class AgentExporter:
                     "pod": ctr[1],
                     "container": ctr[2],
                     "vdevice_index": str(idx),
-                    "device_uuid": sl["gpu_uuid"],
+                    "device_uuid": sl.gpu_uuid,
                 }
                 put("hami_vgpu_memory_used_bytes", hl, None if mem is None else mem * MIB)
                 put("hami_vgpu_memory_limit_bytes", hl, None if cap is None else cap * MIB)
-                put("hami_container_device_utilization_ratio", hl, sl.get("util_pct"))
-                put("hami_container_last_kernel_elapsed_seconds", hl, sl.get("last_kernel_age_s"))
+                put("hami_container_device_utilization_ratio", hl, sl.util_pct)
+                put("hami_container_last_kernel_elapsed_seconds", hl, sl.last_kernel_age_s)
 
-        for p in msg.get("processes") or []:
-            wl = slice_wl.get(p.get("slice_id") or "", {})
+        for p in tick.processes:
+            wl = slice_wl.get(p.slice_id or "", _NO_WORKLOAD)
             pl = {
-                "pid": str(p["pid"]),
-                "UUID": p["gpu_uuid"],
-                "slice_id": _s(p.get("slice_id")),
+                "pid": str(p.pid),
+                "UUID": p.gpu_uuid,
+                "slice_id": _s(p.slice_id),
                 "Hostname": node,
-                "namespace": _s(wl.get("namespace")),
-                "pod": _s(wl.get("pod")),
-                "container": _s(wl.get("container")),
-                "container_id": _s(p.get("container_id")),
-                "pod_uid": _s(p.get("pod_uid")),
-                "job_id": _s(p.get("job_id")),
-                "user": _s(p.get("user")),
+                "namespace": _s(wl.namespace),
+                "pod": _s(wl.pod),
+                "container": _s(wl.container),
+                "container_id": _s(p.container_id),
+                "pod_uid": _s(p.pod_uid),
+                "job_id": _s(p.job_id),
+                "user": _s(p.user),
             }
-            mem = p.get("mem_used_mib")
+            mem = p.mem_used_mib
             put("gpuledger_process_memory_used_bytes", pl, None if mem is None else mem * MIB)
-            put("gpuledger_process_sm_util_percent", pl, p.get("sm_util_pct"))
+            put("gpuledger_process_sm_util_percent", pl, p.sm_util_pct)
 
-        ts = msg.get("ts")
-        if ts:
-            put(
-                "gpuledger_collector_last_tick_timestamp_seconds",
-                {"Hostname": node},
-                datetime.fromisoformat(ts).timestamp(),
-            )
+        put(
+            "gpuledger_collector_last_tick_timestamp_seconds",
+            {"Hostname": node},
+            parse_ts(tick.ts).timestamp(),
+        )
         return out

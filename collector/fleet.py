@@ -22,8 +22,12 @@ Lifecycle events, so the pipeline sees what production brings:
 - churn: Slurm jobs, notebook pods, workstation sessions and ETL pods end and are replaced; a
   new lifetime always gets a new ``slice_id`` (new pod UID or job id), never a reused one;
 - reboots: each node reboots rarely (first one at least 12 h after start, then about every two
-  weeks). While it is down (2-15 min) it emits nothing, so ``next_tick()`` returns one message
+  weeks). While it is down (2-15 min) it emits nothing, so ``sample()`` returns one tick
   per node that is up; it comes back with a new ``boot_id``, ``seq`` 0, new PIDs and new pods.
+
+The parts: GPU models and MIG profiles in `collector.catalog`, the activity patterns in
+`collector.activity`, the typed tick in `collector.tick`; this module is the fleet (layout,
+tenants, identities, lifetimes, reboots, caps).
 
 Units and semantics follow DESIGN §4/§6 and the JSON Schema: slice ``util_pct`` is % of the whole
 GPU for whole/vgpu/timeslice slices and the instance's own activity for MIG slices (``null`` on
@@ -43,13 +47,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.traces import Trace, load_gentd26
+from msgspec.structs import replace
+
+from collector.activity import (
+    DAY,
+    HOUR,
+    BatchPattern,
+    BurstPattern,
+    DiurnalPattern,
+    IdlePattern,
+    NotebookPattern,
+    TracePattern,
+    TrainingPattern,
+)
+from collector.catalog import GI_IDS, MIG_FULL, MIG_PARTIAL, MODELS, GpuModel, MigProfile
+from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, check_interval, format_ts
+from collector.traces import load_gentd26
 from gpuledger.shares import share
 
-SCHEMA = "gpuledger.sample/v1"
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
-_HOUR = 3600.0
-_DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -64,87 +80,6 @@ class GpuSpec:
     node: str
     cluster: str
 
-
-@dataclass(frozen=True)
-class MigProfile:
-    """A real GPU-instance profile: name as ``nvidia-smi mig -lgip`` prints it, slices, memory."""
-
-    name: str
-    compute: int
-    memory: int
-    mem_mib: int
-
-
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    mem_total_mib: int
-    idle_w: float
-    tdp_w: float
-    temp_idle_c: float
-    temp_max_c: float
-    mig: dict[str, MigProfile] | None  # profile key -> profile; None: no MIG on this model
-    gpm: bool  # MIG instance activity via GPM (Hopper and newer); A100 has none -> null
-
-
-def _profiles(names: tuple[str, ...], mems: tuple[int, ...]) -> dict[str, MigProfile]:
-    # Keys are size classes shared by all models so that combinations can be written once.
-    keys = ("1g", "1g2m", "2g", "3g", "4g", "7g")
-    shape = {"1g": (1, 1), "1g2m": (1, 2), "2g": (2, 2), "3g": (3, 4), "4g": (4, 4), "7g": (7, 8)}
-    return {k: MigProfile(n, *shape[k], m) for k, n, m in zip(keys, names, mems, strict=True)}
-
-
-# Instance memory as `nvidia-smi mig -lgip` lists it (GiB there, MiB here).
-_A100_MIG = _profiles(
-    ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-    (9728, 19968, 19968, 40192, 40192, 80896),
-)
-_H100_MIG = _profiles(
-    ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-    (9984, 20096, 20096, 40448, 40448, 81152),
-)
-_H200_MIG = _profiles(
-    ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
-    (16384, 33280, 33280, 66560, 66560, 143360),
-)
-
-MODELS: dict[str, _Model] = {
-    "H200": _Model("NVIDIA H200", 143771, 75.0, 700.0, 31.0, 71.0, _H200_MIG, True),
-    "H100": _Model("NVIDIA H100 80GB HBM3", 81559, 70.0, 700.0, 30.0, 72.0, _H100_MIG, True),
-    "A100": _Model("NVIDIA A100-SXM4-80GB", 81920, 55.0, 400.0, 29.0, 68.0, _A100_MIG, False),
-    "V100": _Model("Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False),
-    "RTX4090": _Model("NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False),
-}
-
-# Valid MIG layouts (Σ compute ≤ 7, Σ memory ≤ 8, placeable): full ones and partially filled ones.
-_MIG_FULL: tuple[tuple[str, ...], ...] = (
-    ("7g",),
-    ("4g", "3g"),
-    ("3g", "3g"),
-    ("4g", "2g", "1g"),
-    ("3g", "2g", "1g", "1g"),
-    ("2g", "2g", "2g", "1g"),
-    ("1g",) * 7,
-    ("1g2m",) * 4,
-    ("3g", "1g2m", "1g2m"),
-)
-_MIG_PARTIAL: tuple[tuple[str, ...], ...] = (
-    ("3g",),
-    ("2g", "1g"),
-    ("1g", "1g", "1g"),
-    ("4g",),
-    ("3g", "2g"),
-    (),
-)
-# GPU-instance ids nvidia-smi typically hands out per size; the first free one is taken.
-_GI_IDS = {
-    "7g": (0,),
-    "4g": (1,),
-    "3g": (1, 2),
-    "2g": (3, 4, 5),
-    "1g2m": (3, 4, 5, 6),
-    "1g": (7, 8, 9, 10, 11, 12, 13),
-}
 
 # Kubernetes workload groups: namespace, extra labels, app names, pattern mix, churn.
 # Tenant resolution (tenant_rules) maps some of them; data-eng, sandbox and default match no
@@ -250,126 +185,6 @@ def match_tenant(rules: list[dict[str, str]], workload: dict[str, Any] | None) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Activity patterns. sample() returns (a, m): a = activity as a fraction of the slice's nominal
-# compute (may exceed 1 for a HAMi slice bursting over its core cap), m = memory as a fraction of
-# its nominal memory. Only time-varying work happens here; everything static is precomputed.
-
-
-class _TracePattern:
-    """Replays one GenTD26 pod at a fixed time offset; memory scaled so its peak fits the cap."""
-
-    __slots__ = ("gain", "mscale", "off", "pod", "trace")
-    name = "trace"
-
-    def __init__(self, trace: Trace, pod: int, off: float, peak_frac: float) -> None:
-        self.trace, self.pod, self.off = trace, pod, off
-        self.gain = 0.01
-        peak = trace.mem_peak_bytes(pod)
-        self.mscale = peak_frac / peak if peak > 0 else 0.0
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        o = self.off
-        return (
-            self.trace.busy_mean(self.pod, t0 + o, t1 + o) * self.gain,
-            self.trace.mem_bytes(self.pod, t1 + o) * self.mscale,
-        )
-
-
-class _IdlePattern:
-    """An allocation nobody uses: memory held, (almost) no kernels — the waste idle detection finds."""
-
-    __slots__ = ("m",)
-    name = "idle"
-
-    def __init__(self, m: float) -> None:
-        self.m = m
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        return rnd() * 0.003, self.m
-
-
-class _NotebookPattern:
-    """Interactive notebook: short active windows, hours of idle while the kernel holds memory."""
-
-    __slots__ = ("active", "level", "m_busy", "m_idle", "period", "phase")
-    name = "notebook"
-
-    def __init__(
-        self, period: float, active: float, phase: float, level: float, m_idle: float, m_busy: float
-    ) -> None:
-        self.period, self.active, self.phase = period, active, phase
-        self.level, self.m_idle, self.m_busy = level, m_idle, m_busy
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        if (t1 + self.phase) % self.period < self.active:
-            return self.level * (0.6 + 0.8 * rnd()), self.m_busy
-        return rnd() * 0.002, self.m_idle
-
-
-class _TrainingPattern:
-    """Steady training with periodic checkpoint/eval dips; memory flat near its working set."""
-
-    __slots__ = ("ckpt", "ckpt_len", "level", "m", "phase")
-    name = "training"
-
-    def __init__(self, level: float, m: float, ckpt: float, ckpt_len: float, phase: float) -> None:
-        self.level, self.m, self.ckpt, self.ckpt_len, self.phase = level, m, ckpt, ckpt_len, phase
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        if (t1 + self.phase) % self.ckpt < self.ckpt_len:
-            return 0.03 + 0.05 * rnd(), self.m
-        return self.level + 0.06 * (rnd() - 0.5), self.m
-
-
-class _DiurnalPattern:
-    """A service following the working day (UTC hour of the simulated clock)."""
-
-    __slots__ = ("amp", "base", "m0", "m1", "peak_h", "tod0")
-    name = "diurnal"
-
-    def __init__(self, base: float, amp: float, peak_h: float, m0: float, m1: float, tod0: float) -> None:
-        self.base, self.amp, self.peak_h, self.m0, self.m1, self.tod0 = base, amp, peak_h, m0, m1, tod0
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        h = ((self.tod0 + t1) % _DAY) / _HOUR
-        c = math.cos((h - self.peak_h) * (math.pi / 12.0))
-        f = c * c * c if c > 0.0 else 0.0
-        a = self.base + self.amp * f + 0.04 * (rnd() - 0.5)
-        return (a if a > 0.0 else 0.0), self.m0 + self.m1 * f
-
-
-class _BurstPattern:
-    """Phases far above the reserved share (e.g. HAMi core 20 % running at 60 %), then quiet."""
-
-    __slots__ = ("duty", "hi", "lo", "m", "period", "phase")
-    name = "burst"
-
-    def __init__(self, period: float, duty: float, hi: float, lo: float, phase: float, m: float) -> None:
-        self.period, self.duty, self.hi, self.lo, self.phase, self.m = period, duty, hi, lo, phase, m
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        if (t1 + self.phase) % self.period < self.duty * self.period:
-            return self.hi * (0.9 + 0.2 * rnd()), self.m
-        return self.lo * (0.5 + rnd()), self.m * 0.8
-
-
-class _BatchPattern:
-    """A Slurm job: data loading ramp, then a steady compute plateau."""
-
-    __slots__ = ("level", "m", "ramp")
-    name = "batch"
-
-    def __init__(self, level: float, m: float, ramp: float) -> None:
-        self.level, self.m, self.ramp = level, m, ramp
-
-    def sample(self, t0: float, t1: float, age: float, rnd: Any) -> tuple[float, float]:
-        if age < self.ramp:
-            f = age / self.ramp if age > 0.0 else 0.0
-            return 0.05 + 0.1 * rnd(), self.m * (0.1 + 0.9 * f)
-        return self.level + 0.08 * (rnd() - 0.5), self.m
-
-
-# ---------------------------------------------------------------------------------------------
 # Fleet structure.
 
 
@@ -415,6 +230,7 @@ class _Slot:
         "replicas",
         "restart_t",
         "slice_tpl",
+        "slice_typed",
         "start_t",
         "wl_tpl",
     )
@@ -444,7 +260,7 @@ class _Slot:
 class _Gpu:
     __slots__ = ("has_churn", "mig", "model", "slots", "spec", "temp")
 
-    def __init__(self, spec: GpuSpec, model: _Model) -> None:
+    def __init__(self, spec: GpuSpec, model: GpuModel) -> None:
         self.spec = spec
         self.model = model
         self.mig = spec.mig_mode
@@ -510,11 +326,6 @@ def _k8s_suffix(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_K8S_ALNUM) for _ in range(n))
 
 
-def _fmt_ts(dt: datetime) -> str:
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else base + "Z"
-
-
 _OOM_DOWN_TICKS = 1  # ticks a container stays down after an out-of-memory before it restarts
 
 
@@ -529,10 +340,11 @@ class CapResult:
     cap_after: int | None = None
 
 
-class SimulatedFleet:
+class SimulatedFleet(TickSource):
     """Deterministic simulated heterogeneous GPU fleet (see module docstring for what it holds).
 
-    ``next_tick()`` advances the clock by ``interval_s`` and returns one v1 message per node
+    ``sample()`` (``next_tick()`` as dicts) advances the clock by ``interval_s`` and returns one v1
+    tick per node
     that is up; the k-th call (k from 1) has ``ts = start + k * interval_s``.
     """
 
@@ -543,8 +355,7 @@ class SimulatedFleet:
             start = DEFAULT_START
         if start.tzinfo is None or start.utcoffset() is None:
             raise ValueError(f"start={start!r}: expected a timezone-aware datetime (UTC)")
-        if not isinstance(interval_s, int | float) or not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600] (schema limit)")
+        check_interval(interval_s)
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale={scale!r}: expected an integer >= 1")
         self.seed = seed
@@ -602,7 +413,7 @@ class SimulatedFleet:
         for node in self._nodes:
             node.reboot_rng = random.Random(f"gpuledger-fleet:{self.seed}:{node.name}:reboot")
             node.boot_id = self._boot_id(node)
-            node.reboot_at = 12 * _HOUR + node.reboot_rng.expovariate(1.0 / (14 * _DAY))
+            node.reboot_at = 12 * HOUR + node.reboot_rng.expovariate(1.0 / (14 * DAY))
             for gpu in node.gpus:
                 for slot in gpu.slots:
                     self._initial(slot, node)
@@ -691,7 +502,7 @@ class SimulatedFleet:
         used: set[int] = set()
         for j, key in enumerate(combo):
             prof = profiles[key]
-            gi = next((g for g in _GI_IDS[key] if g not in used), None)
+            gi = next((g for g in GI_IDS[key] if g not in used), None)
             if gi is None:
                 gi = next(g for g in range(1, 65) if g not in used)
             used.add(gi)
@@ -720,7 +531,7 @@ class SimulatedFleet:
         fixed = {0: ("3g", "2g", "1g", "1g"), 1: ("4g", "3g"), 2: ("1g",) * 7, 3: ("3g",)}
         for gpu in node.gpus:
             i = gpu.spec.index
-            combo = fixed.get(i) or rng.choice(_MIG_FULL + _MIG_PARTIAL)
+            combo = fixed.get(i) or rng.choice(MIG_FULL + MIG_PARTIAL)
             forced = {0: ("sandbox", ("idle",))} if i == 2 else None
             self._mig_layout(node, gpu, combo, "k8s", groups, forced)
 
@@ -793,7 +604,7 @@ class SimulatedFleet:
     def _role_slurm_mig(self, node: _Node, ordinal: int) -> None:
         rng = self._rng
         for gpu in node.gpus:
-            combo = ("3g", "2g", "1g", "1g") if gpu.spec.index == 0 else rng.choice(_MIG_FULL + _MIG_PARTIAL)
+            combo = ("3g", "2g", "1g", "1g") if gpu.spec.index == 0 else rng.choice(MIG_FULL + MIG_PARTIAL)
             self._mig_layout(node, gpu, combo, "slurm")
 
     def _role_k8s_lab(self, node: _Node, ordinal: int) -> None:
@@ -821,15 +632,15 @@ class SimulatedFleet:
         """First lifetime: static workloads have run for a while; churning ones are mid-life."""
         rng = random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:init")
         if s.life is None:
-            self._materialize(s, node, -rng.uniform(1 * _HOUR, 20 * _DAY))
+            self._materialize(s, node, -rng.uniform(1 * HOUR, 20 * DAY))
             return
         (lo, hi), _gap = s.life
         if rng.random() < 0.85:
-            length = rng.uniform(lo, hi) * _HOUR
+            length = rng.uniform(lo, hi) * HOUR
             self._materialize(s, node, -rng.uniform(0.0, 0.8) * length, length)
         else:
             s.active = False
-            s.restart_t = rng.uniform(0.0, 1.0) * _HOUR
+            s.restart_t = rng.uniform(0.0, 1.0) * HOUR
 
     def _new_pid(self, node: _Node, rng: random.Random) -> int:
         while True:
@@ -846,33 +657,33 @@ class SimulatedFleet:
     def _pattern(self, s: _Slot, rng: random.Random) -> Any:
         kind = rng.choice(s.patterns)
         if kind == "trace":
-            return _TracePattern(
+            return TracePattern(
                 self._trace,
                 rng.choice(self._trace_pods),
                 rng.uniform(0.0, self._trace.period_s),
                 rng.uniform(0.55, 0.95),
             )
         if kind == "idle":
-            return _IdlePattern(rng.uniform(0.3, 0.9))
+            return IdlePattern(rng.uniform(0.3, 0.9))
         if kind == "notebook":
-            return _NotebookPattern(
-                rng.uniform(2.0, 5.0) * _HOUR,
+            return NotebookPattern(
+                rng.uniform(2.0, 5.0) * HOUR,
                 rng.uniform(10, 45) * 60.0,
-                rng.uniform(0, 5 * _HOUR),
+                rng.uniform(0, 5 * HOUR),
                 rng.uniform(0.2, 0.8),
                 rng.uniform(0.2, 0.5),
                 rng.uniform(0.5, 0.9),
             )
         if kind == "training":
-            return _TrainingPattern(
+            return TrainingPattern(
                 rng.uniform(0.75, 0.97),
                 rng.uniform(0.7, 0.95),
                 rng.uniform(30, 90) * 60.0,
                 rng.uniform(60, 240),
-                rng.uniform(0, _HOUR),
+                rng.uniform(0, HOUR),
             )
         if kind == "diurnal":
-            return _DiurnalPattern(
+            return DiurnalPattern(
                 rng.uniform(0.02, 0.1),
                 rng.uniform(0.3, 0.7),
                 rng.uniform(10, 17),
@@ -884,15 +695,15 @@ class SimulatedFleet:
             # above the share: a HAMi slice with a core cap bursts to ~3x it; a slice whose nominal
             # is the whole GPU (core 0, time-slicing) bursts to 60-90 % of the GPU
             hi = min(3.0, 95.0 / s.nominal_util) if s.nominal_util < 100.0 else rng.uniform(0.6, 0.9)
-            return _BurstPattern(
+            return BurstPattern(
                 rng.uniform(20, 60) * 60.0,
                 rng.uniform(0.3, 0.6),
                 hi,
                 rng.uniform(0.1, 0.3),
-                rng.uniform(0, _HOUR),
+                rng.uniform(0, HOUR),
                 rng.uniform(0.4, 0.8),
             )
-        return _BatchPattern(rng.uniform(0.7, 0.97), rng.uniform(0.5, 0.95), rng.uniform(3, 12) * 60.0)
+        return BatchPattern(rng.uniform(0.7, 0.97), rng.uniform(0.5, 0.95), rng.uniform(3, 12) * 60.0)
 
     def _materialize(self, s: _Slot, node: _Node, t_start: float, length: float | None = None) -> None:
         """Start a new lifetime of ``s`` at ``t_start``: new pod/job, processes, slice_id, pattern."""
@@ -913,7 +724,7 @@ class SimulatedFleet:
         s.last_kernel_t = t_start if s.pattern.name == "idle" else t_start - rng.uniform(0, 60)
         if s.life is not None:
             (lo, hi), _gap = s.life
-            s.end_t = t_start + (length if length is not None else rng.uniform(lo, hi) * _HOUR)
+            s.end_t = t_start + (length if length is not None else rng.uniform(lo, hi) * HOUR)
         else:
             s.end_t = math.inf
         n_procs = rng.choice((1, 1, 1, 2, 2, 3, 4))
@@ -1011,6 +822,7 @@ class SimulatedFleet:
             tpl["replicas"] = s.replicas
         tpl["workload"] = None
         s.slice_tpl = tpl
+        s.slice_typed = None
         # Processes: the main one does the work; helpers (data loaders, servers' side cars) hold
         # a CUDA context and a little memory.
         mem_w = [rng.uniform(0.02, 0.08) for _ in range(n_procs - 1)]
@@ -1019,17 +831,17 @@ class SimulatedFleet:
         for j, pid in enumerate(pids):
             procs.append(
                 (
-                    {
-                        "pid": pid,
-                        "gpu_uuid": gpu_uuid,
-                        "slice_id": slice_id,
-                        "mem_used_mib": 0,
-                        "sm_util_pct": None,
-                        "container_id": container_id,
-                        "pod_uid": pod_uid,
-                        "job_id": job_id,
-                        "user": user,
-                    },
+                    Process(
+                        pid=pid,
+                        gpu_uuid=gpu_uuid,
+                        slice_id=slice_id,
+                        mem_used_mib=0,
+                        sm_util_pct=None,
+                        container_id=container_id,
+                        pod_uid=pod_uid,
+                        job_id=job_id,
+                        user=user,
+                    ),
                     mem_w[j - 1] if j else 0.0,
                     util_w[j - 1] if j else 0.0,
                 )
@@ -1047,7 +859,7 @@ class SimulatedFleet:
         node.seq = 0
         node.down_until = None
         assert node.reboot_rng is not None
-        node.reboot_at = t1 + 12 * _HOUR + node.reboot_rng.expovariate(1.0 / (14 * _DAY))
+        node.reboot_at = t1 + 12 * HOUR + node.reboot_rng.expovariate(1.0 / (14 * DAY))
         for gpu in node.gpus:
             gpu.temp = gpu.model.temp_idle_c
             for s in gpu.slots:
@@ -1055,13 +867,13 @@ class SimulatedFleet:
 
     # -- ticks -------------------------------------------------------------------------------
 
-    def next_tick(self) -> list[dict[str, Any]]:
-        """Advance one interval; return one v1 message (a JSON-ready dict) per node that is up."""
+    def sample(self) -> list[Any]:
+        """Advance one interval; return one typed v1 tick per node that is up."""
         self._k += 1
         k = self._k
         t1 = k * self._interval_us / 1_000_000
         t0 = t1 - self.interval_s
-        ts = _fmt_ts(self.start + timedelta(microseconds=k * self._interval_us))
+        ts = format_ts(self.start + timedelta(microseconds=k * self._interval_us))
         out = []
         for node in self._nodes:
             if node.down_until is not None:
@@ -1079,13 +891,13 @@ class SimulatedFleet:
             node.seq += 1
         return out
 
-    def _message(self, node: _Node, ts: str, t0: float, t1: float) -> dict[str, Any]:
+    def _message(self, node: _Node, ts: str, t0: float, t1: float) -> Any:
         dt = self.interval_s
         rnd = self._noise.random
         alpha = 1.0 - math.exp(-dt / 180.0)
-        gpus_out: list[dict[str, Any]] = []
-        slices_out: list[dict[str, Any]] = []
-        procs_out: list[dict[str, Any]] = []
+        gpus_out: list[Any] = []
+        slices_out: list[Any] = []
+        procs_out: list[Any] = []
         for gpu in node.gpus:
             if gpu.has_churn:
                 for s in gpu.slots:
@@ -1100,7 +912,7 @@ class SimulatedFleet:
                                 + random.Random(f"gpuledger-fleet:{self.seed}:{s.key}:{s.gen}:gap").uniform(
                                     lo, hi
                                 )
-                                * _HOUR
+                                * HOUR
                             )
                     elif t1 >= s.restart_t:
                         self._materialize(s, node, t1 - rnd() * min(dt, 60.0))
@@ -1169,40 +981,36 @@ class SimulatedFleet:
                 busy = total_c / 10000.0
             for s, uc, mm, down in rows:
                 s.last_mm = mm
-                sl = s.slice_tpl.copy()
-                wl = s.wl_tpl.copy()
-                if s.labels is not None:
-                    wl["labels"] = s.labels.copy()
-                sl["workload"] = wl
-                sl["mem_used_mib"] = mm
+                base = s.slice_typed
+                if base is None:  # new lifetime or a new cap: the typed template is built again
+                    base = s.slice_typed = self._slice_struct(s)
                 util = None if s.null_util else uc / 100
-                sl["util_pct"] = util
                 if s.core_cap is not None:
                     if uc > 0:
                         s.last_kernel_t = t1 - rnd() * (dt if dt < 2.0 else 2.0)
                     age = t1 - s.last_kernel_t
-                    sl["last_kernel_age_s"] = round(age, 1) if age > 0.0 else 0.0
-                slices_out.append(sl)
+                    age = round(age, 1) if age > 0.0 else 0.0
+                    slices_out.append(replace(base, mem_used_mib=mm, util_pct=util, last_kernel_age_s=age))
+                else:
+                    slices_out.append(replace(base, mem_used_mib=mm, util_pct=util))
                 if down:
                     continue
                 rem_m = mm
                 rem_u = uc
-                proc_null = s.proc_null
+                if s.proc_null:
+                    for tpl, mw, _uw in s.proc_head:
+                        pm = int(mm * mw)
+                        rem_m -= pm
+                        procs_out.append(replace(tpl, mem_used_mib=pm))
+                    procs_out.append(replace(s.proc_last, mem_used_mib=rem_m))
+                    continue
                 for tpl, mw, uw in s.proc_head:
-                    p = tpl.copy()
                     pm = int(mm * mw)
-                    p["mem_used_mib"] = pm
+                    pu = int(uc * uw)
                     rem_m -= pm
-                    if not proc_null:
-                        pu = int(uc * uw)
-                        p["sm_util_pct"] = pu / 100
-                        rem_u -= pu
-                    procs_out.append(p)
-                p = s.proc_last.copy()
-                p["mem_used_mib"] = rem_m
-                if not proc_null:
-                    p["sm_util_pct"] = rem_u / 100
-                procs_out.append(p)
+                    rem_u -= pu
+                    procs_out.append(replace(tpl, mem_used_mib=pm, sm_util_pct=pu / 100))
+                procs_out.append(replace(s.proc_last, mem_used_mib=rem_m, sm_util_pct=rem_u / 100))
             # power: idle floor plus a concave function of busy time, a little for memory traffic
             span = model.tdp_w - model.idle_w
             power = model.idle_w + span * (busy**0.8 if busy > 0.0 else 0.0) * (0.97 + 0.06 * rnd())
@@ -1214,32 +1022,31 @@ class SimulatedFleet:
             target = model.temp_idle_c + (model.temp_max_c - model.temp_idle_c) * heat
             gpu.temp += (target - gpu.temp) * alpha
             gpus_out.append(
-                {
-                    "uuid": gpu.spec.uuid,
-                    "index": gpu.spec.index,
-                    "model": model.name,
-                    "mem_total_mib": total,
-                    "mem_used_mib": sum_m,
-                    "util_pct": gpu_util,
-                    "power_w": power_w,
-                    "energy_j": round(power_w * dt, 2),
-                    "temp_c": int(gpu.temp + 0.5),
-                    "mig_mode": gpu.mig,
-                    "state": "ok",
-                }
+                Gpu(
+                    uuid=gpu.spec.uuid,
+                    index=gpu.spec.index,
+                    model=model.name,
+                    mem_total_mib=total,
+                    mem_used_mib=sum_m,
+                    util_pct=gpu_util,
+                    power_w=power_w,
+                    energy_j=round(power_w * dt, 2),
+                    temp_c=int(gpu.temp + 0.5),
+                    mig_mode=gpu.mig,
+                    state="ok",
+                )
             )
-        return {
-            "schema": SCHEMA,
-            "cluster": node.cluster,
-            "node": node.name,
-            "boot_id": node.boot_id,
-            "seq": node.seq,
-            "ts": ts,
-            "interval_s": dt,
-            "gpus": gpus_out,
-            "slices": slices_out,
-            "processes": procs_out,
-        }
+        return build_tick(
+            node.cluster, node.name, node.boot_id, node.seq, ts, dt, gpus_out, slices_out, procs_out
+        )
+
+    @staticmethod
+    def _slice_struct(s: _Slot) -> Any:
+        """The slot's slice as a typed template: its lifetime's identity and caps, no readings yet."""
+        wl = s.wl_tpl.copy()
+        if s.labels is not None:
+            wl["labels"] = s.labels.copy()
+        return Slice(**dict(s.slice_tpl, workload=Workload(**wl)))
 
     def _restart_procs(self, s: _Slot, node: _Node) -> None:
         """The container restarted after an out-of-memory: same pod and slice, new process ids."""
@@ -1248,8 +1055,8 @@ class SimulatedFleet:
         node.pids.difference_update(s.pids)
         new = {old: self._new_pid(node, rng) for old in s.pids}
         s.pids = list(new.values())
-        s.proc_head = [(dict(tpl, pid=new[tpl["pid"]]), mw, uw) for tpl, mw, uw in s.proc_head]
-        s.proc_last = dict(s.proc_last, pid=new[s.proc_last["pid"]])
+        s.proc_head = [(replace(tpl, pid=new[tpl.pid]), mw, uw) for tpl, mw, uw in s.proc_head]
+        s.proc_last = replace(s.proc_last, pid=new[s.proc_last.pid])
 
     # -- caps (the enforcer's actuator, simulated) --------------------------------------------
 
@@ -1313,6 +1120,7 @@ class SimulatedFleet:
                 )
             s.mem_cap = int(mem_cap_mib)
             s.slice_tpl["mem_cap_mib"] = s.mem_cap
+            s.slice_typed = None
             return CapResult("applied", None, used, cur, s.mem_cap)
         cur = s.core_cap
         if old_cap is not None and cur != old_cap:
@@ -1328,6 +1136,7 @@ class SimulatedFleet:
             return CapResult("refused", f"core cap {core_cap_pct} outside 1-100", used, cur, cur)
         s.core_cap = int(core_cap_pct)
         s.slice_tpl["core_cap_pct"] = s.core_cap
+        s.slice_typed = None
         return CapResult(
             "applies-at-restart", "HAMi-core reads sm_limit when a process starts", used, cur, s.core_cap
         )
@@ -1376,7 +1185,7 @@ class SimulatedFleet:
                     overcommitted += 1
         return {
             "seed": self.seed,
-            "start": _fmt_ts(self.start),
+            "start": format_ts(self.start),
             "interval_s": self.interval_s,
             "scale": self.scale,
             "ticks": self._k,

@@ -2,13 +2,8 @@
 
 Why it looks the way it does:
 
-- NVML differs across drivers, GPU generations and privileges, so every call goes through one
-  tolerant query layer (`NvmlQuery`, in the style of nvitop's libnvml): ``NotSupported`` and
-  ``NoPermission`` give ``None`` (the schema's "unknown", never 0); a function the driver or the
-  binding lacks (``FunctionNotFound``, or no such attribute) is remembered as absent and never
-  called again; ``GpuIsLost`` / ``Unknown`` become the GPU's ``state`` for this tick while the
-  other GPUs, and the agent, carry on. ``NotFound`` means different things per call, so each
-  call site says what it means (no new samples; nobody busy; empty MIG slot).
+- NVML is called only through `collector.readings.NvmlQuery`: unknown -> None, absent functions
+  remembered, a lost GPU's ``state`` says so while the others and the agent carry on.
 - A tick covers the interval since the previous one (DESIGN §4): GPU busy % is the time-weighted
   average of the driver's sample buffer since the last sample seen (one gauge read only as a
   fallback), per-process SM util is integrated the same way, energy is the counter's delta.
@@ -18,20 +13,10 @@ Why it looks the way it does:
   attributed once and re-verified round-robin, and on MIG GPUs one privileged call on the parent
   lists every instance's processes.
 
-Slices (DESIGN §4/§6): each MIG instance in use is a ``mig`` slice; each HAMi shared region on
-the GPU is a ``vgpu`` slice; the remaining processes of a non-MIG GPU are grouped by workload
-(pod UID, else Slurm job, else unix user): one workload -> ``whole``, several (or a GPU the
-time-slicing plugin advertises as ``timeslice_replicas`` > 0) -> ``timeslice``. A process on
-a HAMi-shared GPU outside every region, or on a MIG instance not (yet) in the layout, is listed
-with ``slice_id`` null: visible, but billed to nobody's slice. Slice ids stay
-the same for as long as the same workload holds the same place, so idle runs are not broken
-by a neighbour arriving:
-
-- ``whole`` / ``timeslice``: ``<gpu-uuid>:<owner>``
-- ``mig``: ``<mig-uuid>:<owner>``
-- ``vgpu``: ``<gpu-uuid>:hami:<pod-uid>/<container>``
-
-where owner is the pod UID, ``slurm:<job>``, ``user:<name>`` or ``unknown``.
+The module is the backend's state between ticks (handles, MIG layout, sample cursors,
+attribution caches); NVML calls go through `collector.readings` (the query layer and the typed
+readings), slices come from `collector.slicing` (a pure function) and the tick from
+`collector.tick` (the one builder every backend uses).
 """
 
 from __future__ import annotations
@@ -39,120 +24,46 @@ from __future__ import annotations
 import logging
 import os
 import re
-import statistics
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
+
+from collector.readings import (
+    GpuFault,
+    GpuReading,
+    MigReading,
+    NvmlQuery,
+    ProcessListGrowing,
+    ProcReading,
+    integrate_process_util,
+    integrate_samples,
+    pct,
+    sample_period_us,
+)
+from collector.slicing import Attribution, slice_gpu
+from collector.tick import (
+    LIMITS,
+    TickSource,
+    Workload,
+    build_tick,
+    check_interval,
+    clamp_labels,
+    format_ts,
+    gpu_of,
+    nullable_id,
+)
+from gpuledger.schema import load_schema
 
 if TYPE_CHECKING:  # helper modules of the same package; imported lazily at run time
     from gpuledger.config import CollectorConfig
 
 log = logging.getLogger("gpuledger.collector.nvml")
 
-SCHEMA = "gpuledger.sample/v1"
 _MIB = 1 << 20
-_RAISE = object()  # call(..., not_found=_RAISE): NotFound is the caller's to handle
-_PROC_FNS = (
-    "nvmlDeviceGetComputeRunningProcesses_v3",
-    "nvmlDeviceGetComputeRunningProcesses_v2",
-    "nvmlDeviceGetComputeRunningProcesses",
-)
-_NO_FIELDS: tuple[None, ...] = (None, None, None, None)
-_MAX_GAPS = 64  # consecutive-sample gaps enough to tell the driver's sampling period
-_PROC_RETRIES = 3  # InsufficientSize: the process list grew between NVML's count and read
 _NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process outside MIG
-_PID_MAX = 4_194_304
-_MAX_ENERGY_J = 36_000_000.0
-_MAX_AGE_S = 31_622_400.0
 _PROFILE_RE = re.compile(r"([1-8])g\.([0-9]+)gb(\+me)?")
-# NVML value types of nvmlDeviceGetSamples -> the union member that holds the value.
-_VALUE_FIELDS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
-
-
-class GpuFault(Exception):
-    """The GPU cannot be read this tick; ``state`` is what the tick says about it (lost/unknown)."""
-
-    def __init__(self, state: str, detail: str) -> None:
-        super().__init__(f"{state}: {detail}")
-        self.state = state
-        self.detail = detail
-
-
-class NvmlQuery:
-    """The one place NVML is called; turns NVML's error codes into what a tick can say.
-
-    ``call`` returns the value, or ``None`` when NVML cannot give it (not supported, no
-    permission, function absent), raises `GpuFault` for a lost or broken GPU, and leaves
-    ``NotFound`` / ``InsufficientSize`` to the caller unless ``not_found`` says what NotFound
-    means there. ``unsupported`` (a per-GPU set) remembers NotSupported answers so they are
-    not asked again every tick.
-    """
-
-    def __init__(self, lib: Any) -> None:
-        self.lib = lib
-        self.error: type[Exception] = lib.NVMLError
-        self.absent: set[str] = set()
-        self.calls = 0  # NVML calls made (the benchmark reports it)
-        self._fns: dict[str, Callable[..., Any]] = {}
-        self.not_supported = lib.NVML_ERROR_NOT_SUPPORTED
-        self.no_permission = lib.NVML_ERROR_NO_PERMISSION
-        self.not_found = lib.NVML_ERROR_NOT_FOUND
-        self.insufficient_size = lib.NVML_ERROR_INSUFFICIENT_SIZE
-        self.function_not_found = lib.NVML_ERROR_FUNCTION_NOT_FOUND
-        self.gpu_is_lost = lib.NVML_ERROR_GPU_IS_LOST
-
-    def available(self, name: str) -> bool:
-        """Whether ``name`` may be called: present in the binding and not found absent before."""
-        if name in self._fns:
-            return True
-        if name in self.absent:
-            return False
-        fn = getattr(self.lib, name, None)
-        if fn is None:
-            self._absent(name, "not in this nvidia-ml-py")
-            return False
-        self._fns[name] = fn
-        return True
-
-    def _absent(self, name: str, why: str) -> None:
-        self.absent.add(name)
-        self._fns.pop(name, None)
-        log.info("NVML function %s is absent (%s); not calling it again", name, why)
-
-    def call(
-        self, name: str, *args: Any, unsupported: set[str] | None = None, not_found: Any = _RAISE
-    ) -> Any:
-        fn = self._fns.get(name)
-        if fn is None:
-            if not self.available(name):
-                return None
-            fn = self._fns[name]
-        if unsupported is not None and name in unsupported:
-            return None
-        self.calls += 1
-        try:
-            return fn(*args)
-        except self.error as exc:
-            code = getattr(exc, "value", None)
-            if code == self.not_supported:
-                if unsupported is not None:
-                    unsupported.add(name)
-                return None
-            if code == self.no_permission:
-                return None
-            if code == self.function_not_found:
-                self._absent(name, "the driver lacks it")
-                return None
-            if code == self.not_found and not_found is not _RAISE:
-                return not_found
-            if code in (self.not_found, self.insufficient_size):
-                raise
-            if code == self.gpu_is_lost:
-                raise GpuFault("lost", f"{name}: {exc}") from exc
-            raise GpuFault("unknown", f"{name}: {exc}") from exc
 
 
 class _Mig:
@@ -218,116 +129,10 @@ class _Gpu:
         self.state = "ok"
 
 
-class _Proc:
-    """One process on one GPU as NVML lists it, plus what the tick adds to it."""
-
-    __slots__ = ("ci", "gi", "mem_mib", "pid", "sm")
-
-    def __init__(self, pid: int, mem_mib: int | None, gi: int, ci: int) -> None:
-        self.pid, self.mem_mib, self.gi, self.ci = pid, mem_mib, gi, ci
-        self.sm: float | None = None
+_NAME_RE = re.compile(load_schema()["$defs"]["name"]["pattern"])
 
 
-def integrate_samples(samples: Iterable[Any], value_type: int, last_seen_us: int) -> tuple[float | None, int]:
-    """Time-weighted mean of the samples newer than ``last_seen_us``, and the newest timestamp.
-
-    Each sample is the busy % of the driver's sampling period that ends at its timestamp, so it
-    weighs the time since the previous sample (the first one: since ``last_seen_us``). A buffer
-    that ran over, or a sampling rate that changed, is still averaged by the time it covers.
-    """
-    field = _VALUE_FIELDS[value_type] if 0 <= value_type < len(_VALUE_FIELDS) else "uiVal"
-    pts = sorted((s.timeStamp, getattr(s.sampleValue, field)) for s in samples if s.timeStamp > last_seen_us)
-    if not pts:
-        return None, last_seen_us
-    prev = last_seen_us
-    acc = 0.0
-    for ts, value in pts:
-        acc += value * (ts - prev)
-        prev = ts
-    span = prev - last_seen_us
-    return _pct(acc / span), prev
-
-
-def sample_period_us(samples: Iterable[Any], last_seen_us: int) -> int | None:
-    """The driver's sampling period: the median gap between consecutive samples (None if < 2)."""
-    ts = sorted(s.timeStamp for s in samples if s.timeStamp > last_seen_us)
-    gaps = [b - a for a, b in pairwise(ts) if b > a]
-    return int(statistics.median(gaps)) if gaps else None
-
-
-def integrate_process_util(
-    samples: Iterable[Any], last_seen_us: int, window_us: int, gpu_period_us: int | None
-) -> tuple[dict[int, float], int]:
-    """Per-PID SM busy % over the window from NVML's per-process samples, and the newest timestamp.
-
-    The driver stores a sample per process only for sampling periods in which the process was
-    busy, so a process's busy time is Σ smUtil × period and its share of the window is that over
-    the window. The period is the median gap between a process's consecutive samples, else (no
-    process has two) the GPU's own sampling period, else the lone sample itself is the best
-    estimate there is.
-    """
-    total: dict[int, int] = {}
-    count: dict[int, int] = {}
-    last: dict[int, int] = {}
-    gaps: list[int] = []
-    newest = last_seen_us
-    for s in samples:  # one pass: this runs over every sample of every busy process each tick
-        ts = s.timeStamp
-        if ts <= last_seen_us:
-            continue
-        pid = s.pid
-        prev = last.get(pid)
-        if prev is None:
-            total[pid] = s.smUtil
-            count[pid] = 1
-        else:
-            total[pid] += s.smUtil
-            count[pid] += 1
-            if ts > prev and len(gaps) < _MAX_GAPS:
-                gaps.append(ts - prev)
-        last[pid] = ts
-        if ts > newest:
-            newest = ts
-    period = int(statistics.median(gaps)) if gaps else gpu_period_us
-    out: dict[int, float] = {}
-    if period and window_us > 0:
-        f = period / window_us
-        for pid, busy in total.items():
-            out[pid] = _pct(busy * f)
-    else:
-        for pid, busy in total.items():
-            out[pid] = _pct(busy / count[pid])
-    return out, newest
-
-
-def _pct(v: float) -> float:
-    return 0.0 if v < 0.0 else 100.0 if v > 100.0 else v
-
-
-def _nid(v: Any) -> str | None:
-    """A schema nullable id: non-empty, at most 256 characters (longer ids are cut, not dropped)."""
-    if v is None:
-        return None
-    s = str(v)
-    return s[:256] if s else None
-
-
-def _labels(labels: dict[str, str] | None) -> dict[str, str] | None:
-    if not labels:
-        return None
-    items = sorted(labels.items())[:64]
-    return {str(k): str(v)[:1024] for k, v in items}
-
-
-def _fmt_ts(now: float) -> str:
-    dt = datetime.fromtimestamp(now, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}Z"
-
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class NvmlBackend:
+class NvmlBackend(TickSource):
     """Collector backend over NVML (or anything with pynvml's function names, such as the tests' fake).
 
     ``attributor`` maps host PIDs to container/pod/job/user (`collector.proc_identity.ProcAttributor`),
@@ -354,10 +159,9 @@ class NvmlBackend:
         reverify_s: float = 60.0,
     ) -> None:
         for what, name in (("cluster", cluster), ("node", node)):
-            if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 253:
+            if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > LIMITS.name_max:
                 raise ValueError(f"{what}={name!r}: expected a name of letters, digits, '.', '_', '-'")
-        if not isinstance(interval_s, int | float) or not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600]")
+        check_interval(interval_s)
         if not isinstance(timeslice_replicas, int) or not 0 <= timeslice_replicas <= 1024:
             raise ValueError(f"timeslice_replicas={timeslice_replicas!r}: expected an integer from 0 to 1024")
         if nvml is None:
@@ -561,35 +365,20 @@ class NvmlBackend:
         metric = req.metrics[0]
         if metric.nvmlReturn != lib.NVML_SUCCESS:
             return None
-        return _pct(float(metric.value))
+        return pct(float(metric.value))
 
     # -- per-tick reads ---------------------------------------------------------------------
 
     def _processes(self, g: _Gpu, handle: Any) -> list[Any] | None:
-        """Running compute processes, newest binding first; None when NVML cannot list them."""
-        q = self.q
-        for name in _PROC_FNS:
-            if not q.available(name):
-                continue
-            memo = g.unsupported if handle is g.handle else None  # a MIG handle answers for itself
-            for _ in range(_PROC_RETRIES):
-                try:
-                    procs = q.call(name, handle, unsupported=memo)
-                except q.error as exc:
-                    if getattr(exc, "value", None) == q.insufficient_size:
-                        continue  # more processes appeared between the count and the read: ask again
-                    raise
-                if procs is None and name in q.absent:
-                    break  # this binding's function is missing in the driver: try the older one
-                return procs
-            else:
-                self._warn("procs", g.uuid, "process list kept growing while read; skipped this tick")
-                return None
-        return None
+        """Running compute processes (the query layer picks the function version); None: cannot list."""
+        memo = g.unsupported if handle is g.handle else None  # a MIG handle answers for itself
+        try:
+            return self.q.compute_processes(handle, memo)
+        except ProcessListGrowing:
+            self._warn("procs", g.uuid, "process list kept growing while read; skipped this tick")
+            return None
 
-    def _read_gpu(
-        self, g: _Gpu, now: float, now_us: int, window_us: int
-    ) -> tuple[dict[str, Any], list[_Proc]]:
+    def _read_gpu(self, g: _Gpu, now: float, now_us: int, window_us: int) -> GpuReading:
         q, h, lib, uns = self.q, g.handle, self.lib, g.unsupported
         if now >= g.rescan_at or g.state != "ok":
             self._rescan(g, now)
@@ -610,7 +399,7 @@ class NvmlBackend:
                 energy_j = 0.0
             else:
                 delta = (energy_mj - g.energy_mj) / 1000.0
-                energy_j = round(delta, 3) if delta <= _MAX_ENERGY_J else None
+                energy_j = round(delta, 3) if delta <= LIMITS.energy_max_j else None
         g.energy_mj = energy_mj
 
         util: float | None = None
@@ -630,9 +419,9 @@ class NvmlBackend:
             gpu_period = sample_period_us(samples, lower)
         if util is None:
             rates = q.call("nvmlDeviceGetUtilizationRates", h, unsupported=uns)
-            util = _pct(float(rates.gpu)) if rates is not None else None
+            util = pct(float(rates.gpu)) if rates is not None else None
 
-        procs: list[_Proc] = []
+        procs: list[ProcReading] = []
         if g.mig_mode:
             procs = self._mig_processes(g, now)
         else:
@@ -644,33 +433,35 @@ class NvmlBackend:
                 if s is not None:
                     # NotFound (empty tuple here) means no process was busy: 0 for all, not unknown.
                     busy, g.proc_seen_us = integrate_process_util(s, plow, window_us, gpu_period)
-                    for p in procs:
-                        p.sm = busy.get(p.pid, 0.0)
+                    procs = [p._replace(sm=busy.get(p.pid, 0.0)) for p in procs]
             else:
                 g.proc_seen_us = None  # nobody to sample: the next process's window starts afresh
-        power_w = power / 1000.0 if power is not None and power <= 10_000_000 else None
-        gpu = {
-            "uuid": g.uuid,
-            "index": g.index,
-            "model": g.model,
-            "mem_total_mib": g.mem_total_mib,
-            "mem_used_mib": mem.used // _MIB if mem is not None else None,
-            "util_pct": util,
-            "power_w": power_w,
-            "energy_j": energy_j,
-            "temp_c": temp if temp is not None and -60 <= temp <= 200 else None,
-            "mig_mode": g.mig_mode,
-            "state": "ok",
-        }
-        return gpu, procs
+        power_w = power / 1000.0 if power is not None and power <= LIMITS.power_max_w * 1000 else None
+        return GpuReading(
+            uuid=g.uuid,
+            index=g.index,
+            model=g.model,
+            mem_total_mib=g.mem_total_mib,
+            mem_used_mib=mem.used // _MIB if mem is not None else None,
+            util_pct=util,
+            power_w=power_w,
+            energy_j=energy_j,
+            temp_c=temp if temp is not None and LIMITS.temp_min_c <= temp <= LIMITS.temp_max_c else None,
+            mig_mode=g.mig_mode,
+            state="ok",
+            processes=tuple(procs),
+            migs=self._mig_usage(g) if g.mig_mode else (),
+            gpu_compute_slices=g.gpu_compute_slices,
+            gpu_memory_slices=g.gpu_memory_slices,
+        )
 
-    def _mig_processes(self, g: _Gpu, now: float) -> list[_Proc]:
+    def _mig_processes(self, g: _Gpu, now: float) -> list[ProcReading]:
         """All MIG instances' processes: one privileged call on the parent, else one per instance.
 
         The parent's answer carries each process's GPU/compute instance ids; one on an instance
         the cached layout does not know means the layout changed, so it is read again at once.
         """
-        procs: list[_Proc] = []
+        procs: list[ProcReading] = []
         raw = self._processes(g, g.handle)
         if raw is not None and all(getattr(p, "gpuInstanceId", _NO_INSTANCE) != _NO_INSTANCE for p in raw):
             known = {(m.gi, m.ci) for m in g.mig}
@@ -689,31 +480,21 @@ class NvmlBackend:
                 self._add_proc(procs, g, p, m.gi, m.ci)
         return procs
 
-    def _add_proc(self, procs: list[_Proc], g: _Gpu, p: Any, gi: int, ci: int) -> None:
+    def _add_proc(self, procs: list[ProcReading], g: _Gpu, p: Any, gi: int, ci: int) -> None:
         pid = p.pid
-        if not 0 < pid <= _PID_MAX:  # e.g. 0 from a driver that cannot see the host PID
+        if not 0 < pid <= LIMITS.pid_max:  # e.g. 0 from a driver that cannot see the host PID
             self._warn("pid", g.uuid, f"lists a process with pid {pid}; such processes are left out")
             return
         used = p.usedGpuMemory
-        procs.append(_Proc(pid, used // _MIB if used is not None else None, gi, ci))
+        procs.append(ProcReading(pid, used // _MIB if used is not None else None, gi, ci))
 
-    def _lost_gpu(self, g: _Gpu, state: str) -> dict[str, Any]:
+    def _lost_gpu(self, g: _Gpu, state: str) -> GpuReading:
         g.state = state
         g.energy_mj = None  # the next good reading is a new baseline, not a delta across the outage
         g.util_seen_us = g.proc_seen_us = None
-        return {
-            "uuid": g.uuid,
-            "index": g.index,
-            "model": g.model,
-            "mem_total_mib": g.mem_total_mib,
-            "mem_used_mib": None,
-            "util_pct": None,
-            "power_w": None,
-            "energy_j": None,
-            "temp_c": None,
-            "mig_mode": g.mig_mode,
-            "state": state,
-        }
+        return GpuReading(
+            g.uuid, g.index, g.model, g.mem_total_mib, None, None, None, None, None, g.mig_mode, state
+        )
 
     # -- attribution --------------------------------------------------------------------------
 
@@ -741,10 +522,10 @@ class NvmlBackend:
             out[pid] = ident
             if ident is not None:
                 fields[pid] = (
-                    _nid(ident.container_id),
-                    _nid(ident.pod_uid),
-                    _nid(ident.job_id),
-                    _nid(ident.user),
+                    nullable_id(ident.container_id),
+                    nullable_id(ident.pod_uid),
+                    nullable_id(ident.job_id),
+                    nullable_id(ident.user),
                 )
         self._idents, self._fields = out, fields
         prune = getattr(att, "prune", None)
@@ -767,21 +548,21 @@ class NvmlBackend:
 
     def _workload(
         self, ident: Any, memo: dict[str, Any], container: str | None = None, pod_uid: str | None = None
-    ) -> dict[str, Any] | None:
+    ) -> Any:
         pod_uid = pod_uid or (ident.pod_uid if ident is not None else None)
         if ident is None and pod_uid is None:
             return None
         w = self._resolve(pod_uid, ident.container_id if ident else None, memo) if pod_uid else None
-        return {
-            "namespace": _nid(w.namespace) if w else None,
-            "pod": _nid(w.pod) if w else None,
-            "container": _nid(container or (w.container if w else None)),
-            "pod_uid": _nid(pod_uid),
-            "labels": _labels(w.labels) if w else None,
-            "job_id": _nid(ident.job_id) if ident else None,
-            "account": _nid(ident.account) if ident else None,
-            "user": _nid(ident.user) if ident else None,
-        }
+        return Workload(
+            namespace=nullable_id(w.namespace) if w else None,
+            pod=nullable_id(w.pod) if w else None,
+            container=nullable_id(container or (w.container if w else None)),
+            pod_uid=nullable_id(pod_uid),
+            labels=clamp_labels(w.labels) if w else None,
+            job_id=nullable_id(ident.job_id) if ident else None,
+            account=nullable_id(ident.account) if ident else None,
+            user=nullable_id(ident.user) if ident else None,
+        )
 
     def _grant(self, pod_uid: str, gpu_uuid: str, memo: dict[str, Any]) -> Any:
         """The pod's HAMi allocation on this GPU (`hami.io/vgpu-devices-allocated`), when unambiguous."""
@@ -802,18 +583,6 @@ class NvmlBackend:
             self._warn("grant", pod_uid, f"pod {pod_uid}: bad {VGPU_ALLOCATED_ANNOTATION}: {exc}")
             return None
         return next(iter(grants.values())) if len(grants) == 1 else None
-
-    @staticmethod
-    def _owner(ident: Any) -> str:
-        if ident is None:
-            return "unknown"
-        if ident.pod_uid:
-            return ident.pod_uid
-        if ident.job_id:
-            return f"slurm:{ident.job_id}"
-        if ident.user:
-            return f"user:{ident.user}"
-        return "unknown"
 
     # -- HAMi ---------------------------------------------------------------------------------
 
@@ -840,7 +609,7 @@ class NvmlBackend:
 
     # -- the tick -----------------------------------------------------------------------------
 
-    def next_tick(self) -> list[dict[str, Any]]:
+    def sample(self) -> list[Any]:
         now = self.clock()
         now_us = int(now * 1_000_000)
         prev = self._prev_now
@@ -854,255 +623,66 @@ class NvmlBackend:
             g = self._open_gpu(index)
             if g is not None:
                 self._prime(g, now, energy=False)
-        gpus_out: list[dict[str, Any]] = []
-        per_gpu: list[tuple[_Gpu, list[_Proc], dict[str, Any], float | None]] = []
+        readings: list[GpuReading] = []
         for g in self.gpus:
             try:
-                gpu, procs = self._read_gpu(g, now, now_us, window_us)
-                mig_util: dict[str, Any] = {}
-                if g.mig_mode:
-                    mig_util = self._mig_usage(g)
+                r = self._read_gpu(g, now, now_us, window_us)
             except GpuFault as f:
                 if g.state != f.state:
                     log.warning("GPU %s (index %d) is %s: %s", g.uuid, g.index, f.state, f.detail)
-                gpus_out.append(self._lost_gpu(g, f.state))
+                readings.append(self._lost_gpu(g, f.state))
                 continue
             except self.q.error as exc:  # an NVML answer nobody expected: this GPU is unknown this tick
                 if g.state != "unknown":
                     log.warning("GPU %s (index %d) is unknown: %s", g.uuid, g.index, exc)
-                gpus_out.append(self._lost_gpu(g, "unknown"))
+                readings.append(self._lost_gpu(g, "unknown"))
                 continue
             if g.state != "ok":
                 log.warning("GPU %s (index %d) is readable again", g.uuid, g.index)
                 g.state = "ok"
-            gpus_out.append(gpu)
-            per_gpu.append((g, procs, mig_util, gpu["util_pct"]))
+            readings.append(r)
 
-        pids = {p.pid for _, procs, _, _ in per_gpu for p in procs}
-        idents = self._identities(pids)
+        ok = [r for r in readings if r.state == "ok"]
+        idents = self._identities({p.pid for r in ok for p in r.processes})
         hami = self._hami_regions() if self.hami_hook_dir else {}
         memo: dict[str, Any] = {}
-        slices: list[dict[str, Any]] = []
-        processes: list[dict[str, Any]] = []
-        for g, procs, mig_util, gpu_util in per_gpu:
-            if g.mig_mode:
-                self._mig_slices(g, procs, mig_util, idents, memo, slices, processes)
-            else:
-                self._gpu_slices(
-                    g, procs, gpu_util, hami.get(g.uuid, ()), idents, memo, now, slices, processes
-                )
-        msg = {
-            "schema": SCHEMA,
-            "cluster": self.cluster,
-            "node": self.node,
-            "boot_id": self.boot_id,
-            "seq": self.seq,
-            "ts": _fmt_ts(now),
-            "interval_s": self.interval_s,
-            "gpus": gpus_out,
-            "slices": slices,
-            "processes": processes,
-        }
+        att = Attribution(
+            idents,
+            self._fields,
+            lambda ident, container=None, pod_uid=None: self._workload(ident, memo, container, pod_uid),
+            lambda pod_uid, gpu_uuid: self._grant(pod_uid, gpu_uuid, memo),
+        )
+        slices: list[Any] = []
+        processes: list[Any] = []
+        for r in ok:
+            sl, pr = slice_gpu(r, hami.get(r.uuid, ()), att, now, self.timeslice_replicas)
+            slices += sl
+            processes += pr
+        ts = format_ts(datetime.fromtimestamp(now, UTC))
+        gpus = [gpu_of(r) for r in readings]
+        tick = build_tick(
+            self.cluster, self.node, self.boot_id, self.seq, ts, self.interval_s, gpus, slices, processes
+        )
         self.seq += 1
-        return [msg]
+        return [tick]
 
-    def _mig_usage(self, g: _Gpu) -> dict[str, Any]:
-        """MIG uuid -> (used MiB, activity %) for every instance of the layout."""
+    def _mig_usage(self, g: _Gpu) -> tuple[MigReading, ...]:
+        """Every instance of the layout with its used MiB and activity %."""
         q = self.q
-        out: dict[str, Any] = {}
+        out: list[MigReading] = []
         for m in g.mig:
             try:
                 mem = q.call("nvmlDeviceGetMemoryInfo", m.handle)
             except q.error:  # instance gone: re-read the layout next tick
                 g.rescan_at = 0.0
-                continue
-            act = self._gpm_activity(g, m) if g.gpm else None
-            out[m.uuid] = (mem.used // _MIB if mem is not None else None, act)
-        return out
-
-    def _proc_out(self, g: _Gpu, p: _Proc, slice_id: str | None) -> dict[str, Any]:
-        pid = p.pid
-        cid, pod, job, user = self._fields.get(pid, _NO_FIELDS)
-        return {
-            "pid": pid,
-            "gpu_uuid": g.uuid,
-            "slice_id": slice_id,
-            "mem_used_mib": p.mem_mib,
-            "sm_util_pct": p.sm,
-            "container_id": cid,
-            "pod_uid": pod,
-            "job_id": job,
-            "user": user,
-        }
-
-    def _mig_slices(
-        self,
-        g: _Gpu,
-        procs: list[_Proc],
-        usage: dict[str, Any],
-        idents: dict[int, Any],
-        memo: dict[str, Any],
-        slices: list[dict[str, Any]],
-        processes: list[dict[str, Any]],
-    ) -> None:
-        by_inst: dict[tuple[int, int], list[_Proc]] = {}
-        for p in procs:
-            by_inst.setdefault((p.gi, p.ci), []).append(p)
-        for m in g.mig:
-            members = by_inst.pop((m.gi, m.ci), None)
-            if not members:
-                continue  # an instance nobody uses is capacity, not a slice
-            members.sort(key=lambda p: p.pid)
-            ident = next((idents.get(p.pid) for p in members if idents.get(p.pid) is not None), None)
-            sid = f"{m.uuid}:{self._owner(ident)}"[:256]
-            used, act = usage.get(m.uuid, (None, None))
-            slices.append(
-                {
-                    "slice_id": sid,
-                    "gpu_uuid": g.uuid,
-                    "kind": "mig",
-                    "mem_cap_mib": m.mem_total_mib,
-                    "mem_used_mib": used,
-                    "util_pct": act,
-                    "mig_profile": m.profile,
-                    "gi_id": m.gi,
-                    "ci_id": m.ci,
-                    "mig_uuid": m.uuid,
-                    "compute_slices": m.compute,
-                    "memory_slices": m.memory,
-                    "gpu_compute_slices": g.gpu_compute_slices,
-                    "gpu_memory_slices": g.gpu_memory_slices,
-                    "workload": self._workload(ident, memo),
-                }
-            )
-            for p in members:
-                processes.append(self._proc_out(g, p, sid))
-        for rest in by_inst.values():  # on an instance not (yet) in the layout: shown, not billed
-            for p in rest:
-                processes.append(self._proc_out(g, p, None))
-
-    def _gpu_slices(
-        self,
-        g: _Gpu,
-        procs: list[_Proc],
-        gpu_util: float | None,
-        regions: Iterable[tuple[Any, int]],
-        idents: dict[int, Any],
-        memo: dict[str, Any],
-        now: float,
-        slices: list[dict[str, Any]],
-        processes: list[dict[str, Any]],
-    ) -> None:
-        procs.sort(key=lambda p: p.pid)
-        rest = procs
-        if regions:
-            rest = self._vgpu_slices(g, procs, regions, idents, memo, now, slices, processes)
-            for p in rest:  # outside every HAMi region on a HAMi-shared GPU: shown, not billed
-                processes.append(self._proc_out(g, p, None))
-            return
-        if not rest:
-            return  # a GPU nobody uses has no slice
-        groups: dict[str, list[_Proc]] = {}
-        for p in rest:
-            groups.setdefault(self._owner(idents.get(p.pid)), []).append(p)
-        n = len(groups)
-        shared = n > 1 or self.timeslice_replicas > 0
-        for owner, members in groups.items():
-            ident = next((idents.get(p.pid) for p in members if idents.get(p.pid) is not None), None)
-            sid = f"{g.uuid}:{owner}"[:256]
-            mems = [p.mem_mib for p in members if p.mem_mib is not None]
-            sms = [p.sm for p in members if p.sm is not None]
-            sl: dict[str, Any] = {
-                "slice_id": sid,
-                "gpu_uuid": g.uuid,
-                "kind": "timeslice" if shared else "whole",
-                "mem_cap_mib": None if shared else g.mem_total_mib,
-                "mem_used_mib": sum(mems) if mems else None,
-                "util_pct": (_pct(sum(sms)) if sms else None) if shared else gpu_util,
-            }
-            if shared:
-                sl["replicas"] = self.timeslice_replicas or n
-            sl["workload"] = self._workload(ident, memo)
-            slices.append(sl)
-            for p in members:
-                processes.append(self._proc_out(g, p, sid))
-
-    def _vgpu_slices(
-        self,
-        g: _Gpu,
-        procs: list[_Proc],
-        regions: Iterable[tuple[Any, int]],
-        idents: dict[int, Any],
-        memo: dict[str, Any],
-        now: float,
-        slices: list[dict[str, Any]],
-        processes: list[dict[str, Any]],
-    ) -> list[_Proc]:
-        """One vgpu slice per HAMi region on this GPU; returns the processes in none of them."""
-        by_pid: dict[int, int] = {}
-        by_pod: dict[str, list[int]] = {}
-        regs = list(regions)
-        for k, (region, _i) in enumerate(regs):
-            for hp in region.procs:
-                if hp.hostpid > 0:
-                    by_pid[hp.hostpid] = k
-            by_pod.setdefault(region.pod_uid, []).append(k)
-        members: list[list[_Proc]] = [[] for _ in regs]
-        rest: list[_Proc] = []
-        for p in procs:
-            k = by_pid.get(p.pid)
-            if k is None:
-                ident = idents.get(p.pid)
-                ks = by_pod.get(ident.pod_uid) if ident is not None and ident.pod_uid else None
-                k = ks[0] if ks and len(ks) == 1 else None
-            if k is None:
-                rest.append(p)
+                used, act = None, None
             else:
-                members[k].append(p)
-        total = g.mem_total_mib
-        for k, (region, i) in enumerate(regs):
-            owner = (
-                f"{region.pod_uid}/{region.container}"
-                if region.pod_uid
-                else os.path.basename(os.path.dirname(region.path))
+                act = self._gpm_activity(g, m) if g.gpm else None
+                used = mem.used // _MIB if mem is not None else None
+            out.append(
+                MigReading(m.uuid, m.gi, m.ci, m.profile, m.compute, m.memory, m.mem_total_mib, used, act)
             )
-            sid = f"{g.uuid}:hami:{owner}"[:256]
-            limit = region.mem_limit_bytes[i] if i < len(region.mem_limit_bytes) else 0
-            cap = limit // _MIB if limit > 0 else total  # 0: HAMi enforces no memory limit
-            # HAMi-core writes sm_limit 100 when the container asked for no core limit, so the
-            # region cannot tell "no reservation" from "all cores": the allocation annotation can.
-            core = region.sm_limit_pct[i] if i < len(region.sm_limit_pct) else 0
-            core = 0 if core >= 100 else core
-            grant = self._grant(region.pod_uid, g.uuid, memo) if region.pod_uid else None
-            if grant is not None:
-                cap, core = grant.mem_mib or cap, grant.cores
-            used = sum(hp.used_bytes[i] for hp in region.procs if i < len(hp.used_bytes)) // _MIB
-            sm = sum(hp.sm_util[i] for hp in region.procs if i < len(hp.sm_util))
-            mine = members[k]
-            if not region.procs and mine:  # region not filled in yet: NVML's view of its processes
-                used = sum(p.mem_mib or 0 for p in mine)
-                sm = sum(p.sm or 0.0 for p in mine)
-            lk = region.last_kernel_time
-            age = min(_MAX_AGE_S, max(0.0, round(now - lk, 1))) if lk > 0 else None
-            ident = next((idents.get(p.pid) for p in mine if idents.get(p.pid) is not None), None)
-            slices.append(
-                {
-                    "slice_id": sid,
-                    "gpu_uuid": g.uuid,
-                    "kind": "vgpu",
-                    "mem_cap_mib": cap if cap is not None else 0,
-                    "core_cap_pct": float(min(100, max(0, core))),
-                    "mem_used_mib": used,
-                    "util_pct": _pct(float(sm)),
-                    "last_kernel_age_s": age,
-                    "workload": self._workload(
-                        ident, memo, container=region.container, pod_uid=region.pod_uid
-                    ),
-                }
-            )
-            for p in mine:
-                processes.append(self._proc_out(g, p, sid))
-        return rest
+        return tuple(out)
 
     def close(self) -> None:
         """Free GPM samples and release NVML (init is reference-counted, so this is ours only)."""

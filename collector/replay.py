@@ -22,14 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from collector.fleet import SCHEMA, _fmt_ts
+from collector.tick import Gpu, Process, Slice, TickSource, Workload, build_tick, check_interval, format_ts
 from collector.traces import DUTY_FILE, MEM_FILE, load_gentd26_from
 
 MIB = 1 << 20
 
 
-class TraceReplay:
-    """A GenTD26-format trace as a collector backend (`next_tick()` -> one message per node)."""
+class TraceReplay(TickSource):
+    """A GenTD26-format trace as a collector backend (`sample()` -> one typed tick per node)."""
 
     def __init__(
         self,
@@ -49,8 +49,7 @@ class TraceReplay:
             raise ValueError(f"replay trace {d}: missing {', '.join(missing)} (GenTD26 layout, DESIGN §10)")
         if start.tzinfo is None:
             raise ValueError(f"start={start!r}: expected a timezone-aware datetime (UTC)")
-        if not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s={interval_s!r}: expected seconds in (0, 3600] (schema limit)")
+        check_interval(interval_s)
         if gpus_per_node < 1:
             raise ValueError(f"gpus_per_node={gpus_per_node!r}: expected an integer >= 1")
         self.trace = load_gentd26_from(d)
@@ -77,19 +76,21 @@ class TraceReplay:
             self._gpus.append(row)
         self._k = 0
 
-    def next_tick(self) -> list[dict[str, Any]]:
+    def sample(self) -> list[Any]:
         """The next interval of the trace; [] once the trace is over."""
         if self._k >= self.ticks_total:
             return []
         self._k += 1
         t1 = self._k * self.interval_s
         t0 = t1 - self.interval_s
-        ts = _fmt_ts(self.start + timedelta(seconds=t1))
+        ts = format_ts(self.start + timedelta(seconds=t1))
         return [self._message(k, node, ts, t0, t1) for k, node in enumerate(self.nodes)]
 
-    def _message(self, k: int, node: str, ts: str, t0: float, t1: float) -> dict[str, Any]:
+    def _message(self, k: int, node: str, ts: str, t0: float, t1: float) -> Any:
         tr = self.trace
-        gpus, slices, procs = [], [], []
+        gpus: list[Any] = []
+        slices: list[Any] = []
+        procs: list[Any] = []
         for idx, gpu_uuid, pod in self._gpus[k]:
             used_mib = 0
             util = 0.0
@@ -103,62 +104,44 @@ class TraceReplay:
                     pod_uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpuledger-replay-pod:{name}"))
                     slice_id = f"{gpu_uuid}:whole:{pod_uid}"
                     slices.append(
-                        {
-                            "slice_id": slice_id,
-                            "gpu_uuid": gpu_uuid,
-                            "kind": "whole",
-                            "mem_cap_mib": None,
-                            "mem_used_mib": used_mib,
-                            "util_pct": util,
-                            "workload": {
-                                "namespace": self.namespace,
-                                "pod": f"pod-{pod:03d}",
-                                "container": "server",
-                                "pod_uid": pod_uid,
-                                "labels": {"trace": "gentd26", "trace-pod": name},
-                                "job_id": None,
-                                "account": None,
-                                "user": None,
-                            },
-                        }
+                        Slice(
+                            slice_id=slice_id,
+                            gpu_uuid=gpu_uuid,
+                            kind="whole",
+                            mem_cap_mib=None,
+                            mem_used_mib=used_mib,
+                            util_pct=util,
+                            workload=Workload(
+                                namespace=self.namespace,
+                                pod=f"pod-{pod:03d}",
+                                container="server",
+                                pod_uid=pod_uid,
+                                labels={"trace": "gentd26", "trace-pod": name},
+                            ),
+                        )
                     )
                     procs.append(
-                        {
-                            "pid": 1000 + pod,
-                            "gpu_uuid": gpu_uuid,
-                            "slice_id": slice_id,
-                            "mem_used_mib": used_mib,
-                            "sm_util_pct": util,
-                            "container_id": None,
-                            "pod_uid": pod_uid,
-                            "job_id": None,
-                            "user": None,
-                        }
+                        Process(
+                            pid=1000 + pod,
+                            gpu_uuid=gpu_uuid,
+                            slice_id=slice_id,
+                            mem_used_mib=used_mib,
+                            sm_util_pct=util,
+                            pod_uid=pod_uid,
+                        )
                     )
             gpus.append(
-                {
-                    "uuid": gpu_uuid,
-                    "index": idx,
-                    "model": self.model,
-                    "mem_total_mib": self.mem_total_mib,
-                    "mem_used_mib": used_mib,
-                    "util_pct": util,
-                    "power_w": None,
-                    "energy_j": None,
-                    "temp_c": None,
-                    "mig_mode": False,
-                    "state": "ok",
-                }
+                Gpu(
+                    uuid=gpu_uuid,
+                    index=idx,
+                    model=self.model,
+                    mem_total_mib=self.mem_total_mib,
+                    mem_used_mib=used_mib,
+                    util_pct=util,
+                    mig_mode=False,
+                    state="ok",
+                )
             )
-        return {
-            "schema": SCHEMA,
-            "cluster": self.cluster,
-            "node": node,
-            "boot_id": self._boot[node],
-            "seq": self._k - 1,
-            "ts": ts,
-            "interval_s": self.interval_s,
-            "gpus": gpus,
-            "slices": slices,
-            "processes": procs,
-        }
+        return build_tick(
+            self.cluster, node, self._boot[node], self._k - 1, ts, self.interval_s, gpus, slices, procs
+        )

@@ -45,9 +45,9 @@ class _Exported:
     def __init__(self, inner: Any, exporter: Any) -> None:
         self.inner, self.exporter = inner, exporter
 
-    def next_tick(self) -> list[dict[str, Any]]:
+    def sample(self) -> list[Any]:
         t0 = time.perf_counter()
-        msgs = self.inner.next_tick()
+        msgs = self.inner.sample()
         self.exporter.update_all(msgs, tick_seconds=time.perf_counter() - t0)
         return msgs
 

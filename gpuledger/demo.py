@@ -292,7 +292,7 @@ DEMO_PRICES = {"H200": "4.20", "H100": "3.10", "A100": "1.90", "V100": "0.70", "
 
 
 def _demo_price_book() -> list[dict[str, str]]:
-    from collector.fleet import MODELS
+    from collector.catalog import MODELS
 
     return [{"model": MODELS[k].name, "gpu_hour": p, "from": "2020-01-01"} for k, p in DEMO_PRICES.items()]
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_NAME = "gpuledger.sample/v1"
 SCHEMA_FILE = "sample.schema.json"
 
 # Rules beyond JSON Schema, checked by ingest as well (their failures also go to the DLQ):
@@ -37,6 +36,59 @@ ITEM_LISTS = {"gpus": "gpu", "slices": "slice", "processes": "process"}  # list 
 def load_schema() -> dict[str, Any]:
     """The schema document, read once from the package."""
     return json.loads(resources.files("gpuledger").joinpath(SCHEMA_FILE).read_text("utf-8"))
+
+
+SCHEMA_NAME: str = load_schema()["properties"]["schema"]["const"]  # "gpuledger.sample/v1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The schema's bounds a producer clamps or cuts to, read from the schema file (never copied).
+
+    A producer cannot refuse what NVML or a cgroup hands it: an over-long id is cut, an absurd
+    reading becomes null. These are the bounds it needs to do so and stay valid.
+    """
+
+    name_max: int  # cluster / node
+    id_max: int  # slice_id, uuids, workload and process ids
+    model_max: int
+    labels_max: int  # labels per workload
+    label_value_max: int
+    interval_max_s: float
+    pid_max: int
+    power_max_w: float
+    energy_max_j: float
+    temp_min_c: float
+    temp_max_c: float
+    age_max_s: float
+
+
+@cache
+def limits() -> Limits:
+    root = load_schema()
+    d = root["$defs"]
+    gpu, sl, wl = d["gpu"]["properties"], d["slice"]["properties"], d["workload"]["properties"]
+    return Limits(
+        name_max=d["name"]["maxLength"],
+        id_max=d["id"]["maxLength"],
+        model_max=gpu["model"]["maxLength"],
+        labels_max=wl["labels"]["maxProperties"],
+        label_value_max=wl["labels"]["additionalProperties"]["maxLength"],
+        interval_max_s=float(root["properties"]["interval_s"]["maximum"]),
+        pid_max=d["process"]["properties"]["pid"]["maximum"],
+        power_max_w=float(gpu["power_w"]["maximum"]),
+        energy_max_j=float(gpu["energy_j"]["maximum"]),
+        temp_min_c=float(gpu["temp_c"]["minimum"]),
+        temp_max_c=float(gpu["temp_c"]["maximum"]),
+        age_max_s=float(sl["last_kernel_age_s"]["maximum"]),
+    )
+
+
+def format_ts(dt: datetime) -> str:
+    """A UTC datetime in the schema's `ts` form: seconds, microseconds only when there are any."""
+    dt = dt.astimezone(UTC)
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{dt.microsecond:06d}Z" if dt.microsecond else base + "Z"
 
 
 def resolve_ref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""msgspec types compiled from `sample.schema.json`: validating JSON decode in C.
+"""msgspec types compiled from `sample.schema.json`: validating JSON decode in C, and the producers' types.
+
+The same Structs are what the collectors build ticks from (`tick_types()`, through
+`collector.tick`) and `encode` writes, so the message has one definition, the schema file.
 
 msgspec checks types, ranges, lengths, patterns, enums and unknown fields while it parses,
 and builds slotted objects instead of dicts, so the common case (a valid tick) costs about
@@ -11,7 +14,7 @@ Everything it accepts the schema accepts too (tested).
 from __future__ import annotations
 
 from functools import cache
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -84,7 +87,8 @@ def _struct(name: str, node: dict[str, Any], root: dict[str, Any], structs: dict
             fields.append((key, Union[tp, UnsetType], UNSET))  # noqa: UP007 - absent ok, null not
     # Required fields first (msgspec wants defaults last), keeping schema order otherwise.
     fields.sort(key=lambda f: len(f) == 3)
-    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, gc=False)
+    # omit_defaults: an optional field left null is not written (absent and null mean the same).
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, gc=False, omit_defaults=True)
 
 
 @cache
@@ -94,6 +98,49 @@ def message_type() -> type:
     for name in ("workload", "gpu", "process", "slice"):
         structs[name] = _struct(name.capitalize(), root["$defs"][name], root, structs)
     return _struct("Tick", root, root, structs)
+
+
+class TickTypes(NamedTuple):
+    """The message's Struct types, for producers to build ticks with (keyword arguments)."""
+
+    Tick: type
+    Gpu: type
+    Slice: type
+    Process: type
+    Workload: type
+
+
+@cache
+def tick_types() -> TickTypes:
+    tick = message_type()
+    hints = {f.name: f.type for f in msgspec.structs.fields(tick)}
+    gpu, sl, proc = (_item(hints[k]) for k in ("gpus", "slices", "processes"))
+    wl = _unwrap({f.name: f.type for f in msgspec.structs.fields(sl)}["workload"])
+    return TickTypes(tick, gpu, sl, proc, wl)
+
+
+def _unwrap(tp: Any) -> type:
+    """The Struct inside `Annotated[...]` / `X | None`."""
+    while True:
+        args = get_args(tp)
+        if not args:
+            return tp
+        tp = next(a for a in args if a is not type(None) and not isinstance(a, Meta))
+
+
+def _item(tp: Any) -> type:
+    """The item Struct of an `Annotated[list[X], Meta]` field."""
+    return _unwrap(get_args(get_args(tp)[0])[0])
+
+
+@cache
+def encoder() -> msgspec.json.Encoder:
+    return msgspec.json.Encoder()
+
+
+def encode(tick: Any) -> bytes:
+    """A typed tick -> the compact UTF-8 JSON message (nulls of optional fields left out)."""
+    return encoder().encode(tick)
 
 
 @cache
@@ -106,4 +153,4 @@ def from_builtins(doc: dict[str, Any]) -> Any:
     return msgspec.convert(doc, message_type(), strict=False)
 
 
-__all__ = ["UNSET", "decoder", "from_builtins", "message_type"]
+__all__ = ["UNSET", "TickTypes", "decoder", "encode", "from_builtins", "message_type", "tick_types"]

@@ -255,6 +255,7 @@ def main_check(
     from collector.agent import run_collector
     from collector.nvml import NvmlBackend
     from collector.proc_identity import ProcAttributor
+    from collector.tick import as_dicts
     from collector.transport import MemoryTransport
     from gpuledger.bus import MemoryBus
 
@@ -291,16 +292,16 @@ def main_check(
         )
         cpu_ms: list[float] = []
         ticks: list[dict[str, Any]] = []
-        inner = backend.next_tick
+        inner = backend.sample
 
-        def timed() -> list[dict[str, Any]]:
+        def timed() -> list[Any]:
             c0 = time.process_time()
             out = inner()
             cpu_ms.append((time.process_time() - c0) * 1000)
-            ticks.extend(out)
+            ticks.extend(as_dicts(out))
             return out
 
-        backend.next_tick = timed  # type: ignore[method-assign]
+        backend.sample = timed  # type: ignore[method-assign]
         n = max(3, round(args.seconds / args.interval))
         run_collector(backend, MemoryTransport(MemoryBus(), "t"), args.interval, ticks=n)
         _diagnose(pynvml, h, light, heavy)

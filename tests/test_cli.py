@@ -207,7 +207,7 @@ def test_demo_prints_the_money_of_the_replay(tmp_path: Path) -> None:
     here from the raw GPU samples of its lake."""
     from decimal import Decimal
 
-    from collector.fleet import MODELS
+    from collector.catalog import MODELS
     from gpuledger.demo import DEMO_PRICES
 
     run = gpuledger(tmp_path, "demo", "--until", "1h", "--no-serve", "--lake", str(tmp_path / "lake"))

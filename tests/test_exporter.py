@@ -301,6 +301,9 @@ def test_a_malformed_message_is_a_clear_error_and_keeps_the_last_good_tick(expor
     exporter.update(valid_message())
     bad = valid_message(1)
     del bad["gpus"][1]["uuid"]
-    with pytest.raises(ValueError, match="tick message of node 'n1' is not schema v1: KeyError"):
+    with pytest.raises(
+        ValueError,
+        match=r"node 'n1' is not schema v1: Object missing required field `uuid` - at `\$.gpus\[1\]`",
+    ):
         exporter.update(bad)
     assert pick(scrape(exporter), "DCGM_FI_DEV_FB_USED", UUID=G1) == [40960.0]
