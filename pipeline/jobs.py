@@ -202,7 +202,9 @@ class JobRunner:
         from warehouse.rollups import Rollups
 
         rollups = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio)
+        t0 = time.perf_counter()
         st = rollups.update()
+        update_s = time.perf_counter() - t0
         acct = self.settings.accounting(self.lake)
         try:
             idle = acct.save_idle()  # stitched here once, read by every dashboard process
@@ -217,7 +219,9 @@ class JobRunner:
             "checks_failed": [f"{c.check} {c.date}: {c.failures} row(s), e.g. {c.example}" for c in failing],
             "dates": st.dates,
             "rebuilt": st.rebuilt,
+            "hours": st.hours,
             "slice_rows": st.slice_rows,
+            "update_s": round(update_s, 3),
             "idle_periods": idle.name,
             "log_days": compacted,
         }
