@@ -2,7 +2,8 @@
 
 Jobs (schedules in config ``[jobs]``, UTC):
 
-- ``rollups`` (every 5 min): brings the per-date rollups up to date (only changed dates are rebuilt).
+- ``rollups`` (every 5 min): brings the per-date rollups up to date (only the hours that new
+  batches touched are recomputed).
 - ``alerts`` (every minute): idle detection and the other alert rules from the freshest samples,
   then delivery of what the outbox holds (``pipeline.alerts``, ``pipeline.alert_delivery``).
 - ``accrual`` (daily, 00:30): the month-to-date charges of the month yesterday belongs to, as
