@@ -31,7 +31,7 @@ from gpuledger.config import Config, ConfigError
 from gpuledger.demo import DEMO_TOPIC, cmd_demo
 from gpuledger.progress import parse_duration
 from gpuledger.serve import DASHBOARD_ROLLUP_EVERY_S, _serve_dashboards
-from warehouse.errors import MONEY_ERRORS
+from warehouse.errors import MONEY_ERRORS, LakeError
 
 # -- demo ---------------------------------------------------------------------------------------
 
@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     except MONEY_ERRORS as exc:
         print(f"gpuledger {args.command}: {exc}", file=sys.stderr)
         return 1
+    except LakeError as exc:
+        print(f"gpuledger {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         if "bad duration" in str(exc):
             print(f"gpuledger: {exc}", file=sys.stderr)

@@ -166,6 +166,7 @@ class KafkaIngester:
         self.cfg = cfg
         k = cfg.kafka
         self.lake = lake or Lake(cfg.lake.path, cfg.lake.zstd_level)
+        self.lake.check()  # an object store that refuses writes stops here, in one line
         self.stop = stop or threading.Event()
         self.stats = IngestStats()
         self.pending = BatchBuilder()
@@ -556,10 +557,13 @@ def run_ingest(cfg: Config, idle_exit_s: float | None = None) -> IngestStats:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # The lake first: a bucket that does not exist or refused credentials stop here, in one line.
+    lake = Lake(cfg.lake.path, cfg.lake.zstd_level)
+    lake.check()
     # Samples, DLQ and control topics with the configured partitions and replication, before
     # the first subscribe (which would otherwise auto-create the samples topic with defaults).
     ensure_topics_or_warn(cfg.kafka)
-    ing = KafkaIngester(cfg, stop=stop)
+    ing = KafkaIngester(cfg, lake=lake, stop=stop)
     log.info("ingest: topic %s group %s -> lake %s", cfg.kafka.topic, cfg.kafka.group_id, cfg.lake.path)
     stats = ing.run(idle_exit_s=idle_exit_s)
     log.info(

@@ -309,7 +309,7 @@ class ProcessDecoder:
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_worker,
-            args=(child, str(lake.root), lake.zstd_level, max_message_bytes, ts_window),
+            args=(child, lake.location, lake.zstd_level, max_message_bytes, ts_window),
             name="gpuledger-decoder",
             daemon=True,
         )

@@ -2,7 +2,8 @@
 
 Jobs (schedules in config ``[jobs]``, UTC):
 
-- ``rollups`` (every 5 min): brings the per-date rollups up to date (only changed dates are rebuilt).
+- ``rollups`` (every 5 min): brings the per-date rollups up to date (only the hours that new
+  batches touched are recomputed).
 - ``alerts`` (every minute): idle detection and the other alert rules from the freshest samples,
   then delivery of what the outbox holds (``pipeline.alerts``, ``pipeline.alert_delivery``).
 - ``accrual`` (daily, 00:30): the month-to-date charges of the month yesterday belongs to, as
@@ -202,7 +203,9 @@ class JobRunner:
         from warehouse.rollups import Rollups
 
         rollups = Rollups(self.lake, idle_util_ratio=self.cfg.alerts.idle_util_ratio)
+        t0 = time.perf_counter()
         st = rollups.update()
+        update_s = time.perf_counter() - t0
         acct = self.settings.accounting(self.lake)
         try:
             idle = acct.save_idle()  # stitched here once, read by every dashboard process
@@ -217,7 +220,9 @@ class JobRunner:
             "checks_failed": [f"{c.check} {c.date}: {c.failures} row(s), e.g. {c.example}" for c in failing],
             "dates": st.dates,
             "rebuilt": st.rebuilt,
+            "hours": st.hours,
             "slice_rows": st.slice_rows,
+            "update_s": round(update_s, 3),
             "idle_periods": idle.name,
             "log_days": compacted,
         }

@@ -14,3 +14,8 @@ class CloseError(RuntimeError):
 
 
 MONEY_ERRORS = (PriceError, ConservationError, CloseError)
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be used (an object store's bucket missing, credentials refused): said at start,
+    in one line naming the lake's path."""

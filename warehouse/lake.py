@@ -7,22 +7,40 @@ whole or not at all and a crash leaves at worst a `*.tmp` file that no query glo
 Within one ingest batch the tick file is written last: it is the batch's commit record.
 Row files of a batch without its tick file (a crash between the two) are ignored by the
 views, and the re-delivered messages land again in a new batch.
+
+The lake may live on an S3-compatible object store (``[lake] path = "s3://bucket/prefix"``,
+optionally with ``?endpoint_override=host:port&scheme=http``; credentials from the usual
+``AWS_*`` environment). Objects are written through pyarrow's filesystem layer and read by DuckDB
+through the same filesystem registered with it (`register`). There is no atomic rename on an
+object store, and none is needed: a PUT makes an object appear whole or not at all, every sample
+file has a unique name (its batch id), and the tick file, the commit record, is PUT only after
+every row file of its batch was acknowledged. A transient store error (connection, throttling,
+5xx) is retried with backoff for up to `retry_s`; anything else raises, so the batch's Kafka
+offsets are never committed for files that are not there. Today the ingest path and the staging
+layer's readers run on an object store; the rollups, close and dashboards need a local lake.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import socket
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gpuledger.decode import DecodedBatch
 from gpuledger.lake_tables import TABLES, table_schema
+from warehouse.errors import LakeError
+
+log = logging.getLogger(__name__)
 
 SAMPLES = "samples"
 DLQ = "dlq"
@@ -47,12 +65,107 @@ def new_batch_id() -> int:
     return ((time.time_ns() // 1_000_000) << 22) | secrets.randbits(22)
 
 
-class Lake:
-    """Paths and atomic writes under one lake root."""
+REMOTE_SCHEMES = ("s3://",)
+# pyarrow's messages for store errors worth another try (network, throttling, server side)
+TRANSIENT = (
+    "NETWORK_CONNECTION", "SLOW_DOWN", "THROTTL", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
+    "REQUEST_TIMEOUT", "HTTP status 5", "Connection reset", "Timeout", "timed out",
+)
 
-    def __init__(self, root: str | os.PathLike[str], zstd_level: int = 3) -> None:
-        self.root = Path(root)
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    return isinstance(location, str) and location.startswith(REMOTE_SCHEMES)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A store error that may pass by itself (retry), as opposed to a refusal (raise at once)."""
+    text = str(exc)
+    return isinstance(exc, OSError) and any(t in text for t in TRANSIENT)
+
+
+class Lake:
+    """Paths and atomic writes under one lake root: a local directory or an object-store prefix."""
+
+    def __init__(self, root: str | os.PathLike[str], zstd_level: int = 3, retry_s: float = 120.0) -> None:
         self.zstd_level = zstd_level
+        self.retry_s = retry_s  # how long a transient object-store error is retried
+        self.location = str(root) if is_remote(root) else str(Path(root))
+        self.remote = is_remote(root)
+        self.fs: pafs.FileSystem | None = None
+        if self.remote:
+            try:
+                self.fs, base = pafs.FileSystem.from_uri(str(root))
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise LakeError(f"lake {self.location}: {_one_line(exc)}") from exc
+            # keys under the store (bucket/prefix/...), never opened as local files
+            self.root: Any = PurePosixPath(base.rstrip("/"))
+        else:
+            self.root = Path(root)
+
+    def url(self, path: PurePath | str) -> str:
+        """How DuckDB names a file of the lake (an s3:// URL on an object store)."""
+        return f"s3://{path}" if self.remote else str(path)
+
+    def register(self, con: Any) -> None:
+        """Let a DuckDB connection read this lake's files (object store: through pyarrow's S3)."""
+        if self.remote:
+            from fsspec.implementations.arrow import ArrowFSWrapper
+
+            class _S3(ArrowFSWrapper):
+                protocol = ("s3",)
+
+            con.register_filesystem(_S3(self.fs))
+
+    def check(self) -> None:
+        """Fail at start, in one line naming the lake, when it cannot be written (a bucket that
+        does not exist, refused credentials): a probe object is PUT and deleted."""
+        if not self.remote:
+            return
+        probe = str(self.root / "_probe" / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            with self.fs.open_output_stream(probe) as fh:
+                fh.write(b"gpuledger lake probe")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise LakeError(f"lake {self.location} cannot be written: {_one_line(exc)}") from exc
+
+    def list_names(self, directory: PurePath, suffix: str = ".parquet") -> list[str]:
+        """Names of the files directly in `directory` ending in `suffix`, sorted (none if absent)."""
+        if not self.remote:
+            d = Path(directory)
+            return sorted(p.name for p in d.glob(f"*{suffix}")) if d.exists() else []
+        infos = self._retry(
+            lambda: self.fs.get_file_info(pafs.FileSelector(str(directory), allow_not_found=True)),
+            f"listing {directory}",
+        )
+        files = (i for i in infos if i.type == pafs.FileType.File)
+        return sorted(i.base_name for i in files if i.base_name.endswith(suffix))
+
+    def list_dirs(self, directory: PurePath) -> list[str]:
+        """Names of the folders directly in `directory`, sorted."""
+        if not self.remote:
+            d = Path(directory)
+            return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.exists() else []
+        infos = self._retry(
+            lambda: self.fs.get_file_info(pafs.FileSelector(str(directory), allow_not_found=True)),
+            f"listing {directory}",
+        )
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def _retry(self, op: Callable[[], Any], what: str) -> Any:
+        """Run a store operation, retrying transient errors with backoff for up to `retry_s`."""
+        deadline = time.monotonic() + self.retry_s
+        wait = 0.2
+        while True:
+            try:
+                return op()
+            except OSError as exc:
+                if not is_transient(exc) or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("lake %s: %s failed (%s); retrying in %.1f s", self.location, what,
+                            _one_line(exc), wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 5.0)
 
     def table_dir(self, kind: str) -> Path:
         return self.root / SAMPLES / kind
@@ -71,7 +184,18 @@ class Lake:
     # -- writing ------------------------------------------------------------------------------
 
     def write_file(self, table: pa.Table, path: Path) -> Path:
-        """Write one Parquet file atomically and durably (temp name, fsync, rename, fsync dir)."""
+        """Write one Parquet file atomically and durably (temp name, fsync, rename, fsync dir; on an
+        object store one PUT of the whole file, acknowledged before this returns)."""
+        if self.remote:
+            def put() -> None:
+                with self.fs.open_output_stream(str(path)) as fh:
+                    pq.write_table(
+                        table, fh, compression="zstd", compression_level=self.zstd_level,
+                        row_group_size=1 << 20, write_statistics=True,
+                    )
+
+            self._retry(put, f"writing {path}")
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
@@ -110,6 +234,10 @@ class Lake:
         for date, part in _split_by_date(table, column="received_at"):
             last = self.write_file(part, self.root / DLQ / f"date={date}" / f"dlq-{batch:020d}.parquet")
         return last
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

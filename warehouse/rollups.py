@@ -1,12 +1,18 @@
 """Per-date rollups of the raw samples, so that dashboards, reports and the month close never
-rescan a month of slice rows.
+rescan a month of slice rows; kept current by the hour, so a 5-minute cycle costs what arrived.
 
-Every rollup is computed from ONE date partition of the samples: all rows of a tick land in the
-partition of the tick's timestamp, so a date holds whole ticks, and at-least-once duplicates of a
-tick (same timestamp) always land in the same date. A date is recomputed only when the set of
-sample files under it changed (ingest only ever adds files) or the idle ratio changed; its output
-files are replaced atomically and a small state file, written last, records what they were built
-from. Rebuilding a date with the same inputs writes the same bytes.
+All rows of a tick land in the date partition of the tick's timestamp, and every copy of a tick
+(at-least-once delivery) has the same timestamp, so the same date and the same hour. An hour's
+rollups therefore depend only on that hour's ticks: the first-batch rule, the over-commit totals
+and the idle runs (cut at the hour) all hold within it. When a date's committed batches change
+(ingest adds batches; retention may remove them), only the hours those batches touch are
+recomputed, from the batches holding a tick of those hours (the hours of each committed batch are
+kept per date under ``_state/batches/``); the date's files are then rewritten as the unchanged
+hours' rows plus the recomputed ones, hour by hour, which is the table a full rebuild writes, to
+the byte (tests/test_rollups_incremental.py). ``node_ticks`` (first/last tick and gaps per node
+and date) is summed from per-hour pieces (by the hour of the timestamp, which never interleave)
+kept under ``_state/node_hours/``. A state file, written last, records the inputs of the date.
+The idle ratio or the rollup version changing rebuilds every hour.
 
 GPU-seconds are fixed-point decimals (9 places) per slice tick and summed exactly, so hourly and
 monthly sums do not depend on the order in which DuckDB's threads add them up: the close must be
@@ -17,8 +23,9 @@ Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
 - ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
   energy, and memory, power and temperature (max, sum and count of the known readings).
-- ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries; the
-  close and the idle views stitch them across hours and dates into idle periods.
+- ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries (so an
+  hour's runs are its own), ordered hour first; the close and the idle views stitch them across
+  hours and dates into idle periods.
 - ``node_ticks``: per node: first and last tick of the date and the unobserved GPU-seconds of the
   gaps inside the date (the gaps between dates are found from first/last ticks).
 """
@@ -34,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from warehouse import checks
 from warehouse.lake import Lake, schema_of, write_bytes_atomic
@@ -59,7 +68,13 @@ from warehouse.staging import committed_files
 ROLLUPS = "rollups"
 STATE = "_state"
 TABLES = ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks")
-ROLLUP_VERSION = 7  # bump when the SQL below changes meaning: every date is rebuilt
+HOURLY = ("slice_hourly", "gpu_hourly", "idle_runs")  # rows keyed by their (midpoint) hour
+BATCHES = "batches"  # per date: the committed batches built from, and the hours each touches
+NODE_HOURS = "node_hours"  # per date: node_ticks per hour of the timestamp, before the date's sum
+# 8: recomputed by the hour (idle runs ordered hour first; node_ticks summed from hour pieces)
+ROLLUP_VERSION = 8  # bump when the SQL below changes meaning: every date is rebuilt
+EXACT = "DECIMAL(38, 9)"  # double readings summed exactly (order-independent), then back to double
+TS_HOUR_SQL = "(epoch_us(ts) // 3600000000)"  # the hour of a tick's timestamp (node_ticks' pieces)
 
 IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", '"user"')
 
@@ -68,7 +83,8 @@ IDENTITY = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "acc
 class RollupStats:
     dates: int  # dates looked at
     rebuilt: int  # dates whose rollups were (re)computed
-    slice_rows: int  # raw slice rows read by the rebuilt dates
+    slice_rows: int  # raw slice rows read by the recomputed hours
+    hours: int = 0  # (date, hour) pieces recomputed
 
 
 class Rollups:
@@ -153,21 +169,24 @@ class Rollups:
         dates: Iterable[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> RollupStats:
-        """Bring the rollups of `dates` (default: every date with samples) up to date."""
+        """Bring the rollups of `dates` (default: every date with samples) up to date: in each date
+        whose inputs changed, only the hours that new (or removed) committed batches touch."""
         present = self.sample_dates()
         todo = present if dates is None else sorted(set(dates) & set(present))
-        rebuilt = rows = 0
+        rebuilt = rows = hours = 0
         con = self._connect()
         try:
             for i, date in enumerate(todo):
                 if not self.is_current(date):
-                    rows += self._build(con, date)
+                    r, h = self._build(con, date)
+                    rows += r
+                    hours += h
                     rebuilt += 1
                 if progress:
                     progress(i + 1, len(todo))
         finally:
             con.close()
-        return RollupStats(dates=len(todo), rebuilt=rebuilt, slice_rows=rows)
+        return RollupStats(dates=len(todo), rebuilt=rebuilt, slice_rows=rows, hours=hours)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(":memory:")
@@ -184,24 +203,147 @@ class Rollups:
         """Files of one date whose batch committed (the staging layer's rule)."""
         return committed_files(self.lake, kind, [date])
 
-    def _build(self, con: duckdb.DuckDBPyConnection, date: str) -> int:
+    def _batches_path(self, date: str) -> Path:
+        return self.root / STATE / BATCHES / f"date={date}.parquet"
+
+    def _node_hours_path(self, date: str) -> Path:
+        return self.root / STATE / NODE_HOURS / f"date={date}.parquet"
+
+    def _state_key(self) -> str:
+        return f"{ROLLUP_VERSION}:{self.idle_util_ratio!r}"
+
+    def _known_batches(self, date: str) -> pa.Table | None:
+        """The committed batches the date's rollups were built from, with the hours each touches
+        (None: no usable record, so every hour of the date is computed)."""
+        p = self._batches_path(date)
+        if not p.exists() or not all(self._table_path(t, date).exists() for t in TABLES):
+            return None
+        t = pq.read_table(p)
+        meta = t.schema.metadata or {}
+        return t if meta.get(b"key") == self._state_key().encode() else None
+
+    def _hours_of(self, con: duckdb.DuckDBPyConnection, tick_files: list[str]) -> pa.Table:
+        """(batch file name, midpoint hour, timestamp hour) of every tick in `tick_files`."""
+        if not tick_files:
+            return pa.table(
+                {"name": pa.array([], pa.string()), "h": pa.array([], pa.int64()),
+                 "tsh": pa.array([], pa.int64())}
+            )
+        return con.sql(f"""
+            SELECT DISTINCT parse_filename(filename) AS name, {HOUR_NO_SQL} AS h, {TS_HOUR_SQL} AS tsh
+            FROM read_parquet([{", ".join(_lit(f) for f in tick_files)}], filename = true)
+            ORDER BY name, h, tsh""").to_arrow_table()
+
+    def _build(self, con: duckdb.DuckDBPyConnection, date: str) -> tuple[int, int]:
+        """Recompute the hours of `date` whose committed batches changed; (slice rows, hours).
+
+        An hour's rollups depend only on the ticks of that hour (every copy of a tick has the same
+        timestamp, so the same hour: the first-batch rule, the over-commit totals and the idle runs,
+        cut at the hour, all hold within it), so a recomputed hour gives the rows a full rebuild
+        gives, and the date's files are the unchanged hours' rows plus the new ones, hour by hour.
+        """
         signature = self._signature(date)
-        # A date whose batches all crashed before their commit record has no committed tick: its
-        # rollups are empty (the re-delivered messages land in a new batch later).
-        tick_files = self._files("tick", date) or [self._empty("tick")]
+        tick_files = self._files("tick", date)
+        by_name = {Path(f).name: f for f in tick_files}
+        known = self._known_batches(date)
+        if known is None:  # first build, or a new rollup version or idle ratio: every hour
+            current = self._hours_of(con, tick_files)
+            mids = tshs = None
+        else:
+            known_names = set(known["name"].to_pylist())
+            new = [by_name[n] for n in sorted(set(by_name) - known_names)]
+            gone = known_names - set(by_name)  # removed batches (retention): their hours change too
+            added = self._hours_of(con, new)
+            removed = pc.is_in(known["name"], pa.array(sorted(gone), pa.string()))
+            keep = known.filter(pc.invert(removed)).cast(added.schema)
+            current = pa.concat_tables([keep, added]).sort_by(
+                [("name", "ascending"), ("h", "ascending"), ("tsh", "ascending")]
+            )
+            dirty = pa.concat_tables([known.filter(removed).cast(added.schema), added])
+            mids = sorted(set(dirty["h"].to_pylist()))
+            tshs = sorted(set(dirty["tsh"].to_pylist()))
+        if mids == [] and tshs == []:  # only uncommitted row files came: nothing to recompute
+            write_bytes_atomic(
+                self._state_path(date),
+                json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
+            )
+            return 0, 0
+        # The tick, gpu and slice files of the batches that hold a tick of a dirty hour.
+        if mids is None:
+            names = sorted(by_name)
+        else:
+            touch = pc.or_(pc.is_in(current["h"], pa.array(mids, pa.int64())),
+                           pc.is_in(current["tsh"], pa.array(tshs, pa.int64())))
+            names = sorted(set(current.filter(touch)["name"].to_pylist()))
+        wanted = set(names)
+        files = {
+            kind: [f for f in self._files(kind, date) if Path(f).name in wanted]
+            for kind in ("tick", "slice", "gpu")
+        }
         tables = self._compute(
-            con, tick_files, self._files("slice", date), self._files("gpu", date), checks_for=date
+            con,
+            files["tick"] or [self._empty("tick")],
+            files["slice"],
+            files["gpu"],
+            mids=mids,
+            tshs=tshs,
+            checks_for=date,
         )
-        for name in TABLES:
-            self._write(name, date, tables[name])
-        checks.save(self.root / STATE, date, self.checks)
+        old = {t: self._read_old(t, date) if mids is not None else None for t in (*HOURLY, NODE_HOURS)}
+        for name in HOURLY:
+            merged = _merge_hours(old[name], tables[name], "hour", mids)
+            self._write(name, date, merged)
+        pieces = _merge_hours(old[NODE_HOURS], tables[NODE_HOURS], "tsh", tshs)
+        self.lake.write_file(pieces, self._node_hours_path(date))
+        self._write("node_ticks", date, self._node_ticks(con, pieces))
+        # data checks per hour, kept beside the pieces so a date's result sums every hour's
+        hour_checks = self._merge_checks(date, tables["checks"], mids)
+        self.checks = checks.combine(date, hour_checks)
+        checks.save(self.root / STATE, date, self.checks, hourly=hour_checks)
         self.check_failures += sum(1 for c in self.checks if c.failures)
+        self.lake.write_file(
+            current.replace_schema_metadata({"key": self._state_key()}), self._batches_path(date)
+        )
         # Written last: the state file says the date's files are complete.
         write_bytes_atomic(
             self._state_path(date),
             json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
         )
-        return int(pa.compute.sum(tables["slice_hourly"]["ticks"]).as_py() or 0)
+        n_hours = len(set(current["h"].to_pylist())) if mids is None else len(mids)
+        return int(pc.sum(tables["slice_hourly"]["ticks"]).as_py() or 0), n_hours
+
+    def _read_old(self, table: str, date: str) -> pa.Table | None:
+        p = self._node_hours_path(date) if table == NODE_HOURS else self._table_path(table, date)
+        return pq.read_table(p) if p.exists() else None
+
+    def _merge_checks(
+        self, date: str, fresh: dict[int, list[checks.CheckResult]], mids: list[int] | None
+    ) -> dict[int, list[checks.CheckResult]]:
+        out: dict[int, list[checks.CheckResult]] = {}
+        if mids is not None:
+            out = {h: r for h, r in checks.load_hourly(self.root / STATE, date).items() if h not in set(mids)}
+        out.update(fresh)
+        return dict(sorted(out.items()))
+
+    def _node_ticks(self, con: duckdb.DuckDBPyConnection, pieces: pa.Table) -> pa.Table:
+        """A node's ticks of the date from its per-hour pieces: sums, the first and last tick, and
+        the gaps inside each piece plus those between consecutive pieces (hours of the timestamp
+        never interleave, so this is the gap a window over every tick of the date finds)."""
+        con.register("_pieces", pieces)
+        try:
+            gap = gap_s_sql("prev_last", "epoch(first_ts) - first_interval_s", "first_interval_s")
+            return con.sql(f"""
+                WITH p AS (SELECT *, lag(last_ts) OVER w AS prev_last, lag(last_gpus) OVER w AS prev_gpus
+                           FROM _pieces WINDOW w AS (PARTITION BY cluster, node ORDER BY tsh))
+                SELECT cluster, node,
+                       min(first_ts) AS first_ts, first(first_interval_s ORDER BY tsh) AS first_interval_s,
+                       max(last_ts) AS last_ts, last(last_gpus ORDER BY tsh) AS last_gpus,
+                       sum(ticks)::INTEGER AS ticks,
+                       sum(observed_gpu_s) AS observed_gpu_s,
+                       sum(gap_gpu_s) + coalesce(sum(CAST({gap} * prev_gpus AS {SECONDS})), 0) AS gap_gpu_s
+                FROM p GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
+        finally:
+            con.unregister("_pieces")
 
     def failed_checks(self) -> list[checks.CheckResult]:
         """Data checks failing on any date as last built (warehouse/checks.py)."""
@@ -214,11 +356,12 @@ class Rollups:
             con = self._connect()
             try:
                 tables = self._compute(con, [self._empty("tick")], [], [])
+                tables["node_ticks"] = self._node_ticks(con, tables[NODE_HOURS])
             finally:
                 con.close()
-            for name, t in tables.items():
+            for name in TABLES:
                 p = self.root / STATE / f"empty-rollup-{name}-v{ROLLUP_VERSION}.parquet"
-                self.lake.write_file(t.schema.empty_table(), p)
+                self.lake.write_file(tables[name].schema.empty_table(), p)
         return str(path)
 
     def files(self, table: str) -> list[str]:
@@ -232,12 +375,30 @@ class Rollups:
         tick_files: list[str],
         slice_files: list[str],
         gpu_files: list[str],
+        mids: list[int] | None = None,
+        tshs: list[int] | None = None,
         checks_for: str | None = None,
-    ) -> dict[str, pa.Table]:
+    ) -> dict[str, Any]:
+        """The rollups of the hours `mids` (midpoint hours: slice_hourly, gpu_hourly, idle_runs) and
+        the node pieces of the hours `tshs` (timestamp hours) from the given committed files; every
+        hour in them when None. Each table comes sorted hour first, so a date is its hours in order.
+        """
         ratio = self.idle_util_ratio
-        ticks = _read(tick_files)
-        slices = _read(slice_files or [self._empty("slice")])
-        gpus = _read(gpu_files or [self._empty("gpu")])
+
+        def only(src: str, hour: str, hours: list[int] | None) -> str:
+            if hours is None:
+                return src
+            listed = ", ".join(str(int(h)) for h in hours) or "NULL"
+            return f"(SELECT * FROM {src} WHERE {hour} IN ({listed}))"
+
+        ticks_all = _read(tick_files)
+        ticks = only(ticks_all, HOUR_NO_SQL, mids)
+        slices = only(_read(slice_files or [self._empty("slice")]), HOUR_NO_SQL, mids)
+        gpus = only(_read(gpu_files or [self._empty("gpu")]), HOUR_NO_SQL, mids)
+        in_t = "TRUE"
+        if mids is not None and tshs is not None:
+            in_t = (f"{HOUR_NO_SQL} IN ({', '.join(map(str, mids)) or 'NULL'}) OR "
+                    f"{TS_HOUR_SQL} IN ({', '.join(map(str, tshs)) or 'NULL'})")
         # Row files of uncommitted batches are already left out by file name. A tick delivered
         # twice sits in two committed batches: the first batch wins; rows of the others are
         # "losers" (almost always none, so the anti-join is skipped).
@@ -245,7 +406,7 @@ class Rollups:
             CREATE OR REPLACE TEMP TABLE t AS
             SELECT cluster, node, boot_id, seq, ts, interval_s, n_gpus, batch,
                    row_number() OVER (PARTITION BY node, boot_id, seq ORDER BY batch) AS nth
-            FROM {ticks}""")
+            FROM {ticks_all} WHERE {in_t}""")
         con.execute(
             "CREATE OR REPLACE TEMP TABLE losers AS SELECT node, boot_id, seq, batch FROM t WHERE nth > 1"
         )
@@ -327,16 +488,16 @@ class Rollups:
             SELECT sk, h, ident, seq, ts, interval_s, reserved_s,
                    seq - row_number() OVER w AS run,
                    coalesce(lag(seq) OVER w = seq - 1 AND NOT {follows}, false) AS gap
-            FROM a WHERE {idle_cond} WINDOW w AS (PARTITION BY sk ORDER BY seq)""")
+            FROM a WHERE {idle_cond} WINDOW w AS (PARTITION BY sk, h ORDER BY seq)""")
         silent = con.execute("SELECT count(*) FROM i WHERE gap").fetchall()[0][0] > 0
         pieces = "SELECT *, 0 AS piece FROM i"
         if silent:
             pieces = """
-                WITH cut AS (SELECT DISTINCT sk, run FROM i WHERE gap)
-                SELECT i.*, 0 AS piece FROM i ANTI JOIN cut USING (sk, run)
+                WITH cut AS (SELECT DISTINCT sk, h, run FROM i WHERE gap)
+                SELECT i.*, 0 AS piece FROM i ANTI JOIN cut USING (sk, h, run)
                 UNION ALL
-                SELECT i.*, sum(gap::INTEGER) OVER (PARTITION BY sk, run ORDER BY seq) AS piece
-                FROM i SEMI JOIN cut USING (sk, run)"""
+                SELECT i.*, sum(gap::INTEGER) OVER (PARTITION BY sk, h, run ORDER BY seq) AS piece
+                FROM i SEMI JOIN cut USING (sk, h, run)"""
         idle_runs = con.sql(f"""
             WITH p AS ({pieces}),
             r AS (
@@ -350,7 +511,7 @@ class Rollups:
                    to_timestamp(r.h * 3600) AS hour, r.first_seq, r.last_seq, r.start_ts, r.end_ts, r.ticks,
                    r.reserved_s, r.interval_s
             FROM r JOIN dims d USING ({keys})
-            ORDER BY d.slice_id, d.node, d.boot_id, r.first_seq, r.h""").to_arrow_table()
+            ORDER BY r.h, d.slice_id, d.node, d.boot_id, r.first_seq""").to_arrow_table()
         con.register("_slice_hourly", slice_hourly)
         gpu_hourly = con.sql(f"""
             WITH gs AS (
@@ -358,19 +519,21 @@ class Rollups:
                        min("index")::INTEGER AS gpu_index,
                        count(*)::INTEGER AS ticks,
                        sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
-                       sum(energy_j) AS energy_j,
+                       sum(CAST(energy_j AS {EXACT}))::DOUBLE AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
                        -- the dcgm-exporter panels (memory, power, temperature) per GPU-hour, as sums
-                       -- and counts so the two date pieces of an hour add up
+                       -- and counts so the two date pieces of an hour add up; readings in doubles
+                       -- are summed as exact decimals, so the sum is the same in any order (the
+                       -- files an hour is read from differ between a rebuild and an update)
                        max(mem_total_mib) AS mem_total_mib,
                        max(mem_used_mib) AS mem_used_mib_max,
                        sum(mem_used_mib)::DOUBLE AS mem_used_mib_sum,
                        count(mem_used_mib)::INTEGER AS mem_ticks,
-                       sum(power_w) AS power_w_sum,
+                       sum(CAST(power_w AS {EXACT}))::DOUBLE AS power_w_sum,
                        count(power_w)::INTEGER AS power_ticks,
                        max(temp_c) AS temp_c_max,
-                       sum(temp_c) AS temp_c_sum,
+                       sum(CAST(temp_c AS {EXACT}))::DOUBLE AS temp_c_sum,
                        count(temp_c)::INTEGER AS temp_ticks
                 FROM {rows(gpus)} GROUP BY ALL),
             sa AS (
@@ -383,22 +546,33 @@ class Rollups:
             FROM gs LEFT JOIN sa USING (hour, gpu_uuid)
             ORDER BY hour, cluster, node, gpu_uuid, model""").to_arrow_table()
         con.unregister("_slice_hourly")
-        node_ticks = con.sql(f"""
+        # A node's ticks per hour of their timestamp (summed per date by `_node_ticks`): the first
+        # and last tick in the order (ts, boot_id, seq), and the gaps between its ticks inside it.
+        in_tsh = "TRUE" if tshs is None else f"{TS_HOUR_SQL} IN ({', '.join(map(str, tshs)) or 'NULL'})"
+        order = "ORDER BY ts, boot_id, seq"
+        node_hours = con.sql(f"""
             WITH o AS (
-                SELECT *, lag(ts) OVER w AS prev_ts, lag(n_gpus) OVER w AS prev_gpus
-                FROM t WINDOW w AS (PARTITION BY cluster, node ORDER BY ts, boot_id, seq))
-            SELECT cluster, node,
-                   min(ts) AS first_ts, arg_min(interval_s, ts) AS first_interval_s,
-                   max(ts) AS last_ts, arg_max(n_gpus, ts) AS last_gpus,
+                SELECT *, {TS_HOUR_SQL} AS tsh, lag(ts) OVER w AS prev_ts, lag(n_gpus) OVER w AS prev_gpus
+                FROM t WHERE {in_tsh}
+                WINDOW w AS (PARTITION BY cluster, node, {TS_HOUR_SQL} {order}))
+            SELECT tsh, cluster, node,
+                   min(ts) AS first_ts, first(interval_s {order}) AS first_interval_s,
+                   max(ts) AS last_ts, last(n_gpus {order}) AS last_gpus,
                    count(*)::INTEGER AS ticks,
                    sum(CAST(interval_s * n_gpus AS {SECONDS})) AS observed_gpu_s,
                    coalesce(sum(CAST({gap_s_sql("prev_ts", tick_start_s(), "interval_s")} * prev_gpus
                                      AS {SECONDS})), 0) AS gap_gpu_s
-            FROM o GROUP BY cluster, node ORDER BY cluster, node""").to_arrow_table()
-        if checks_for is not None:  # the data checks, on the tables just computed
-            con.execute(f"CREATE OR REPLACE TEMP VIEW _slices AS SELECT kind FROM {rows(slices)}")
+            FROM o GROUP BY tsh, cluster, node ORDER BY tsh, cluster, node""").to_arrow_table()
+        hour_checks: dict[int, list[checks.CheckResult]] = {}
+        if checks_for is not None:  # the data checks, on the tables just computed, per hour
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW _slices AS SELECT kind, {HOUR_NO_SQL} AS h FROM {rows(slices)}"
+            )
             con.register("_gpu_hourly", gpu_hourly)
-            self.checks = checks.run(con, checks_for, ticks)
+            hours = mids
+            if hours is None:
+                hours = [r[0] for r in con.execute("SELECT DISTINCT h FROM a ORDER BY h").fetchall()]
+            hour_checks = checks.run(con, checks_for, ticks, hours)
             con.unregister("_gpu_hourly")
             con.execute("DROP VIEW _slices")
         for tmp in ("t", "losers", "over", "a", "dims", "i"):
@@ -407,7 +581,8 @@ class Rollups:
             "slice_hourly": slice_hourly,
             "gpu_hourly": gpu_hourly,
             "idle_runs": idle_runs,
-            "node_ticks": node_ticks,
+            NODE_HOURS: node_hours,
+            "checks": hour_checks,
         }
 
     @staticmethod
@@ -433,8 +608,11 @@ class Rollups:
             self.lake.write_file(schema_of(kind).empty_table(), path)
         return str(path)
 
+    def _table_path(self, name: str, date: str) -> Path:
+        return self.root / name / f"date={date}" / "part.parquet"
+
     def _write(self, name: str, date: str, table: pa.Table) -> None:
-        self.lake.write_file(table, self.root / name / f"date={date}" / "part.parquet")
+        self.lake.write_file(table, self._table_path(name, date))
 
 
 def keep_current(acct: Any, fresh_s: float, now: datetime | None = None) -> bool:
@@ -464,3 +642,38 @@ def change_key(lake: Lake) -> str:
                     continue
                 h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
     return h.hexdigest()
+
+
+def _hour_no(table: pa.Table, column: str) -> np.ndarray:
+    col = table[column]
+    if pa.types.is_timestamp(col.type):
+        col = pc.divide(col.cast(pa.int64()), 3_600_000_000 if col.type.unit == "us" else 3_600_000_000_000)
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _merge_hours(old: pa.Table | None, fresh: pa.Table, column: str, hours: list[int] | None) -> pa.Table:
+    """A date's table from the rows of its unchanged hours (in `old`) and the recomputed ones
+    (`fresh`, every row of the `hours` recomputed; all of them when None), hour by hour in order.
+
+    Both are sorted hour first, so each hour is a contiguous slice of one or the other, and the
+    result is the table a full rebuild sorts: in one chunk, so its Parquet bytes are the same too.
+    """
+    if old is None or hours is None:
+        return fresh.combine_chunks()
+    old = old.select(fresh.schema.names).cast(fresh.schema)
+    dirty = set(hours)
+    pieces: dict[int, pa.Table] = {}
+    for src, take in ((old, lambda h: h not in dirty), (fresh, lambda h: True)):
+        hs = _hour_no(src, column)
+        if len(hs) == 0:
+            continue
+        cuts = np.flatnonzero(np.diff(hs)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(hs)]])
+        for a, b in zip(starts, ends, strict=True):
+            h = int(hs[a])
+            if take(h):
+                pieces[h] = src.slice(int(a), int(b - a))
+    if not pieces:
+        return fresh.schema.empty_table()
+    return pa.concat_tables([pieces[h] for h in sorted(pieces)]).combine_chunks()

@@ -32,10 +32,19 @@ def committed_files(lake: Lake, kind: str, dates: Iterable[str]) -> list[str]:
     out: list[str] = []
     for day in dates:
         d = lake.table_dir(kind) / f"date={day}"
+        if lake.remote:  # two listings instead of a request per file
+            ticks = set(lake.list_names(lake.table_dir("tick") / f"date={day}"))
+            out += [lake.url(d / n) for n in lake.list_names(d) if n in ticks]
+            continue
         committed = lake.table_dir("tick") / f"date={day}"
         if d.exists():
             out += sorted(str(p) for p in d.glob("*.parquet") if (committed / p.name).exists())
     return out
+
+
+def sample_dates(lake: Lake) -> list[str]:
+    """The dates that hold tick files (committed or crashed batches alike)."""
+    return [n[5:] for n in lake.list_dirs(lake.table_dir("tick")) if n.startswith("date=")]
 
 
 def dates_between(first: date, last: date) -> list[str]:
