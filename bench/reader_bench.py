@@ -25,6 +25,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from decode_bench import fleet_messages  # noqa: E402  (the same messages as the decode bench)
+
 CRATE = REPO / "bench" / "arrow_json_reader"
 TARGET = REPO / "bench" / "out" / "arrow_json_target"
 
@@ -108,18 +112,6 @@ def read_arrow_json(blob: bytes, raws: Any) -> Any:
     workload = cols["slice"].pop("workload")
     wl = dict(zip([f.name for f in workload.type], workload.flatten(), strict=True))
     return top, cols, owners, counts, wl
-
-
-def fleet_messages(n: int) -> list[bytes]:
-    import orjson
-
-    from collector.fleet import SimulatedFleet
-
-    fleet = SimulatedFleet(seed=7)
-    out: list[bytes] = []
-    while len(out) < n:
-        out.extend(orjson.dumps(m) for m in fleet.next_tick())
-    return out[:n]
 
 
 def main() -> None:

@@ -1051,7 +1051,9 @@ def test_hami_scan_failure_does_not_stop_the_agent(caplog: pytest.LogCaptureFixt
     assert caplog.text.count("cannot be scanned") == 1
 
 
-def test_mixed_node_with_churn_stays_valid_every_tick(tmp_path: Path) -> None:
+def mixed_node(tmp_path: Path) -> tuple[Any, Any, FakeGpu, FakeGpu]:
+    """A node with a MIG GPU (with GPM), a HAMi GPU holding two pods' regions and a time-sliced GPU:
+    (fake NVML, backend, the HAMi GPU, the time-sliced GPU), for churn and loss tests."""
     hook = tmp_path / "vgpu"
     for pod, pid in ((POD_A, 100), (POD_B, 102)):
         (hook / "containers" / f"{pod}_main").mkdir(parents=True)
@@ -1075,6 +1077,11 @@ def test_mixed_node_with_churn_stays_valid_every_tick(tmp_path: Path) -> None:
     ts.index, ts.uuid = 2, "GPU-T"
     idents = {**MIG_IDENTS, **TS_IDENTS, 102: ident(102, POD_B)}
     fake, b = make([mig, hami, ts], attributor=StubAttributor(idents), hami_hook_dir=str(hook))
+    return fake, b, hami, ts
+
+
+def test_mixed_node_with_churn_stays_valid_every_tick(tmp_path: Path) -> None:
+    fake, b, hami, ts = mixed_node(tmp_path)
     kinds: list[list[str]] = []
     for k in range(8):
         if k == 3:

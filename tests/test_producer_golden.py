@@ -17,13 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from fake_nvml import GIB, FakeGpu, FakeProcess
-from test_nvml import MIG_IDENTS, POD_A, POD_B, START, TS_IDENTS, StubAttributor, ident, make, mig_gpu, ts_gpu
+from test_nvml import mixed_node
 from test_replay import START as REPLAY_START
 
 from collector.agent import run_collector
 from collector.fleet import SimulatedFleet
-from collector.hami import HamiProcess, SharedRegion, write_shared_region
 from collector.replay import TraceReplay
 from collector.traces import DATA_DIR
 from collector.transport import MemoryTransport
@@ -62,29 +60,7 @@ def replay_bytes() -> list[bytes]:
 
 def nvml_bytes(tmp_path: Path) -> list[bytes]:
     """A mixed node (MIG with GPM, two HAMi regions, time-sliced GPU) with churn and a lost GPU."""
-    hook = tmp_path / "vgpu"
-    for pod, pid in ((POD_A, 100), (POD_B, 102)):
-        (hook / "containers" / f"{pod}_main").mkdir(parents=True)
-        region = SharedRegion(
-            "",
-            pod,
-            "main",
-            1,
-            2,
-            ["GPU-H"],
-            [4 * GIB],
-            [25],
-            [HamiProcess(1, pid, [GIB], [10], 1)],
-            int(START),
-        )
-        write_shared_region(hook / "containers" / f"{pod}_main" / "GPU-H.cache", region)
-    mig = mig_gpu()
-    hami = FakeGpu(1, "GPU-H", util_pct=20)
-    hami.procs = [FakeProcess(100, GIB, 10.0), FakeProcess(102, GIB, 10.0)]
-    ts = ts_gpu()
-    ts.index, ts.uuid = 2, "GPU-T"
-    idents = {**MIG_IDENTS, **TS_IDENTS, 102: ident(102, POD_B)}
-    fake, b = make([mig, hami, ts], attributor=StubAttributor(idents), hami_hook_dir=str(hook))
+    fake, b, hami, ts = mixed_node(tmp_path)
     b.boot_id = "00000000-0000-4000-8000-000000000000"
     out: list[bytes] = []
     for k in range(8):
