@@ -70,16 +70,16 @@ class FleetHistory:
     """Decaying histogram + recent ring + hourly maxima of every slice (row per slice id)."""
 
     def __init__(self, cfg: EnforcerConfig, origin_s: int = 0, rows: int = 0) -> None:
-        self.window_s = int(round(cfg.peak_minutes * 60))
+        self.window_s = round(cfg.peak_minutes * 60)
         self.half_life_s = cfg.half_life_hours * 3600.0
         self.bucket_pct = cfg.bucket_pct
         self.base = 1.0 + cfg.bucket_pct / 100.0
         self.window_days = cfg.window_days
         self.origin_s = int(origin_s) % self.window_s
-        self.n_buckets = int(math.floor(math.log(_MAX_MIB) / math.log(self.base))) + 2
+        self.n_buckets = math.floor(math.log(_MAX_MIB) / math.log(self.base)) + 2
         margin = max(cfg.rollback_hours * 3600.0, 3600.0, cfg.core_window_minutes * 60.0) + 3600.0
-        self.ring = int(math.ceil((24 * 3600.0 + margin) / self.window_s))
-        self.hours = int(math.ceil(cfg.window_days * 24)) + 1
+        self.ring = math.ceil((24 * 3600.0 + margin) / self.window_s)
+        self.hours = math.ceil(cfg.window_days * 24) + 1
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
         self.ref_s: float | None = None
@@ -182,8 +182,10 @@ class FleetHistory:
         rows = self.rows(list(slice_ids))
         start = np.asarray(start_s, dtype=np.int64)
         k = self._k(start)
-        memv = np.array([np.nan if x is None else x for x in mem] if not isinstance(mem, np.ndarray) else mem,
-                        dtype=np.float64)
+        memv = np.array(
+            [np.nan if x is None else x for x in mem] if not isinstance(mem, np.ndarray) else mem,
+            dtype=np.float64,
+        )
         utilv = np.array(
             [np.nan if x is None else x for x in util] if not isinstance(util, np.ndarray) else util,
             dtype=np.float64,
@@ -296,7 +298,7 @@ class FleetHistory:
     def check(self, cfg: EnforcerConfig) -> None:
         """The policy's configuration must be the one this history was built with."""
         if (
-            int(round(cfg.peak_minutes * 60)) != self.window_s
+            round(cfg.peak_minutes * 60) != self.window_s
             or cfg.half_life_hours * 3600.0 != self.half_life_s
             or cfg.bucket_pct != self.bucket_pct
         ):
@@ -414,17 +416,25 @@ class FleetHistory:
     def pinned_fraction(self, row: int, since: datetime, until: datetime) -> float:
         """Pinned ticks / ticks of the slice's windows starting in (since, until]."""
         st = self.start_s(self.slot_w)
-        cols = np.flatnonzero(
-            (self.r_ticks[row] > 0) & (st > since.timestamp()) & (st <= until.timestamp())
-        )
+        cols = np.flatnonzero((self.r_ticks[row] > 0) & (st > since.timestamp()) & (st <= until.timestamp()))
         t = int(self.r_ticks[row, cols].sum(dtype=np.int64))
         return int(self.r_pin[row, cols].sum(dtype=np.int64)) / t if t else 0.0
 
     def nbytes(self) -> int:
         return sum(
             getattr(self, a).nbytes
-            for a in ("w", "n_mem", "first_mem", "first_util", "r_mem", "r_util", "r_ticks", "r_pin",
-                      "r_oom", "h_mem")
+            for a in (
+                "w",
+                "n_mem",
+                "first_mem",
+                "first_util",
+                "r_mem",
+                "r_util",
+                "r_ticks",
+                "r_pin",
+                "r_oom",
+                "h_mem",
+            )
         )
 
 

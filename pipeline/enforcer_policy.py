@@ -80,7 +80,9 @@ class SliceFeatures:
         return self.history.slice_summary(self.row, now, cfg)
 
 
-def with_windows(f: SliceFeatures, wins: Sequence[Window], cfg: EnforcerConfig | None = None) -> SliceFeatures:
+def with_windows(
+    f: SliceFeatures, wins: Sequence[Window], cfg: EnforcerConfig | None = None
+) -> SliceFeatures:
     """`f` with a one-slice history of `wins` (hand-made series in tests and small tools)."""
     h = history_from_windows(cfg or EnforcerConfig(), {f.slice_id: list(wins)})
     return replace(f, history=h, row=h.row(f.slice_id) or 0)
@@ -446,7 +448,8 @@ def _core(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> list[Any]:
     if s.last_core_lower_at is not None and s.core_lower_from is not None:
         at = _t(s.last_core_lower_at)
         h = f.history
-        after = h.pinned_fraction(f.row, at, at + timedelta(hours=cfg.rollback_hours)) if h is not None else 0.0
+        until = at + timedelta(hours=cfg.rollback_hours)
+        after = h.pinned_fraction(f.row, at, until) if h is not None else 0.0
         if after > cfg.core_pinned_frac:
             new = int(s.core_lower_from)
             s.last_core_lower_at, s.core_lower_from = None, None
