@@ -179,7 +179,22 @@ class FleetHistory:
 
         Processed oldest first; a window already folded is replaced; one older than the ring is
         dropped (counted in `dropped`)."""
-        rows = self.rows(list(slice_ids))
+        self.fold_rows(self.rows(list(slice_ids)), start_s, mem, util, ticks, pinned, oom)
+
+    def fold_rows(
+        self,
+        rows: np.ndarray,
+        start_s: Sequence[int] | np.ndarray,
+        mem: Sequence[float | None] | np.ndarray,
+        util: Sequence[float | None] | np.ndarray,
+        ticks: Sequence[int] | np.ndarray,
+        pinned: Sequence[int] | np.ndarray,
+        oom: Sequence[bool] | np.ndarray,
+    ) -> None:
+        """`fold` by row (rows from `rows()`), for callers that keep the rows of their slices."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise ValueError(f"enforcer history: a row outside 0..{self.n - 1}: register slices with rows()")
         start = np.asarray(start_s, dtype=np.int64)
         k = self._k(start)
         memv = np.array(
@@ -237,11 +252,11 @@ class FleetHistory:
         pinned: np.ndarray,
         oom: np.ndarray,
     ) -> None:
-        # the same window twice in one call: the last one counts
-        rev = rows[::-1]
-        _, first = np.unique(rev, return_index=True)
-        keep = np.sort(len(rows) - 1 - first)
-        rows, mem, util, ticks, pinned, oom = (a[keep] for a in (rows, mem, util, ticks, pinned, oom))
+        if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
+            # the same window twice in one call: the last one counts
+            _, first = np.unique(rows[::-1], return_index=True)
+            keep = np.sort(len(rows) - 1 - first)
+            rows, mem, util, ticks, pinned, oom = (a[keep] for a in (rows, mem, util, ticks, pinned, oom))
         self._advance(k)
         if k <= self.head - self.ring:
             self.dropped += len(rows)
