@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpuledger.config import Config
-from pipeline.enforcer_history import FleetHistory
+from pipeline.enforcer_history import NO_WINDOW, FleetHistory
 from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, decide, recheck
 from warehouse.enforcer_audit import append, load_state, save_state
 from warehouse.enforcer_features import latest_slices, windows
@@ -78,8 +78,8 @@ def build_features(meta: Iterable[dict[str, Any]], history: FleetHistory) -> lis
     for m in meta:
         row = history.row(m["slice_id"])
         first = m["first_seen"]
-        k = min(history.first_mem[row], history.first_util[row]) if row is not None else 1 << 62
-        if k < (1 << 61):  # the first window seen, as the windows' list gave it before
+        k = min(history.first_mem[row], history.first_util[row]) if row is not None else NO_WINDOW
+        if k < NO_WINDOW:  # the first window seen, as the windows' list gave it before
             first = min(first, datetime.fromtimestamp(int(history.start_s(k)), UTC))
         out.append(
             SliceFeatures(

@@ -33,6 +33,7 @@ from gpuledger.config import EnforcerConfig
 _CHUNK = 8192  # rows per vectorised step: bounds the temporaries at 100,000 slices
 _MAX_MIB = float(1 << 18)  # the last bucket holds everything from 256 GiB up
 _REBASE_HALF_LIVES = 60.0
+NO_WINDOW = 1 << 40  # window index sentinel: "none" (|k| x window_s stays inside int64)
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,10 @@ class FleetHistory:
         self.ids: dict[str, int] = {}
         self.names: list[str] = []
         self.ref_s: float | None = None
-        self.head = -(1 << 62)  # highest window index folded
-        self.head_h = -(1 << 62)
-        self.slot_w = np.full(self.ring, -(1 << 62), dtype=np.int64)
-        self.slot_h = np.full(self.hours, -(1 << 62), dtype=np.int64)
+        self.head = -NO_WINDOW  # highest window index folded
+        self.head_h = -NO_WINDOW
+        self.slot_w = np.full(self.ring, -NO_WINDOW, dtype=np.int64)
+        self.slot_h = np.full(self.hours, -NO_WINDOW, dtype=np.int64)
         self.dropped = 0  # windows older than the ring when they came
         self._cache: dict[tuple[Any, ...], Summaries] = {}
         self._alloc(max(rows, 1))
@@ -100,8 +101,8 @@ class FleetHistory:
         fields = {
             "w": (np.float64, (self.n_buckets,), 0.0),
             "n_mem": (np.int32, (), 0),
-            "first_mem": (np.int64, (), 1 << 62),
-            "first_util": (np.int64, (), 1 << 62),
+            "first_mem": (np.int64, (), NO_WINDOW),
+            "first_util": (np.int64, (), NO_WINDOW),
             "r_mem": (np.float32, (self.ring,), np.nan),
             "r_util": (np.float32, (self.ring,), np.nan),
             "r_ticks": (np.uint16, (self.ring,), 0),
@@ -346,12 +347,12 @@ class FleetHistory:
             return hit
         now_s = now.timestamp()
         starts = self.start_s(self.slot_w).astype(np.float64)
-        valid = self.slot_w > -(1 << 61)
+        valid = self.slot_w > -NO_WINDOW
         in24 = np.flatnonzero(valid & (starts > now_s - 86400.0) & (starts <= now_s))
         inpin = np.flatnonzero(valid & (starts > now_s - cfg.core_window_minutes * 60.0) & (starts <= now_s))
         hs = self.slot_h.astype(np.float64) * 3600.0
         inh = np.flatnonzero(
-            (self.slot_h > -(1 << 61)) & (hs <= now_s) & (hs + 3600.0 > now_s - cfg.window_days * 86400.0)
+            (self.slot_h > -NO_WINDOW) & (hs <= now_s) & (hs + 3600.0 > now_s - cfg.window_days * 86400.0)
         )
         n = self.n
         max24 = np.full(n, np.nan)
@@ -376,7 +377,7 @@ class FleetHistory:
                 peak[a:b] = np.fmax.reduce(self.h_mem[a:b][:, inh], axis=1)
         first = self.first_mem[:n]
         hist = np.where(
-            first < (1 << 61),
+            first < NO_WINDOW,
             np.minimum((now_s - self.start_s(first)) / 3600.0, cfg.window_days * 24.0),
             np.nan,
         )
@@ -387,7 +388,7 @@ class FleetHistory:
             history_hours=hist,
             core_p95=p95,
             pinned=pinned,
-            util_start_s=np.where(fu < (1 << 61), self.start_s(fu), -1).astype(np.int64),
+            util_start_s=np.where(fu < NO_WINDOW, self.start_s(fu), -1).astype(np.int64),
             peak=peak,
         )
         self._cache = {key: out}
