@@ -67,6 +67,13 @@ def _f(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
+def _f32(x: Any) -> float | None:
+    """A busy % kept as float32, back as the float64 it was written from (shortest float32 repr:
+    12.3 stays 12.3 in the audit, not 12.300000190734863)."""
+    x = float(x)
+    return None if math.isnan(x) else float(str(np.float32(x)))
+
+
 class FleetHistory:
     """Decaying histogram + recent ring + hourly maxima of every slice (row per slice id)."""
 
@@ -401,7 +408,7 @@ class FleetHistory:
             percentile=_f(s.percentile[row]),
             max24=_f(s.max24[row]),
             history_hours=_f(s.history_hours[row]),
-            core_p95=_f(s.core_p95[row]),
+            core_p95=_f32(s.core_p95[row]),
             pinned=float(s.pinned[row]),
             util_start=datetime.fromtimestamp(us, UTC) if us >= 0 else None,
             peak=_f(s.peak[row]),

@@ -167,3 +167,8 @@ def test_bad_input_is_named() -> None:
         h.fold(["a"], [int(NOW.timestamp())], [1.0], [1.0], [0], [0], [False])
     with pytest.raises(ValueError, match="half_life_hours"):
         h.summaries(NOW, dataclasses.replace(C, half_life_hours=12.0))
+
+
+def test_a_busy_percent_comes_back_as_written() -> None:
+    h = hist([Window(at(k), 1000, 12.3 if k == 0 else 0.1) for k in range(3, -1, -1)])
+    assert h.slice_summary(0, NOW, C).core_p95 == 12.3
