@@ -47,9 +47,10 @@ class Summaries:
     pinned: np.ndarray  # pinned ticks / ticks over the last core_window_minutes
     util_start_s: np.ndarray  # start of the first window with a busy %
     peak: np.ndarray  # highest memory peak over window_days (hour granularity)
+    last_oom_s: np.ndarray  # start of the latest suspected out-of-memory window in the ring (-1: none)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SliceSummary:
     """One slice's summaries as Python scalars (None: no data)."""
 
@@ -60,6 +61,7 @@ class SliceSummary:
     pinned: float
     util_start: datetime | None
     peak: float | None
+    last_oom: datetime | None = None
 
 
 def _f(x: Any) -> float | None:
@@ -97,6 +99,7 @@ class FleetHistory:
         self.slot_h = np.full(self.hours, -NO_WINDOW, dtype=np.int64)
         self.dropped = 0  # windows older than the ring when they came
         self._cache: dict[tuple[Any, ...], Summaries] = {}
+        self._memo: dict[int, SliceSummary] = {}
         self._alloc(max(rows, 1))
         self.n = 0
 
@@ -366,6 +369,8 @@ class FleetHistory:
         p95 = np.full(n, np.nan)
         pinned = np.zeros(n)
         peak = np.full(n, np.nan)
+        last_oom = np.full(n, -1, dtype=np.int64)
+        upto = np.flatnonzero(valid & (starts <= now_s))
         for a in range(0, n, _CHUNK):
             b = min(n, a + _CHUNK)
             if len(in24):
@@ -382,6 +387,10 @@ class FleetHistory:
                 pinned[a:b] = np.where(t > 0, pn / np.maximum(t, 1), 0.0)
             if len(inh):
                 peak[a:b] = np.fmax.reduce(self.h_mem[a:b][:, inh], axis=1)
+            if len(upto):
+                hit = self.r_oom[a:b][:, upto] & (self.r_ticks[a:b][:, upto] > 0)
+                st = self.start_s(self.slot_w[upto])
+                last_oom[a:b] = np.where(hit, st[None, :], -1).max(axis=1)
         first = self.first_mem[:n]
         hist = np.where(
             first < NO_WINDOW,
@@ -397,14 +406,19 @@ class FleetHistory:
             pinned=pinned,
             util_start_s=np.where(fu < NO_WINDOW, self.start_s(fu), -1).astype(np.int64),
             peak=peak,
+            last_oom_s=last_oom,
         )
         self._cache = {key: out}
+        self._memo: dict[int, SliceSummary] = {}
         return out
 
     def slice_summary(self, row: int, now: datetime, cfg: EnforcerConfig) -> SliceSummary:
         s = self.summaries(now, cfg)
-        us = int(s.util_start_s[row])
-        return SliceSummary(
+        hit = self._memo.get(row)
+        if hit is not None:
+            return hit
+        us, lo = int(s.util_start_s[row]), int(s.last_oom_s[row])
+        hit = self._memo[row] = SliceSummary(
             percentile=_f(s.percentile[row]),
             max24=_f(s.max24[row]),
             history_hours=_f(s.history_hours[row]),
@@ -412,7 +426,9 @@ class FleetHistory:
             pinned=float(s.pinned[row]),
             util_start=datetime.fromtimestamp(us, UTC) if us >= 0 else None,
             peak=_f(s.peak[row]),
+            last_oom=datetime.fromtimestamp(lo, UTC) if lo >= 0 else None,
         )
+        return hit
 
     # -- rare per-slice queries (the slice's ring row) ----------------------------------------
 

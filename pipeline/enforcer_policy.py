@@ -381,7 +381,8 @@ def _memory(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> list[Any
     # 1. a suspected out-of-memory: rollback if it follows our shrink, grow in any case
     last = _t(s.last_oom_window) if s.last_oom_window else None
     h = f.history
-    ooms = h.oom_windows(f.row, last, now) if h is not None and f.row >= 0 else []
+    seen = f.summary(now, cfg).last_oom  # the latest OOM window: the ring is read only past it
+    ooms = h.oom_windows(f.row, last, now) if h is not None and seen and (last is None or seen > last) else []
     if ooms:
         s.last_oom_window = _iso(max(ooms))
         peak = h.last_peak(f.row, now, 3) if h is not None else 0
