@@ -18,9 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpuledger.config import Config
-from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, Window, decide, recheck
+from pipeline.enforcer_history import NO_WINDOW, FleetHistory
+from pipeline.enforcer_policy import Decision, PolicyState, SliceFeatures, decide, recheck
 from warehouse.enforcer_audit import append, load_state, save_state
 from warehouse.enforcer_features import latest_slices, windows
 from warehouse.lake import Lake
@@ -53,24 +56,31 @@ def to_message(d: Decision) -> dict[str, Any]:
     return {"schema": DECISION_SCHEMA_ID, **m}
 
 
-def build_features(meta: Iterable[dict[str, Any]], wins: Iterable[dict[str, Any]]) -> list[SliceFeatures]:
-    """SliceFeatures from latest_slices() rows and windows() rows."""
-    by: dict[str, list[Window]] = {}
-    for w in wins:
-        by.setdefault(w["slice_id"], []).append(
-            Window(
-                w["w_start"],
-                w["mem_peak_mib"],
-                w["util_max"],
-                w["ticks"],
-                w["pinned_ticks"],
-                w["oom_suspect"],
-            )
-        )
+def fold_table(history: FleetHistory, wins: pa.Table) -> None:
+    """Fold windows() rows (an Arrow table) into the history, column-wise."""
+    if wins.num_rows == 0:
+        return
+    starts = pc.divide(pc.cast(pc.cast(wins["w_start"], pa.timestamp("us", tz="UTC")), pa.int64()), 1_000_000)
+    history.fold(
+        wins["slice_id"].to_pylist(),
+        starts.to_numpy(zero_copy_only=False),
+        pc.cast(wins["mem_peak_mib"], pa.float64()).to_numpy(zero_copy_only=False),
+        pc.cast(wins["util_max"], pa.float64()).to_numpy(zero_copy_only=False),
+        wins["ticks"].to_numpy(zero_copy_only=False),
+        wins["pinned_ticks"].to_numpy(zero_copy_only=False),
+        pc.fill_null(wins["oom_suspect"], False).to_numpy(zero_copy_only=False),
+    )
+
+
+def build_features(meta: Iterable[dict[str, Any]], history: FleetHistory) -> list[SliceFeatures]:
+    """SliceFeatures from latest_slices() rows, each pointing at its row of the history."""
     out = []
     for m in meta:
-        ws = tuple(by.get(m["slice_id"], ()))
-        first = min([m["first_seen"], *(w.start for w in ws)])
+        row = history.row(m["slice_id"])
+        first = m["first_seen"]
+        k = min(history.first_mem[row], history.first_util[row]) if row is not None else NO_WINDOW
+        if k < NO_WINDOW:  # the first window seen, as the windows' list gave it before
+            first = min(first, datetime.fromtimestamp(int(history.start_s(k)), UTC))
         out.append(
             SliceFeatures(
                 slice_id=m["slice_id"],
@@ -92,7 +102,8 @@ def build_features(meta: Iterable[dict[str, Any]], wins: Iterable[dict[str, Any]
                 memory_slices=m["memory_slices"],
                 gpu_memory_slices=m["gpu_memory_slices"],
                 replicas=m["replicas"],
-                windows=ws,
+                history=history,
+                row=-1 if row is None else row,
             )
         )
     return out
@@ -105,9 +116,21 @@ class Enforcer:
         self.cfg = cfg
         self.lake = Lake(cfg.lake.path, cfg.lake.zstd_level)
         self.send = send
+        self.history: FleetHistory | None = None
+        self.folded_at: datetime | None = None
 
     def features(self, now: datetime) -> list[SliceFeatures]:
+        """The slices' features at `now`. The history is kept between cycles: built from
+        `window_days` of windows at first use (or when the clock goes back), afterwards only the
+        windows since the start of the previous cycle's day are folded again (late ticks of the
+        day replace what was folded; windows are idempotent)."""
         e = self.cfg.enforcer
+        since = None
+        if self.history is None or self.folded_at is None or now < self.folded_at:
+            self.history = FleetHistory(e)
+        else:
+            day = datetime.combine(self.folded_at.astimezone(UTC).date(), datetime.min.time(), UTC)
+            since = day - timedelta(seconds=1)
         wins = windows(
             self.lake,
             now,
@@ -115,9 +138,12 @@ class Enforcer:
             window_s=int(e.peak_minutes * 60),
             pinned_points=e.core_pinned_points,
             near_cap_frac=e.oom_near_cap_frac,
+            since=since,
         )
+        fold_table(self.history, wins)
+        self.folded_at = now
         meta = latest_slices(self.lake, now, self.cfg.tenants.rules, self.cfg.tenants.default)
-        return build_features(meta, wins.to_pylist())
+        return build_features(meta, self.history)
 
     def cycle(self, now: datetime) -> dict[str, Any]:
         """One policy cycle; returns counts for the job log."""

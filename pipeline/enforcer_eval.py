@@ -37,14 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuledger.config import EnforcerConfig
-from pipeline.enforcer_policy import (
-    PolicyState,
-    SliceFeatures,
-    Window,
-    decaying_percentile,
-    decide,
-    round_up,
-)
+from pipeline.enforcer_history import FleetHistory
+from pipeline.enforcer_policy import PolicyState, SliceFeatures, decide, round_up
 
 MIB = 1 << 20
 METHODS = ("static", "policy", "vpa", "oracle")
@@ -146,11 +140,11 @@ def pack(items: Sequence[tuple[float, float]], mem_cap: float, core_cap: float =
 class _Pod:
     """Replay state of one pod under one method."""
 
-    __slots__ = ("changes", "core_cap", "cur", "first_mem", "last_dir", "mem_cap", "violating", "windows")
+    __slots__ = ("changes", "closed", "core_cap", "cur", "first_mem", "last_dir", "mem_cap", "violating")
 
     def __init__(self, mem_cap: float, core_cap: float) -> None:
         self.mem_cap, self.core_cap = mem_cap, core_cap
-        self.windows: list[Window] = []
+        self.closed: list[dict[str, Any]] = []  # windows closed since the last fold
         self.cur: dict[str, Any] | None = None  # the open window
         self.violating = False
         self.changes = 0
@@ -195,10 +189,9 @@ def evaluate(
     return out
 
 
-def _features(series: Series, p: int, pod: _Pod, s: int, now: datetime, observed: float) -> SliceFeatures:
-    wins = list(pod.windows)
-    if pod.cur is not None:
-        wins.append(_close(pod.cur))
+def _features(
+    series: Series, p: int, pod: _Pod, hist: FleetHistory, now: datetime, observed: float
+) -> SliceFeatures:
     first = series.life[p][0]
     name = series.pods[p]
     return SliceFeatures(
@@ -216,19 +209,36 @@ def _features(series: Series, p: int, pod: _Pod, s: int, now: datetime, observed
         core_cap_pct=float(pod.core_cap),
         mem_used_mib=int(observed),
         gpu_mem_total_mib=series.gpu_mem_mib,
-        windows=tuple(wins),
+        history=hist,
+        row=int(hist.rows([name])[0]),
     )
 
 
-def _close(cur: dict[str, Any]) -> Window:
-    return Window(
-        start=cur["start"],
-        mem_peak_mib=int(cur["mem"]),
-        util_max=cur["util"],
-        ticks=cur["ticks"],
-        pinned_ticks=cur["pinned"],
-        oom_suspect=cur["oom"],
-    )
+def _fold(series: Series, live: list[tuple[int, _Pod]], hists: Sequence[tuple[FleetHistory, str]]) -> None:
+    """Each live pod's windows closed since the last cycle and its open one (folded again every
+    cycle as it fills: a re-folded window replaces itself) into the method's histories; `hists`
+    pairs a history with the window value it takes as its memory peak ("mem" or "util")."""
+    ids: list[str] = []
+    starts: list[int] = []
+    vals: dict[str, list[float]] = {"mem": [], "util": []}
+    ticks: list[int] = []
+    pinned: list[int] = []
+    oom: list[bool] = []
+    for p, pd in live:
+        wins = pd.closed + ([pd.cur] if pd.cur is not None else [])
+        pd.closed = []
+        for w in wins:
+            ids.append(series.pods[p])
+            starts.append(int(w["start"].timestamp()))
+            vals["mem"].append(float(int(w["mem"])))
+            vals["util"].append(float(w["util"]))
+            ticks.append(w["ticks"])
+            pinned.append(w["pinned"])
+            oom.append(w["oom"])
+    if not ids:
+        return
+    for h, what in hists:
+        h.fold(ids, starts, vals[what], vals["util"], ticks, pinned, oom)
 
 
 def _change(r: Result, pod: _Pod, resource: str, old: float, new: float) -> None:
@@ -259,6 +269,9 @@ def _run(
     npods = len(series.pods)
     pods: list[_Pod | None] = [None] * npods
     state = PolicyState()
+    origin = int(EPOCH.timestamp())
+    hist = FleetHistory(cfg, origin_s=origin)
+    vmem, vbusy = FleetHistory(vcfg, origin_s=origin), FleetHistory(vcfg, origin_s=origin)
     reclaimed_mib_steps = 0.0
     slack_sum = 0.0
     pod_steps = viol = throttled = 0
@@ -294,7 +307,7 @@ def _run(
             cur = pod.cur
             if cur is None or cur["start"] != wstart:
                 if cur is not None:
-                    pod.windows.append(_close(cur))
+                    pod.closed.append(cur)
                 cur = pod.cur = {
                     "start": wstart,
                     "mem": 0.0,
@@ -311,11 +324,6 @@ def _run(
             cur["ticks"] += 1
             cur["pinned"] += 1 if busy >= pod.core_cap - cfg.core_pinned_points else 0
             cur["oom"] = cur["oom"] or over
-            if len(pod.windows) > 1 and pod.windows[0].start <= now - timedelta(days=cfg.window_days):
-                pod.windows.pop(0)
-        for p in range(npods):  # pods that ended drop their windows
-            if pods[p] is not None and s > series.life[p][1]:
-                pods[p].windows = []
         if s % every != 0:
             continue
         cycles += 1
@@ -337,10 +345,15 @@ def _run(
                     pd.mem_cap, pd.core_cap = fut_mem[p][s + 1], fut_busy[p][s + 1]
             continue
         if method == "vpa":
-            for _, pd in live:
-                _vpa(r, vcfg, pd, now, total)
+            _fold(series, live, ((vmem, "mem"), (vbusy, "util")))
+            names = [series.pods[p] for p, _ in live]
+            mems = vmem.percentiles(vcfg.percentile, vmem.rows(names))
+            busys = vbusy.percentiles(vcfg.percentile, vbusy.rows(names))
+            for (_, pd), m, b in zip(live, mems, busys, strict=True):
+                _vpa(r, vcfg, pd, float(m), float(b), total)
             continue
-        feats = [_features(series, p, pd, s, now, observed[p]) for p, pd in live]
+        _fold(series, live, ((hist, "mem"),))
+        feats = [_features(series, p, pd, hist, now, observed[p]) for p, pd in live]
         decisions, state = decide(state, feats, now, cfg)
         for d in decisions:
             if not d.send:
@@ -384,19 +397,15 @@ def _by_name(series: Series, pods: list[_Pod | None], name: str) -> _Pod:
     return pod
 
 
-def _vpa(r: Result, vcfg: EnforcerConfig, pd: _Pod, now: datetime, total: float) -> None:
-    wins = list(pd.windows)
-    if pd.cur is not None:
-        wins.append(_close(pd.cur))
-    mem = decaying_percentile([(w.start, float(w.mem_peak_mib or 0)) for w in wins], now, vcfg)
-    busy = decaying_percentile([(w.start, float(w.util_max or 0)) for w in wins], now, vcfg)
-    if mem is None:
+def _vpa(r: Result, vcfg: EnforcerConfig, pd: _Pod, mem: float, busy: float, total: float) -> None:
+    """VPA's step for one pod from the decaying percentiles of its peaks and busy % (NaN: none)."""
+    if math.isnan(mem):
         return
     want = min(float(round_up(max(mem * (1 + vcfg.margin), 1.0), vcfg.round_mib)), total)
     if want > pd.mem_cap or (pd.mem_cap - want) / pd.mem_cap >= vcfg.shrink_min_change:
         _change(r, pd, "memory", pd.mem_cap, want)
         pd.mem_cap = want
-    if busy is not None:
+    if not math.isnan(busy):
         cwant = float(min(100, max(vcfg.core_min_pct, math.ceil(busy * (1 + vcfg.margin)))))
         if cwant > pd.core_cap or (pd.core_cap - cwant) / pd.core_cap >= vcfg.shrink_min_change:
             _change(r, pd, "core", pd.core_cap, cwant)

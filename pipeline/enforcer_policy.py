@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from gpuledger.config import ENFORCER_MODES, EnforcerConfig
+from pipeline.enforcer_history import FleetHistory, SliceSummary, history_from_windows
+
+_EMPTY = SliceSummary(None, None, None, None, 0.0, None, None)
 
 MODE_RANK = {m: i for i, m in enumerate(ENFORCER_MODES)}  # off < recommend < grow-only < enforce
 SHRINKS = ("shrink", "lower")
@@ -29,7 +32,8 @@ MIG_MEMORY_SLICES = (1, 2, 4, 8)  # memory slices of the MIG profiles of 7g/8-sl
 
 @dataclass(frozen=True)
 class Window:
-    """One peak window (`peak_minutes`) of one slice, as warehouse/enforcer_features.py computes it."""
+    """One peak window (`peak_minutes`) of one slice, as warehouse/enforcer_features.py computes it:
+    what is folded into the history (pipeline/enforcer_history.py)."""
 
     start: datetime
     mem_peak_mib: int | None  # highest use in the window
@@ -41,7 +45,8 @@ class Window:
 
 @dataclass(frozen=True)
 class SliceFeatures:
-    """What the policy knows of one slice: its last sample and its windows (oldest first)."""
+    """What the policy knows of one slice: its last sample, and its row in the fleet's history
+    (pipeline/enforcer_history.py), whose summaries are computed once per cycle for all slices."""
 
     slice_id: str
     cluster: str
@@ -62,11 +67,25 @@ class SliceFeatures:
     memory_slices: int | None = None
     gpu_memory_slices: int | None = None
     replicas: int | None = None
-    windows: tuple[Window, ...] = ()
+    history: FleetHistory | None = None
+    row: int = -1
 
     @property
     def pool(self) -> str:
         return f"{self.cluster}/{self.model}"
+
+    def summary(self, now: datetime, cfg: EnforcerConfig) -> SliceSummary:
+        if self.history is None or self.row < 0:
+            return _EMPTY
+        return self.history.slice_summary(self.row, now, cfg)
+
+
+def with_windows(
+    f: SliceFeatures, wins: Sequence[Window], cfg: EnforcerConfig | None = None
+) -> SliceFeatures:
+    """`f` with a one-slice history of `wins` (hand-made series in tests and small tools)."""
+    h = history_from_windows(cfg or EnforcerConfig(), {f.slice_id: list(wins)})
+    return replace(f, history=h, row=h.row(f.slice_id) or 0)
 
 
 @dataclass
@@ -160,45 +179,15 @@ def floor_mib(used: int | None, cfg: EnforcerConfig, guarantee: int = 0) -> int:
     return int(max(u + max(cfg.floor_mib, cfg.floor_frac * u), cfg.min_cap_mib, guarantee))
 
 
-def decaying_percentile(
-    points: Iterable[tuple[datetime, float]], now: datetime, cfg: EnforcerConfig
-) -> float | None:
-    """The `percentile` of a decaying histogram of (time, value) points, as a bucket's upper bound.
-
-    Buckets grow by `bucket_pct` each from 1 MiB (value v falls in bucket floor(log_{1+b} v));
-    a point weighs 2^(-age / half_life); points older than `window_days` are out. The bucket's
-    upper bound is returned, so the result is never below the true percentile.
-    """
-    base = 1.0 + cfg.bucket_pct / 100.0
-    horizon = now - timedelta(days=cfg.window_days)
-    weights: dict[int, float] = {}
-    for t, v in points:
-        if t <= horizon or t > now or v is None:
-            continue
-        i = 0 if v <= 1 else math.floor(math.log(v) / math.log(base))
-        w = 2.0 ** (-(now - t).total_seconds() / (cfg.half_life_hours * 3600.0))
-        weights[i] = weights.get(i, 0.0) + w
-    total = sum(weights.values())
-    if total <= 0:
-        return None
-    need, acc = cfg.percentile / 100.0 * total, 0.0
-    for i in sorted(weights):
-        acc += weights[i]
-        if acc >= need * (1 - 1e-12):
-            return base ** (i + 1)
-    return base ** (max(weights) + 1)
-
-
 def memory_recommendation(f: SliceFeatures, now: datetime, cfg: EnforcerConfig) -> dict[str, Any] | None:
     """max(P98, 24 h max) x (1 + margin), rounded up to round_mib; with its inputs. None: no data."""
-    pts = [(w.start, float(w.mem_peak_mib)) for w in f.windows if w.mem_peak_mib is not None]
-    p = decaying_percentile(pts, now, cfg)
+    s = f.summary(now, cfg)
+    p = s.percentile
     if p is None:
         return None
-    day = now - timedelta(hours=24)
-    max24 = max((v for t, v in pts if day < t <= now), default=0.0)
+    max24 = s.max24 or 0.0
     raw = max(p, max24) * (1.0 + cfg.margin)
-    history_h = (now - min(t for t, _ in pts)).total_seconds() / 3600.0
+    history_h = s.history_hours or 0.0
     return {
         "percentile_mib": round(p, 1),
         "max24_mib": int(max24),
@@ -241,26 +230,6 @@ def decision_id(slice_id: str, resource: str, action: str, old: int, new: int, n
     """Deterministic: the same inputs give the same id, so a re-run never makes a second decision."""
     key = f"{slice_id}|{resource}|{action}|{old}|{new}|{_iso(now)}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def core_p95(windows: Sequence[Window], now: datetime, hours: float = 24.0) -> float | None:
-    """95th percentile (nearest rank) of the windows' highest busy % over the last `hours`:
-    window maxima, not ticks, so it errs towards a higher value (less lowering)."""
-    since = now - timedelta(hours=hours)
-    vals = sorted(w.util_max for w in windows if w.util_max is not None and since < w.start <= now)
-    if not vals:
-        return None
-    return vals[max(0, math.ceil(0.95 * len(vals)) - 1)]
-
-
-def pinned_fraction(windows: Sequence[Window], since: datetime, until: datetime) -> float:
-    """Share of ticks in (since, until] whose busy % was at or above the core cap minus the points."""
-    ticks = pinned = 0
-    for w in windows:
-        if since < w.start <= until:
-            ticks += w.ticks
-            pinned += w.pinned_ticks
-    return pinned / ticks if ticks else 0.0
 
 
 # -- the policy -------------------------------------------------------------------------------
@@ -411,16 +380,18 @@ def _memory(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> list[Any
         return []
     # 1. a suspected out-of-memory: rollback if it follows our shrink, grow in any case
     last = _t(s.last_oom_window) if s.last_oom_window else None
-    ooms = [w for w in f.windows if w.oom_suspect and (last is None or w.start > last) and w.start <= now]
+    h = f.history
+    seen = f.summary(now, cfg).last_oom  # the latest OOM window: the ring is read only past it
+    ooms = h.oom_windows(f.row, last, now) if h is not None and seen and (last is None or seen > last) else []
     if ooms:
-        s.last_oom_window = _iso(max(w.start for w in ooms))
-        peak = max((w.mem_peak_mib or 0) for w in f.windows[-3:]) if f.windows else 0
+        s.last_oom_window = _iso(max(ooms))
+        peak = h.last_peak(f.row, now, 3) if h is not None else 0
         grown = round_up(max(cfg.oom_factor * max(cap, peak), cap + cfg.oom_extra_mib), cfg.round_mib)
         s.no_shrink_until = _iso(now + timedelta(hours=cfg.oom_no_shrink_hours))
         regression = False
         if s.last_shrink_at is not None and s.shrink_from is not None:
             at = _t(s.last_shrink_at)
-            if any(at < w.start <= at + timedelta(hours=cfg.rollback_hours) for w in ooms):
+            if any(at < w <= at + timedelta(hours=cfg.rollback_hours) for w in ooms):
                 regression = True
         action, reason = "grow", "suspected out-of-memory"
         if regression:
@@ -471,13 +442,16 @@ def _core(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> list[Any]:
         return []  # core 0: no reservation, nothing to cap
     note = "applies at restart: HAMi-core reads sm_limit once per process start"
     requested = s.requested_core_pct or cap
-    since = now - timedelta(minutes=cfg.core_window_minutes)
-    pinned = pinned_fraction(f.windows, since, now)
-    p95 = core_p95(f.windows, now)
+    summ = f.summary(now, cfg)
+    pinned = summ.pinned
+    p95 = summ.core_p95
     inputs = {"pinned_fraction": round(pinned, 4), "p95_util_pct": p95, "requested_pct": requested}
     if s.last_core_lower_at is not None and s.core_lower_from is not None:
         at = _t(s.last_core_lower_at)
-        if pinned_fraction(f.windows, at, at + timedelta(hours=cfg.rollback_hours)) > cfg.core_pinned_frac:
+        h = f.history
+        until = at + timedelta(hours=cfg.rollback_hours)
+        after = h.pinned_fraction(f.row, at, until) if h is not None else 0.0
+        if after > cfg.core_pinned_frac:
             new = int(s.core_lower_from)
             s.last_core_lower_at, s.core_lower_from = None, None
             _regress(cyc, f.tenant)
@@ -491,8 +465,8 @@ def _core(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> list[Any]:
             reason = f"pinned in {pinned:.0%} of the last {cfg.core_window_minutes:g} min"
             _record(cyc, s, cyc.emit(f, mode, "core", "raise", int(cap), new, reason, inputs, note))
         return []
-    hist = [w for w in f.windows if w.util_max is not None]
-    if p95 is None or not hist or (now - hist[0].start).total_seconds() < cfg.shrink_min_history_hours * 3600:
+    first = summ.util_start
+    if p95 is None or first is None or (now - first).total_seconds() < cfg.shrink_min_history_hours * 3600:
         return []
     if p95 >= cfg.core_lower_p95_frac * cap:
         return []
@@ -547,11 +521,11 @@ def _rightsize(cyc: _Cycle, f: SliceFeatures, s: SliceState, mode: str) -> None:
     """MIG and time-sliced slices: the smallest MIG memory-slice count, or the largest replica count,
     that would have held the observed peak with the margin. A recommendation only, never sent."""
     cfg, now = cyc.cfg, cyc.now
-    pts = [w.mem_peak_mib for w in f.windows if w.mem_peak_mib is not None and w.start <= now]
-    if not pts:
+    peak = f.summary(now, cfg).peak
+    if peak is None:
         return
-    need = max(pts) * (1 + cfg.margin)
-    inputs = {"peak_mib": max(pts), "need_mib": round(need, 1)}
+    need = peak * (1 + cfg.margin)
+    inputs = {"peak_mib": int(peak), "need_mib": round(need, 1)}
     if f.kind == "mig" and f.memory_slices and f.gpu_memory_slices and f.mem_cap_mib:
         per = f.mem_cap_mib / f.memory_slices
         fits = [k for k in MIG_MEMORY_SLICES if k <= f.gpu_memory_slices and k * per >= need]

@@ -157,3 +157,34 @@ def test_latest_slices_last_sample_and_tenant(tmp_path: Path) -> None:
     assert latest_slices(lake, now - timedelta(minutes=15), hours=0.05)[0]["last_ts"] == START + timedelta(
         minutes=5
     )
+
+
+def test_enforcer_history_kept_between_cycles_equals_a_cold_start(tmp_path: Path) -> None:
+    """The job folds only the windows since the previous cycle's day into the history it keeps;
+    across midnight and with a late tick of the day, its summaries equal a fresh build's."""
+    import numpy as np
+
+    from gpuledger.config import Config
+    from pipeline.enforcer import Enforcer
+
+    lake = Lake(tmp_path)
+    msgs = series()
+    write(lake, msgs[:5])  # 23:51..23:55
+    cfg = Config()
+    cfg.lake.path = str(tmp_path)
+    kept = Enforcer(cfg)
+    t1 = START + timedelta(minutes=6)
+    kept.features(t1)
+    write(lake, msgs[5:])  # the rest, over midnight
+    late = tick(-9, 7000, 49.0)  # 23:41, a late tick of yesterday
+    late["seq"] = 1000
+    write(lake, [late])
+    t2 = START + timedelta(minutes=20)
+    (f,) = kept.features(t2)
+    (g,) = Enforcer(cfg).features(t2)
+    a, b = f.summary(t2, cfg.enforcer), g.summary(t2, cfg.enforcer)
+    assert a == b
+    assert (a.max24, a.core_p95, a.last_oom) == (9900.0, 49.0, START + timedelta(minutes=5))
+    assert f.first_seen == g.first_seen == START - timedelta(minutes=10)
+    assert kept.history is not None and g.history is not None
+    assert np.allclose(kept.history.w[:1] / kept.history.w[:1].sum(), g.history.w[:1] / g.history.w[:1].sum())

@@ -12,13 +12,13 @@ from pipeline.enforcer_policy import (
     PolicyState,
     SliceFeatures,
     Window,
-    decaying_percentile,
     decide,
     effective_mode,
     floor_mib,
     memory_recommendation,
     recheck,
     round_up,
+    with_windows,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -48,7 +48,7 @@ def vgpu(
 ) -> SliceFeatures:
     """A HAMi slice whose last sample is its last window's (NOW without windows)."""
     last_ts = last_ts or (wins[-1].start if wins else NOW)
-    return SliceFeatures(
+    f = SliceFeatures(
         slice_id=sid,
         cluster="c1",
         node="n1",
@@ -65,8 +65,15 @@ def vgpu(
         gpu_mem_total_mib=81_920,
         pod_uid="pod-a",
         container="main",
-        windows=wins,
     )
+    return with_windows(f, wins)
+
+
+def decaying_percentile(points, now, c):
+    """The history's percentile of hand-made (time, value) points (one slice, 5-minute grid)."""
+    wins = [Window(t, v, None) for t, v in sorted(points)]
+    f = with_windows(vgpu(), wins, c) if wins else vgpu()
+    return f.summary(now, c).percentile
 
 
 def cfg(**kw) -> EnforcerConfig:
@@ -104,8 +111,8 @@ def test_percentile_is_the_bucket_upper_bound_and_old_points_decay() -> None:
     assert decaying_percentile(pts, NOW, c) > 5000.0  # 0.5 + ~0.51 > 1: old points still win
     pts = [(NOW - timedelta(hours=48), 5000.0), (NOW, 1000.0)]
     assert decaying_percentile(pts, NOW, c) < 1050.0  # 0.25 < 1: the recent one is the median
-    # outside the 8-day window: ignored
-    assert decaying_percentile([(NOW - timedelta(days=8, seconds=1), 9.0)], NOW, c) is None
+    # decay-only: a point older than the 8-day window still counts, at 2^-8 of a fresh one
+    assert 9.0 <= decaying_percentile([(NOW - timedelta(days=8, minutes=5), 9.0)], NOW, c) < 9.0 * 1.05
 
 
 def test_recommendation_is_max_of_percentile_and_24h_max_with_margin() -> None:
@@ -239,7 +246,7 @@ def test_fleet_budget_10_percent_of_pool_per_hour() -> None:
     fs2 = [dataclasses.replace(f, last_ts=t) for f in fs2]
     assert [d for d in mem(decide(st, fs2, t, cfg())[0]) if d.send] == []
     t = NOW + timedelta(minutes=61)
-    fs3 = [dataclasses.replace(f, last_ts=t, windows=windows(48, end=t)) for f in fs2]
+    fs3 = [with_windows(dataclasses.replace(f, last_ts=t), windows(48, end=t)) for f in fs2]
     assert len([d for d in mem(decide(st, fs3, t, cfg())[0]) if d.send]) == 2
 
 
@@ -333,7 +340,7 @@ def test_core_lowered_slowly_when_p95_below_60_percent() -> None:
     (d,) = core(decide(PolicyState(), [shrinkable(core=50.0, wins=windows(48, util=27.0))], NOW, cfg())[0])
     assert d.new_cap == 45
     t = NOW + timedelta(hours=5)
-    f2 = dataclasses.replace(f, core_cap_pct=40.0, last_ts=t, windows=windows(48, util=12.0, end=t))
+    f2 = with_windows(dataclasses.replace(f, core_cap_pct=40.0, last_ts=t), windows(48, util=12.0, end=t))
     assert core(decide(st, [f2], t, cfg(budget_frac=1.0))[0]) == []  # once per 6 h
 
 
@@ -382,7 +389,7 @@ def test_mig_and_timeslice_get_rightsizing_only() -> None:
     # 81,920 // 17,250 = 4 replicas: not more than now -> nothing; at 10,000 MiB peak -> 7
     assert "timeslice_replicas" not in by
     assert all(not d.send and d.action == "rightsize" for d in ds)
-    ts2 = dataclasses.replace(ts, windows=windows(2, peak=10_000))
+    ts2 = with_windows(ts, windows(2, peak=10_000))
     (d,) = decide(PolicyState(), [ts2], NOW, cfg())[0]
     assert (d.old_cap, d.new_cap) == (4, 7)
     # the same recommendation is not written again next cycle

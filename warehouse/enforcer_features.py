@@ -101,12 +101,17 @@ def windows(
     window_s: int = 300,
     pinned_points: float = 5.0,
     near_cap_frac: float = 0.95,
+    since: datetime | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """The windows of every slice over the last `days` up to `now`: closed days from their rollup
-    (written on first use, rewritten when the day's committed files change), today from samples."""
+    (written on first use, rewritten when the day's committed files change), today from samples.
+    `since`: only windows starting after it (the enforcer's steady cycles fold only those)."""
     con = con or duckdb.connect()
-    first = (now - timedelta(days=days)).date()
+    lo = now - timedelta(days=days)
+    if since is not None and since > lo:
+        lo = since
+    first = lo.astimezone(UTC).date()
     parts: list[pa.Table] = []
     today = now.astimezone(UTC).date().isoformat()
     for day in dates_between(first, now.astimezone(UTC).date()):
@@ -129,9 +134,8 @@ def windows(
             .cast(WINDOW_SCHEMA)
         )
     t = pa.concat_tables(parts) if parts else WINDOW_SCHEMA.empty_table()
-    since = now - timedelta(days=days)
     return con.sql(
-        f"SELECT * FROM t WHERE w_start > {lit(since.isoformat())}::TIMESTAMPTZ "
+        f"SELECT * FROM t WHERE w_start > {lit(lo.isoformat())}::TIMESTAMPTZ "
         f"AND w_start <= {lit(now.isoformat())}::TIMESTAMPTZ ORDER BY slice_id, w_start"
     ).to_arrow_table()
 
