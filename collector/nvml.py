@@ -31,12 +31,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from collector.readings import (
+    GPM_METRICS,
+    Clocks,
     GpuFault,
     GpuReading,
     MigReading,
     NvmlQuery,
     ProcessListGrowing,
     ProcReading,
+    Prof,
     integrate_process_util,
     integrate_samples,
     pct,
@@ -97,6 +100,8 @@ class _Gpu:
     __slots__ = (
         "energy_mj",
         "gpm",
+        "gpm_prev",
+        "gpm_spare",
         "gpu_compute_slices",
         "gpu_memory_slices",
         "handle",
@@ -119,6 +124,8 @@ class _Gpu:
         self.mig_mode = False
         self.mig: list[_Mig] = []
         self.gpm = False
+        self.gpm_prev: Any = None  # the whole GPU's GPM sample at the previous tick
+        self.gpm_spare: Any = None
         self.gpu_compute_slices = 7
         self.gpu_memory_slices = 8
         self.unsupported: set[str] = set()
@@ -252,13 +259,17 @@ class NvmlBackend(TickSource):
         g.rescan_at = now + self.rescan_s
         mode = q.call("nvmlDeviceGetMigMode", g.handle, unsupported=g.unsupported)
         mig_mode = bool(mode and mode[0] == self.lib.NVML_DEVICE_MIG_ENABLE)
+        sup = q.call("nvmlGpmQueryDeviceSupport", g.handle, unsupported=g.unsupported)
+        g.gpm = bool(sup is not None and sup.isSupportedDevice)
+        if not g.gpm:
+            self._drop_gpm(g)
+        elif g.gpm_prev is None:  # the first tick's profiling covers (this sample, first tick]
+            g.gpm_prev = self._gpm_sample(g, None)
         if not mig_mode:
             self._drop_mig(g)
             g.mig_mode = False
             return
         g.mig_mode = True
-        sup = q.call("nvmlGpmQueryDeviceSupport", g.handle, unsupported=g.unsupported)
-        g.gpm = bool(sup is not None and sup.isSupportedDevice)
         info = self._try(q, "nvmlDeviceGetGpuInstanceProfileInfo", g.handle, self._profile(7))
         if info is None:
             info4 = self._try(q, "nvmlDeviceGetGpuInstanceProfileInfo", g.handle, self._profile(4))
@@ -325,47 +336,63 @@ class NvmlBackend(TickSource):
                     self._try(self.q, "nvmlGpmSampleFree", s)
         g.mig = []
 
-    def _gpm_sample(self, g: _Gpu, m: _Mig, buf: Any = None) -> Any:
+    def _drop_gpm(self, g: _Gpu) -> None:
+        for s in (g.gpm_prev, g.gpm_spare):
+            if s is not None:
+                self._try(self.q, "nvmlGpmSampleFree", s)
+        g.gpm_prev = g.gpm_spare = None
+
+    def _gpm_sample(self, g: _Gpu, m: _Mig | None, buf: Any = None) -> Any:
+        """A GPM sample of the whole GPU (``m`` None: nvmlGpmSampleGet) or of one MIG instance."""
         q = self.q
         try:
             if buf is None:
                 buf = q.call("nvmlGpmSampleAlloc")
                 if buf is None:
                     return None
-            if q.call("nvmlGpmMigSampleGet", g.handle, m.gi, buf, unsupported=g.unsupported) is None:
-                return None
-            return buf
+            if m is None:
+                got = q.call("nvmlGpmSampleGet", g.handle, buf, unsupported=g.unsupported)
+            else:
+                got = q.call("nvmlGpmMigSampleGet", g.handle, m.gi, buf, unsupported=g.unsupported)
+            return None if got is None else buf
         except q.error:
             return None
 
-    def _gpm_activity(self, g: _Gpu, m: _Mig) -> float | None:
-        """The instance's engine activity % between the previous GPM sample and now."""
-        cur = self._gpm_sample(g, m, m.gpm_spare)
+    def _gpm_activity(self, g: _Gpu, m: _Mig | None) -> tuple[float | None, Prof]:
+        """Engine activity % and profiling activity between the previous GPM sample and now.
+
+        Two samples per tick interval (the previous tick's and this one; the buffers swap),
+        one nvmlGpmMetricsGet for every metric; a metric the GPU does not support is None.
+        ``m`` None: the whole GPU; else one MIG instance.
+        """
+        holder: Any = g if m is None else m
+        cur = self._gpm_sample(g, m, holder.gpm_spare)
         if cur is None:
-            return None
-        prev, m.gpm_prev, m.gpm_spare = m.gpm_prev, cur, m.gpm_prev
+            return None, Prof()
+        prev, holder.gpm_prev, holder.gpm_spare = holder.gpm_prev, cur, holder.gpm_prev
         if prev is None:
-            return None
+            return None, Prof()
         lib = self.lib
         req = self._gpm_req
         if req is None:
             req = self._gpm_req = lib.c_nvmlGpmMetricsGet_t()
+        ids = [getattr(lib, name) for name in GPM_METRICS]
         req.version = lib.NVML_GPM_METRICS_GET_VERSION
-        req.numMetrics = 1
+        req.numMetrics = len(ids)
         req.sample1 = prev
         req.sample2 = cur
-        # GRAPHICS_UTIL is the % of time any compute/graphics engine was active: the MIG
-        # counterpart of the busy % reported for whole GPUs (DCGM's GR_ENGINE_ACTIVE).
-        req.metrics[0].metricId = lib.NVML_GPM_METRIC_GRAPHICS_UTIL
+        for i, metric_id in enumerate(ids):
+            req.metrics[i].metricId = metric_id
         try:
             if self.q.call("nvmlGpmMetricsGet", req) is None:
-                return None
+                return None, Prof()
         except self.q.error:
-            return None
-        metric = req.metrics[0]
-        if metric.nvmlReturn != lib.NVML_SUCCESS:
-            return None
-        return pct(float(metric.value))
+            return None, Prof()
+        vals = [
+            pct(float(req.metrics[i].value)) if req.metrics[i].nvmlReturn == lib.NVML_SUCCESS else None
+            for i in range(len(ids))
+        ]
+        return vals[0], Prof(*vals[1:])
 
     # -- per-tick reads ---------------------------------------------------------------------
 
@@ -437,6 +464,7 @@ class NvmlBackend(TickSource):
             else:
                 g.proc_seen_us = None  # nobody to sample: the next process's window starts afresh
         power_w = power / 1000.0 if power is not None and power <= LIMITS.power_max_w * 1000 else None
+        prof = self._gpm_activity(g, None)[1] if g.gpm else Prof()
         return GpuReading(
             uuid=g.uuid,
             index=g.index,
@@ -453,6 +481,21 @@ class NvmlBackend(TickSource):
             migs=self._mig_usage(g) if g.mig_mode else (),
             gpu_compute_slices=g.gpu_compute_slices,
             gpu_memory_slices=g.gpu_memory_slices,
+            prof=prof,
+            clocks=self._clocks(g),
+        )
+
+    def _clocks(self, g: _Gpu) -> Clocks:
+        """SM and memory clocks and why they are held back (each None where NVML cannot say)."""
+        q, h, lib, uns = self.q, g.handle, self.lib, g.unsupported
+        sm = q.call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_SM, unsupported=uns)
+        mem = q.call("nvmlDeviceGetClockInfo", h, lib.NVML_CLOCK_MEM, unsupported=uns)
+        reasons = q.call("nvmlDeviceGetCurrentClocksEventReasons", h, unsupported=uns)
+        mhz_max = LIMITS.clock_max_mhz
+        return Clocks(
+            int(sm) if sm is not None and 0 <= sm <= mhz_max else None,
+            int(mem) if mem is not None and 0 <= mem <= mhz_max else None,
+            int(reasons) if reasons is not None else None,
         )
 
     def _mig_processes(self, g: _Gpu, now: float) -> list[ProcReading]:
@@ -492,6 +535,7 @@ class NvmlBackend(TickSource):
         g.state = state
         g.energy_mj = None  # the next good reading is a new baseline, not a delta across the outage
         g.util_seen_us = g.proc_seen_us = None
+        self._drop_gpm(g)  # profiling restarts after the outage, not averaged across it
         return GpuReading(
             g.uuid, g.index, g.model, g.mem_total_mib, None, None, None, None, None, g.mig_mode, state
         )
@@ -675,12 +719,14 @@ class NvmlBackend(TickSource):
                 mem = q.call("nvmlDeviceGetMemoryInfo", m.handle)
             except q.error:  # instance gone: re-read the layout next tick
                 g.rescan_at = 0.0
-                used, act = None, None
+                used, act, prof = None, None, Prof()
             else:
-                act = self._gpm_activity(g, m) if g.gpm else None
+                act, prof = self._gpm_activity(g, m) if g.gpm else (None, Prof())
                 used = mem.used // _MIB if mem is not None else None
             out.append(
-                MigReading(m.uuid, m.gi, m.ci, m.profile, m.compute, m.memory, m.mem_total_mib, used, act)
+                MigReading(
+                    m.uuid, m.gi, m.ci, m.profile, m.compute, m.memory, m.mem_total_mib, used, act, prof
+                )
             )
         return tuple(out)
 
@@ -690,6 +736,7 @@ class NvmlBackend(TickSource):
             return
         for g in self.gpus:
             self._drop_mig(g)
+            self._drop_gpm(g)
         try:
             self.lib.nvmlShutdown()
         except self.q.error as exc:

@@ -23,6 +23,16 @@ from typing import Any, NamedTuple
 
 log = logging.getLogger("gpuledger.collector.nvml")
 
+# The GPM metrics one nvmlGpmMetricsGet asks for, in order: the engine activity a MIG slice bills
+# by (GRAPHICS_UTIL, DCGM's GR_ENGINE_ACTIVE), then the fields of `Prof` (DCGM's PROF_SM_ACTIVE,
+# PROF_SM_OCCUPANCY, PROF_PIPE_TENSOR_ACTIVE, PROF_DRAM_ACTIVE).
+GPM_METRICS = (
+    "NVML_GPM_METRIC_GRAPHICS_UTIL",
+    "NVML_GPM_METRIC_SM_UTIL",
+    "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "NVML_GPM_METRIC_DRAM_BW_UTIL",
+)
 _RAISE = object()  # call(..., not_found=_RAISE): NotFound is the caller's to handle
 PROC_FNS = (
     "nvmlDeviceGetComputeRunningProcesses_v3",
@@ -45,6 +55,27 @@ class ProcReading(NamedTuple):
     sm: float | None = None  # SM busy % over the tick, None when NVML cannot tell
 
 
+class Prof(NamedTuple):
+    """GPM profiling activity over the tick, % each (DCGM's PROF fields x 100); None: not measured.
+
+    Why beside ``util_pct``: NVML's utilization is the share of time any kernel ran, so one tiny
+    kernel keeps it at 100 % while the SMs sit empty; SM activity says how much of the SMs worked.
+    """
+
+    sm_active_pct: float | None = None
+    sm_occupancy_pct: float | None = None
+    tensor_active_pct: float | None = None
+    dram_active_pct: float | None = None
+
+
+class Clocks(NamedTuple):
+    """SM and memory clocks (MHz) and the clocks-event-reasons bitmask at the end of the tick."""
+
+    sm_mhz: int | None = None
+    mem_mhz: int | None = None
+    event_reasons: int | None = None
+
+
 class MigReading(NamedTuple):
     """One MIG instance in use or not: its static facts and this tick's memory and activity."""
 
@@ -57,6 +88,7 @@ class MigReading(NamedTuple):
     mem_total_mib: int
     mem_used_mib: int | None
     util_pct: float | None  # GPM engine activity; None without GPM
+    prof: Prof = Prof()  # GPM profiling activity of the instance
 
 
 class GpuReading(NamedTuple):
@@ -77,6 +109,8 @@ class GpuReading(NamedTuple):
     migs: tuple[MigReading, ...] = ()  # the MIG layout (MIG mode only)
     gpu_compute_slices: int = 7
     gpu_memory_slices: int = 8
+    prof: Prof = Prof()  # GPM profiling activity of the whole GPU (Hopper and newer)
+    clocks: Clocks = Clocks()
 
 
 class ProcessListGrowing(Exception):

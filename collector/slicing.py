@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from collector.readings import GpuReading, ProcReading, pct
-from collector.tick import LIMITS, Process, Slice
+from collector.tick import LIMITS, Process, Slice, prof_fields
 
 _MIB = 1 << 20
 _NO_FIELDS: tuple[None, ...] = (None, None, None, None)
@@ -118,6 +118,7 @@ def _mig_slices(g: GpuReading, att: Attribution, slices: list[Any], processes: l
                 gpu_compute_slices=g.gpu_compute_slices,
                 gpu_memory_slices=g.gpu_memory_slices,
                 workload=att.workload(ident),
+                **prof_fields(m.prof),
             )
         )
         for p in members:

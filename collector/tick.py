@@ -37,6 +37,7 @@ __all__ = [
     "format_ts",
     "gpu_of",
     "nullable_id",
+    "prof_fields",
 ]
 
 
@@ -139,4 +140,24 @@ def gpu_of(r: Any) -> Any:
         temp_c=r.temp_c,
         mig_mode=r.mig_mode,
         state=r.state,
+        **prof_fields(getattr(r, "prof", None)),
+        **_clock_fields(getattr(r, "clocks", None)),
     )
+
+
+def prof_fields(p: Any) -> dict[str, Any]:
+    """A `collector.readings.Prof` (or None) as the schema's four ``*_pct`` profiling fields."""
+    if p is None:
+        return {}
+    return {
+        "sm_active_pct": p.sm_active_pct,
+        "sm_occupancy_pct": p.sm_occupancy_pct,
+        "tensor_active_pct": p.tensor_active_pct,
+        "dram_active_pct": p.dram_active_pct,
+    }
+
+
+def _clock_fields(c: Any) -> dict[str, Any]:
+    if c is None:
+        return {}
+    return {"sm_clock_mhz": c.sm_mhz, "mem_clock_mhz": c.mem_mhz, "clocks_event_reasons": c.event_reasons}

@@ -21,6 +21,9 @@ TABLES = ("tick", "gpu", "slice", "process")
 TS_TYPE = pa.timestamp("us", tz="UTC")
 LABELS_TYPE = pa.map_(pa.string(), pa.string())
 
+# GPM profiling activity (issue 17), on GPUs and on MIG slices; appended after the original
+# columns so that a reader of the first columns sees the same table.
+PROF_FIELDS = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_active_pct")
 GPU_FIELDS = (
     "uuid",
     "index",
@@ -33,6 +36,10 @@ GPU_FIELDS = (
     "temp_c",
     "mig_mode",
     "state",
+    *PROF_FIELDS,
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "clocks_event_reasons",
 )
 SLICE_FIELDS = (
     "slice_id",
@@ -52,6 +59,7 @@ SLICE_FIELDS = (
     "gpu_compute_slices",
     "gpu_memory_slices",
     "replicas",
+    *PROF_FIELDS,
 )
 WORKLOAD_FIELDS = ("namespace", "pod", "container", "pod_uid", "labels", "job_id", "account", "user")
 PROCESS_FIELDS = (

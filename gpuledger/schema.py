@@ -61,6 +61,7 @@ class Limits:
     temp_min_c: float
     temp_max_c: float
     age_max_s: float
+    clock_max_mhz: int
 
 
 @cache
@@ -81,6 +82,7 @@ def limits() -> Limits:
         temp_min_c=float(gpu["temp_c"]["minimum"]),
         temp_max_c=float(gpu["temp_c"]["maximum"]),
         age_max_s=float(sl["last_kernel_age_s"]["maximum"]),
+        clock_max_mhz=d["mhz"]["maximum"],
     )
 
 

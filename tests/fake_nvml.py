@@ -138,15 +138,43 @@ class _GpmSupport:
         self.isSupportedDevice = int(ok)
 
 
-class GpmSample:
-    """An opaque GPM sample buffer; the fake records when it was taken and the busy time then."""
+# GPM metric id -> the attribute of `FakeGpu` / `FakeMig` holding its % (advance() integrates it).
+GPM_PROF = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: "sm_active_pct",
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: "sm_occupancy_pct",
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: "tensor_active_pct",
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: "dram_active_pct",
+}
 
-    __slots__ = ("busy_us", "freed", "gi", "ts_us")
+
+class _Profiled:
+    """GPM profiling activity (%) a fake GPU or MIG instance runs at, and its cumulative counters."""
+
+    def _init_prof(self, prof: dict[str, float] | None) -> None:
+        self.sm_active_pct = self.sm_occupancy_pct = self.tensor_active_pct = self.dram_active_pct = 0.0
+        for k, v in (prof or {}).items():
+            if k not in GPM_PROF.values():
+                raise ValueError(f"prof: unknown key {k!r}; expected one of {sorted(GPM_PROF.values())}")
+            setattr(self, k, v)
+        self.prof_us = dict.fromkeys(GPM_PROF.values(), 0.0)
+        self.gpm_unsupported: set[int] = set()  # GPM metric ids this device answers NotSupported
+
+    def _advance_prof(self, dt_us: int) -> None:
+        for k in self.prof_us:
+            self.prof_us[k] += getattr(self, k) / 100.0 * dt_us
+
+
+class GpmSample:
+    """An opaque GPM sample buffer; the fake records when it was taken and the counters then."""
+
+    __slots__ = ("busy_us", "freed", "gi", "gpu", "prof_us", "ts_us")
 
     def __init__(self) -> None:
         self.ts_us = 0
         self.busy_us = 0.0
         self.gi: int | None = None
+        self.gpu: FakeGpu | None = None
+        self.prof_us: dict[str, float] = {}
         self.freed = False
 
 
@@ -170,8 +198,8 @@ class GpmMetricsGet:
         self.metrics = [_GpmMetric() for _ in range(8)]
 
 
-class FakeMig:
-    """One MIG device (GPU instance ``gi`` with compute instance ``ci``)."""
+class FakeMig(_Profiled):
+    """One MIG device (GPU instance ``gi`` with compute instance ``ci``); ``prof`` its GPM activity %."""
 
     def __init__(
         self,
@@ -184,7 +212,9 @@ class FakeMig:
         mem_used_mib: int = 0,
         activity_pct: float = 0.0,
         ci_slices: int | None = None,
+        prof: dict[str, float] | None = None,
     ) -> None:
+        self._init_prof(prof)
         self.uuid, self.gi, self.ci, self.profile = uuid, gi, ci, profile
         self.gi_slices = gi_slices
         self.ci_slices = ci_slices if ci_slices is not None else gi_slices
@@ -195,8 +225,8 @@ class FakeMig:
         self.parent: FakeGpu | None = None
 
 
-class FakeGpu:
-    """One physical GPU and what its driver would report."""
+class FakeGpu(_Profiled):
+    """One physical GPU and what its driver would report; ``prof`` its GPM activity % (whole GPU)."""
 
     def __init__(
         self,
@@ -219,7 +249,14 @@ class FakeGpu:
         proc_period_s: float = 1.0,
         buffer: int = 120,
         proc_buffer: int = 4000,
+        prof: dict[str, float] | None = None,
+        sm_clock_mhz: int = 1980,
+        mem_clock_mhz: int = 2619,
+        clocks_event_reasons: int = 0,
     ) -> None:
+        self._init_prof(prof)
+        self.sm_clock_mhz, self.mem_clock_mhz = sm_clock_mhz, mem_clock_mhz
+        self.clocks_event_reasons = clocks_event_reasons
         self.index, self.uuid, self.name = index, uuid, name
         self.mem_total = mem_total_mib * MIB
         self.mem_used = mem_used_mib * MIB
@@ -290,6 +327,9 @@ _WHOLE_GPU_ONLY = frozenset(
         "nvmlDeviceGetMigMode",
         "nvmlDeviceGetMaxMigDeviceCount",
         "nvmlGpmQueryDeviceSupport",
+        "nvmlGpmSampleGet",
+        "nvmlDeviceGetClockInfo",
+        "nvmlDeviceGetCurrentClocksEventReasons",
     }
 )
 
@@ -346,6 +386,7 @@ class FakeNvml:
         self.missing = set(missing)
         self.calls: Counter[str] = Counter()
         self.inits = 0
+        self.gpm_samples: list[GpmSample] = []  # every buffer handed out (tests check they are freed)
 
     def __getattr__(self, name: str) -> Any:  # constants, error classes, structs: pynvml's own
         if name.startswith(("NVML", "c_")):
@@ -370,9 +411,11 @@ class FakeNvml:
             if g.fault is not None:
                 continue
             g.energy_mj += int(g.power_mw * seconds)
+            g._advance_prof(end_us - start_us)
             for m in g.migs:
                 if m is not None:
                     m.busy_us += m.activity_pct / 100.0 * (end_us - start_us)
+                    m._advance_prof(end_us - start_us)
             if g.mig_mode or not g.auto_samples:
                 continue
             nxt = g._next_sample_us if g._next_sample_us is not None else start_us + g.sample_period_us
@@ -563,7 +606,9 @@ class FakeNvml:
 
     @_api
     def nvmlGpmSampleAlloc(self) -> GpmSample:
-        return GpmSample()
+        sample = GpmSample()
+        self.gpm_samples.append(sample)
+        return sample
 
     @_api
     def nvmlGpmSampleFree(self, sample: GpmSample) -> None:
@@ -574,22 +619,51 @@ class FakeNvml:
         if not h.gpm:
             raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         m = h.mig_by_gi(gi)
-        sample.ts_us, sample.busy_us, sample.gi = self.now_us, m.busy_us, gi
+        sample.ts_us, sample.busy_us, sample.gi, sample.gpu = self.now_us, m.busy_us, gi, h
+        sample.prof_us = dict(m.prof_us)
+        return sample
+
+    @_api
+    def nvmlGpmSampleGet(self, h: FakeGpu, sample: GpmSample) -> GpmSample:
+        """The whole GPU's counters (GRAPHICS_UTIL of a whole GPU is not modelled: NotSupported)."""
+        if not h.gpm:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        sample.ts_us, sample.busy_us, sample.gi, sample.gpu = self.now_us, 0.0, None, h
+        sample.prof_us = dict(h.prof_us)
         return sample
 
     @_api
     def nvmlGpmMetricsGet(self, req: GpmMetricsGet) -> GpmMetricsGet:
         s1, s2 = req.sample1, req.sample2
+        dev = s2.gpu if s2.gi is None else s2.gpu.mig_by_gi(s2.gi) if s2.gpu is not None else None
         for metric in req.metrics[: req.numMetrics]:
-            if metric.metricId != pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL or s1.gi != s2.gi:
+            mid = metric.metricId
+            key = GPM_PROF.get(mid)
+            known = (mid == pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL and s2.gi is not None) or key is not None
+            if not known or s1.gi != s2.gi or s1.gpu is not s2.gpu or (dev and mid in dev.gpm_unsupported):
                 metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             if s2.ts_us <= s1.ts_us:
                 metric.nvmlReturn = pynvml.NVML_ERROR_INVALID_ARGUMENT
                 continue
-            metric.value = (s2.busy_us - s1.busy_us) / (s2.ts_us - s1.ts_us) * 100.0
+            delta = s2.busy_us - s1.busy_us if key is None else s2.prof_us[key] - s1.prof_us[key]
+            metric.value = delta / (s2.ts_us - s1.ts_us) * 100.0
             metric.nvmlReturn = pynvml.NVML_SUCCESS
         return req
+
+    # -- clocks -------------------------------------------------------------------------------
+
+    @_api
+    def nvmlDeviceGetClockInfo(self, h: FakeGpu, clock_type: int) -> int:
+        if clock_type == pynvml.NVML_CLOCK_SM:
+            return h.sm_clock_mhz
+        if clock_type == pynvml.NVML_CLOCK_MEM:
+            return h.mem_clock_mhz
+        raise err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    @_api
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeGpu) -> int:
+        return h.clocks_event_reasons
 
 
 def write_proc_entry(

@@ -130,7 +130,17 @@ def workload(
 
 
 def test_whole_gpu_tick_exact() -> None:
-    g = FakeGpu(0, "GPU-0", util_pct=50, power_mw=250_000, energy_mj=5_000_000, temp_c=61, mem_used_mib=6000)
+    g = FakeGpu(
+        0,
+        "GPU-0",
+        util_pct=50,
+        power_mw=250_000,
+        energy_mj=5_000_000,
+        temp_c=61,
+        mem_used_mib=6000,
+        prof=PROF,
+        clocks_event_reasons=pynvml.nvmlClocksEventReasonSwPowerCap,
+    )
     g.procs = [FakeProcess(100, 2 * GIB, 40), FakeProcess(101, GIB, 10)]
     att = StubAttributor({100: ident(100, POD_A, cid=CID_A), 101: ident(101, POD_A, cid=CID_A)})
     fake, b = make([g], attributor=att)
@@ -151,6 +161,14 @@ def test_whole_gpu_tick_exact() -> None:
             "temp_c": 61,
             "mig_mode": False,
             "state": "ok",
+            # GPM over the tick: SMs far less busy than the 50 % "some kernel ran" utilization
+            "sm_active_pct": 30.0,
+            "sm_occupancy_pct": 12.5,
+            "tensor_active_pct": 20.0,
+            "dram_active_pct": 40.0,
+            "sm_clock_mhz": 1980,
+            "mem_clock_mhz": 2619,
+            "clocks_event_reasons": 4,  # SW power cap
         }
     ]
     sid = f"GPU-0:{POD_A}"
@@ -400,6 +418,7 @@ def test_lost_gpu_sets_state_and_others_keep_reporting(
                 "temp_c": None,
                 "mig_mode": False,
                 "state": state,
+                **NO_PROF,
             }
             assert msg["gpus"][0]["state"] == "ok" and msg["gpus"][0]["energy_j"] == 1000.0
             assert [s["gpu_uuid"] for s in msg["slices"]] == ["GPU-0"]
@@ -429,9 +448,24 @@ def test_gpu_unreadable_at_start_joins_when_it_can_be_read() -> None:
 # -- MIG -------------------------------------------------------------------------------------------
 
 
+PROF = {"sm_active_pct": 30.0, "sm_occupancy_pct": 12.5, "tensor_active_pct": 20.0, "dram_active_pct": 40.0}
+NO_PROF: dict[str, None] = {
+    **dict.fromkeys(PROF),
+    "sm_clock_mhz": None,
+    "mem_clock_mhz": None,
+    "clocks_event_reasons": None,
+}
+MIG_PROF = {
+    "sm_active_pct": 15.0,
+    "sm_occupancy_pct": 6.25,
+    "tensor_active_pct": 10.0,
+    "dram_active_pct": 20.0,
+}
+
+
 def mig_gpu(*, gpm: bool = True, name: str = "NVIDIA H100 80GB HBM3") -> FakeGpu:
     migs = [
-        FakeMig("MIG-a", 2, 0, "3g.40gb", 3, 40448, mem_used_mib=5000, activity_pct=25.0),
+        FakeMig("MIG-a", 2, 0, "3g.40gb", 3, 40448, mem_used_mib=5000, activity_pct=25.0, prof=MIG_PROF),
         FakeMig("MIG-b", 3, 0, "2g.20gb", 2, 20096, mem_used_mib=100),
         None,
         FakeMig("MIG-c", 9, 0, "1g.10gb", 1, 9984, mem_used_mib=2000, activity_pct=62.5),
@@ -464,6 +498,7 @@ def mig_slice(
     used: int,
     util: float | None,
     wl: dict[str, Any],
+    prof: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     return {
         "slice_id": sid,
@@ -480,6 +515,7 @@ def mig_slice(
         "memory_slices": memory,
         "gpu_compute_slices": 7,
         "gpu_memory_slices": 8,
+        **(prof or {}),
         "workload": wl,
     }
 
@@ -491,7 +527,9 @@ def test_mig_instances_are_slices_with_gpm_activity() -> None:
     assert (gpu["mig_mode"], gpu["util_pct"], gpu["mem_used_mib"]) == (True, None, 9000)
     assert no_nulls(msg["slices"]) == no_nulls(
         [
-            mig_slice(f"MIG-a:{POD_A}", "MIG-a", 2, "3g.40gb", 3, 4, 40448, 5000, 25.0, workload(POD_A)),
+            mig_slice(
+                f"MIG-a:{POD_A}", "MIG-a", 2, "3g.40gb", 3, 4, 40448, 5000, 25.0, workload(POD_A), MIG_PROF
+            ),
             mig_slice(
                 "MIG-c:slurm:777",
                 "MIG-c",
@@ -503,6 +541,7 @@ def test_mig_instances_are_slices_with_gpm_activity() -> None:
                 2000,
                 62.5,
                 workload(None, user="bob", job="777", account="physics"),
+                dict.fromkeys(MIG_PROF, 0.0),  # measured: no SM activity, which is 0, not unknown
             ),
         ]
     )  # MIG-b and MIG-d hold no process: capacity, not slices
@@ -523,6 +562,80 @@ def test_mig_without_gpm_has_null_activity() -> None:
     msg = tick(fake, b)
     assert [(s["mig_uuid"], s["util_pct"]) for s in msg["slices"]] == [("MIG-a", None), ("MIG-c", None)]
     assert fake.calls["nvmlGpmMigSampleGet"] == 0
+
+
+def test_mig_without_gpm_has_null_profiling_and_still_reads_clocks() -> None:
+    g = mig_gpu(gpm=False, name="NVIDIA A100-SXM4-80GB")
+    fake, b = make([g], attributor=StubAttributor(MIG_IDENTS))
+    msg = tick(fake, b)
+    gpu = msg["gpus"][0]
+    assert {k: gpu[k] for k in NO_PROF} == {
+        **NO_PROF,
+        "sm_clock_mhz": 1980,
+        "mem_clock_mhz": 2619,
+        "clocks_event_reasons": 0,
+    }
+    assert [[s[k] for k in PROF] for s in msg["slices"]] == [[None] * 4, [None] * 4]
+    assert fake.calls["nvmlGpmSampleGet"] == 0 and fake.calls["nvmlGpmMetricsGet"] == 0
+
+
+# -- GPM profiling and clocks on whole GPUs ------------------------------------------------------
+
+
+def test_gpm_profiling_is_the_mean_over_each_tick_from_two_samples() -> None:
+    g = FakeGpu(0, "GPU-0", util_pct=90, prof=PROF)
+    fake, b = make([g])
+    first = tick(fake, b)["gpus"][0]
+    assert {k: first[k] for k in PROF} == PROF  # primed at start: the first tick is measured too
+    fake.advance(5.0)
+    g.sm_active_pct = 50.0  # half of the next tick at 30 %, half at 50 %: the tick says 40 %
+    msg = tick(fake, b, dt=5.0)["gpus"][0]
+    assert msg["sm_active_pct"] == pytest.approx(40.0)
+    assert msg["sm_active_pct"] < msg["util_pct"] == 90.0  # SM activity below kernel-busy
+    assert fake.calls["nvmlGpmMetricsGet"] == 2  # one request per tick for every metric
+    assert fake.calls["nvmlGpmSampleAlloc"] == 2  # two buffers, swapped each tick, never re-allocated
+
+
+def test_a_gpm_metric_the_gpu_lacks_is_null_and_the_others_are_read() -> None:
+    g = FakeGpu(0, "GPU-0", prof=PROF)
+    g.gpm_unsupported = {pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL}
+    fake, b = make([g])
+    gpu = tick(fake, b)["gpus"][0]
+    assert {k: gpu[k] for k in PROF} == {**PROF, "tensor_active_pct": None}
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        ("nvmlGpmQueryDeviceSupport", "nvmlDeviceGetClockInfo", "nvmlDeviceGetCurrentClocksEventReasons"),
+        ("nvmlGpmSampleGet",),
+    ],
+)
+def test_profiling_and_clocks_an_old_driver_lacks_are_null_never_zero(missing: tuple[str, ...]) -> None:
+    g = FakeGpu(0, "GPU-0", util_pct=40, prof=PROF)
+    fake, b = make([g], missing=missing)
+    for _ in range(2):
+        gpu = tick(fake, b)["gpus"][0]
+        assert gpu["util_pct"] == 40.0
+        assert {k: gpu[k] for k in PROF} == dict.fromkeys(PROF)
+    clocks = (gpu["sm_clock_mhz"], gpu["mem_clock_mhz"], gpu["clocks_event_reasons"])
+    assert clocks == ((None, None, None) if "nvmlDeviceGetClockInfo" in missing else (1980, 2619, 0))
+    assert all(fake.calls[n] == 1 for n in missing)  # probed once, remembered absent
+
+
+def test_clocks_not_supported_are_null_and_gpm_restarts_after_a_lost_gpu() -> None:
+    g = FakeGpu(0, "GPU-0", prof=PROF, not_supported=("nvmlDeviceGetCurrentClocksEventReasons",))
+    fake, b = make([g])
+    gpu = tick(fake, b)["gpus"][0]
+    assert (gpu["sm_clock_mhz"], gpu["clocks_event_reasons"]) == (1980, None)
+    g.fault = pynvml.NVML_ERROR_GPU_IS_LOST
+    assert {k: tick(fake, b)["gpus"][0][k] for k in PROF} == dict.fromkeys(PROF)
+    g.fault = None
+    back = tick(fake, b)["gpus"][0]  # no profile across the outage: the first sample is this tick's
+    assert back["state"] == "ok" and {k: back[k] for k in PROF} == dict.fromkeys(PROF)
+    assert {k: tick(fake, b)["gpus"][0][k] for k in PROF} == PROF
+    b.close()
+    assert fake.gpm_samples and all(s.freed for s in fake.gpm_samples)  # every buffer freed
 
 
 @pytest.mark.parametrize("code", [pynvml.NVML_ERROR_NO_PERMISSION, pynvml.NVML_ERROR_NOT_SUPPORTED])
