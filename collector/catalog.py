@@ -31,7 +31,10 @@ class GpuModel:
     temp_idle_c: float
     temp_max_c: float
     mig: dict[str, MigProfile] | None  # profile key -> profile; None: no MIG on this model
-    gpm: bool  # MIG instance activity via GPM (Hopper and newer); A100 has none -> null
+    gpm: bool  # GPM profiling (SM/tensor/DRAM activity; Hopper and newer); A100 has none -> null
+    sm_clock_idle_mhz: int = 345  # SM clock at idle and at full boost (nvidia-smi -q -d CLOCK)
+    sm_clock_max_mhz: int = 1980
+    mem_clock_mhz: int = 2619
 
 
 def _profiles(names: tuple[str, ...], mems: tuple[int, ...]) -> dict[str, MigProfile]:
@@ -56,11 +59,17 @@ _H200_MIG = _profiles(
 )
 
 MODELS: dict[str, GpuModel] = {
-    "H200": GpuModel("NVIDIA H200", 143771, 75.0, 700.0, 31.0, 71.0, _H200_MIG, True),
-    "H100": GpuModel("NVIDIA H100 80GB HBM3", 81559, 70.0, 700.0, 30.0, 72.0, _H100_MIG, True),
-    "A100": GpuModel("NVIDIA A100-SXM4-80GB", 81920, 55.0, 400.0, 29.0, 68.0, _A100_MIG, False),
-    "V100": GpuModel("Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False),
-    "RTX4090": GpuModel("NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False),
+    "H200": GpuModel("NVIDIA H200", 143771, 75.0, 700.0, 31.0, 71.0, _H200_MIG, True, 345, 1980, 3201),
+    "H100": GpuModel(
+        "NVIDIA H100 80GB HBM3", 81559, 70.0, 700.0, 30.0, 72.0, _H100_MIG, True, 345, 1980, 2619
+    ),
+    "A100": GpuModel(
+        "NVIDIA A100-SXM4-80GB", 81920, 55.0, 400.0, 29.0, 68.0, _A100_MIG, False, 210, 1410, 1593
+    ),
+    "V100": GpuModel("Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False, 135, 1530, 877),
+    "RTX4090": GpuModel(
+        "NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False, 210, 2520, 10501
+    ),
 }
 
 # Valid MIG layouts (Σ compute ≤ 7, Σ memory ≤ 8, placeable): full ones and partially filled ones.

@@ -258,7 +258,7 @@ class _Slot:
 
 
 class _Gpu:
-    __slots__ = ("has_churn", "mig", "model", "slots", "spec", "temp")
+    __slots__ = ("has_churn", "mig", "model", "prof_mix", "slots", "spec", "temp")
 
     def __init__(self, spec: GpuSpec, model: GpuModel) -> None:
         self.spec = spec
@@ -267,6 +267,44 @@ class _Gpu:
         self.slots: list[_Slot] = []
         self.has_churn = False
         self.temp = model.temp_idle_c
+        self.prof_mix = ProfMix.of(spec.uuid) if model.gpm else None
+
+
+@dataclass(frozen=True)
+class ProfMix:
+    """How a GPU's kernel-busy time turns into GPM profiling activity, fixed per GPU.
+
+    Why fixed and hashed from the UUID rather than drawn: the fleet's random streams decide every
+    billed number, and profiling must not shift them. As on real hardware, SMs are active for
+    only part of the time a kernel runs (small grids, launch gaps, memory stalls), occupancy is a
+    fraction of that, the tensor pipes a fraction of SM activity, DRAM traffic its own share.
+    """
+
+    sm: float  # SM active / kernel busy
+    occupancy: float  # occupancy / SM active
+    tensor: float  # tensor active / SM active
+    dram: float  # DRAM active / kernel busy
+
+    @classmethod
+    def of(cls, key: str) -> ProfMix:
+        h = uuid.uuid5(uuid.NAMESPACE_OID, "gpuledger-prof:" + key).int
+        u = [((h >> (32 * i)) & 0xFFFFFFFF) / 2**32 for i in range(4)]
+        return cls(0.45 + 0.4 * u[0], 0.35 + 0.3 * u[1], 0.25 + 0.5 * u[2], 0.2 + 0.45 * u[3])
+
+    def fields(self, busy_pct: float) -> dict[str, float]:
+        """The schema's four profiling fields for a kernel-busy % (GPU or MIG instance)."""
+        sm = busy_pct * self.sm
+        return {
+            "sm_active_pct": round(sm, 2),
+            "sm_occupancy_pct": round(sm * self.occupancy, 2),
+            "tensor_active_pct": round(sm * self.tensor, 2),
+            "dram_active_pct": round(busy_pct * self.dram, 2),
+        }
+
+
+_NO_PROF: dict[str, float] = {}
+_CLOCK_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle
+_CLOCK_POWER_CAP = 0x4  # nvmlClocksEventReasonSwPowerCap
 
 
 class _Node:
@@ -985,6 +1023,8 @@ class SimulatedFleet(TickSource):
                 if base is None:  # new lifetime or a new cap: the typed template is built again
                     base = s.slice_typed = self._slice_struct(s)
                 util = None if s.null_util else uc / 100
+                if gpu.mig and gpu.prof_mix is not None:  # a MIG instance's own GPM profiling
+                    base = replace(base, **gpu.prof_mix.fields(uc / 100))
                 if s.core_cap is not None:
                     if uc > 0:
                         s.last_kernel_t = t1 - rnd() * (dt if dt < 2.0 else 2.0)
@@ -1021,6 +1061,14 @@ class SimulatedFleet(TickSource):
             heat = (power - model.idle_w) / span
             target = model.temp_idle_c + (model.temp_max_c - model.temp_idle_c) * heat
             gpu.temp += (target - gpu.temp) * alpha
+            prof = gpu.prof_mix.fields(busy * 100.0) if gpu.prof_mix is not None else _NO_PROF
+            # SM clock: idle floor, boosting with load, held back at the power cap (DCGM's SM_CLOCK)
+            top = model.sm_clock_max_mhz
+            sm_clock = model.sm_clock_idle_mhz + (top - model.sm_clock_idle_mhz) * min(1.0, busy * 4.0)
+            reasons = 0 if busy > 0.0 else _CLOCK_IDLE
+            if power >= model.tdp_w * 0.98:
+                reasons |= _CLOCK_POWER_CAP
+                sm_clock *= 0.93
             gpus_out.append(
                 Gpu(
                     uuid=gpu.spec.uuid,
@@ -1034,6 +1082,10 @@ class SimulatedFleet(TickSource):
                     temp_c=int(gpu.temp + 0.5),
                     mig_mode=gpu.mig,
                     state="ok",
+                    sm_clock_mhz=int(sm_clock),
+                    mem_clock_mhz=model.mem_clock_mhz,
+                    clocks_event_reasons=reasons,
+                    **prof,
                 )
             )
         return build_tick(
