@@ -1,0 +1,69 @@
+"""Issue 17's profiling fields in the v1 contract: optional, bounded, read alike by both decode paths.
+
+The new gpu fields (GPM profiling %, clocks, clocks-event reasons) and the MIG slice profiling
+fields are optional, so a message from an old producer stays valid; the native whole-batch reader
+(field layout from `schema.rules()`) must read them into the same lake columns as the explaining
+path, and refuse out-of-range values at the same field path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from messages import valid_message
+from test_batch_decode import check, mixed, reader  # noqa: F401 - reader: the native-reader fixture
+
+from gpuledger.schema import reference_errors
+
+PROFILING = {
+    "sm_active_pct": 21.5,
+    "sm_occupancy_pct": 9.25,
+    "tensor_active_pct": 12.0,
+    "dram_active_pct": 33.0,
+}
+GPU_EXTRA = {"sm_clock_mhz": 1755, "mem_clock_mhz": 2619, "clocks_event_reasons": 4}
+
+
+def test_an_old_producers_message_is_valid_and_its_new_columns_null() -> None:
+    doc = valid_message()
+    assert not reference_errors(doc)
+    out = check(mixed(orjson.dumps(doc)), clean=True)
+    gpu = [g for g in out.tables["gpu"].to_pylist() if g["node"] == "n1" and g["seq"] == doc["seq"]]
+    assert len(gpu) == len(doc["gpus"])
+    assert [[g[k] for k in (*PROFILING, *GPU_EXTRA)] for g in gpu] == [[None] * 7] * len(doc["gpus"])
+
+
+def test_profiling_fields_reach_the_lake_through_the_native_reader() -> None:
+    doc = valid_message()
+    doc["gpus"][1].update(PROFILING, **GPU_EXTRA)
+    doc["slices"][0].update(PROFILING)
+    out = check(mixed(orjson.dumps(doc)), clean=True)  # decided by the native reader, same as msgspec
+    gpus = {
+        g["uuid"]: g for g in out.tables["gpu"].to_pylist() if g["seq"] == doc["seq"] and g["node"] == "n1"
+    }
+    g1 = gpus[doc["gpus"][1]["uuid"]]
+    assert {k: g1[k] for k in (*PROFILING, *GPU_EXTRA)} == {**PROFILING, **GPU_EXTRA}
+    sl = next(s for s in out.tables["slice"].to_pylist() if s["slice_id"] == doc["slices"][0]["slice_id"])
+    assert {k: sl[k] for k in PROFILING} == PROFILING
+
+
+@pytest.mark.parametrize(
+    "where,field,value",
+    [
+        ("gpus", "sm_active_pct", 100.5),
+        ("gpus", "dram_active_pct", -1),
+        ("gpus", "sm_clock_mhz", -5),
+        ("gpus", "mem_clock_mhz", 1755.5),
+        ("gpus", "clocks_event_reasons", "4"),
+        ("slices", "tensor_active_pct", 101),
+    ],
+)
+def test_out_of_range_profiling_is_refused_at_its_field(where: str, field: str, value: Any) -> None:
+    doc = valid_message()
+    doc[where][0][field] = value
+    assert reference_errors(doc)
+    out = check(mixed(orjson.dumps(doc)), clean=False)
+    assert [r.index for r in out.rejects] == [20]
+    assert f"{where}[0].{field}" in out.rejects[0].reason or f"{where}/0/{field}" in out.rejects[0].reason
