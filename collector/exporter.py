@@ -13,14 +13,22 @@ simply not in the new set, and a scrape never mixes two ticks. Null means absent
 
 Label conventions (kept the same on every metric of a family):
 
-- DCGM series (``DCGM_FI_DEV_*``): ``gpu`` (index), ``UUID``, ``device`` (``nvidia<index>``),
-  ``modelName``, ``Hostname`` (the tick's node), and ``namespace``/``pod``/``container``: the
+- DCGM series (``DCGM_FI_DEV_*``, ``DCGM_FI_PROF_*``): ``gpu`` (index), ``UUID``, ``device``
+  (``nvidia<index>``), ``modelName``, ``hostname`` (the tick's node; dcgm-exporter renamed its
+  ``Hostname`` label to ``hostname`` in May 2026; ``Hostname`` is still exported beside it for one
+  release and then removed), and ``namespace``/``pod``/``container``: the
   workload of the GPU's ``whole`` slice when the GPU is handed out whole, else empty strings (a
   shared GPU has no single owner; its users are on the ``hami_*`` and ``gpuledger_slice_*``
   series). ``DCGM_FI_DEV_FB_USED``/``FB_FREE`` are MiB, ``POWER_USAGE`` W, ``GPU_TEMP`` °C,
   ``TOTAL_ENERGY_CONSUMPTION`` mJ accumulated from the ticks' ``energy_j`` deltas since the agent
   started (a counter in meaning; typed gauge because prometheus_client would rename a counter to
   ``..._total`` and break the dcgm-exporter name dashboards query with ``rate()``).
+  ``SM_CLOCK``/``MEM_CLOCK`` are MHz; ``CLOCKS_EVENT_REASONS`` is NVML's bitmask
+  (``nvmlClocksEventReason*``). ``DCGM_FI_PROF_SM_ACTIVE``, ``SM_OCCUPANCY``,
+  ``PIPE_TENSOR_ACTIVE`` and ``DRAM_ACTIVE`` are ratios 0-1 as dcgm-exporter exports them (the
+  tick carries %, from NVML's GPM metrics); a MIG instance's series add dcgm-exporter's
+  ``GPU_I_PROFILE`` and ``GPU_I_ID`` labels. ``DCGM_FI_DEV_XID_ERRORS`` is not exported: the tick
+  carries no Xid events yet (issue 17 item 2).
 - HAMi series (vGPU slices whose pod is known): labels of HAMi ≥ 2.10's vGPU monitor:
   ``namespace``, ``pod``, ``container``, ``vdevice_index`` (the slice's position among that
   container's vGPU slices in the tick), ``device_uuid``. ``hami_vgpu_memory_*_bytes`` are bytes;
@@ -55,13 +63,15 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 
-GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "namespace", "pod", "container")
+GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "hostname", "namespace", "pod", "container")
+MIG_LABELS = (*GPU_LABELS, "GPU_I_PROFILE", "GPU_I_ID")
 HAMI_LABELS = ("namespace", "pod", "container", "vdevice_index", "device_uuid")
 SLICE_LABELS = (
     "slice_id",
     "kind",
     "UUID",
     "Hostname",
+    "hostname",
     "mig_profile",
     "namespace",
     "pod",
@@ -75,6 +85,7 @@ PROC_LABELS = (
     "UUID",
     "slice_id",
     "Hostname",
+    "hostname",
     "namespace",
     "pod",
     "container",
@@ -95,6 +106,16 @@ _SPECS: dict[str, tuple[str, str]] = {
         "Total energy consumption since the agent started (in mJ); monotonic, use rate()/increase().",
     ),
     "DCGM_FI_DEV_GPU_TEMP": ("gauge", "GPU temperature (in C)."),
+    "DCGM_FI_DEV_SM_CLOCK": ("gauge", "SM clock frequency (in MHz)."),
+    "DCGM_FI_DEV_MEM_CLOCK": ("gauge", "Memory clock frequency (in MHz)."),
+    "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": (
+        "gauge",
+        "Current clock event reasons (bitmask of nvmlClocksEventReason*; 0: none).",
+    ),
+    "DCGM_FI_PROF_SM_ACTIVE": ("gauge", "The ratio of cycles an SM has at least 1 warp assigned (0-1)."),
+    "DCGM_FI_PROF_SM_OCCUPANCY": ("gauge", "The ratio of number of warps resident on an SM (0-1)."),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("gauge", "Ratio of cycles the tensor (HMMA) pipe is active (0-1)."),
+    "DCGM_FI_PROF_DRAM_ACTIVE": ("gauge", "Ratio of cycles the device memory interface is active (0-1)."),
     "hami_vgpu_memory_used_bytes": ("gauge", "vGPU device memory usage in bytes"),
     "hami_vgpu_memory_limit_bytes": ("gauge", "vGPU device memory limit in bytes"),
     "hami_container_device_utilization_ratio": ("gauge", "Container device SM utilization ratio (0-100)"),
@@ -122,6 +143,19 @@ _SPECS: dict[str, tuple[str, str]] = {
 }
 
 _Series = dict[str, dict[tuple[str, ...], tuple[dict[str, str], float]]]
+
+
+# tick field (%) -> dcgm-exporter profiling metric (ratio 0-1)
+PROF_METRICS = (
+    ("sm_active_pct", "DCGM_FI_PROF_SM_ACTIVE"),
+    ("sm_occupancy_pct", "DCGM_FI_PROF_SM_OCCUPANCY"),
+    ("tensor_active_pct", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"),
+    ("dram_active_pct", "DCGM_FI_PROF_DRAM_ACTIVE"),
+)
+
+
+def _ratio(v: float | None) -> float | None:
+    return None if v is None else v / 100.0
 
 
 def _s(v: Any) -> str:
@@ -305,7 +339,7 @@ class AgentExporter:
         def put(name: str, labels: dict[str, str], value: Any) -> None:
             if value is None or isinstance(value, bool):
                 return
-            out.setdefault(name, {})[tuple(labels.values())] = (labels, float(value))
+            out.setdefault(name, {})[tuple(labels.items())] = (labels, float(value))
 
         slices = tick.slices
         whole_owner: dict[str, Any] = {}
@@ -314,6 +348,7 @@ class AgentExporter:
                 whole_owner[sl.gpu_uuid] = sl.workload or _NO_WORKLOAD
 
         mem_total: dict[str, Any] = {}
+        gpu_labels: dict[str, dict[str, str]] = {}
         for g in tick.gpus:
             uuid = g.uuid
             mem_total[uuid] = g.mem_total_mib
@@ -324,11 +359,18 @@ class AgentExporter:
                 "device": f"nvidia{g.index}",
                 "modelName": _s(g.model),
                 "Hostname": node,
+                "hostname": node,
                 "namespace": _s(wl.namespace),
                 "pod": _s(wl.pod),
                 "container": _s(wl.container),
             }
+            gpu_labels[uuid] = gl
             put("DCGM_FI_DEV_GPU_UTIL", gl, g.util_pct)
+            put("DCGM_FI_DEV_SM_CLOCK", gl, g.sm_clock_mhz)
+            put("DCGM_FI_DEV_MEM_CLOCK", gl, g.mem_clock_mhz)
+            put("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gl, g.clocks_event_reasons)
+            for field, metric in PROF_METRICS:
+                put(metric, gl, _ratio(getattr(g, field)))
             used, total = g.mem_used_mib, g.mem_total_mib
             put("DCGM_FI_DEV_FB_USED", gl, used)
             if used is not None and total is not None:
@@ -343,7 +385,7 @@ class AgentExporter:
                 if energy == 0 and power:
                     self._energy_resets[key] = self._energy_resets.get(key, 0) + 1
                 put("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", gl, self._energy_mj[key])
-            ident = {"gpu": gl["gpu"], "UUID": uuid, "Hostname": node}
+            ident = {"gpu": gl["gpu"], "UUID": uuid, "Hostname": node, "hostname": node}
             put("gpuledger_gpu_state", {**ident, "state": _s(g.state)}, 1)
             put("gpuledger_gpu_energy_counter_resets", ident, self._energy_resets.get(key, 0))
 
@@ -357,6 +399,7 @@ class AgentExporter:
                 "kind": _s(sl.kind),
                 "UUID": sl.gpu_uuid,
                 "Hostname": node,
+                "hostname": node,
                 "mig_profile": _s(sl.mig_profile),
                 "namespace": _s(wl.namespace),
                 "pod": _s(wl.pod),
@@ -372,6 +415,18 @@ class AgentExporter:
             put("gpuledger_slice_memory_cap_bytes", sll, None if cap is None else cap * MIB)
             put("gpuledger_slice_core_cap_percent", sll, sl.core_cap_pct)
             put("gpuledger_slice_last_kernel_age_seconds", sll, sl.last_kernel_age_s)
+            parent = gpu_labels.get(sl.gpu_uuid)
+            if sl.kind == "mig" and parent is not None:  # dcgm-exporter's MIG instance series
+                ml = {
+                    **parent,
+                    "namespace": _s(wl.namespace),
+                    "pod": _s(wl.pod),
+                    "container": _s(wl.container),
+                    "GPU_I_PROFILE": _s(sl.mig_profile),
+                    "GPU_I_ID": _s(sl.gi_id),
+                }
+                for field, metric in PROF_METRICS:
+                    put(metric, ml, _ratio(getattr(sl, field)))
             if sl.kind == "vgpu" and wl.namespace and wl.pod:
                 ctr = (wl.namespace, wl.pod, _s(wl.container))
                 idx = vdev.get(ctr, 0)
@@ -395,6 +450,7 @@ class AgentExporter:
                 "UUID": p.gpu_uuid,
                 "slice_id": _s(p.slice_id),
                 "Hostname": node,
+                "hostname": node,
                 "namespace": _s(wl.namespace),
                 "pod": _s(wl.pod),
                 "container": _s(wl.container),
@@ -409,7 +465,7 @@ class AgentExporter:
 
         put(
             "gpuledger_collector_last_tick_timestamp_seconds",
-            {"Hostname": node},
+            {"Hostname": node, "hostname": node},
             parse_ts(tick.ts).timestamp(),
         )
         return out

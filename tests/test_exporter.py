@@ -65,6 +65,7 @@ def test_dcgm_gpu_series_exact_values_and_labels(exporter: AgentExporter) -> Non
         "device": "nvidia1",
         "modelName": "NVIDIA H100 80GB HBM3",
         "Hostname": "n1",
+        "hostname": "n1",
         "namespace": "",
         "pod": "",
         "container": "",
@@ -149,6 +150,7 @@ def test_gpuledger_slice_and_process_series(exporter: AgentExporter) -> None:
         "UUID": G1,
         "slice_id": f"{G1}:hami:u2/main",
         "Hostname": "n1",
+        "hostname": "n1",
         "namespace": "shared",
         "pod": "infer-1",
         "container": "main",
@@ -307,3 +309,75 @@ def test_a_malformed_message_is_a_clear_error_and_keeps_the_last_good_tick(expor
     ):
         exporter.update(bad)
     assert pick(scrape(exporter), "DCGM_FI_DEV_FB_USED", UUID=G1) == [40960.0]
+
+
+# -- issue 17: profiling, clocks, the hostname label ------------------------------------------------
+
+
+def _profiled() -> dict[str, Any]:
+    """valid_message with GPM profiling and clocks on GPU 1 (whole) and on the MIG slice of GPU 0."""
+    msg = valid_message()
+    msg["gpus"][1].update(
+        sm_active_pct=25.0,
+        sm_occupancy_pct=12.5,
+        tensor_active_pct=10.0,
+        dram_active_pct=40.0,
+        sm_clock_mhz=1755,
+        mem_clock_mhz=2619,
+        clocks_event_reasons=4,
+    )
+    mig = next(sl for sl in msg["slices"] if sl["kind"] == "mig")
+    mig.update(sm_active_pct=50.0, sm_occupancy_pct=20.0, tensor_active_pct=30.0, dram_active_pct=None)
+    return msg
+
+
+def _wl(sl: dict[str, Any], key: str) -> str:
+    return (sl.get("workload") or {}).get(key) or ""
+
+
+def test_profiling_and_clock_series_use_dcgm_exporter_names_and_units(exporter: AgentExporter) -> None:
+    msg = _profiled()
+    exporter.update(msg)
+    s = scrape(exporter)
+    assert pick(s, "DCGM_FI_DEV_SM_CLOCK", UUID=G1) == [1755.0]  # MHz
+    assert pick(s, "DCGM_FI_DEV_MEM_CLOCK", UUID=G1) == [2619.0]
+    assert pick(s, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS", UUID=G1) == [4.0]  # SW power cap bit
+    whole = {"UUID": G1, "gpu": "1", "hostname": "n1"}
+    assert pick(s, "DCGM_FI_PROF_SM_ACTIVE", **whole) == [0.25]  # ratio 0-1, as dcgm-exporter
+    assert pick(s, "DCGM_FI_PROF_SM_OCCUPANCY", **whole) == [0.125]
+    assert pick(s, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", **whole) == [0.1]
+    assert pick(s, "DCGM_FI_PROF_DRAM_ACTIVE", **whole) == [0.4]
+    mig = next(sl for sl in msg["slices"] if sl["kind"] == "mig")
+    inst = [(lb, v) for lb, v in s["DCGM_FI_PROF_SM_ACTIVE"] if "GPU_I_ID" in lb]
+    assert inst == [
+        (
+            {
+                "gpu": "0",
+                "UUID": G0,
+                "device": "nvidia0",
+                "modelName": "NVIDIA A100-SXM4-80GB",
+                "Hostname": "n1",
+                "hostname": "n1",
+                "namespace": _wl(mig, "namespace"),
+                "pod": _wl(mig, "pod"),
+                "container": _wl(mig, "container"),
+                "GPU_I_PROFILE": mig["mig_profile"],
+                "GPU_I_ID": str(mig["gi_id"]),
+            },
+            0.5,
+        )
+    ]
+    assert [v for lb, v in s["DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"] if "GPU_I_ID" in lb] == [0.3]
+    # null is absent, never 0: the MIG slice's DRAM activity and GPU 0's own profiling and clocks
+    assert [lb for lb, _ in s["DCGM_FI_PROF_DRAM_ACTIVE"] if lb["UUID"] == G0] == []
+    assert pick(s, "DCGM_FI_DEV_SM_CLOCK", UUID=G0) == [] and "DCGM_FI_DEV_XID_ERRORS" not in s
+
+
+def test_every_series_with_hostname_carries_the_new_lowercase_label_too(exporter: AgentExporter) -> None:
+    fleet = SimulatedFleet(seed=3, start=datetime(2026, 11, 1, tzinfo=UTC), interval_s=10.0)
+    exporter.update_all(fleet.next_tick())
+    s = scrape(exporter)
+    with_host = [(name, lb) for name, rows in s.items() for lb, _ in rows if "Hostname" in lb]
+    assert len(with_host) > 100
+    assert all(lb["hostname"] == lb["Hostname"] for _, lb in with_host)
+    assert all("Hostname" in lb for rows in s.values() for lb, _ in rows if "hostname" in lb)
