@@ -407,6 +407,9 @@ class NvmlBackend(TickSource):
 
     def _read_gpu(self, g: _Gpu, now: float, now_us: int, window_us: int) -> GpuReading:
         q, h, lib, uns = self.q, g.handle, self.lib, g.unsupported
+        # A GPM baseline taken by this tick's rescan (back from lost, GPM newly supported) covers
+        # no time yet: this tick's profiling is null, the next tick's is measured from it.
+        measured = g.gpm_prev is not None
         if now >= g.rescan_at or g.state != "ok":
             self._rescan(g, now)
         mem = q.call("nvmlDeviceGetMemoryInfo", h, unsupported=uns)
@@ -464,7 +467,7 @@ class NvmlBackend(TickSource):
             else:
                 g.proc_seen_us = None  # nobody to sample: the next process's window starts afresh
         power_w = power / 1000.0 if power is not None and power <= LIMITS.power_max_w * 1000 else None
-        prof = self._gpm_activity(g, None)[1] if g.gpm else Prof()
+        prof = self._gpm_activity(g, None)[1] if g.gpm and measured else Prof()
         return GpuReading(
             uuid=g.uuid,
             index=g.index,
