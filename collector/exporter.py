@@ -27,8 +27,9 @@ Label conventions (kept the same on every metric of a family):
   (``nvmlClocksEventReason*``). ``DCGM_FI_PROF_SM_ACTIVE``, ``SM_OCCUPANCY``,
   ``PIPE_TENSOR_ACTIVE`` and ``DRAM_ACTIVE`` are ratios 0-1 as dcgm-exporter exports them (the
   tick carries %, from NVML's GPM metrics); a MIG instance's series add dcgm-exporter's
-  ``GPU_I_PROFILE`` and ``GPU_I_ID`` labels. ``DCGM_FI_DEV_XID_ERRORS`` is not exported: the tick
-  carries no Xid events yet (issue 17 item 2).
+  ``GPU_I_PROFILE`` and ``GPU_I_ID`` labels. ``DCGM_FI_DEV_XID_ERRORS`` is dcgm-exporter's: the
+  code of the last Xid error seen since the agent started, 0 while none was (absent where the
+  GPU's Xid events cannot be read); ``gpuledger_gpu_xid_events_total`` counts them.
 - HAMi series (vGPU slices whose pod is known): labels of HAMi ≥ 2.10's vGPU monitor:
   ``namespace``, ``pod``, ``container``, ``vdevice_index`` (the slice's position among that
   container's vGPU slices in the tick), ``device_uuid``. ``hami_vgpu_memory_*_bytes`` are bytes;
@@ -112,6 +113,10 @@ _SPECS: dict[str, tuple[str, str]] = {
         "gauge",
         "Current clock event reasons (bitmask of nvmlClocksEventReason*; 0: none).",
     ),
+    "DCGM_FI_DEV_XID_ERRORS": (
+        "gauge",
+        "Value of the last XID error encountered (0: none since agent start).",
+    ),
     "DCGM_FI_PROF_SM_ACTIVE": ("gauge", "The ratio of cycles an SM has at least 1 warp assigned (0-1)."),
     "DCGM_FI_PROF_SM_OCCUPANCY": ("gauge", "The ratio of number of warps resident on an SM (0-1)."),
     "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("gauge", "Ratio of cycles the tensor (HMMA) pipe is active (0-1)."),
@@ -128,6 +133,7 @@ _SPECS: dict[str, tuple[str, str]] = {
         "counter",
         "Energy counter resets seen (a tick with energy_j = 0 while drawing power), since agent start.",
     ),
+    "gpuledger_gpu_xid_events": ("counter", "Xid error events reported by the driver, since agent start."),
     "gpuledger_slice_reserved_share": (
         "gauge",
         "Fraction of the physical GPU the slice's allocation takes (DESIGN §6 share, before normalisation).",
@@ -268,6 +274,8 @@ class AgentExporter:
         )
         self._energy_mj: dict[tuple[str, str], float] = {}
         self._energy_resets: dict[tuple[str, str], int] = {}
+        self._xid_last: dict[tuple[str, str], int] = {}
+        self._xid_events: dict[tuple[str, str], int] = {}
         self._spool: _SpoolCollector | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -388,6 +396,12 @@ class AgentExporter:
             ident = {"gpu": gl["gpu"], "UUID": uuid, "Hostname": node, "hostname": node}
             put("gpuledger_gpu_state", {**ident, "state": _s(g.state)}, 1)
             put("gpuledger_gpu_energy_counter_resets", ident, self._energy_resets.get(key, 0))
+            if g.xid_count is not None:  # Xid events readable on this GPU
+                self._xid_events[key] = self._xid_events.get(key, 0) + g.xid_count
+                if g.xid_last is not None:
+                    self._xid_last[key] = g.xid_last
+                put("DCGM_FI_DEV_XID_ERRORS", gl, self._xid_last.get(key, 0))
+                put("gpuledger_gpu_xid_events", ident, self._xid_events[key])
 
         slice_wl: dict[str, Any] = {}
         vdev: dict[tuple[str, str, str], int] = {}

@@ -1085,6 +1085,7 @@ class SimulatedFleet(TickSource):
                     sm_clock_mhz=int(sm_clock),
                     mem_clock_mhz=model.mem_clock_mhz,
                     clocks_event_reasons=reasons,
+                    xid_count=0,  # Xid events are read; the simulated hardware raises none
                     **prof,
                 )
             )

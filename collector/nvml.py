@@ -40,6 +40,7 @@ from collector.readings import (
     ProcessListGrowing,
     ProcReading,
     Prof,
+    Xids,
     integrate_process_util,
     integrate_samples,
     pct,
@@ -66,6 +67,7 @@ log = logging.getLogger("gpuledger.collector.nvml")
 
 _MIB = 1 << 20
 _NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process outside MIG
+_MAX_XIDS_PER_TICK = 256  # events drained per tick at most; the rest wait for the next tick
 _PROFILE_RE = re.compile(r"([1-8])g\.([0-9]+)gb(\+me)?")
 
 
@@ -116,6 +118,7 @@ class _Gpu:
         "unsupported",
         "util_seen_us",
         "uuid",
+        "xid_events",
     )
 
     def __init__(self, index: int, handle: Any, uuid: str, model: str, mem_total_mib: int | None) -> None:
@@ -134,6 +137,7 @@ class _Gpu:
         self.energy_mj: int | None = None
         self.rescan_at = 0.0
         self.state = "ok"
+        self.xid_events = False  # registered for Xid events (else the tick's xid fields are null)
 
 
 _NAME_RE = re.compile(load_schema()["$defs"]["name"]["pattern"])
@@ -193,6 +197,8 @@ class NvmlBackend(TickSource):
         self._fields: dict[int, tuple[str | None, ...]] = {}  # pid -> its process fields, schema-safe
         self._warned: set[tuple[str, str]] = set()
         self._gpm_req: Any = None
+        self._events: Any = None  # one NVML event set for every GPU's Xid events
+        self._xids: dict[str, list[int]] = {}  # GPU UUID -> Xid codes drained this tick
         try:
             nvml.nvmlInit()
         except self.q.error as exc:
@@ -235,6 +241,7 @@ class NvmlBackend(TickSource):
 
     def _prime(self, g: _Gpu, now: float, energy: bool = True) -> None:
         """Read layout and energy baseline; a GPU that joins mid-run takes its baseline in its first tick."""
+        self._register_xids(g)
         try:
             self._rescan(g, now)
             if not energy:
@@ -244,6 +251,53 @@ class NvmlBackend(TickSource):
             )
         except (GpuFault, self.q.error) as exc:
             g.state = getattr(exc, "state", "unknown")
+
+    # -- Xid events -----------------------------------------------------------------------------
+
+    def _register_xids(self, g: _Gpu) -> None:
+        """Ask NVML for this GPU's Xid events on the agent's one event set (None where unsupported)."""
+        q = self.q
+        if g.xid_events or not q.available("nvmlDeviceRegisterEvents"):
+            return
+        try:
+            if self._events is None:
+                self._events = q.call("nvmlEventSetCreate")
+                if self._events is None:
+                    return
+            # Called directly: it returns nothing on success, so q.call could not tell success
+            # from NotSupported / NoPermission (both: the tick's xid fields stay null).
+            self.lib.nvmlDeviceRegisterEvents(g.handle, self.lib.nvmlEventTypeXidCriticalError, self._events)
+            g.xid_events = True
+        except (GpuFault, q.error) as exc:
+            self._warn("xid", g.uuid, f"Xid events cannot be read ({exc}); xid fields stay null")
+
+    def _drain_xids(self) -> dict[str, list[int]]:
+        """Every Xid event queued since the last tick, never waiting (timeout 0), by GPU UUID."""
+        out: dict[str, list[int]] = {}
+        q, events = self.q, self._events
+        if events is None or not q.available("nvmlEventSetWait_v2"):
+            return out
+        wait = self.lib.nvmlEventSetWait_v2
+        timeout = self.lib.NVML_ERROR_TIMEOUT
+        for _ in range(_MAX_XIDS_PER_TICK):
+            try:
+                ev = wait(events, 0)
+                uuid = str(self.lib.nvmlDeviceGetUUID(ev.device))
+            except q.error as exc:
+                code = getattr(exc, "value", None)
+                if code == q.function_not_found:
+                    q._absent("nvmlEventSetWait_v2", "the driver lacks it")
+                elif code != timeout:
+                    self._warn("xid-wait", "Xid events", f"could not be read ({exc}); retrying each tick")
+                break
+            out.setdefault(uuid, []).append(int(ev.eventData))
+        return out
+
+    def _xid_reading(self, g: _Gpu) -> Xids:
+        if not g.xid_events or "nvmlEventSetWait_v2" in self.q.absent:
+            return Xids()  # no events can be read: unknown, not "none happened"
+        codes = self._xids.get(g.uuid, ())
+        return Xids(len(codes), codes[-1] if codes else None)
 
     def _warn(self, kind: str, what: str, msg: str) -> None:
         if (kind, what) not in self._warned:
@@ -486,6 +540,7 @@ class NvmlBackend(TickSource):
             gpu_memory_slices=g.gpu_memory_slices,
             prof=prof,
             clocks=self._clocks(g),
+            xids=self._xid_reading(g),
         )
 
     def _clocks(self, g: _Gpu) -> Clocks:
@@ -666,6 +721,7 @@ class NvmlBackend(TickSource):
             else int(self.interval_s * 1_000_000)
         )
         self._prev_now = now
+        self._xids = self._drain_xids()
         for index in list(self._pending):
             g = self._open_gpu(index)
             if g is not None:
@@ -740,6 +796,9 @@ class NvmlBackend(TickSource):
         for g in self.gpus:
             self._drop_mig(g)
             self._drop_gpm(g)
+        if self._events is not None:
+            self._try(self.q, "nvmlEventSetFree", self._events)
+            self._events = None
         try:
             self.lib.nvmlShutdown()
         except self.q.error as exc:

@@ -76,6 +76,13 @@ class Clocks(NamedTuple):
     event_reasons: int | None = None
 
 
+class Xids(NamedTuple):
+    """Xid error events of one GPU during the tick: how many and the last code (None: not readable)."""
+
+    count: int | None = None
+    last: int | None = None
+
+
 class MigReading(NamedTuple):
     """One MIG instance in use or not: its static facts and this tick's memory and activity."""
 
@@ -111,6 +118,7 @@ class GpuReading(NamedTuple):
     gpu_memory_slices: int = 8
     prof: Prof = Prof()  # GPM profiling activity of the whole GPU (Hopper and newer)
     clocks: Clocks = Clocks()
+    xids: Xids = Xids()
 
 
 class ProcessListGrowing(Exception):

@@ -142,6 +142,7 @@ def gpu_of(r: Any) -> Any:
         state=r.state,
         **prof_fields(getattr(r, "prof", None)),
         **_clock_fields(getattr(r, "clocks", None)),
+        **_xid_fields(getattr(r, "xids", None)),
     )
 
 
@@ -155,6 +156,10 @@ def prof_fields(p: Any) -> dict[str, Any]:
         "tensor_active_pct": p.tensor_active_pct,
         "dram_active_pct": p.dram_active_pct,
     }
+
+
+def _xid_fields(x: Any) -> dict[str, Any]:
+    return {} if x is None else {"xid_count": x.count, "xid_last": x.last}
 
 
 def _clock_fields(c: Any) -> dict[str, Any]:

@@ -40,6 +40,8 @@ GPU_FIELDS = (
     "sm_clock_mhz",
     "mem_clock_mhz",
     "clocks_event_reasons",
+    "xid_count",
+    "xid_last",
 )
 SLICE_FIELDS = (
     "slice_id",

@@ -164,6 +164,25 @@ class _Profiled:
             self.prof_us[k] += getattr(self, k) / 100.0 * dt_us
 
 
+class EventSet:
+    """An NVML event set: the GPUs registered on it and the events queued for nvmlEventSetWait."""
+
+    def __init__(self) -> None:
+        self.gpus: dict[int, int] = {}  # id(FakeGpu) -> registered event type mask
+        self.queue: list[EventData] = []
+        self.freed = False
+
+
+class EventData:
+    """c_nvmlEventData_t: ``.device`` (the handle), ``.eventType``, ``.eventData`` (the Xid)."""
+
+    __slots__ = ("computeInstanceId", "device", "eventData", "eventType", "gpuInstanceId")
+
+    def __init__(self, device: Any, event_type: int, data: int) -> None:
+        self.device, self.eventType, self.eventData = device, event_type, data
+        self.gpuInstanceId = self.computeInstanceId = NO_INSTANCE
+
+
 class GpmSample:
     """An opaque GPM sample buffer; the fake records when it was taken and the counters then."""
 
@@ -362,6 +381,7 @@ class FakeNvml:
     """The fake pynvml module. ``hidden`` names are absent attributes (an older nvidia-ml-py)."""
 
     c_nvmlGpmMetricsGet_t = GpmMetricsGet
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
     def __new__(cls, *args: Any, hidden: Iterable[str] = (), **kwargs: Any) -> FakeNvml:
         hidden = tuple(hidden)
@@ -387,6 +407,7 @@ class FakeNvml:
         self.calls: Counter[str] = Counter()
         self.inits = 0
         self.gpm_samples: list[GpmSample] = []  # every buffer handed out (tests check they are freed)
+        self.event_sets: list[EventSet] = []
 
     def __getattr__(self, name: str) -> Any:  # constants, error classes, structs: pynvml's own
         if name.startswith(("NVML", "c_")):
@@ -650,6 +671,39 @@ class FakeNvml:
             metric.value = delta / (s2.ts_us - s1.ts_us) * 100.0
             metric.nvmlReturn = pynvml.NVML_SUCCESS
         return req
+
+    # -- Xid events -----------------------------------------------------------------------------
+
+    def xid(self, gpu: FakeGpu, code: int) -> None:
+        """The driver reports Xid ``code`` on ``gpu``: queued on every set the GPU is registered on."""
+        for es in self.event_sets:
+            if es.gpus.get(id(gpu), 0) & pynvml.nvmlEventTypeXidCriticalError:
+                es.queue.append(EventData(gpu, pynvml.nvmlEventTypeXidCriticalError, code))
+
+    @_api
+    def nvmlEventSetCreate(self) -> EventSet:
+        es = EventSet()
+        self.event_sets.append(es)
+        return es
+
+    @_api
+    def nvmlDeviceRegisterEvents(self, h: FakeGpu, event_types: int, es: EventSet) -> None:
+        es.gpus[id(h)] = es.gpus.get(id(h), 0) | event_types
+
+    @_api
+    def nvmlEventSetWait_v2(self, es: EventSet, timeout_ms: int) -> EventData:
+        if es.freed:
+            raise err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not es.queue:
+            raise err(pynvml.NVML_ERROR_TIMEOUT)  # never waits: the fake has no other thread
+        ev = es.queue.pop(0)
+        if isinstance(ev.device, FakeGpu) and ev.device.fault is not None:
+            raise err(ev.device.fault)
+        return ev
+
+    @_api
+    def nvmlEventSetFree(self, es: EventSet) -> None:
+        es.freed = True
 
     # -- clocks -------------------------------------------------------------------------------
 

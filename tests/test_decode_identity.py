@@ -9,9 +9,9 @@ The table digests and the rejected payloads are the ones pinned from the decoder
 12 (commit 62f97f8, exact checker); since then the reasons are the reference validator's
 wording, naming the same field paths (the message-level ones as `(message)`).
 
-Issue 17 appended profiling columns (`PROFILING_COLUMNS` of test_producer_golden): each table's
-``digest`` is still taken over the columns that existed before, and is unchanged; ``digest_all``
-pins every column, the new ones included.
+Issue 17 appended columns (profiling, clocks, Xid events; `ISSUE17_COLUMNS` of
+test_producer_golden): each table's ``digest`` is still taken over the columns that existed
+before, and is unchanged; ``digest_all`` pins every column, the new ones included.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import orjson
 import pyarrow.parquet as pq
 from messages import valid_message
 from test_batch_decode import TEXT_CASES, fleet
-from test_producer_golden import PROFILING_COLUMNS
+from test_producer_golden import ISSUE17_COLUMNS
 from test_schema import REJECTED
 
 from gpuledger.batch_decode import decode_batch_fast
@@ -80,7 +80,7 @@ def lake_of(tmp_path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("tick", "gpu", "slice", "process"):
         rows = pq.read_table(lake.table_dir(kind), partitioning=None).to_pylist()
-        before = [{k: v for k, v in r.items() if k not in PROFILING_COLUMNS} for r in rows]
+        before = [{k: v for k, v in r.items() if k not in ISSUE17_COLUMNS} for r in rows]
         out[kind] = {"rows": len(rows), "digest": _digest(before), "digest_all": _digest(rows)}
     dlq = pq.read_table(tmp_path / "lake" / "dlq", partitioning=None).to_pylist()
     out["dlq"] = [[r["offset"] - 500, r["reason"]] for r in sorted(dlq, key=lambda r: r["offset"])]

@@ -381,3 +381,22 @@ def test_every_series_with_hostname_carries_the_new_lowercase_label_too(exporter
     assert len(with_host) > 100
     assert all(lb["hostname"] == lb["Hostname"] for _, lb in with_host)
     assert all("Hostname" in lb for rows in s.values() for lb, _ in rows if "hostname" in lb)
+
+
+def test_xid_errors_hold_the_last_code_since_start_and_are_absent_where_unreadable(
+    exporter: AgentExporter,
+) -> None:
+    msg = valid_message()
+    msg["gpus"][1].update(xid_count=2, xid_last=79)
+    exporter.update(msg)
+    msg = valid_message()
+    msg["gpus"][1].update(xid_count=0)  # a later tick without events: the last code stays
+    exporter.update(msg)
+    s = scrape(exporter)
+    assert pick(s, "DCGM_FI_DEV_XID_ERRORS", UUID=G1, hostname="n1") == [79.0]
+    assert pick(s, "gpuledger_gpu_xid_events_total", UUID=G1) == [2.0]
+    assert pick(s, "DCGM_FI_DEV_XID_ERRORS", UUID=G0) == []  # GPU 0's events are not readable: null
+    fresh = valid_message()
+    fresh["gpus"][0].update(xid_count=0)
+    exporter.update(fresh)
+    assert pick(scrape(exporter), "DCGM_FI_DEV_XID_ERRORS", UUID=G0) == [0.0]  # readable, none yet

@@ -169,6 +169,8 @@ def test_whole_gpu_tick_exact() -> None:
             "sm_clock_mhz": 1980,
             "mem_clock_mhz": 2619,
             "clocks_event_reasons": 4,  # SW power cap
+            "xid_count": 0,  # Xid events readable, none this tick
+            "xid_last": None,
         }
     ]
     sid = f"GPU-0:{POD_A}"
@@ -454,6 +456,8 @@ NO_PROF: dict[str, None] = {
     "sm_clock_mhz": None,
     "mem_clock_mhz": None,
     "clocks_event_reasons": None,
+    "xid_count": None,
+    "xid_last": None,
 }
 MIG_PROF = {
     "sm_active_pct": 15.0,
@@ -574,6 +578,7 @@ def test_mig_without_gpm_has_null_profiling_and_still_reads_clocks() -> None:
         "sm_clock_mhz": 1980,
         "mem_clock_mhz": 2619,
         "clocks_event_reasons": 0,
+        "xid_count": 0,
     }
     assert [[s[k] for k in PROF] for s in msg["slices"]] == [[None] * 4, [None] * 4]
     assert fake.calls["nvmlGpmSampleGet"] == 0 and fake.calls["nvmlGpmMetricsGet"] == 0
@@ -636,6 +641,35 @@ def test_clocks_not_supported_are_null_and_gpm_restarts_after_a_lost_gpu() -> No
     assert {k: tick(fake, b)["gpus"][0][k] for k in PROF} == PROF
     b.close()
     assert fake.gpm_samples and all(s.freed for s in fake.gpm_samples)  # every buffer freed
+
+
+def test_xid_events_are_drained_each_tick_without_waiting() -> None:
+    gpus = [FakeGpu(0, "GPU-0"), FakeGpu(1, "GPU-1")]
+    fake, b = make(gpus)
+    fake.advance(5.0)
+    fake.xid(gpus[1], 13)
+    fake.xid(gpus[1], 79)  # fell off the bus: the last code is the one that matters
+    msg = tick(fake, b, dt=5.0)
+    assert [(g["xid_count"], g["xid_last"]) for g in msg["gpus"]] == [(0, None), (2, 79)]
+    assert [(g["xid_count"], g["xid_last"]) for g in tick(fake, b)["gpus"]] == [(0, None), (0, None)]
+    assert fake.calls["nvmlDeviceRegisterEvents"] == 2 and fake.calls["nvmlEventSetCreate"] == 1
+    b.close()
+    assert fake.event_sets[0].freed
+
+
+@pytest.mark.parametrize(
+    "missing,not_supported",
+    [(("nvmlEventSetWait_v2",), ()), ((), ("nvmlDeviceRegisterEvents",)), (("nvmlEventSetCreate",), ())],
+)
+def test_xid_fields_are_null_where_events_cannot_be_read(
+    missing: tuple[str, ...], not_supported: tuple[str, ...]
+) -> None:
+    g = FakeGpu(0, "GPU-0", not_supported=not_supported)
+    fake, b = make([g], missing=missing)
+    fake.xid(g, 48)
+    for _ in range(2):
+        gpu = tick(fake, b)["gpus"][0]
+        assert (gpu["xid_count"], gpu["xid_last"], gpu["state"]) == (None, None, "ok")
 
 
 @pytest.mark.parametrize("code", [pynvml.NVML_ERROR_NO_PERMISSION, pynvml.NVML_ERROR_NOT_SUPPORTED])

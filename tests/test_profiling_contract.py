@@ -23,7 +23,13 @@ PROFILING = {
     "tensor_active_pct": 12.0,
     "dram_active_pct": 33.0,
 }
-GPU_EXTRA = {"sm_clock_mhz": 1755, "mem_clock_mhz": 2619, "clocks_event_reasons": 4}
+GPU_EXTRA = {
+    "sm_clock_mhz": 1755,
+    "mem_clock_mhz": 2619,
+    "clocks_event_reasons": 4,
+    "xid_count": 2,
+    "xid_last": 79,
+}
 
 
 def test_an_old_producers_message_is_valid_and_its_new_columns_null() -> None:
@@ -32,7 +38,7 @@ def test_an_old_producers_message_is_valid_and_its_new_columns_null() -> None:
     out = check(mixed(orjson.dumps(doc)), clean=True)
     gpu = [g for g in out.tables["gpu"].to_pylist() if g["node"] == "n1" and g["seq"] == doc["seq"]]
     assert len(gpu) == len(doc["gpus"])
-    assert [[g[k] for k in (*PROFILING, *GPU_EXTRA)] for g in gpu] == [[None] * 7] * len(doc["gpus"])
+    assert [[g[k] for k in (*PROFILING, *GPU_EXTRA)] for g in gpu] == [[None] * 9] * len(doc["gpus"])
 
 
 def test_profiling_fields_reach_the_lake_through_the_native_reader() -> None:
@@ -57,6 +63,8 @@ def test_profiling_fields_reach_the_lake_through_the_native_reader() -> None:
         ("gpus", "sm_clock_mhz", -5),
         ("gpus", "mem_clock_mhz", 1755.5),
         ("gpus", "clocks_event_reasons", "4"),
+        ("gpus", "xid_last", 65536),
+        ("gpus", "xid_count", -1),
         ("slices", "tensor_active_pct", 101),
     ],
 )
