@@ -34,10 +34,12 @@ Label conventions (kept the same on every metric of a family):
   ``namespace``, ``pod``, ``container``, ``vdevice_index`` (the slice's position among that
   container's vGPU slices in the tick), ``device_uuid``. ``hami_vgpu_memory_*_bytes`` are bytes;
   ``hami_container_device_utilization_ratio`` is SM busy % (0-100), as HAMi exports it.
-- ``gpuledger_slice_*``: ``slice_id``, ``kind``, ``UUID`` (physical GPU), ``Hostname``,
+- ``gpuledger_slice_*``: ``slice_id``, ``kind``, ``UUID`` (physical GPU), ``hostname``,
   ``mig_profile``, ``namespace``, ``pod``, ``container``, ``job_id``, ``account``, ``user``.
-- ``gpuledger_process_*``: ``pid``, ``UUID``, ``slice_id``, ``Hostname``, ``namespace``/``pod``/
+- ``gpuledger_process_*``: ``pid``, ``UUID``, ``slice_id``, ``hostname``, ``namespace``/``pod``/
   ``container`` (from the process's slice), ``container_id``, ``pod_uid``, ``job_id``, ``user``.
+Every series with ``hostname`` also carries the deprecated ``Hostname`` (same value) for one
+release, so rules and dashboards written for the old label keep working while they move.
 Unknown label values are empty strings (Prometheus treats them as absent).
 """
 
