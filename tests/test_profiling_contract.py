@@ -8,14 +8,19 @@ path, and refuse out-of-range values at the same field path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from messages import valid_message
 from test_batch_decode import check, mixed, reader  # noqa: F401 - reader: the native-reader fixture
 
 from gpuledger.schema import reference_errors
+from warehouse.lake import Lake
+from warehouse.staging import samples_sql
 
 PROFILING = {
     "sm_active_pct": 21.5,
@@ -75,3 +80,27 @@ def test_out_of_range_profiling_is_refused_at_its_field(where: str, field: str, 
     out = check(mixed(orjson.dumps(doc)), clean=False)
     assert [r.index for r in out.rejects] == [20]
     assert f"{where}[0].{field}" in out.rejects[0].reason or f"{where}/0/{field}" in out.rejects[0].reason
+
+
+def test_a_lake_of_files_from_before_issue_17_and_after_reads_as_one_table(tmp_path: Path) -> None:
+    """Files written before the new columns existed still read through staging, their new columns null."""
+    from test_producer_golden import ISSUE17_COLUMNS
+    from test_staging import _tick, _write
+
+    lake = Lake(tmp_path / "lake")
+    _write(lake, [_tick(k) for k in range(1, 4)])
+    for f in (tmp_path / "lake").rglob("*.parquet"):
+        if f.parent.parent.name == "gpu":  # rewritten as a pre-issue-17 file: without the new columns
+            t = pq.read_table(f)
+            pq.write_table(t.drop_columns([c for c in ISSUE17_COLUMNS if c in t.column_names]), f)
+    new = [_tick(k) for k in range(4, 6)]
+    for m in new:
+        m["gpus"][0].update(PROFILING, **GPU_EXTRA)
+    _write(lake, new)
+    sql = samples_sql(lake, "gpu", ["2026-10-15"])
+    assert sql is not None
+    uuid = new[0]["gpus"][0]["uuid"]
+    q = f"SELECT seq, sm_active_pct, xid_last FROM {sql} WHERE uuid = ? ORDER BY seq"
+    rows = duckdb.execute(q, [uuid]).fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r[1:] for r in rows] == [(None, None)] * 3 + [(21.5, 79)] * 2
