@@ -115,6 +115,7 @@ class Enforcer:
     def __init__(self, cfg: Config, send: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.lake = Lake(cfg.lake.path, cfg.lake.zstd_level)
+        self.lake.unsupported("the enforcer (its features, audit and state files)")
         self.send = send
         self.history: FleetHistory | None = None
         self.folded_at: datetime | None = None
