@@ -292,6 +292,7 @@ def status(cfg: Config, now: datetime) -> dict[str, Any]:
     from warehouse.enforcer_audit import audit_sql
 
     lake = Lake(cfg.lake.path)
+    lake.unsupported("the enforcer (its features, audit and state files)")
     state = PolicyState.from_json(load_state(lake))
     out: dict[str, Any] = {
         "mode": cfg.enforcer.mode,

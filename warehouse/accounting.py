@@ -81,7 +81,8 @@ class Accounting:
             self.con.execute(
                 "CREATE TABLE prices (model VARCHAR, valid_from DATE, valid_to DATE, gpu_hour DECIMAL(18, 6))"
             )
-            self.con.executemany("INSERT INTO prices VALUES (?, ?, ?, ?)", price_book.rows())
+            if price_book.rows():  # an empty book: no prices (DuckDB refuses an empty executemany)
+                self.con.executemany("INSERT INTO prices VALUES (?, ?, ?, ?)", price_book.rows())
         self.refresh()
 
     def update(self, dates: Sequence[str] | None = None) -> RollupStats:
