@@ -19,7 +19,8 @@ Jobs (schedules in config ``[jobs]``, UTC):
 
 Every job runs with coalesce (missed runs collapse into one), a misfire grace time, at most one
 instance in this process (APScheduler's max_instances=1) and at most one in the whole installation
-(a non-blocking ``flock`` on ``<lake>/jobs/_locks/<job>.lock``; a run that finds it held is counted as
+(a non-blocking ``flock`` on ``<lake>/jobs/_locks/<job>.lock``, on an object-store lake a file of this
+host's temp folder, ``Lake.lock_file``; a run that finds it held is counted as
 ``skipped``). Health is exported as ``gpuledger_job_runs_total{job,result}``,
 ``gpuledger_job_duration_seconds{job}`` and ``gpuledger_job_last_success_timestamp_seconds{job}``;
 every run is also one row in the lake's job log, ``jobs/date=D/part-<batch>.parquet``.

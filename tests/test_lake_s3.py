@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +364,31 @@ def test_what_cannot_run_on_s3_says_so_in_one_line(s3_lake, tmp_path):
     assert (run.result, run.error) == (
         "error", f"LakeError: lake {s3_lake}: the janitor needs a local lake path, not object storage (yet)"
     )
+
+
+def test_alerts_job_and_dashboard_reads_on_s3(s3_lake, tmp_path):
+    """The alerts job keeps its state in the bucket; the dashboard's month list and a closed month's
+    charges read from the bucket equal those of the local lake."""
+    from dashboards.data import DashboardData
+    from warehouse.close import CloseSettings, close_month
+
+    scenario.write(Lake(s3_lake), scenario.messages())
+    seen = {}
+    for name, loc in (("local", tmp_path / "l" / "lake"), ("s3", s3_lake)):
+        (tmp_path / name[0]).mkdir(exist_ok=True)
+        cfg = load_config(_cli_config(tmp_path / name[0], loc))
+        run = _run_job(loc, "alerts")
+        assert (run.result, run.error) == ("success", ""), run.error
+        settings = CloseSettings.from_config(cfg)
+        close_month(loc, "2026-10", settings)
+        data = DashboardData(loc, settings, connections=1)
+        try:
+            ch = data.month_charges("2026-10")
+            seen[name] = (data.months(), ch.closed, ch.lines, len(ch.source))
+        finally:
+            data.close()
+    lake = Lake(s3_lake)
+    assert lake.exists(lake.root / "alerts" / "_state.json")
+    assert seen["s3"] == seen["local"] and seen["s3"][0] == ["2026-10"] and seen["s3"][1:2] == (True,)
+    assert seen["s3"][3] == 64  # the manifest sha256 the page shows
+    assert sum(ln.cost for ln in seen["s3"][2]) == Decimal("22.00")

@@ -16,13 +16,17 @@ object store, and none is needed: a PUT makes an object appear whole or not at a
 file has a unique name (its batch id), and the tick file, the commit record, is PUT only after
 every row file of its batch was acknowledged. A transient store error (connection, throttling,
 5xx) is retried with backoff for up to `retry_s`; anything else raises, so the batch's Kafka
-offsets are never committed for files that are not there. Today the ingest path and the staging
-layer's readers run on an object store; the rollups, close and dashboards need a local lake.
+offsets are never committed for files that are not there. Ingest, the staging layer's readers, the
+rollups, the close, the reports and the dashboards' reads run on an object store; the enforcer and
+the janitor stop in one line (`unsupported`).
 
 Every other file of the lake (rollups, their state, the ledger) goes through the file operations
 below (`exists`, `glob`, `stat`, `read_bytes`, `read_table`, `write_bytes`, `delete`, `url`),
 which are the one place that knows whether the root is a directory or a prefix: locally a write is
-temp name + fsync + rename (`write_bytes_atomic`), on a store one PUT (whole or not at all).
+temp name + fsync + rename (`write_bytes_atomic`), on a store one PUT (whole or not at all). A
+commit record written last (a rollup date's state file, a month's manifest) keeps its meaning: a
+reader that finds it finds every object PUT before it. A store has no locks: `lock_file` gives a
+file of the local host to `flock` instead, so one host runs the jobs of an object-store lake.
 """
 
 from __future__ import annotations
