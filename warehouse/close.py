@@ -90,16 +90,12 @@ def _inputs(acct: Accounting, month: str) -> list[dict[str, Any]]:
         for table in ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks"):
             p = acct.rollups.root / table / f"date={date_}" / "part.parquet"
             if acct.lake.exists(p):
-                out.append({"path": str(p.relative_to(root)), "sha256": _sha256(acct.lake, p)})
+                out.append({"path": str(p.relative_to(root)), "sha256": acct.lake.sha256(p)})
         samples = acct.rollups._inputs(date_)
         if samples:
             listing = hashlib.sha256(_canonical(samples)).hexdigest()
             out.append({"path": f"samples/*/date={date_}", "files": len(samples), "listing_sha256": listing})
     return out
-
-
-def _sha256(lake: Lake, path: Path) -> str:
-    return hashlib.sha256(lake.read_bytes(path)).hexdigest()
 
 
 def _key(ln: ChargeLine) -> tuple:

@@ -258,6 +258,18 @@ class Lake:
 
         return self._retry(get, f"reading {path}")
 
+    def sha256(self, path: PurePath | str) -> str:
+        """A file's SHA-256, read in 1 MiB pieces (rollup files may be large)."""
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with (open(path, "rb") if not self.remote else self.fs.open_input_stream(self._key(path))) as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+
+        return digest() if not self.remote else self._retry(digest, f"reading {path}")
+
     def read_text(self, path: PurePath | str) -> str:
         return self.read_bytes(path).decode()
 
