@@ -201,7 +201,7 @@ class DashboardData:
                 rows = acct.sql(
                     "SELECT DISTINCT strftime(hour, '%Y-%m') FROM gpu_hourly WHERE hour IS NOT NULL"
                 ).fetchall()
-            return sorted({r[0] for r in rows} | set(closed_months(self.lake.root)), reverse=True)
+            return sorted({r[0] for r in rows} | set(closed_months(self.lake)), reverse=True)
 
         return self.cached("months", q)
 
@@ -209,9 +209,9 @@ class DashboardData:
         """The closed ledger's lines, else the accrual to date (what warehouse.monthly.month_lines gives)."""
 
         def q() -> MonthCharges:
-            if month in closed_months(self.lake.root):
-                lines, manifest = read_ledger(self.lake.root, month)
-                sha = manifest_sha256(self.lake.root, month)
+            if month in closed_months(self.lake):
+                lines, manifest = read_ledger(self.lake, month)
+                sha = manifest_sha256(self.lake, month)
                 return MonthCharges(month, lines, True, sha, Decimal(manifest["totals"]["expected_exact"]))
             try:
                 with self.acct() as acct:

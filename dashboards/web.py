@@ -383,7 +383,7 @@ def _pdf(data: DashboardData, month: str, tenant: str | None) -> bytes | None:
     # On a pooled connection: rollups as the dashboard reads them, idle periods already loaded.
     with data.acct() as acct:
         reports = build_reports(
-            data.lake.root, month, data.settings, tenant=tenant, fleet=tenant is None, acct=acct
+            data.lake, month, data.settings, tenant=tenant, fleet=tenant is None, acct=acct
         )
     if not reports or (tenant is not None and not reports[0].lines and not reports[0].daily):
         return None

@@ -349,7 +349,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         return 1
     _check_price_book(cfg, lake, dates)
-    out = Path(args.out or lake / "reports" / f"month={month}")
+    if args.out is None and isinstance(lake, str):
+        raise ConfigError(
+            f"gpuledger report: lake {lake} is on object storage; report files are written to a local "
+            f"folder: give --out DIR"
+        )
+    out = Path(args.out or Path(lake) / "reports" / f"month={month}")
     written: list[Path] = []
     reports = build_reports(lake, month, settings, tenant=args.tenant)
     if args.tenant and not reports[0].lines and not reports[0].daily:

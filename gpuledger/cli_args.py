@@ -65,8 +65,16 @@ def _start(command: str, value: str | None, span_s: float) -> datetime | None:
     return start
 
 
-def _lake_to_read(cfg: Config, command: str) -> Path:
-    """The lake a reading command works on; a missing one is a mistake, never created empty."""
+def _lake_to_read(cfg: Config, command: str) -> Path | str:
+    """The lake a reading command works on; a missing one is a mistake, never created empty.
+    An object-store lake (s3://) is given back as its location, checked by listing it."""
+    from warehouse.lake import Lake, is_remote
+
+    if is_remote(cfg.lake.path):
+        lake = Lake(cfg.lake.path)
+        if not lake.list_dirs(lake.root):
+            raise ConfigError(f"gpuledger {command}: lake {cfg.lake.path} holds nothing (no objects there)")
+        return cfg.lake.path
     path = Path(cfg.lake.path)
     if not path.is_dir():
         raise ConfigError(
@@ -76,7 +84,7 @@ def _lake_to_read(cfg: Config, command: str) -> Path:
     return path
 
 
-def _check_price_book(cfg: Config, lake: Path, dates: list[str] | None) -> None:
+def _check_price_book(cfg: Config, lake: Path | str, dates: list[str] | None) -> None:
     """An empty price book names the models it would have to price (the book's own check names
     a model it lacks only when it meets one, and not at all when it is empty)."""
     from warehouse.errors import PriceError

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from warehouse.lake import write_bytes_atomic
+from warehouse.lake import Lake
 
 STATE_FILE = "_state.json"
 STATE_VERSION = 1
@@ -66,15 +66,15 @@ def _empty_state() -> dict[str, Any]:
 class StateStore:
     """The state file of one alerts folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, lake: Lake, root: Path) -> None:
+        self.lake = lake
         self.root = root
         self.state_path = root / STATE_FILE
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, Any]]:
         """The state, loaded under an exclusive lock and saved back atomically on success."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "_state.lock", "a+") as lock:
+        with open(self.lake.lock_file(self.root / "_state.lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 state = self.load()
@@ -84,12 +84,14 @@ class StateStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def load(self) -> dict[str, Any]:
-        if not self.state_path.exists():
+        try:
+            state = json.loads(self.lake.read_text(self.state_path))
+        except FileNotFoundError:
             return _empty_state()
-        state = json.loads(self.state_path.read_text())
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"{self.state_path}: state version {state.get('version')!r}, expected 1")
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        write_bytes_atomic(self.state_path, json.dumps(state, sort_keys=True, separators=(",", ":")).encode())
+        body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+        self.lake.write_bytes(self.state_path, body)

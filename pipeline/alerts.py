@@ -87,7 +87,7 @@ class AlertEngine:
         self.lag_probe = lag_probe
         self.route = route or (lambda labels: [])
         self.root = self.lake.root / ALERTS
-        self.store = StateStore(self.root)
+        self.store = StateStore(self.lake, self.root)
         self.state_path = self.store.state_path
         self._unpriced: set[str] = set()
         self._samples: RecentSamples | None = None
@@ -648,15 +648,16 @@ def rollbacks_since(lake: Lake, since: datetime, until: datetime) -> list[dict[s
     base = lake.root / "audit" / "enforcer" / "decisions"
     lo, hi = since.astimezone(UTC).date(), until.astimezone(UTC).date()
     files = sorted(  # only the date partitions the range touches: the audit grows forever
-        str(f)
-        for d in (base.glob("date=*") if base.exists() else [])
-        if lo.isoformat() <= d.name[5:] <= hi.isoformat()
-        for f in d.glob("*.parquet")
+        lake.url(base / d / n)
+        for d in lake.list_dirs(base)
+        if d.startswith("date=") and lo.isoformat() <= d[5:] <= hi.isoformat()
+        for n in lake.list_names(base / d)
     )
     if not files:
         return []
     src = f"read_parquet([{', '.join(lit(f) for f in files)}], hive_partitioning = false)"
     con = duckdb.connect()
+    lake.register(con)
     try:
         cur = con.execute(
             "SELECT DISTINCT ON (decision_id) decision_id, issued_at, tenant, cluster, node, pool, "

@@ -115,6 +115,7 @@ class Enforcer:
     def __init__(self, cfg: Config, send: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.lake = Lake(cfg.lake.path, cfg.lake.zstd_level)
+        self.lake.unsupported("the enforcer (its features, audit and state files)")
         self.send = send
         self.history: FleetHistory | None = None
         self.folded_at: datetime | None = None
@@ -291,6 +292,7 @@ def status(cfg: Config, now: datetime) -> dict[str, Any]:
     from warehouse.enforcer_audit import audit_sql
 
     lake = Lake(cfg.lake.path)
+    lake.unsupported("the enforcer (its features, audit and state files)")
     state = PolicyState.from_json(load_state(lake))
     out: dict[str, Any] = {
         "mode": cfg.enforcer.mode,

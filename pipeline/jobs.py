@@ -19,7 +19,8 @@ Jobs (schedules in config ``[jobs]``, UTC):
 
 Every job runs with coalesce (missed runs collapse into one), a misfire grace time, at most one
 instance in this process (APScheduler's max_instances=1) and at most one in the whole installation
-(a non-blocking ``flock`` on ``<lake>/jobs/_locks/<job>.lock``; a run that finds it held is counted as
+(a non-blocking ``flock`` on ``<lake>/jobs/_locks/<job>.lock``, on an object-store lake a file of this
+host's temp folder, ``Lake.lock_file``; a run that finds it held is counted as
 ``skipped``). Health is exported as ``gpuledger_job_runs_total{job,result}``,
 ``gpuledger_job_duration_seconds{job}`` and ``gpuledger_job_last_success_timestamp_seconds{job}``;
 every run is also one row in the lake's job log, ``jobs/date=D/part-<batch>.parquet``.
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gpuledger.config import JOB_NAMES, Config
@@ -50,6 +50,7 @@ from pipeline.alert_rules import AlertRules
 from pipeline.alerts import AlertEngine
 from pipeline.kafka_lag import LagReading, kafka_lag
 from warehouse.checks import QUERIES as CHECK_QUERIES
+from warehouse.errors import LakeError
 from warehouse.lake import Lake, new_batch_id
 
 log = logging.getLogger(__name__)
@@ -254,9 +255,9 @@ class JobRunner:
 
         day = (now - timedelta(days=1)).date()
         month = f"{day.year:04d}-{day.month:02d}"
-        if month in closed_months(self.lake.root):
+        if month in closed_months(self.lake):
             return {"month": month, "skipped": "month already closed"}
-        lines, _note, _closed = month_lines(self.lake.root, month, self.settings)
+        lines, _note, _closed = month_lines(self.lake, month, self.settings)
         path = (
             self.lake.root / "ledger" / ACCRUAL / f"month={month}" / f"date={now.date().isoformat()}.parquet"
         )
@@ -272,7 +273,7 @@ class JobRunner:
         if not any(d.startswith(month) for d in Rollups(self.lake).sample_dates()):
             # `gpuledger close` refuses an empty month unless told (--allow-empty); so does the job
             return {"month": month, "skipped": "no samples in the month"}
-        res = close_month(self.lake.root, month, self.settings, now=now)
+        res = close_month(self.lake, month, self.settings, now=now)
         return {"month": month, "unchanged": res.unchanged, "lines": len(res.lines), **res.manifest["totals"]}
 
     def enforcer(self, now: datetime) -> dict[str, Any]:
@@ -293,7 +294,7 @@ class JobRunner:
     def janitor(self, now: datetime) -> dict[str, Any]:
         from warehouse.janitor import sweep
 
-        res = sweep(self.lake.root, self.cfg.lake.janitor_min_age_hours * 3600.0, now=now.timestamp())
+        res = sweep(self.lake, self.cfg.lake.janitor_min_age_hours * 3600.0, now=now.timestamp())
         return res.as_detail()
 
     def close_due(self, now: datetime) -> bool:
@@ -305,15 +306,13 @@ class JobRunner:
         due = datetime(now.year, now.month, self.cfg.jobs.close_day, h, m, tzinfo=UTC)
         month = previous_month(now)
         has_data = any(d.startswith(month) for d in Rollups(self.lake).sample_dates())
-        return now >= due and has_data and month not in closed_months(self.lake.root)
+        return now >= due and has_data and month not in closed_months(self.lake)
 
     # -- running one job ------------------------------------------------------------------------
 
     @contextmanager
     def _lock(self, job: str) -> Iterator[bool]:
-        d = self.lake.root / JOBS / "_locks"
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / f"{job}.lock", "a+") as fh:
+        with open(self.lake.lock_file(self.lake.root / JOBS / "_locks" / f"{job}.lock"), "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -340,6 +339,10 @@ class JobRunner:
                 try:
                     detail = self.jobs[job](now)
                     result = "success"
+                except LakeError as exc:  # a part that cannot run on this lake: one line, no trace
+                    result = "error"
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error("job %s failed: %s", job, exc)
                 except Exception as exc:  # a job failing is data for the log, not a crash
                     result = "error"
                     error = f"{type(exc).__name__}: {exc}"
@@ -405,19 +408,22 @@ def compact_job_log(lake: Lake, before: date) -> int:
     """
     root = lake.root / JOBS
     merged = 0
-    for day_dir in sorted(root.glob("date=*")) if root.exists() else []:
-        day = date.fromisoformat(day_dir.name.removeprefix("date="))
-        parts = sorted(day_dir.glob("part-*.parquet"))
+    for name in lake.list_dirs(root):
+        if not name.startswith("date="):
+            continue
+        day_dir = root / name
+        day = date.fromisoformat(name.removeprefix("date="))
+        parts = lake.find(day_dir, "part-*.parquet")
         if day >= before or not parts:
             continue
         target = day_dir / "log.parquet"
-        tables = [pq.read_table(f, schema=JOB_LOG_SCHEMA) for f in [*parts, target] if f.exists()]
+        tables = [lake.read_table(f, schema=JOB_LOG_SCHEMA) for f in [*parts, target] if lake.exists(f)]
         rows = pa.concat_tables(tables).sort_by("run_id")
         ids = rows["run_id"].to_pylist()
         first = [i for i, r in enumerate(ids) if i == 0 or r != ids[i - 1]]
         lake.write_file(rows.take(first), target)
         for f in parts:
-            f.unlink()
+            lake.delete(f)
         merged += 1
     return merged
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -75,13 +74,15 @@ class Accounting:
             self.con.execute(f"SET threads = {int(threads)}")
         if memory_limit:
             self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        self.lake.register(self.con)
         self._files: dict[str, list[str]] = {}
         self.idle_source = ""  # where the idle periods came from: computed, saved or shared
         if price_book is not None:
             self.con.execute(
                 "CREATE TABLE prices (model VARCHAR, valid_from DATE, valid_to DATE, gpu_hour DECIMAL(18, 6))"
             )
-            self.con.executemany("INSERT INTO prices VALUES (?, ?, ?, ?)", price_book.rows())
+            if price_book.rows():  # an empty book: no prices (DuckDB refuses an empty executemany)
+                self.con.executemany("INSERT INTO prices VALUES (?, ?, ?, ?)", price_book.rows())
         self.refresh()
 
     def update(self, dates: Sequence[str] | None = None) -> RollupStats:
@@ -174,11 +175,10 @@ class Accounting:
         self._drop_idle()
         self.idle_source = "computed"
         saved = self.idle_path()
-        if saved.exists():
+        if self.lake.exists(saved):
             try:
-                self.con.execute(
-                    f"CREATE TEMP TABLE idle_period_hours AS SELECT * FROM read_parquet({_lit(saved)})"
-                )
+                src = _lit(self.lake.url(saved))
+                self.con.execute(f"CREATE TEMP TABLE idle_period_hours AS SELECT * FROM read_parquet({src})")
                 self.idle_source = "saved"
             except duckdb.Error:  # pruned by its writer between the check and the read: compute
                 self._drop_idle()
@@ -199,11 +199,10 @@ class Accounting:
             ).encode()
         )
         for f in self._files.get("idle_runs", []):
-            try:
-                st = os.stat(f)
-            except OSError:
+            st = self.lake.stat(f)
+            if st is None:
                 continue
-            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(f"{f}:{st[0]}:{st[1]};".encode())
         return h.hexdigest()
 
     def idle_path(self) -> Path:
@@ -217,13 +216,12 @@ class Accounting:
         (a reader that loses the race computes the periods itself).
         """
         path = self.idle_path()
-        if not path.exists():
+        if not self.lake.exists(path):
             self.lake.write_file(self.idle_table(), path)
-        older = sorted(
-            (p for p in path.parent.glob("idle-*.parquet") if p != path), key=lambda p: p.stat().st_mtime_ns
-        )
+        stats = {p: self.lake.stat(p) for p in self.lake.find(path.parent, "idle-*.parquet") if p != path}
+        older = sorted((p for p, st in stats.items() if st is not None), key=lambda p: stats[p][1])
         for p in older[: max(0, len(older) - (keep - 1))]:
-            p.unlink(missing_ok=True)
+            self.lake.delete(p)
         return path
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:

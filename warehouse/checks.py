@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse.lake import write_bytes_atomic
+from warehouse.lake import Lake
 from warehouse.rules import HOUR_NO_SQL, KINDS
 
 log = logging.getLogger(__name__)
@@ -90,38 +90,42 @@ def combine(date: str, hourly: dict[int, list[CheckResult]]) -> list[CheckResult
     return out
 
 
-def load_hourly(root: Path, date: str) -> dict[int, list[CheckResult]]:
+def load_hourly(lake: Lake, root: Path, date: str) -> dict[int, list[CheckResult]]:
     """The per-hour results kept by the last build of `date` (empty when none)."""
     try:
-        doc = json.loads((root / CHECKS_DIR / HOURLY_DIR / f"date={date}.json").read_text())
+        doc = json.loads(lake.read_text(root / CHECKS_DIR / HOURLY_DIR / f"date={date}.json"))
     except (OSError, ValueError):
         return {}
     return {int(h): [CheckResult(**r) for r in rows] for h, rows in doc.items()}
 
 
 def save(
-    root: Path, date: str, results: list[CheckResult], hourly: dict[int, list[CheckResult]] | None = None
+    lake: Lake,
+    root: Path,
+    date: str,
+    results: list[CheckResult],
+    hourly: dict[int, list[CheckResult]] | None = None,
 ) -> None:
     """Keep a date's results (rebuilding the date replaces them) and log each failure once."""
     if hourly is not None:
         doc = {str(h): [asdict(r) for r in rows] for h, rows in sorted(hourly.items())}
-        write_bytes_atomic(root / CHECKS_DIR / HOURLY_DIR / f"date={date}.json", json.dumps(doc).encode())
+        lake.write_bytes(root / CHECKS_DIR / HOURLY_DIR / f"date={date}.json", json.dumps(doc).encode())
     for r in results:
         if r.failures:
             log.warning(
                 "data check %s failed on %s: %d row(s), e.g. %s", r.check, date, r.failures, r.example
             )
     body = json.dumps([asdict(r) for r in results], sort_keys=True).encode()
-    write_bytes_atomic(root / CHECKS_DIR / f"date={date}.json", body)
+    lake.write_bytes(root / CHECKS_DIR / f"date={date}.json", body)
 
 
-def failures(root: Path) -> list[CheckResult]:
+def failures(lake: Lake, root: Path) -> list[CheckResult]:
     """The failing checks of every date's latest build."""
     out: list[CheckResult] = []
     d = root / CHECKS_DIR
-    for p in sorted(d.glob("date=*.json")) if d.exists() else []:
+    for p in lake.find(d, "date=*.json"):
         try:
-            rows = json.loads(p.read_text())
+            rows = json.loads(lake.read_text(p))
         except (OSError, ValueError):
             continue  # replaced while read: the next look finds the new one
         out += [CheckResult(**r) for r in rows if r.get("failures")]

@@ -28,7 +28,7 @@ from warehouse import closed_usage
 from warehouse.accounting import Accounting
 from warehouse.chargeback import CTX, quantize_line
 from warehouse.errors import CloseError
-from warehouse.lake import write_bytes_atomic
+from warehouse.lake import Lake, as_lake
 from warehouse.ledger_model import ChargeLine, lines_to_table, table_to_lines
 from warehouse.money_settings import CloseSettings, _canonical
 from warehouse.pricing import days, month_bounds
@@ -60,26 +60,26 @@ def month_dates(month: str) -> list[str]:
     return [d.isoformat() for d in days(m0, m1 + timedelta(days=1))]
 
 
-def ledger_dir(lake: str | Path, month: str) -> Path:
-    return Path(lake) / LEDGER / f"month={month}"
+def ledger_dir(lake: Lake | str | Path, month: str) -> Path:
+    return as_lake(lake).root / LEDGER / f"month={month}"
 
 
-def closed_months(lake: str | Path) -> list[str]:
-    root = Path(lake) / LEDGER
-    if not root.exists():
-        return []
-    return sorted(p.name[6:] for p in root.glob("month=*") if (p / MANIFEST).exists())
+def closed_months(lake: Lake | str | Path) -> list[str]:
+    lake = as_lake(lake)
+    return [p.parent.name[6:] for p in lake.find(lake.root / LEDGER, f"month=*/{MANIFEST}")]
 
 
-def read_ledger(lake: str | Path, month: str) -> tuple[list[ChargeLine], dict[str, Any]]:
+def read_ledger(lake: Lake | str | Path, month: str) -> tuple[list[ChargeLine], dict[str, Any]]:
+    lake = as_lake(lake)
     d = ledger_dir(lake, month)
-    manifest = json.loads((d / MANIFEST).read_text())
-    return table_to_lines(pq.read_table(d / CHARGES)), manifest
+    manifest = json.loads(lake.read_text(d / MANIFEST))
+    return table_to_lines(lake.read_table(d / CHARGES)), manifest
 
 
-def manifest_sha256(lake: str | Path, month: str) -> str:
+def manifest_sha256(lake: Lake | str | Path, month: str) -> str:
     """What ties a report or a page to the closed ledger it shows."""
-    return hashlib.sha256((ledger_dir(lake, month) / MANIFEST).read_bytes()).hexdigest()
+    lake = as_lake(lake)
+    return hashlib.sha256(lake.read_bytes(ledger_dir(lake, month) / MANIFEST)).hexdigest()
 
 
 def _inputs(acct: Accounting, month: str) -> list[dict[str, Any]]:
@@ -89,21 +89,13 @@ def _inputs(acct: Accounting, month: str) -> list[dict[str, Any]]:
     for date_ in month_dates(month):
         for table in ("slice_hourly", "gpu_hourly", "idle_runs", "node_ticks"):
             p = acct.rollups.root / table / f"date={date_}" / "part.parquet"
-            if p.exists():
-                out.append({"path": str(p.relative_to(root)), "sha256": _sha256(p)})
+            if acct.lake.exists(p):
+                out.append({"path": str(p.relative_to(root)), "sha256": acct.lake.sha256(p)})
         samples = acct.rollups._inputs(date_)
         if samples:
             listing = hashlib.sha256(_canonical(samples)).hexdigest()
             out.append({"path": f"samples/*/date={date_}", "files": len(samples), "listing_sha256": listing})
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key(ln: ChargeLine) -> tuple:
@@ -112,7 +104,7 @@ def _key(ln: ChargeLine) -> tuple:
 
 
 def _corrections(
-    lake: str | Path, month: str, acct_kw: dict[str, Any], closed: list[str]
+    lake: Lake, month: str, acct_kw: dict[str, Any], closed: list[str]
 ) -> list[ChargeLine]:
     """Correction lines for earlier closed months whose inputs changed since they were closed."""
     out: list[ChargeLine] = []
@@ -186,7 +178,7 @@ def _original_type(ln: ChargeLine) -> str:
 
 
 def close_month(
-    lake: str | Path,
+    lake: Lake | str | Path,
     month: str,
     settings: CloseSettings,
     *,
@@ -202,6 +194,7 @@ def close_month(
             f"month {month} is not over yet (it ends {m1.isoformat()} 00:00 UTC); close it after"
         )
     acct_kw = {"threads": threads, "memory_limit": memory_limit}
+    lake = as_lake(lake)
     closed = closed_months(lake)
     corrections = _corrections(lake, month, acct_kw, closed)
     acct = settings.accounting(lake, **acct_kw)
@@ -241,17 +234,17 @@ def close_month(
     manifest["idle_sha256"] = hashlib.sha256(idle_bytes).hexdigest()
     manifest_bytes = json.dumps(manifest, sort_keys=True, indent=2).encode() + b"\n"
     if month in closed:
-        old = (d / MANIFEST).read_bytes()
-        if old == manifest_bytes and (d / CHARGES).read_bytes() == charges_bytes:
+        old = lake.read_bytes(d / MANIFEST)
+        if old == manifest_bytes and lake.read_bytes(d / CHARGES) == charges_bytes:
             return CloseResult(month, d, manifest, lines, unchanged=True)
         raise CloseError(
             f"month {month} is already closed with other inputs or settings; a closed month is never "
             f"rewritten: late data for it becomes correction lines when the next open month closes"
         )
-    write_bytes_atomic(d / CHARGES, charges_bytes)
-    write_bytes_atomic(d / closed_usage.USAGE, usage_bytes)  # the usage the bill was made from
-    write_bytes_atomic(d / closed_usage.IDLE, idle_bytes)
-    write_bytes_atomic(d / MANIFEST, manifest_bytes)  # last: the commit record
+    lake.write_bytes(d / CHARGES, charges_bytes)
+    lake.write_bytes(d / closed_usage.USAGE, usage_bytes)  # the usage the bill was made from
+    lake.write_bytes(d / closed_usage.IDLE, idle_bytes)
+    lake.write_bytes(d / MANIFEST, manifest_bytes)  # last: the commit record
     return CloseResult(month, d, manifest, lines, unchanged=False)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from warehouse.accounting import Accounting
+from warehouse.lake import Lake
 
 USAGE = "usage.parquet"
 IDLE = "idle.parquet"
@@ -94,11 +94,11 @@ class ClosedUsage:
         self.idle = idle.to_pylist()
 
     @classmethod
-    def read(cls, ledger_dir: Path) -> ClosedUsage | None:
+    def read(cls, lake: Lake, ledger_dir: Path) -> ClosedUsage | None:
         u, i = ledger_dir / USAGE, ledger_dir / IDLE
-        if not (u.exists() and i.exists()):
+        if not (lake.exists(u) and lake.exists(i)):
             return None  # closed before usage was kept: the reports recompute it
-        return cls(pq.read_table(u), pq.read_table(i))
+        return cls(lake.read_table(u), lake.read_table(i))
 
     def daily(self, tenant: str | None) -> list[dict[str, Any]]:
         scope = FLEET if tenant is None else tenant

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from warehouse.lake import Lake, new_batch_id, write_bytes_atomic
+from warehouse.lake import Lake, new_batch_id
 from warehouse.sql import lit
 
 TS = pa.timestamp("us", tz="UTC")
@@ -100,7 +100,7 @@ def append(lake: Lake, table: str, rows: Iterable[Mapping[str, Any]]) -> list[Pa
 def audit_sql(lake: Lake, table: str) -> str | None:
     """A DuckDB relation over one audit table; None while it has no files."""
     base = lake.root / "audit" / "enforcer" / table
-    if not base.exists() or not any(base.rglob("*.parquet")):
+    if not lake.find(base, "date=*/*.parquet"):
         return None
     return f"read_parquet({lit(str(base / 'date=*' / '*.parquet'))}, hive_partitioning = false)"
 
@@ -109,9 +109,11 @@ STATE = Path("state") / "enforcer.json"
 
 
 def load_state(lake: Lake) -> dict[str, Any]:
-    p = lake.root / STATE
-    return json.loads(p.read_text()) if p.exists() else {}
+    try:
+        return json.loads(lake.read_text(lake.root / STATE))
+    except FileNotFoundError:
+        return {}
 
 
 def save_state(lake: Lake, state: Mapping[str, Any]) -> None:
-    write_bytes_atomic(lake.root / STATE, json.dumps(state, sort_keys=True).encode())
+    lake.write_bytes(lake.root / STATE, json.dumps(state, sort_keys=True).encode())

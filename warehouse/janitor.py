@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warehouse.lake import SAMPLES, TMP_SUFFIX
+from warehouse.lake import SAMPLES, TMP_SUFFIX, Lake, as_lake
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ def _remove(path: Path, st: os.stat_result, res: SweepResult, counter: str) -> N
     res.bytes_freed += st.st_size
 
 
-def sweep(root: str | os.PathLike[str], min_age_s: float, now: float | None = None) -> SweepResult:
+def sweep(root: Lake | str | os.PathLike[str], min_age_s: float, now: float | None = None) -> SweepResult:
     """Remove ``*.tmp`` files and uncommitted row files older than ``min_age_s``; see the module doc."""
-    root = Path(root)
+    lake = as_lake(root)
+    lake.unsupported("the janitor")
+    root = Path(lake.root)
     now = time.time() if now is None else now
     res = SweepResult()
     if not root.is_dir():

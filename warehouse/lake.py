@@ -16,16 +16,29 @@ object store, and none is needed: a PUT makes an object appear whole or not at a
 file has a unique name (its batch id), and the tick file, the commit record, is PUT only after
 every row file of its batch was acknowledged. A transient store error (connection, throttling,
 5xx) is retried with backoff for up to `retry_s`; anything else raises, so the batch's Kafka
-offsets are never committed for files that are not there. Today the ingest path and the staging
-layer's readers run on an object store; the rollups, close and dashboards need a local lake.
+offsets are never committed for files that are not there. Ingest, the staging layer's readers, the
+rollups, the close, the reports and the dashboards' reads run on an object store; the enforcer and
+the janitor stop in one line (`unsupported`).
+
+Every other file of the lake (rollups, their state, the ledger) goes through the file operations
+below (`exists`, `glob`, `stat`, `read_bytes`, `read_table`, `write_bytes`, `delete`, `url`),
+which are the one place that knows whether the root is a directory or a prefix: locally a write is
+temp name + fsync + rename (`write_bytes_atomic`), on a store one PUT (whole or not at all). A
+commit record written last (a rollup date's state file, a month's manifest) keeps its meaning: a
+reader that finds it finds every object PUT before it. A store has no locks: `lock_file` gives a
+file of the local host to `flock` instead, so one host runs the jobs of an object-store lake.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import hashlib
 import logging
 import os
 import secrets
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath, PurePosixPath
@@ -141,6 +154,18 @@ class Lake:
         files = (i for i in infos if i.type == pafs.FileType.File)
         return sorted(i.base_name for i in files if i.base_name.endswith(suffix))
 
+    def sizes(self, directory: PurePath, suffix: str = ".parquet") -> list[tuple[str, int]]:
+        """(name, size) of the files directly in `directory` ending in `suffix`, sorted by name."""
+        if not self.remote:
+            d = Path(directory)
+            return [(p.name, p.stat().st_size) for p in sorted(d.glob(f"*{suffix}"))] if d.exists() else []
+        infos = self._retry(
+            lambda: self.fs.get_file_info(pafs.FileSelector(self._key(directory), allow_not_found=True)),
+            f"listing {directory}",
+        )
+        files = (i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+        return sorted((i.base_name, int(i.size or 0)) for i in files)
+
     def list_dirs(self, directory: PurePath) -> list[str]:
         """Names of the folders directly in `directory`, sorted."""
         if not self.remote:
@@ -166,6 +191,134 @@ class Lake:
                             _one_line(exc), wait)
                 time.sleep(wait)
                 wait = min(wait * 2, 5.0)
+
+    # -- files of the lake, local or remote -------------------------------------------------------
+
+    def _key(self, path: PurePath | str) -> str:
+        """The store key of a lake path or of a URL `url` made (object store only)."""
+        text = str(path)
+        return text[len("s3://"):] if text.startswith("s3://") else text
+
+    def exists(self, path: PurePath | str) -> bool:
+        if not self.remote:
+            return Path(path).exists()
+        info = self._retry(lambda: self.fs.get_file_info(self._key(path)), f"looking up {path}")
+        return info.type != pafs.FileType.NotFound
+
+    def find(self, directory: PurePath, pattern: str) -> list[Any]:
+        """Files under `directory` matching `pattern` ("*.parquet", "date=*/*.json"), sorted."""
+        if not self.remote:
+            d = Path(directory)
+            return sorted(p for p in d.glob(pattern) if p.is_file()) if d.exists() else []
+        parts = pattern.split("/")
+        base = self._key(directory)
+        infos = self._retry(
+            lambda: self.fs.get_file_info(
+                pafs.FileSelector(base, allow_not_found=True, recursive=len(parts) > 1)
+            ),
+            f"listing {directory}",
+        )
+        out = []
+        for i in infos:
+            rel = i.path[len(base):].lstrip("/").split("/")
+            if i.type == pafs.FileType.File and len(rel) == len(parts) and all(
+                fnmatch.fnmatchcase(a, b) for a, b in zip(rel, parts, strict=True)
+            ):
+                out.append(PurePosixPath(i.path))
+        return sorted(out)
+
+    def stat(self, path: PurePath | str) -> tuple[int, int] | None:
+        """(size, mtime in ns) of a file, or None when it is not there."""
+        if not self.remote:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return st.st_size, st.st_mtime_ns
+        info = self._retry(lambda: self.fs.get_file_info(self._key(path)), f"looking up {path}")
+        if info.type != pafs.FileType.File:
+            return None
+        return int(info.size or 0), int(info.mtime_ns or 0)
+
+    def read_bytes(self, path: PurePath | str) -> bytes:
+        """A file's bytes (FileNotFoundError when it is not there, as a local read)."""
+        if not self.remote:
+            return Path(path).read_bytes()
+
+        def get() -> bytes:
+            try:
+                with self.fs.open_input_stream(self._key(path)) as fh:
+                    return fh.read()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                if "NoSuchKey" in str(exc) or "does not exist" in str(exc):
+                    raise FileNotFoundError(str(path)) from exc
+                raise
+
+        return self._retry(get, f"reading {path}")
+
+    def sha256(self, path: PurePath | str) -> str:
+        """A file's SHA-256, read in 1 MiB pieces (rollup files may be large)."""
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with (open(path, "rb") if not self.remote else self.fs.open_input_stream(self._key(path))) as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+
+        return digest() if not self.remote else self._retry(digest, f"reading {path}")
+
+    def read_text(self, path: PurePath | str) -> str:
+        return self.read_bytes(path).decode()
+
+    def read_table(self, path: PurePath | str, schema: pa.Schema | None = None) -> pa.Table:
+        """One Parquet file of the lake as an Arrow table (read as `schema` when given)."""
+        if not self.remote:
+            return pq.read_table(path, schema=schema)
+        return self._retry(
+            lambda: pq.read_table(self._key(path), schema=schema, filesystem=self.fs), f"reading {path}"
+        )
+
+    def write_bytes(self, path: PurePath, data: bytes) -> Any:
+        """Write a whole file so a reader sees it whole or the previous one: locally temp name,
+        fsync, rename (`write_bytes_atomic`); on an object store one acknowledged PUT."""
+        if not self.remote:
+            return write_bytes_atomic(path, data)
+
+        def put() -> None:
+            with self.fs.open_output_stream(self._key(path)) as fh:
+                fh.write(data)
+
+        self._retry(put, f"writing {path}")
+        return path
+
+    def delete(self, path: PurePath | str) -> None:
+        """Remove a file; one that is already gone is not an error."""
+        if not self.remote:
+            Path(path).unlink(missing_ok=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._retry(lambda: self.fs.delete_file(self._key(path)), f"deleting {path}")
+
+    def lock_file(self, path: PurePath) -> Path:
+        """A local file to `flock` for the lake path `path` (made ready to open): beside the data
+        on a local lake, so every process over it shares it; an object store has no locks, so
+        there it is a file of this host's temp folder, keyed by the lake (one host's processes
+        exclude each other; run one `gpuledger jobs` per object-store lake)."""
+        if self.remote:
+            tag = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+            local = Path(tempfile.gettempdir()) / "gpuledger-locks" / tag / str(path).lstrip("/")
+        else:
+            local = Path(path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return local
+
+    def unsupported(self, what: str) -> None:
+        """Stop, in one line naming the lake, where a part cannot run on an object store yet."""
+        if self.remote:
+            raise LakeError(f"lake {self.location}: {what} needs a local lake path, not object storage (yet)")
 
     def table_dir(self, kind: str) -> Path:
         return self.root / SAMPLES / kind
@@ -234,6 +387,11 @@ class Lake:
         for date, part in _split_by_date(table, column="received_at"):
             last = self.write_file(part, self.root / DLQ / f"date={date}" / f"dlq-{batch:020d}.parquet")
         return last
+
+
+def as_lake(lake: Lake | str | os.PathLike[str]) -> Lake:
+    """A Lake from a Lake, a local path or an s3:// location (callers take any of them)."""
+    return lake if isinstance(lake, Lake) else Lake(lake)
 
 
 def _one_line(exc: BaseException) -> str:

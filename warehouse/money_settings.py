@@ -18,6 +18,7 @@ from typing import Any
 
 from warehouse.accounting import Accounting
 from warehouse.chargeback import ChargePolicy, Charges, compute_charges
+from warehouse.lake import Lake
 from warehouse.ledger_model import ChargeLine
 from warehouse.pricing import PriceBook
 
@@ -91,7 +92,7 @@ class CloseSettings:
     def policy(self) -> ChargePolicy:
         return ChargePolicy(self.mode, self.idle_policy, Decimal(self.kwh) if self.kwh else None)
 
-    def accounting(self, lake: str | Path, priced: bool = True, **kw: Any) -> Accounting:
+    def accounting(self, lake: Lake | str | Path, priced: bool = True, **kw: Any) -> Accounting:
         """An Accounting connection under these settings; `priced=False` leaves the price book out
         (usage and idle without costs, for a config that has no prices yet)."""
         return Accounting(

@@ -23,6 +23,7 @@ from warehouse.close import (
     read_ledger,
 )
 from warehouse.closed_usage import ClosedUsage, dec9
+from warehouse.lake import Lake, as_lake
 from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
 from warehouse.pricing import month_bounds
 from warehouse.sql import lit as _lit
@@ -32,13 +33,14 @@ ACCRUAL_NOTE = "not closed: accrual to date"
 
 
 def month_lines(
-    lake: str | Path, month: str, settings: CloseSettings, acct: Accounting | None = None
+    lake: Lake | str | Path, month: str, settings: CloseSettings, acct: Accounting | None = None
 ) -> tuple[list[ChargeLine], str, bool]:
     """(lines, manifest sha256 or accrual note, closed?) for a month.
 
     An open month is accrued on `acct` as it stands (the caller keeps its rollups current), or on
     a connection of its own after bringing the month's rollups up to date.
     """
+    lake = acct.lake if acct is not None else as_lake(lake)
     if month in closed_months(lake):
         lines, _ = read_ledger(lake, month)
         return lines, manifest_sha256(lake, month), True
@@ -61,7 +63,7 @@ def tenant_numbered(lines: list[ChargeLine]) -> list[ChargeLine]:
 
 
 def build_reports(
-    lake: str | Path,
+    lake: Lake | str | Path,
     month: str,
     settings: CloseSettings,
     tenant: str | None = None,
@@ -80,14 +82,14 @@ def build_reports(
     try:
         if own:
             acct.update(month_dates(month))
-        lines, sha, closed = month_lines(lake, month, settings, acct)
+        lines, sha, closed = month_lines(acct.lake, month, settings, acct)
         # A closed month reports the usage its bill was made from (late data: next month's corrections).
-        kept = ClosedUsage.read(ledger_dir(lake, month)) if closed else None
+        kept = ClosedUsage.read(acct.lake, ledger_dir(acct.lake, month)) if closed else None
         tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
         if tenant is not None:
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
-        rs = _rightsizing(lake, month, settings)
+        rs = _rightsizing(acct.lake, month, settings)
         out = []
         for scope in scopes:
             r = _report(acct, month, m0, m1, scope, lines, sha, settings, kept)
@@ -99,7 +101,7 @@ def build_reports(
             acct.close()
 
 
-def _rightsizing(lake: str | Path, month: str, settings: CloseSettings) -> list[dict[str, Any]]:
+def _rightsizing(lake: Lake | str | Path, month: str, settings: CloseSettings) -> list[dict[str, Any]]:
     """The enforcer's reclaimed memory of the month (empty without an enforcer state)."""
     from warehouse.enforcer_views import rightsizing_month
     from warehouse.pricing import PriceBook

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.lake import Lake
+from warehouse.lake import as_lake
 from warehouse.pricing import days, month_bounds
 from warehouse.rollups import Rollups
 from warehouse.sql import read_parquet
@@ -23,7 +23,7 @@ from warehouse.sql import read_parquet
 
 def sample_dates(lake: str | Path) -> list[str]:
     """Dates (YYYY-MM-DD) that hold committed ticks, oldest first."""
-    return Rollups(Lake(lake)).sample_dates()
+    return Rollups(as_lake(lake)).sample_dates()
 
 
 def month_sample_dates(lake: str | Path, month: str) -> list[str]:
@@ -46,10 +46,16 @@ def models_in(lake: str | Path, dates: Sequence[str] | None = None) -> list[str]
     from warehouse.staging import committed_files
 
     wanted = sample_dates(lake) if dates is None else list(dates)
-    files = committed_files(Lake(lake), "gpu", wanted)
+    lake = as_lake(lake)
+    files = committed_files(lake, "gpu", wanted)
     if not files:
         return []
-    rows = duckdb.sql(f"SELECT DISTINCT model FROM {read_parquet(files)} ORDER BY 1").fetchall()
+    con = duckdb.connect()
+    lake.register(con)
+    try:
+        rows = con.sql(f"SELECT DISTINCT model FROM {read_parquet(files)} ORDER BY 1").fetchall()
+    finally:
+        con.close()
     return [r[0] for r in rows if r[0] is not None]
 
 

@@ -41,6 +41,7 @@ class RecentSamples:
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
         self.con.execute("SET threads = 2")  # a minute of ticks: more threads only cost start-up
+        self.lake.register(self.con)
 
     def _files(self, kind: str, since: datetime, until: datetime) -> list[str]:
         return committed_files(self.lake, kind, dates_between(since.date(), until.date()))

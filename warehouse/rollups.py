@@ -44,10 +44,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from warehouse import checks
-from warehouse.lake import Lake, schema_of, write_bytes_atomic
+from warehouse.lake import Lake, schema_of
 from warehouse.rules import (
     HOUR_NO_SQL,
     SECONDS,
@@ -63,7 +62,7 @@ from warehouse.rules import (
 )
 from warehouse.sql import lit as _lit
 from warehouse.sql import read_parquet as _read
-from warehouse.staging import committed_files
+from warehouse.staging import committed_files, sample_dates
 
 ROLLUPS = "rollups"
 STATE = "_state"
@@ -112,17 +111,13 @@ class Rollups:
         return self.lake.root / ROLLUPS
 
     def sample_dates(self) -> list[str]:
-        tick_dir = self.lake.table_dir("tick")
-        if not tick_dir.exists():
-            return []
-        return sorted(p.name[5:] for p in tick_dir.glob("date=*") if p.is_dir())
+        return sample_dates(self.lake)
 
     def _inputs(self, date: str) -> list[tuple[str, int]]:
         out = []
         for kind in ("tick", "gpu", "slice"):
             d = self.lake.table_dir(kind) / f"date={date}"
-            if d.exists():
-                out += [(f"{kind}/{p.name}", p.stat().st_size) for p in sorted(d.glob("*.parquet"))]
+            out += [(f"{kind}/{n}", size) for n, size in self.lake.sizes(d)]
         return out
 
     def _signature(self, date: str) -> str:
@@ -136,10 +131,11 @@ class Rollups:
         return self.root / STATE / f"date={date}.json"
 
     def is_current(self, date: str) -> bool:
-        p = self._state_path(date)
-        if not p.exists():
+        try:
+            doc = json.loads(self.lake.read_text(self._state_path(date)))
+        except FileNotFoundError:
             return False
-        return json.loads(p.read_text()).get("signature") == self._signature(date)
+        return doc.get("signature") == self._signature(date)
 
     # -- who keeps them current ---------------------------------------------------------------
 
@@ -149,13 +145,13 @@ class Rollups:
         Other readers (the dashboard) then only re-read the rollups instead of building them too.
         """
         body = json.dumps({"by": by, "at": now.astimezone(UTC).isoformat()}).encode()
-        write_bytes_atomic(self.root / STATE / "keeper.json", body)
+        self.lake.write_bytes(self.root / STATE / "keeper.json", body)
 
     def kept_within(self, seconds: float, now: datetime) -> str | None:
         """Who marked the rollups kept within the last `seconds`, or None."""
         p = self.root / STATE / "keeper.json"
         try:
-            doc = json.loads(p.read_text())
+            doc = json.loads(self.lake.read_text(p))
             at = datetime.fromisoformat(doc["at"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -197,6 +193,7 @@ class Rollups:
             con.execute(f"SET threads = {int(self.threads)}")
         if self.memory_limit:
             con.execute(f"SET memory_limit = {_lit(self.memory_limit)}")
+        self.lake.register(con)
         return con
 
     def _files(self, kind: str, date: str) -> list[str]:
@@ -216,9 +213,9 @@ class Rollups:
         """The committed batches the date's rollups were built from, with the hours each touches
         (None: no usable record, so every hour of the date is computed)."""
         p = self._batches_path(date)
-        if not p.exists() or not all(self._table_path(t, date).exists() for t in TABLES):
+        if not self.lake.exists(p) or not all(self.lake.exists(self._table_path(t, date)) for t in TABLES):
             return None
-        t = pq.read_table(p)
+        t = self.lake.read_table(p)
         meta = t.schema.metadata or {}
         return t if meta.get(b"key") == self._state_key().encode() else None
 
@@ -263,7 +260,7 @@ class Rollups:
             mids = sorted(set(dirty["h"].to_pylist()))
             tshs = sorted(set(dirty["tsh"].to_pylist()))
         if mids == [] and tshs == []:  # only uncommitted row files came: nothing to recompute
-            write_bytes_atomic(
+            self.lake.write_bytes(
                 self._state_path(date),
                 json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
             )
@@ -299,13 +296,13 @@ class Rollups:
         # data checks per hour, kept beside the pieces so a date's result sums every hour's
         hour_checks = self._merge_checks(date, tables["checks"], mids)
         self.checks = checks.combine(date, hour_checks)
-        checks.save(self.root / STATE, date, self.checks, hourly=hour_checks)
+        checks.save(self.lake, self.root / STATE, date, self.checks, hourly=hour_checks)
         self.check_failures += sum(1 for c in self.checks if c.failures)
         self.lake.write_file(
             current.replace_schema_metadata({"key": self._state_key()}), self._batches_path(date)
         )
         # Written last: the state file says the date's files are complete.
-        write_bytes_atomic(
+        self.lake.write_bytes(
             self._state_path(date),
             json.dumps({"signature": signature, "date": date}, sort_keys=True).encode(),
         )
@@ -314,14 +311,15 @@ class Rollups:
 
     def _read_old(self, table: str, date: str) -> pa.Table | None:
         p = self._node_hours_path(date) if table == NODE_HOURS else self._table_path(table, date)
-        return pq.read_table(p) if p.exists() else None
+        return self.lake.read_table(p) if self.lake.exists(p) else None
 
     def _merge_checks(
         self, date: str, fresh: dict[int, list[checks.CheckResult]], mids: list[int] | None
     ) -> dict[int, list[checks.CheckResult]]:
         out: dict[int, list[checks.CheckResult]] = {}
         if mids is not None:
-            out = {h: r for h, r in checks.load_hourly(self.root / STATE, date).items() if h not in set(mids)}
+            kept = checks.load_hourly(self.lake, self.root / STATE, date)
+            out = {h: r for h, r in kept.items() if h not in set(mids)}
         out.update(fresh)
         return dict(sorted(out.items()))
 
@@ -347,12 +345,12 @@ class Rollups:
 
     def failed_checks(self) -> list[checks.CheckResult]:
         """Data checks failing on any date as last built (warehouse/checks.py)."""
-        return checks.failures(self.root / STATE)
+        return checks.failures(self.lake, self.root / STATE)
 
     def empty_file(self, table: str) -> str:
         """An empty file with the rollup table's schema, so views exist before any rollup does."""
         path = self.root / STATE / f"empty-rollup-{table}-v{ROLLUP_VERSION}.parquet"
-        if not path.exists():
+        if not self.lake.exists(path):
             con = self._connect()
             try:
                 tables = self._compute(con, [self._empty("tick")], [], [])
@@ -362,11 +360,11 @@ class Rollups:
             for name in TABLES:
                 p = self.root / STATE / f"empty-rollup-{name}-v{ROLLUP_VERSION}.parquet"
                 self.lake.write_file(tables[name].schema.empty_table(), p)
-        return str(path)
+        return self.lake.url(path)
 
     def files(self, table: str) -> list[str]:
         """The rollup files of a table, or its empty file when there are none yet."""
-        found = sorted(str(p) for p in (self.root / table).glob("date=*/*.parquet"))
+        found = [self.lake.url(p) for p in self.lake.find(self.root / table, "date=*/*.parquet")]
         return found or [self.empty_file(table)]
 
     def _compute(
@@ -604,9 +602,9 @@ class Rollups:
     def _empty(self, kind: str) -> str:
         """An empty Parquet file of a sample table's schema, for dates that lack that table."""
         path = self.root / STATE / f"empty-{kind}.parquet"
-        if not path.exists():
+        if not self.lake.exists(path):
             self.lake.write_file(schema_of(kind).empty_table(), path)
-        return str(path)
+        return self.lake.url(path)
 
     def _table_path(self, name: str, date: str) -> Path:
         return self.root / name / f"date={date}" / "part.parquet"
@@ -634,13 +632,11 @@ def change_key(lake: Lake) -> str:
     small state files, never the data."""
     h = hashlib.sha256()
     for d, pattern in ((lake.root / ROLLUPS / STATE, "date=*.json"), (lake.root / "ledger", "*/*")):
-        if d.exists():
-            for p in sorted(d.glob(pattern)):
-                try:
-                    st = p.stat()
-                except OSError:
-                    continue
-                h.update(f"{p.name}:{p.parent.name}:{st.st_mtime_ns}:{st.st_size};".encode())
+        for p in lake.find(d, pattern):
+            st = lake.stat(p)
+            if st is None:
+                continue
+            h.update(f"{p.name}:{p.parent.name}:{st[1]}:{st[0]};".encode())
     return h.hexdigest()
 
 
