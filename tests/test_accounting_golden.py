@@ -695,3 +695,93 @@ def test_a_charge_policy_is_checked_when_made() -> None:
     p = ChargePolicy("hybrid", "even", Decimal("0.2"))
     with pytest.raises(AttributeError):
         p.mode = "used"  # type: ignore[misc]  # frozen: one policy object for the whole period
+
+
+# -- issue 17: unhealthy GPU ticks and the SM-activity basis, worked by hand ----------------------
+# One H100 at $4 for one hour (60 ticks of 60 s): capacity $4.00. Namespace ml holds a 1/4 replica,
+# 80% busy (kernel running) and 40% SM active. Ticks 1-15 had Xid 79 (fell off the bus): unhealthy.
+
+
+def _sick_hour() -> list[dict]:
+    msgs = []
+    for k in range(1, 61):
+        replica = _ts_slice(80.0)
+        replica["sm_active_pct"] = 40.0
+        m = _tick(k, BOOT_A, [replica])
+        m["gpus"][0].update(xid_count=1 if k <= 15 else 0, xid_last=79 if k <= 15 else None)
+        msgs.append(m)
+    return msgs
+
+
+XID79 = "__unhealthy__/xid 79: GPU fell off the bus"
+
+
+@pytest.mark.parametrize(
+    ("mode", "basis", "bill_unhealthy", "expected"),
+    [
+        # reserved 15 min = 0.25 h; 15 sick ticks x 15 s = 225 s = 0.0625 h -> $0.25 to the platform
+        (
+            "reserved",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "0.75"),
+                ("unallocated", "__unallocated__", "3.00"),
+                ("unhealthy", XID79, "0.25"),
+            ],
+        ),
+        ("reserved", "busy", True, [("usage", "ml", "1.00"), ("unallocated", "__unallocated__", "3.00")]),
+        # used 0.8 x 60 min = 0.8 h ($3.20), of which 15 x 48 s = 0.2 h ($0.80) on sick ticks
+        (
+            "used",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "2.40"),
+                ("unallocated", "__unallocated__", "0.80"),
+                ("unhealthy", XID79, "0.80"),
+            ],
+        ),
+        # SM active 0.4 x 60 min = 0.4 h ($1.60), of which 15 x 24 s = 0.1 h ($0.40) on sick ticks
+        (
+            "used",
+            "sm_active",
+            False,
+            [
+                ("usage", "ml", "1.20"),
+                ("unallocated", "__unallocated__", "2.40"),
+                ("unhealthy", XID79, "0.40"),
+            ],
+        ),
+        # hybrid: max(reserved 900 s, used 2,880 s) per slice-hour; the sick part is the larger of its
+        # reserved (225 s) and used (720 s) seconds: $0.80
+        (
+            "hybrid",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "2.40"),
+                ("unallocated", "__unallocated__", "0.80"),
+                ("unhealthy", XID79, "0.80"),
+            ],
+        ),
+        ("used", "sm_active", True, [("usage", "ml", "1.60"), ("unallocated", "__unallocated__", "2.40")]),
+    ],
+)
+def test_unhealthy_ticks_go_to_the_platform_and_used_basis_picks_what_used_bills(
+    tmp_path: Path, mode: str, basis: str, bill_unhealthy: bool, expected: list[tuple[str, str, str]]
+) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        policy = ChargePolicy(
+            mode=mode, idle_policy="platform", bill_unhealthy=bill_unhealthy, used_basis=basis
+        )
+        c = compute_charges(acct, H0.strftime("%Y-%m"), policy)
+    finally:
+        acct.close()
+    assert [(ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in c.lines] == expected
+    assert c.total == Decimal("4.00") == c.expected_total
+    usage = next(ln for ln in c.lines if ln.line_type == "usage")
+    # the tenant's measured hours stay whole; only the bill leaves the sick ticks out
+    assert usage.reserved_gpu_hours == Decimal("0.25")
+    assert usage.used_gpu_hours == Decimal("0.8" if basis == "busy" else "0.4")
