@@ -785,3 +785,22 @@ def test_unhealthy_ticks_go_to_the_platform_and_used_basis_picks_what_used_bills
     # the tenant's measured hours stay whole; only the bill leaves the sick ticks out
     assert usage.reserved_gpu_hours == Decimal("0.25")
     assert usage.used_gpu_hours == Decimal("0.8" if basis == "busy" else "0.4")
+
+
+def test_unhealthy_line_in_focus_names_the_platform_and_the_reason(tmp_path: Path) -> None:
+    from warehouse.focus import focus_table
+
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        c = compute_charges(acct, H0.strftime("%Y-%m"), ChargePolicy())
+    finally:
+        acct.close()
+    rows = focus_table(c.lines).to_pylist()
+    sick = [r for r in rows if r["SubAccountId"] == XID79]
+    assert len(sick) == 1
+    assert sick[0]["SubAccountName"] == "Unhealthy GPU time (platform)"
+    assert sick[0]["ChargeDescription"] == (
+        f"{H100} on c GPU-hours on unhealthy GPU ticks (xid 79: GPU fell off the bus), "
+        "carried by the platform"
+    )
+    assert str(sick[0]["BilledCost"]).startswith("0.25")

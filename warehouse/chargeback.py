@@ -20,7 +20,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from warehouse import rules
 from warehouse.accounting import Accounting
 from warehouse.errors import ConservationError
-from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
+from warehouse.ledger_model import UNALLOCATED_TENANT, UNHEALTHY_TENANT, ChargeLine
 from warehouse.pricing import PriceError, month_bounds
 from warehouse.sql import lit
 from warehouse.sql import ts_lit as _ts
@@ -33,8 +33,7 @@ MODES = ("reserved", "used", "hybrid")
 POLICIES = ("platform", "weighted", "even")
 LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "unhealthy": 3, "energy": 4, "correction": 5}
 # The platform's line for slice time on unhealthy GPU ticks (rules.UNHEALTHY_REASON_SQL), one per
-# segment and reason: its tenant is this prefix and the reason, e.g. "__unhealthy__/gpu lost".
-UNHEALTHY_TENANT = "__unhealthy__"
+# segment and reason: its tenant is UNHEALTHY_TENANT and the reason, e.g. "__unhealthy__/gpu lost".
 USED_BASES = ("busy", "sm_active")
 
 

@@ -23,7 +23,13 @@ from warehouse.close import (
     read_ledger,
 )
 from warehouse.closed_usage import ClosedUsage, dec9
-from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
+from warehouse.ledger_model import (
+    ChargeLine,
+    DailyPoint,
+    IdlePeriod,
+    MonthReport,
+    is_platform_tenant,
+)
 from warehouse.pricing import month_bounds
 from warehouse.sql import lit as _lit
 
@@ -83,7 +89,7 @@ def build_reports(
         lines, sha, closed = month_lines(lake, month, settings, acct)
         # A closed month reports the usage its bill was made from (late data: next month's corrections).
         kept = ClosedUsage.read(ledger_dir(lake, month)) if closed else None
-        tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
+        tenants = sorted({ln.tenant for ln in lines if not is_platform_tenant(ln.tenant)})
         if tenant is not None:
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
