@@ -804,3 +804,16 @@ def test_unhealthy_line_in_focus_names_the_platform_and_the_reason(tmp_path: Pat
         "carried by the platform"
     )
     assert str(sick[0]["BilledCost"]).startswith("0.25")
+
+
+def test_tenant_measures_show_both_bases_and_unhealthy_hours(tmp_path: Path) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        (m,) = acct.measures(["tenant"], grain=None)
+    finally:
+        acct.close()
+    assert m["tenant"] == "ml"
+    assert m["reserved_gpu_h"] == pytest.approx(0.25)
+    assert m["used_gpu_h"] == pytest.approx(0.8) and m["efficiency"] == pytest.approx(3.2)
+    assert m["used_sm_gpu_h"] == pytest.approx(0.4) and m["efficiency_sm"] == pytest.approx(1.6)
+    assert m["unhealthy_gpu_h"] == pytest.approx(0.0625)  # 15 ticks x 15 s
