@@ -817,3 +817,16 @@ def test_tenant_measures_show_both_bases_and_unhealthy_hours(tmp_path: Path) -> 
     assert m["used_gpu_h"] == pytest.approx(0.8) and m["efficiency"] == pytest.approx(3.2)
     assert m["used_sm_gpu_h"] == pytest.approx(0.4) and m["efficiency_sm"] == pytest.approx(1.6)
     assert m["unhealthy_gpu_h"] == pytest.approx(0.0625)  # 15 ticks x 15 s
+
+
+def test_gpu_hours_carry_health_events(tmp_path: Path) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        # an hour can sit in two date partitions (its last tick is stamped at midnight): add them up
+        rows = acct.sql(
+            "SELECT sum(ticks), sum(unhealthy_ticks), string_agg(DISTINCT unhealthy_reason, '; ') "
+            "FROM gpu_hourly GROUP BY hour"
+        ).fetchall()
+    finally:
+        acct.close()
+    assert rows == [(60, 15, "xid 79: GPU fell off the bus")]

@@ -24,6 +24,7 @@ Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
   used seconds on the SM-activity basis (`used_sm_s`), and the reserved/used seconds of its ticks
   on unhealthy GPU ticks (`unhealthy_*`, rules.UNHEALTHY_REASON_SQL) with their reasons.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
+  its unhealthy ticks and their reasons,
   energy, and memory, power and temperature (max, sum and count of the known readings).
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries (so an
   hour's runs are its own), ordered hour first; the close and the idle views stitch them across
@@ -551,6 +552,10 @@ class Rollups:
                        sum(CAST(energy_j AS {EXACT}))::DOUBLE AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
+                       -- health events for the GPU page's timeline (rules.UNHEALTHY_REASON_SQL)
+                       count(*) FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL)::INTEGER AS unhealthy_ticks,
+                       string_agg(DISTINCT {UNHEALTHY_REASON_SQL}, '; ' ORDER BY {UNHEALTHY_REASON_SQL})
+                           AS unhealthy_reason,
                        -- the dcgm-exporter panels (memory, power, temperature) per GPU-hour, as sums
                        -- and counts so the two date pieces of an hour add up; readings in doubles
                        -- are summed as exact decimals, so the sum is the same in any order (the
