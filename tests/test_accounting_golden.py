@@ -830,3 +830,24 @@ def test_gpu_hours_carry_health_events(tmp_path: Path) -> None:
     finally:
         acct.close()
     assert rows == [(60, 15, "xid 79: GPU fell off the bus")]
+
+
+def test_a_month_with_an_unhealthy_hour_closes_to_the_same_bytes_twice(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    acct = _acct(tmp_path, _sick_hour())
+    acct.close()
+    root = tmp_path / "lake"
+    settings = replace(_ml_settings(), mode="used", used_basis="sm_active")
+    first = close_month(root, "2026-10", settings, now=NOV_CLOSED)
+    data = (first.path / "charges.parquet").read_bytes()
+    again = close_month(root, "2026-10", settings, now=NOV_CLOSED)
+    assert (again.path / "charges.parquet").read_bytes() == data
+    lines, manifest = read_ledger(root, "2026-10")
+    assert manifest["config"]["pricing"]["used_basis"] == "sm_active"
+    got = [(ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in lines]
+    assert got == [
+        ("usage", "ml", "1.20"),
+        ("unallocated", "__unallocated__", "2.40"),
+        ("unhealthy", XID79, "0.40"),
+    ]
