@@ -552,7 +552,8 @@ class DashboardData:
                            sum(mem_used_mib_sum) AS mem_sum, sum(mem_ticks) AS mem_ticks,
                            sum(power_w_sum) AS power_sum, sum(power_ticks) AS power_ticks,
                            max(temp_c_max) AS temp_max, sum(temp_c_sum) AS temp_sum,
-                           sum(temp_ticks) AS temp_ticks
+                           sum(temp_ticks) AS temp_ticks, sum(unhealthy_ticks) AS sick,
+                           string_agg(unhealthy_reason, '; ') AS why
                     FROM gpu_hourly WHERE {tcond} GROUP BY gpu_uuid, hour)
                 SELECT date_trunc('{grain}', g.hour) AS period, g.cluster, g.node, g.gpu_uuid,
                        any_value(g.model), min(g.gpu_index),
@@ -563,7 +564,8 @@ class DashboardData:
                        sum(g.power_sum) / nullif(sum(g.power_ticks), 0),
                        max(g.temp_max),
                        sum(g.temp_sum) / nullif(sum(g.temp_ticks), 0),
-                       sum(g.power_sum), sum(g.power_ticks)
+                       sum(g.power_sum), sum(g.power_ticks),
+                       sum(g.sick), string_agg(DISTINCT g.why, '; ' ORDER BY g.why)
                 FROM g {held}
                 GROUP BY period, g.cluster, g.node, g.gpu_uuid
                 ORDER BY g.cluster, g.node, min(g.gpu_index), g.gpu_uuid, period""").fetchall()
@@ -586,8 +588,11 @@ class DashboardData:
                 "temp_avg_c": _f(ta),
                 "power_sum_w": _f(ps),
                 "power_ticks": int(pt or 0),
+                # health events (issue 17): ticks the GPU was unhealthy in the period, and why
+                "unhealthy_ticks": int(sk or 0),
+                "unhealthy_reason": why,
             }
-            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt in rows
+            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt, sk, why in rows
         ]
         return {"start": start, "end": end, "grain": grain, "points": points}
 

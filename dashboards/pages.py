@@ -788,6 +788,38 @@ def gpu_line_chart(
 TIMELINE_GPU_ROWS = 40  # more GPUs than this: the time heatmap has one row per node
 
 
+def _health_events(gpus: list[dict[str, Any]], per_node: bool) -> list[dict[str, Any]]:
+    """Health events (unhealthy GPU ticks, warehouse.rules.UNHEALTHY_REASON_SQL) as markers on the
+    timeline's rows, the reason in the hover; no trace at all when there were none."""
+    xs: list[str] = []
+    ys: list[str] = []
+    texts: list[str] = []
+    for g in gpus:
+        key = f"{g['cluster']}/{g['node']}" if per_node else g["label"]
+        for per, pt in sorted(g["at"].items()):
+            if pt.get("unhealthy_ticks"):
+                xs.append(per.isoformat())
+                ys.append(key)
+                texts.append(
+                    f"{g['label']}: {pt['unhealthy_ticks']} unhealthy ticks ({pt.get('unhealthy_reason')})"
+                )
+    if not xs:
+        return []
+    return [
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "health events",
+            "x": xs,
+            "y": ys,
+            "text": texts,
+            "marker": {"symbol": "x", "color": "red", "size": 10},
+            "hovertemplate": "%{x}<br>%{text}<extra></extra>",
+            "showlegend": False,
+        }
+    ]
+
+
 def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
     """Utilization over time: a row per GPU (a row per node, used / capacity of its GPUs, when
     there are more than TIMELINE_GPU_ROWS GPUs), time on the x axis, every row labelled; a period
@@ -825,7 +857,7 @@ def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
     if not per_node:
         trace["customdata"] = [[rows[k]["uuid"]] * len(x) for k in labels]
     return {
-        "data": [trace],
+        "data": [trace, *_health_events(gpus, per_node)],
         "layout": _time_rows_layout(
             "Utilization over time" + (", by node" if per_node else ", by GPU"), labels
         ),

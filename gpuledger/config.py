@@ -151,6 +151,12 @@ class PricingConfig:
     kwh: str = ""  # $ per kWh for energy lines; empty: no energy charges
     mode: str = "reserved"  # chargeback: reserved | used | hybrid (max of the two)
     idle_policy: str = "platform"  # unallocated capacity: platform | weighted | even
+    # Slice time on unhealthy GPU ticks (warehouse.rules.UNHEALTHY_REASON_SQL): false (default)
+    # bills it to the platform's own line with the reason, not to the tenants; true bills it as usual.
+    bill_unhealthy: bool = False
+    # What `used` and `hybrid` bill as used: busy (kernel running, util_pct) or sm_active (GPM SM
+    # activity, falling back to busy where a tick has none); warehouse.rules.used_frac_sql.
+    used_basis: str = "busy"
 
 
 ALERT_RULES = (
@@ -348,6 +354,7 @@ _CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("platform", "weighted", "even"),
         "one of platform, weighted, even",
     ),
+    ("pricing", "used_basis"): (lambda v: v in ("busy", "sm_active"), "one of busy, sm_active"),
     ("pricing", "currency"): (
         lambda v: len(v) == 3 and v.isalpha() and v.isupper(),
         "an ISO 4217 code like USD",

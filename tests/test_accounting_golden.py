@@ -695,3 +695,159 @@ def test_a_charge_policy_is_checked_when_made() -> None:
     p = ChargePolicy("hybrid", "even", Decimal("0.2"))
     with pytest.raises(AttributeError):
         p.mode = "used"  # type: ignore[misc]  # frozen: one policy object for the whole period
+
+
+# -- issue 17: unhealthy GPU ticks and the SM-activity basis, worked by hand ----------------------
+# One H100 at $4 for one hour (60 ticks of 60 s): capacity $4.00. Namespace ml holds a 1/4 replica,
+# 80% busy (kernel running) and 40% SM active. Ticks 1-15 had Xid 79 (fell off the bus): unhealthy.
+
+
+def _sick_hour() -> list[dict]:
+    msgs = []
+    for k in range(1, 61):
+        replica = _ts_slice(80.0)
+        replica["sm_active_pct"] = 40.0
+        m = _tick(k, BOOT_A, [replica])
+        m["gpus"][0].update(xid_count=1 if k <= 15 else 0, xid_last=79 if k <= 15 else None)
+        msgs.append(m)
+    return msgs
+
+
+XID79 = "__unhealthy__/xid 79: GPU fell off the bus"
+
+
+@pytest.mark.parametrize(
+    ("mode", "basis", "bill_unhealthy", "expected"),
+    [
+        # reserved 15 min = 0.25 h; 15 sick ticks x 15 s = 225 s = 0.0625 h -> $0.25 to the platform
+        (
+            "reserved",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "0.75"),
+                ("unallocated", "__unallocated__", "3.00"),
+                ("unhealthy", XID79, "0.25"),
+            ],
+        ),
+        ("reserved", "busy", True, [("usage", "ml", "1.00"), ("unallocated", "__unallocated__", "3.00")]),
+        # used 0.8 x 60 min = 0.8 h ($3.20), of which 15 x 48 s = 0.2 h ($0.80) on sick ticks
+        (
+            "used",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "2.40"),
+                ("unallocated", "__unallocated__", "0.80"),
+                ("unhealthy", XID79, "0.80"),
+            ],
+        ),
+        # SM active 0.4 x 60 min = 0.4 h ($1.60), of which 15 x 24 s = 0.1 h ($0.40) on sick ticks
+        (
+            "used",
+            "sm_active",
+            False,
+            [
+                ("usage", "ml", "1.20"),
+                ("unallocated", "__unallocated__", "2.40"),
+                ("unhealthy", XID79, "0.40"),
+            ],
+        ),
+        # hybrid: max(reserved 900 s, used 2,880 s) per slice-hour; the sick part is the larger of its
+        # reserved (225 s) and used (720 s) seconds: $0.80
+        (
+            "hybrid",
+            "busy",
+            False,
+            [
+                ("usage", "ml", "2.40"),
+                ("unallocated", "__unallocated__", "0.80"),
+                ("unhealthy", XID79, "0.80"),
+            ],
+        ),
+        ("used", "sm_active", True, [("usage", "ml", "1.60"), ("unallocated", "__unallocated__", "2.40")]),
+    ],
+)
+def test_unhealthy_ticks_go_to_the_platform_and_used_basis_picks_what_used_bills(
+    tmp_path: Path, mode: str, basis: str, bill_unhealthy: bool, expected: list[tuple[str, str, str]]
+) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        policy = ChargePolicy(
+            mode=mode, idle_policy="platform", bill_unhealthy=bill_unhealthy, used_basis=basis
+        )
+        c = compute_charges(acct, H0.strftime("%Y-%m"), policy)
+    finally:
+        acct.close()
+    assert [(ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in c.lines] == expected
+    assert c.total == Decimal("4.00") == c.expected_total
+    usage = next(ln for ln in c.lines if ln.line_type == "usage")
+    # the tenant's measured hours stay whole; only the bill leaves the sick ticks out
+    assert usage.reserved_gpu_hours == Decimal("0.25")
+    assert usage.used_gpu_hours == Decimal("0.8" if basis == "busy" else "0.4")
+
+
+def test_unhealthy_line_in_focus_names_the_platform_and_the_reason(tmp_path: Path) -> None:
+    from warehouse.focus import focus_table
+
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        c = compute_charges(acct, H0.strftime("%Y-%m"), ChargePolicy())
+    finally:
+        acct.close()
+    rows = focus_table(c.lines).to_pylist()
+    sick = [r for r in rows if r["SubAccountId"] == XID79]
+    assert len(sick) == 1
+    assert sick[0]["SubAccountName"] == "Unhealthy GPU time (platform)"
+    assert sick[0]["ChargeDescription"] == (
+        f"{H100} on c GPU-hours on unhealthy GPU ticks (xid 79: GPU fell off the bus), "
+        "carried by the platform"
+    )
+    assert str(sick[0]["BilledCost"]).startswith("0.25")
+
+
+def test_tenant_measures_show_both_bases_and_unhealthy_hours(tmp_path: Path) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        (m,) = acct.measures(["tenant"], grain=None)
+    finally:
+        acct.close()
+    assert m["tenant"] == "ml"
+    assert m["reserved_gpu_h"] == pytest.approx(0.25)
+    assert m["used_gpu_h"] == pytest.approx(0.8) and m["efficiency"] == pytest.approx(3.2)
+    assert m["used_sm_gpu_h"] == pytest.approx(0.4) and m["efficiency_sm"] == pytest.approx(1.6)
+    assert m["unhealthy_gpu_h"] == pytest.approx(0.0625)  # 15 ticks x 15 s
+
+
+def test_gpu_hours_carry_health_events(tmp_path: Path) -> None:
+    acct = _acct(tmp_path, _sick_hour())
+    try:
+        # an hour can sit in two date partitions (its last tick is stamped at midnight): add them up
+        rows = acct.sql(
+            "SELECT sum(ticks), sum(unhealthy_ticks), string_agg(DISTINCT unhealthy_reason, '; ') "
+            "FROM gpu_hourly GROUP BY hour"
+        ).fetchall()
+    finally:
+        acct.close()
+    assert rows == [(60, 15, "xid 79: GPU fell off the bus")]
+
+
+def test_a_month_with_an_unhealthy_hour_closes_to_the_same_bytes_twice(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    acct = _acct(tmp_path, _sick_hour())
+    acct.close()
+    root = tmp_path / "lake"
+    settings = replace(_ml_settings(), mode="used", used_basis="sm_active")
+    first = close_month(root, "2026-10", settings, now=NOV_CLOSED)
+    data = (first.path / "charges.parquet").read_bytes()
+    again = close_month(root, "2026-10", settings, now=NOV_CLOSED)
+    assert (again.path / "charges.parquet").read_bytes() == data
+    lines, manifest = read_ledger(root, "2026-10")
+    assert manifest["config"]["pricing"]["used_basis"] == "sm_active"
+    got = [(ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in lines]
+    assert got == [
+        ("usage", "ml", "1.20"),
+        ("unallocated", "__unallocated__", "2.40"),
+        ("unhealthy", XID79, "0.40"),
+    ]

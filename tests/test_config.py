@@ -95,6 +95,8 @@ def test_defaults_with_no_file_and_no_env() -> None:
     assert cfg.alerts.idle_min_minutes == 30.0
     assert cfg.enforcer.mode == "off"
     assert cfg.dashboard.port == 8050
+    assert cfg.pricing.bill_unhealthy is False
+    assert cfg.pricing.used_basis == "busy"
 
 
 def test_every_section_from_a_file(tmp_path: Path) -> None:
@@ -278,6 +280,16 @@ FILE_ERRORS = [
         "unknown backend",
         '[collector]\nbackend = "gpu"\n',
         ["collector.backend", "'gpu'", "one of nvml, simulate, replay"],
+    ),
+    (
+        "used basis",
+        '[pricing]\nused_basis = "sm"\n',
+        ["pricing.used_basis", "'sm'", "one of busy, sm_active"],
+    ),
+    (
+        "bill unhealthy not a bool",
+        '[pricing]\nbill_unhealthy = "no"\n',
+        ["pricing.bill_unhealthy", "expected"],
     ),
     ("zero interval", "[collector]\ninterval_s = 0\n", ["collector.interval_s", "0", "in (0, 3600]"]),
     ("zero batch", "[lake]\nbatch_max_messages = 0\n", ["lake.batch_max_messages", "0", "an integer > 0"]),

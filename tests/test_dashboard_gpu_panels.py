@@ -289,3 +289,29 @@ def test_beyond_forty_gpus_memory_power_and_temperature_are_rows_per_node() -> N
     assert figs["gpu-temp"]["data"][0]["z"] == [[70.0, 70.0, 70.0]] * 3  # the hottest GPU's peak
     assert figs["gpu-power"]["data"][0]["zmax"] == 300  # round: 252 W -> 0..300 by 100
     assert figs["gpu-power"]["data"][0]["colorbar"]["dtick"] == 100
+
+
+def test_health_events_are_markers_on_the_gpu_timeline() -> None:
+    from dashboards.pages import gpu_timeline
+
+    h0, h1 = datetime(2026, 10, 15, 1, tzinfo=UTC), datetime(2026, 10, 15, 2, tzinfo=UTC)
+
+    def pt(sick: int, why: str | None) -> dict[str, Any]:
+        return {"capacity_s": 3600.0, "used_s": 1800.0, "unhealthy_ticks": sick, "unhealthy_reason": why}
+
+    gpu = {
+        "cluster": "c",
+        "node": "n1",
+        "uuid": "GPU-1",
+        "label": "c/n1/0",
+        "periods": [h0, h1],
+        "at": {h0: pt(0, None), h1: pt(15, "xid 79: GPU fell off the bus")},
+    }
+    fig = gpu_timeline([gpu], [h0.isoformat(), h1.isoformat()])
+    heat, events = fig["data"]
+    assert heat["z"] == [[50.0, 50.0]]
+    assert events["x"] == [h1.isoformat()] and events["y"] == ["c/n1/0"]
+    assert events["text"] == ["c/n1/0: 15 unhealthy ticks (xid 79: GPU fell off the bus)"]
+    # a GPU without health events draws no marker trace: the figure is as it was before issue 17
+    gpu["at"][h1] = pt(0, None)
+    assert len(gpu_timeline([gpu], [h0.isoformat(), h1.isoformat()])["data"]) == 1

@@ -148,3 +148,54 @@ def test_follows_in_python_and_sql_agree() -> None:
         ).fetchall()[0]
         assert got == rules.follows(t0, ts, 60.0) == (gap <= 30), gap
     con.close()
+
+
+def test_unhealthy_reason_names_state_then_critical_xid() -> None:
+    rows = [
+        ("ok", 0, None),  # healthy
+        ("ok", None, None),  # events not readable: healthy, never taken off a bill on a guess
+        ("ok", 2, 13),  # an application's own fault: billed
+        ("ok", 1, 79),
+        ("ok", 3, 48),
+        ("ok", 0, 79),  # no event this tick: xid_last is stale
+        ("lost", None, None),
+        ("unknown", 1, 79),  # state first
+        (None, 1, 119),
+    ]
+    con = duckdb.connect()
+    got = con.sql(
+        f"SELECT {rules.UNHEALTHY_REASON_SQL} FROM (VALUES "
+        + ", ".join(
+            f"({'NULL' if s is None else repr(s)}, {'NULL' if c is None else c}, "
+            f"{'NULL' if x is None else x})"
+            for s, c, x in rows
+        )
+        + ") t(state, xid_count, xid_last)"
+    ).fetchall()
+    assert [r[0] for r in got] == [
+        None,
+        None,
+        None,
+        "xid 79: GPU fell off the bus",
+        "xid 48: double-bit ECC error",
+        None,
+        "gpu lost",
+        "gpu unknown",
+        "xid 119: GSP RPC timeout",
+    ]
+
+
+def test_used_fraction_on_both_bases() -> None:
+    # whole GPU 80% busy, 30% SM active; a MIG 3/7 slice 50% busy, SM activity 20%; a whole GPU
+    # with no GPM: sm_active falls back to busy.
+    con = duckdb.connect()
+    src = """(VALUES ('whole', 80.0, 30.0, NULL, NULL), ('mig', 50.0, 20.0, 3, 7),
+                     ('whole', 40.0, NULL, NULL, NULL))
+             t(kind, util_pct, sm_active_pct, compute_slices, gpu_compute_slices)"""
+    busy = [r[0] for r in con.sql(f"SELECT {rules.used_frac_sql('busy')} FROM {src}").fetchall()]
+    sm = [r[0] for r in con.sql(f"SELECT {rules.used_frac_sql('sm_active')} FROM {src}").fetchall()]
+    assert busy == pytest.approx([0.8, 0.5 * 3 / 7, 0.4], abs=1e-12)
+    assert sm == pytest.approx([0.3, 0.2 * 3 / 7, 0.4], abs=1e-12)
+    assert rules.used_frac_sql() == rules.USED_FRAC_SQL
+    with pytest.raises(ValueError, match="used_basis 'sm'"):
+        rules.used_frac_sql("sm")

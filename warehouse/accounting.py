@@ -242,7 +242,8 @@ class Accounting:
 
         Grouped by GPU dimensions only (cluster, model, node, gpu): capacity, reserved, used,
         unallocated, allocated-idle, utilization, allocation rate. With a slice dimension
-        (slice, workload, tenant, kind): reserved, used, burst, allocated-idle, efficiency;
+        (slice, workload, tenant, kind): reserved, used, burst, allocated-idle, efficiency, and on
+        the SM-activity basis used_sm / efficiency_sm, and unhealthy (reserved on unhealthy GPU ticks);
         capacity and unallocated belong to GPUs, not to slices, and are not given.
         """
         unknown = [d for d in by if d not in SLICE_DIMS and d not in GPU_DIMS]
@@ -278,7 +279,12 @@ class Accounting:
                        sum(reserved_s) / 3600 AS reserved_gpu_h, sum(used_s) / 3600 AS used_gpu_h,
                        sum(burst_s) / 3600 AS burst_gpu_h,
                        sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
-                       count(DISTINCT slice_id) AS slices
+                       count(DISTINCT slice_id) AS slices,
+                       -- issue 17: the SM-activity basis (busy where a tick had none) and the
+                       -- reserved GPU-hours on unhealthy GPU ticks (rules.UNHEALTHY_REASON_SQL)
+                       sum(used_sm_s) / 3600 AS used_sm_gpu_h,
+                       sum(used_sm_s) / nullif(sum(reserved_s), 0) AS efficiency_sm,
+                       sum(unhealthy_reserved_s) / 3600 AS unhealthy_gpu_h
                 FROM slice_hourly {cond} GROUP BY ALL"""
         else:
             m = f"""

@@ -20,8 +20,9 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from warehouse import rules
 from warehouse.accounting import Accounting
 from warehouse.errors import ConservationError
-from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine
+from warehouse.ledger_model import UNALLOCATED_TENANT, UNHEALTHY_TENANT, ChargeLine
 from warehouse.pricing import PriceError, month_bounds
+from warehouse.sql import lit
 from warehouse.sql import ts_lit as _ts
 
 CTX = decimal.Context(prec=60)
@@ -30,7 +31,10 @@ Q12 = Decimal("1e-12")
 TIE = Decimal("1e-30")  # cents are compared to this many places: below it is division noise
 MODES = ("reserved", "used", "hybrid")
 POLICIES = ("platform", "weighted", "even")
-LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "energy": 3, "correction": 4}
+LINE_ORDER = {"usage": 0, "idle_share": 1, "unallocated": 2, "unhealthy": 3, "energy": 4, "correction": 5}
+# The platform's line for slice time on unhealthy GPU ticks (rules.UNHEALTHY_REASON_SQL), one per
+# segment and reason: its tenant is UNHEALTHY_TENANT and the reason, e.g. "__unhealthy__/gpu lost".
+USED_BASES = ("busy", "sm_active")
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,13 @@ class ChargePolicy:
     mode: str = "reserved"  # reserved | used | hybrid
     idle_policy: str = "platform"  # platform | weighted | even
     kwh_price: Decimal | None = None
+    # False: slice time on unhealthy GPU ticks goes to the platform's `unhealthy` lines, not the tenants.
+    bill_unhealthy: bool = False
+    used_basis: str = "busy"  # what `used` and `hybrid` bill as used: busy | sm_active
 
     def __post_init__(self) -> None:
+        if self.used_basis not in USED_BASES:
+            raise ValueError(f"used_basis {self.used_basis!r}: expected one of {', '.join(USED_BASES)}")
         if self.mode not in MODES:
             raise ValueError(f"chargeback mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if self.idle_policy not in POLICIES:
@@ -108,6 +117,12 @@ def _compute(
     acct: Accounting, month: str, policy: ChargePolicy, extra_lines: Iterable[ChargeLine]
 ) -> Charges:
     mode, idle_policy, kwh_price = policy.mode, policy.idle_policy, policy.kwh_price
+    # The used basis picks the rollup column; sm_active already fell back to busy per tick.
+    used_col, unh_used_col = (
+        ("used_sm_s", "unhealthy_used_sm_s")
+        if policy.used_basis == "sm_active"
+        else ("used_s", "unhealthy_used_s")
+    )
     if acct.price_book is None:
         raise PriceError("chargeback needs a price book (pricing.book)")
     currency = acct.price_book.currency
@@ -138,7 +153,9 @@ def _compute(
     tenant_rows = acct.sql(f"""
         WITH s AS (
             SELECT slice_id, gpu_uuid, hour, tenant, cluster, model,
-                   sum(reserved_s) AS reserved_s, sum(used_s) AS used_s
+                   sum(reserved_s) AS reserved_s, sum({used_col}) AS used_s,
+                   sum(unhealthy_reserved_s) AS unh_r, sum({unh_used_col}) AS unh_u,
+                   string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason) AS reason
             FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
         x AS (SELECT *, greatest(used_s - reserved_s, 0) AS burst FROM s),
         g AS (
@@ -152,10 +169,14 @@ def _compute(
                 THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(greatest(c.capacity_s - g.sum_r, 0) AS DOUBLE)
                                 / CAST(g.sum_burst AS DOUBLE) * 1e9) / 1e9 AS DECIMAL(18, 9))
                 ELSE x.burst END AS hybrid_s
-            FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour))
-        SELECT x.tenant, {seg_cols}, sum(x.reserved_s) AS reserved_s, sum(x.used_s) AS used_s,
-               sum(x.hybrid_s) AS hybrid_s
-        FROM h x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
+            FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour)),
+        -- the part of each slice-hour's bill that fell on unhealthy GPU ticks, by mode (hybrid:
+        -- the larger of the two, never more than the slice-hour's hybrid bill)
+        k AS (SELECT *, CASE {lit(mode)} WHEN 'reserved' THEN unh_r WHEN 'used' THEN unh_u
+                             ELSE least(hybrid_s, greatest(unh_r, unh_u)) END AS unh_s FROM h)
+        SELECT x.tenant, {seg_cols}, coalesce(x.reason, '') AS reason, sum(x.reserved_s) AS reserved_s,
+               sum(x.used_s) AS used_s, sum(x.hybrid_s) AS hybrid_s, sum(x.unh_s) AS unh_s
+        FROM k x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
     energy_rows: list[tuple] = []
     if kwh_price is not None:
         # A GPU-hour's energy split by used share (reserved share when nothing was used).
@@ -184,9 +205,18 @@ def _compute(
         sg = seg(cluster, model, vf, vt, price)
         capacity[sg] = _d(cap_s)
         energy_total[sg] = _d(energy_j)
-    usage: dict[Segment, dict[str, tuple[Decimal, Decimal, Decimal]]] = defaultdict(dict)
-    for tenant, cluster, model, vf, vt, price, r_s, u_s, h_s in tenant_rows:
-        usage[seg(cluster, model, vf, vt, price)][tenant] = (_d(r_s), _d(u_s), _d(h_s))
+    # segment -> tenant -> (reserved, used, hybrid, taken off for unhealthy ticks) GPU-seconds
+    usage: dict[Segment, dict[str, tuple[Decimal, Decimal, Decimal, Decimal]]] = defaultdict(dict)
+    # (segment) -> reason -> GPU-seconds taken off the tenants' bills (bill_unhealthy = false)
+    unhealthy: dict[Segment, dict[str, Decimal]] = defaultdict(dict)
+    for tenant, cluster, model, vf, vt, price, reason, r_s, u_s, h_s, k_s in tenant_rows:
+        sg = seg(cluster, model, vf, vt, price)
+        off = _d(k_s) if reason and not policy.bill_unhealthy else Decimal(0)
+        # an hour of a tenant can hold healthy and unhealthy slice-hours: add them up
+        r0, u0, h0, o0 = usage[sg].get(tenant, (Decimal(0), Decimal(0), Decimal(0), Decimal(0)))
+        usage[sg][tenant] = (r0 + _d(r_s), u0 + _d(u_s), h0 + _d(h_s), o0 + off)
+        if off > 0:
+            unhealthy[sg][reason] = unhealthy[sg].get(reason, Decimal(0)) + off
 
     def line(ltype: str, tenant: str, sg: Segment, seconds: Decimal, **kw: object) -> ChargeLine:
         hours = CTX.divide(seconds, Decimal(3600))
@@ -222,8 +252,9 @@ def _compute(
         billed_total = Decimal(0)
         tenants = usage.get(sg, {})
         for tenant in sorted(tenants):
-            r_s, u_s, h_s = tenants[tenant]
-            billed = {"reserved": r_s, "used": u_s, "hybrid": h_s}[mode]
+            r_s, u_s, h_s, off = tenants[tenant]
+            # the tenant's reserved and used hours stay as measured; the bill leaves out `off`
+            billed = {"reserved": r_s, "used": u_s, "hybrid": h_s}[mode] - off
             billed_total += billed
             lines.append(
                 line(
@@ -235,6 +266,9 @@ def _compute(
                     used_gpu_hours=CTX.divide(u_s, Decimal(3600)),
                 )
             )
+        for reason, off in sorted(unhealthy.get(sg, {}).items()):
+            billed_total += off
+            lines.append(line("unhealthy", f"{UNHEALTHY_TENANT}/{reason}", sg, off))
         rest = cap_s - billed_total  # unallocated capacity (+ reserved-but-unused in used mode)
         if rest < 0:
             raise ConservationError(

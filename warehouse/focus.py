@@ -46,6 +46,7 @@ from warehouse.ledger_model import (
     MONEY,
     QTY,
     UNALLOCATED_TENANT,
+    UNHEALTHY_TENANT,
     ChargeLine,
     ordered_lines,
 )
@@ -234,6 +235,9 @@ def _what(line_type: str, ln: ChargeLine) -> str:
         return f"{ln.gpu_model} GPU-hours ({ln.mode}) for {ln.tenant} on {ln.cluster}"
     if line_type == "unallocated":
         return f"Unallocated {where} GPU-hours, carried by the platform"
+    if line_type == "unhealthy":
+        reason = ln.tenant.partition("/")[2]
+        return f"{where} GPU-hours on unhealthy GPU ticks ({reason}), carried by the platform"
     if line_type == "idle_share":
         return f"Share of unallocated {where} GPU-hours ({ln.idle_policy} policy) for {ln.tenant}"
     if line_type == "energy":
@@ -250,7 +254,11 @@ def _description(ln: ChargeLine) -> str:
 
 
 def _sub_account_name(tenant: str) -> str:
-    return "Unallocated capacity (platform)" if tenant == UNALLOCATED_TENANT else tenant
+    if tenant == UNALLOCATED_TENANT:
+        return "Unallocated capacity (platform)"
+    if tenant.startswith(UNHEALTHY_TENANT + "/"):
+        return "Unhealthy GPU time (platform)"
+    return tenant
 
 
 def _focus_rows(

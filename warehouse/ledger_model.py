@@ -16,8 +16,17 @@ from itertools import pairwise
 import pyarrow as pa
 
 # A charge line is one (tenant, cluster, GPU model, price segment) of a billing period.
-LINE_TYPES = ("usage", "unallocated", "idle_share", "energy", "correction")
+LINE_TYPES = ("usage", "unallocated", "unhealthy", "idle_share", "energy", "correction")
 UNALLOCATED_TENANT = "__unallocated__"
+# The platform's lines for tenants' slice time on unhealthy GPU ticks ([pricing] bill_unhealthy =
+# false): tenant "__unhealthy__/<reason>", so the reason is on the line without a new column.
+UNHEALTHY_TENANT = "__unhealthy__"
+
+
+def is_platform_tenant(tenant: str) -> bool:
+    """True for the platform's own lines (unallocated capacity, unhealthy GPU time), not a tenant's."""
+    return tenant == UNALLOCATED_TENANT or tenant.startswith(UNHEALTHY_TENANT + "/")
+
 
 # Exact quantities: GPU-hours and kWh to 12 places, money exact to 12 places and rounded to cents.
 QTY = pa.decimal128(38, 12)

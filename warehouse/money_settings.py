@@ -40,6 +40,8 @@ class CloseSettings:
     idle_policy: str
     idle_util_ratio: float
     idle_min_minutes: float
+    bill_unhealthy: bool = False
+    used_basis: str = "busy"
 
     @classmethod
     def from_config(cls, cfg: Any) -> CloseSettings:
@@ -53,9 +55,18 @@ class CloseSettings:
             idle_policy=cfg.pricing.idle_policy,
             idle_util_ratio=cfg.alerts.idle_util_ratio,
             idle_min_minutes=cfg.alerts.idle_min_minutes,
+            bill_unhealthy=cfg.pricing.bill_unhealthy,
+            used_basis=cfg.pricing.used_basis,
         )
 
     def as_json(self) -> dict[str, Any]:
+        # Issue 17's keys are written only when not their defaults, so the settings (and the
+        # manifest hash) of a month closed before them are unchanged.
+        extra: dict[str, Any] = {}
+        if self.bill_unhealthy:
+            extra["bill_unhealthy"] = True
+        if self.used_basis != "busy":
+            extra["used_basis"] = self.used_basis
         return {
             "tenants": {"rules": list(self.tenant_rules), "default": self.default_tenant},
             "pricing": {
@@ -64,6 +75,7 @@ class CloseSettings:
                 "kwh": self.kwh,
                 "mode": self.mode,
                 "idle_policy": self.idle_policy,
+                **extra,
             },
             "alerts": {"idle_util_ratio": self.idle_util_ratio, "idle_min_minutes": self.idle_min_minutes},
         }
@@ -80,6 +92,8 @@ class CloseSettings:
             idle_policy=d["pricing"]["idle_policy"],
             idle_util_ratio=d["alerts"]["idle_util_ratio"],
             idle_min_minutes=d["alerts"]["idle_min_minutes"],
+            bill_unhealthy=d["pricing"].get("bill_unhealthy", False),
+            used_basis=d["pricing"].get("used_basis", "busy"),
         )
 
     def sha256(self) -> str:
@@ -90,7 +104,13 @@ class CloseSettings:
         return compute_charges(acct, month, self.policy(), extra_lines)
 
     def policy(self) -> ChargePolicy:
-        return ChargePolicy(self.mode, self.idle_policy, Decimal(self.kwh) if self.kwh else None)
+        return ChargePolicy(
+            self.mode,
+            self.idle_policy,
+            Decimal(self.kwh) if self.kwh else None,
+            bill_unhealthy=self.bill_unhealthy,
+            used_basis=self.used_basis,
+        )
 
     def accounting(self, lake: Lake | str | Path, priced: bool = True, **kw: Any) -> Accounting:
         """An Accounting connection under these settings; `priced=False` leaves the price book out

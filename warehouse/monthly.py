@@ -24,7 +24,7 @@ from warehouse.close import (
 )
 from warehouse.closed_usage import ClosedUsage, dec9
 from warehouse.lake import Lake, as_lake
-from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, DailyPoint, IdlePeriod, MonthReport
+from warehouse.ledger_model import ChargeLine, DailyPoint, IdlePeriod, MonthReport, is_platform_tenant
 from warehouse.pricing import month_bounds
 from warehouse.sql import lit as _lit
 
@@ -85,7 +85,7 @@ def build_reports(
         lines, sha, closed = month_lines(acct.lake, month, settings, acct)
         # A closed month reports the usage its bill was made from (late data: next month's corrections).
         kept = ClosedUsage.read(acct.lake, ledger_dir(acct.lake, month)) if closed else None
-        tenants = sorted({ln.tenant for ln in lines if ln.tenant != UNALLOCATED_TENANT})
+        tenants = sorted({ln.tenant for ln in lines if not is_platform_tenant(ln.tenant)})
         if tenant is not None:
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)

@@ -20,8 +20,11 @@ byte-identical from run to run.
 
 Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
 
-- ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds.
+- ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds,
+  used seconds on the SM-activity basis (`used_sm_s`), and the reserved/used seconds of its ticks
+  on unhealthy GPU ticks (`unhealthy_*`, rules.UNHEALTHY_REASON_SQL) with their reasons.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
+  its unhealthy ticks and their reasons,
   energy, and memory, power and temperature (max, sum and count of the known readings).
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries (so an
   hour's runs are its own), ordered hour first; the close and the idle views stitch them across
@@ -52,12 +55,14 @@ from warehouse.rules import (
     SECONDS,
     SHARE_SQL,
     TICK_START_SQL,
+    UNHEALTHY_REASON_SQL,
     USED_FRAC_SQL,
     follows_sql,
     gap_s_sql,
     idle_tick_sql,
     reserved_s_sql,
     tick_start_s,
+    used_frac_sql,
     used_s_sql,
 )
 from warehouse.sql import lit as _lit
@@ -71,7 +76,7 @@ HOURLY = ("slice_hourly", "gpu_hourly", "idle_runs")  # rows keyed by their (mid
 BATCHES = "batches"  # per date: the committed batches built from, and the hours each touches
 NODE_HOURS = "node_hours"  # per date: node_ticks per hour of the timestamp, before the date's sum
 # 8: recomputed by the hour (idle runs ordered hour first; node_ticks summed from hour pieces)
-ROLLUP_VERSION = 8  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 9  # bump when the SQL below changes meaning: every date is rebuilt
 EXACT = "DECIMAL(38, 9)"  # double readings summed exactly (order-independent), then back to double
 TS_HOUR_SQL = "(epoch_us(ts) // 3600000000)"  # the hour of a tick's timestamp (node_ticks' pieces)
 
@@ -391,8 +396,10 @@ class Rollups:
 
         ticks_all = _read(tick_files)
         ticks = only(ticks_all, HOUR_NO_SQL, mids)
-        slices = only(_read(slice_files or [self._empty("slice")]), HOUR_NO_SQL, mids)
-        gpus = only(_read(gpu_files or [self._empty("gpu")]), HOUR_NO_SQL, mids)
+        # The empty file of today's schema first, read by name: files written before a column was
+        # added (issue 17's xid and SM activity) read it as null.
+        slices = only(_read_all([self._empty("slice"), *slice_files]), HOUR_NO_SQL, mids)
+        gpus = only(_read_all([self._empty("gpu"), *gpu_files]), HOUR_NO_SQL, mids)
         in_t = "TRUE"
         if mids is not None and tshs is not None:
             in_t = (f"{HOUR_NO_SQL} IN ({', '.join(map(str, mids)) or 'NULL'}) OR "
@@ -425,10 +432,20 @@ class Rollups:
         # normalised, so the join below probes a small table.
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE over AS
-            SELECT gk, seq, sum(share) AS sum_share, sum(used_frac) AS sum_used
+            SELECT gk, seq,
+                   CASE WHEN sum(share) > 1.0 OR sum(used_frac) > 1.0 THEN sum(share) END AS sum_share,
+                   CASE WHEN sum(share) > 1.0 OR sum(used_frac) > 1.0 THEN sum(used_frac) END AS sum_used,
+                   sum(used_sm) AS sum_used_sm
             FROM (SELECT {gk} AS gk, seq, ({SHARE_SQL}) AS share,
-                         coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac FROM {rows(slices)})
-            GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0""")
+                         coalesce(({USED_FRAC_SQL}), 0.0) AS used_frac,
+                         coalesce(({used_frac_sql("sm_active")}), 0.0) AS used_sm FROM {rows(slices)})
+            GROUP BY ALL HAVING sum(share) > 1.0 OR sum(used_frac) > 1.0 OR sum(used_sm) > 1.0""")
+        # Unhealthy GPU ticks (rare): their reason, joined to the slice ticks on that GPU.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE sick AS
+            SELECT gk, seq, reason FROM (
+                SELECT hash(node, boot_id, uuid) AS gk, seq, ({UNHEALTHY_REASON_SQL}) AS reason
+                FROM {rows(gpus)}) WHERE reason IS NOT NULL""")
         ident = ", ".join(IDENTITY)
         # One narrow row per slice tick, computed once: both the hourly sums and the idle runs
         # read it. The identity's columns are looked up once per slice-hour (`dims`).
@@ -438,10 +455,13 @@ class Rollups:
                    r.seq, r.ts, r.interval_s, r.share, r.util_pct IS NULL AS util_unknown,
                    {reserved_s_sql("o.sum_share", "r.share")} AS reserved_s,
                    {used_s_sql("o.sum_used", "r.used_frac")} AS used_s,
+                   {used_s_sql("o.sum_used_sm", "r.used_sm")} AS used_sm_s,
                    {idle_tick_sql(ratio, "o.sum_share", "o.sum_used", "r.share", "r.used_frac")} AS idle,
-                   r.mem_used_mib
-            FROM (SELECT *, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac FROM {rows(slices)}) r
-            LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq""")
+                   r.mem_used_mib, u.reason AS unhealthy_reason
+            FROM (SELECT *, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac,
+                         ({used_frac_sql("sm_active")}) AS used_sm FROM {rows(slices)}) r
+            LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq
+            LEFT JOIN sick u ON u.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND u.seq = r.seq""")
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE dims AS
             SELECT hash(slice_id, node, boot_id) AS sk, {HOUR_NO_SQL} AS h, hash({ident}) AS ident,
@@ -462,6 +482,15 @@ class Rollups:
                        sum(reserved_s) AS reserved_s,
                        sum(used_s) AS used_s,
                        sum(greatest(used_s - reserved_s, 0::{SECONDS})) AS burst_s,
+                       sum(used_sm_s) AS used_sm_s,
+                       coalesce(sum(reserved_s) FILTER (WHERE unhealthy_reason IS NOT NULL), 0)
+                           AS unhealthy_reserved_s,
+                       coalesce(sum(used_s) FILTER (WHERE unhealthy_reason IS NOT NULL), 0)
+                           AS unhealthy_used_s,
+                       coalesce(sum(used_sm_s) FILTER (WHERE unhealthy_reason IS NOT NULL), 0)
+                           AS unhealthy_used_sm_s,
+                       string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason)
+                           AS unhealthy_reason,
                        count(*) FILTER (WHERE {idle_cond})::INTEGER AS idle_ticks,
                        max(share) AS share_max,
                        max(mem_used_mib) AS mem_used_mib_max
@@ -469,7 +498,8 @@ class Rollups:
             SELECT to_timestamp(d.h * 3600) AS hour, d.cluster, d.node, d.gpu_uuid, d.model, d.slice_id,
                    d.kind, {", ".join("d." + c for c in IDENTITY)},
                    n.ticks, n.observed_s, n.reserved_s, n.used_s, n.burst_s, n.idle_ticks, n.share_max,
-                   n.mem_used_mib_max
+                   n.mem_used_mib_max, n.used_sm_s, n.unhealthy_reserved_s, n.unhealthy_used_s,
+                   n.unhealthy_used_sm_s, n.unhealthy_reason
             FROM n JOIN dims d USING ({keys})
             ORDER BY d.h, d.cluster, d.node, d.gpu_uuid, d.slice_id, d.boot_id, d.namespace, d.pod,
                      d.container, d.pod_uid, d.job_id, d.account, d."user", n.ticks""").to_arrow_table()
@@ -520,6 +550,10 @@ class Rollups:
                        sum(CAST(energy_j AS {EXACT}))::DOUBLE AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
+                       -- health events for the GPU page's timeline (rules.UNHEALTHY_REASON_SQL)
+                       count(*) FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL)::INTEGER AS unhealthy_ticks,
+                       string_agg(DISTINCT {UNHEALTHY_REASON_SQL}, '; ' ORDER BY {UNHEALTHY_REASON_SQL})
+                           AS unhealthy_reason,
                        -- the dcgm-exporter panels (memory, power, temperature) per GPU-hour, as sums
                        -- and counts so the two date pieces of an hour add up; readings in doubles
                        -- are summed as exact decimals, so the sum is the same in any order (the
@@ -573,7 +607,7 @@ class Rollups:
             hour_checks = checks.run(con, checks_for, ticks, hours)
             con.unregister("_gpu_hourly")
             con.execute("DROP VIEW _slices")
-        for tmp in ("t", "losers", "over", "a", "dims", "i"):
+        for tmp in ("t", "losers", "over", "sick", "a", "dims", "i"):
             con.execute(f"DROP TABLE {tmp}")
         return {
             "slice_hourly": slice_hourly,
@@ -611,6 +645,11 @@ class Rollups:
 
     def _write(self, name: str, date: str, table: pa.Table) -> None:
         self.lake.write_file(table, self._table_path(name, date))
+
+
+def _read_all(files: list[str]) -> str:
+    """`read_parquet` over files whose columns may differ by version, matched by name."""
+    return _read(files)[:-1] + ", union_by_name = true)"
 
 
 def keep_current(acct: Any, fresh_s: float, now: datetime | None = None) -> bool:

@@ -73,6 +73,53 @@ CASE kind
 END"""
 USED_DEN_SQL = "CASE kind WHEN 'mig' THEN 100 * gpu_compute_slices ELSE 100 END"
 
+
+def used_frac_sql(basis: str = "busy") -> str:
+    """The busy fraction of a slice tick on a `[pricing] used_basis`.
+
+    `busy` (the default) is USED_FRAC_SQL itself: kernel-busy time, util_pct. `sm_active` reads
+    the GPM SM activity (`sm_active_pct`: % of time at least one warp was resident, which is what
+    a kernel actually occupied) in its place, with the same MIG scaling; where a tick has no SM
+    activity (no GPM on that GPU, or a process-attributed slice, which the collector leaves null)
+    it falls back to the busy reading of that tick, so a fleet mixing GPM and older GPUs is billed
+    on the best basis each GPU has, and nothing measured is dropped.
+    """
+    if basis == "busy":
+        return USED_FRAC_SQL
+    if basis != "sm_active":
+        raise ValueError(f"used_basis {basis!r}: expected one of busy, sm_active")
+    return USED_FRAC_SQL.replace("util_pct", "coalesce(sm_active_pct, util_pct)")
+
+
+# -- health (issue 17): a GPU tick that the platform, not a tenant, pays for ---------------------
+# Xid codes (NVIDIA's Xid catalog, "Xid Errors" in the GPU deployment guide) that mean the GPU or
+# its memory could not do the tenant's work in that tick; application faults (13 graphics engine
+# exception, 31 MMU fault, 43 app stopped ...) are the tenant's own and stay billed.
+CRITICAL_XIDS: dict[int, str] = {
+    48: "double-bit ECC error",
+    63: "ECC page retirement / row remap event",
+    64: "ECC page retirement / row remap failure",
+    74: "NVLink error",
+    79: "GPU fell off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+}
+_XID_CASE = " ".join(f"WHEN {code} THEN {lit(f'xid {code}: {why}')}" for code, why in CRITICAL_XIDS.items())
+# The reason a GPU tick is unhealthy, as short text, NULL when healthy. Reads a lake gpu row:
+# `state` not ok (lost: fell off the bus; unknown: NVML could not read it), else a critical Xid
+# during the tick (xid_count > 0 and xid_last in CRITICAL_XIDS). xid_last is the last code of the
+# tick only: a critical Xid followed by a benign one in the same tick is not seen (the collector
+# keeps one code per tick). A NULL xid_count (events not readable) is healthy: we do not take a
+# tick off a tenant's bill on what we could not see.
+UNHEALTHY_REASON_SQL = f"""
+CASE
+  WHEN state IS NOT NULL AND state <> 'ok' THEN 'gpu ' || state
+  WHEN coalesce(xid_count, 0) > 0 THEN CASE xid_last {_XID_CASE} END
+END"""
+
 # -- time ----------------------------------------------------------------------------------------
 # A tick covers (ts - Δ, ts] and belongs to the hour of its midpoint ts - Δ/2, as hours since the
 # epoch: integer arithmetic instead of a time-zone-aware date_trunc (it cost as much as the rest).
