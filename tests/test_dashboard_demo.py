@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from dashboard_client import Client, call
+from processes import stop
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
@@ -81,12 +82,7 @@ def test_demo_serves_the_dashboards_with_costs(tmp_path: Path) -> None:
         assert rows == [tenant]
         v.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop(proc)
         reader.join(timeout=5)
 
 
@@ -142,12 +138,7 @@ def test_demo_of_a_past_window_shows_the_same_numbers_everywhere(tmp_path: Path)
         assert sum(Decimal(x.replace(",", "")) for x in per_row) + unallocated == total
         c.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+        stop(proc)
     rep = gpuledger(tmp_path, "report", "--month", month, "--format", "csv", "--out", str(tmp_path / "r"))
     assert rep.rc == 0, rep.err
     import csv

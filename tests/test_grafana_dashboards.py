@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import stop
 from test_prom_rules import _free_port, _get, need
 
 from collector.exporter import AgentExporter
@@ -91,12 +92,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
                 continue  # not listening yet
         yield p
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
         log.close()
         exp.close()
 

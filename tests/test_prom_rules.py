@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import stop
 
 from collector.exporter import AgentExporter
 from gpuledger.cli import main
@@ -228,9 +229,4 @@ def test_real_prometheus_fires_the_exported_rules(tmp_path: Path, exporter: Agen
         rules = _get(base + "/api/v1/rules")["data"]["groups"][0]["rules"]
         assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
