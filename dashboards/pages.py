@@ -62,10 +62,11 @@ def unit_price(v: Decimal, currency: str) -> str:
 
 
 def tenant_label(t: str) -> str:
-    """The ledger's `__unallocated__` line is the platform's unused capacity: say so in words."""
-    from warehouse.ledger_model import UNALLOCATED_TENANT
+    """The ledger's `__unallocated__` line is the platform's unused capacity: say so in words; the
+    platform's unhealthy lines by their reason (warehouse.ledger_model.tenant_display_name)."""
+    from warehouse.ledger_model import UNALLOCATED_TENANT, tenant_display_name
 
-    return UNALLOCATED_LABEL if t == UNALLOCATED_TENANT else t
+    return UNALLOCATED_LABEL if t == UNALLOCATED_TENANT else tenant_display_name(t)
 
 
 def pct(v: float | Decimal | None) -> str:

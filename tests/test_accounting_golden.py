@@ -851,3 +851,160 @@ def test_a_month_with_an_unhealthy_hour_closes_to_the_same_bytes_twice(tmp_path:
         ("unallocated", "__unallocated__", "2.40"),
         ("unhealthy", XID79, "0.40"),
     ]
+
+
+# -- issue 17: the energy of unhealthy GPU ticks, worked by hand ----------------------------------
+# The sick hour with 18,000 J per GPU tick (0.3 kWh in the hour, 0.075 kWh on the 15 Xid-79 ticks)
+# at $4/kWh, and a second tenant cv whose 1/4 replica was 10% busy on the sick ticks only.
+
+
+def _sick_hour_with_energy() -> list[dict]:
+    msgs = _sick_hour()
+    cv = {"namespace": "cv", "pod": "p2", "container": "main", "pod_uid": "p2"}
+    for k, m in enumerate(msgs, start=1):
+        m["gpus"][0]["energy_j"] = 18000.0
+        m["slices"].append(scenario.quarter_replica(G, 10.0 if k <= 15 else 0.0, f"{G}:ts:p2", cv))
+    return msgs
+
+
+@pytest.mark.parametrize(
+    ("bill_unhealthy", "expected"),
+    [
+        # GPU time (reserved): each tenant 900 s, 225 s of them on sick ticks -> 675 s = $0.75 each,
+        # the platform 2 x 225 s = $0.50; nobody reserved half the GPU: $2.00.
+        # Energy: the sick ticks' 0.075 kWh ($0.30) is the platform's; the healthy 0.225 kWh ($0.90)
+        # goes by healthy used share: ml 45 x 48 s, cv 0 s -> all of it to ml.
+        (
+            False,
+            [
+                ("usage", "cv", "0.75", None),
+                ("usage", "ml", "0.75", None),
+                ("unallocated", "__unallocated__", "2.00", None),
+                ("unhealthy", XID79, "0.50", None),
+                ("energy", XID79, "0.30", Decimal("0.075")),
+                ("energy", "cv", "0.00", Decimal(0)),  # a tenant of the hour keeps its (empty) line
+                ("energy", "ml", "0.90", Decimal("0.225")),
+            ],
+        ),
+        # Billed as usual: 0.3 kWh by used share over the hour, ml 2,880 s and cv 15 x 6 = 90 s:
+        # ml 0.3 x 2880/2970 kWh = $1.163636..., cv $0.036363...; 120 cents, the last one to cv's
+        # larger fraction (0.64 > 0.36).
+        (
+            True,
+            [
+                ("usage", "cv", "1.00", None),
+                ("usage", "ml", "1.00", None),
+                ("unallocated", "__unallocated__", "2.00", None),
+                ("energy", "cv", "0.04", Decimal("0.3") * 90 / 2970),
+                ("energy", "ml", "1.16", Decimal("0.3") * 2880 / 2970),
+            ],
+        ),
+    ],
+)
+def test_energy_of_unhealthy_ticks_goes_to_the_platform(
+    tmp_path: Path, bill_unhealthy: bool, expected: list[tuple[str, str, str, Decimal | None]]
+) -> None:
+    root = tmp_path / "lake"
+    scenario.write(Lake(root), _sick_hour_with_energy())
+    rules = [{"tenant": "ml", "namespace": "ml"}, {"tenant": "cv", "namespace": "cv"}]
+    acct = Accounting(root, tenant_rules=rules, price_book=PriceBook(PRICE4))
+    try:
+        acct.update()
+        policy = ChargePolicy(kwh_price=Decimal("4.00"), bill_unhealthy=bill_unhealthy)
+        c = compute_charges(acct, H0.strftime("%Y-%m"), policy)
+        (energy,) = acct.sql(
+            "SELECT sum(energy_j), sum(unhealthy_energy_j) FROM gpu_hourly WHERE hour = ?", [H0]
+        ).fetchall()
+    finally:
+        acct.close()
+    assert energy == (1_080_000.0, 270_000.0)
+    got = [(ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in c.lines]
+    assert got == [e[:3] for e in expected]
+    for ln, (*_, kwh) in zip(c.lines, expected, strict=True):
+        if kwh is not None:
+            assert abs(ln.kwh - kwh) < Decimal("1e-9"), (ln.tenant, ln.kwh)
+    # money and energy conserve to the cent: $4.00 of GPU time + 0.3 kWh x $4
+    assert c.total == Decimal("5.20") and c.expected_total == Decimal("5.20")
+    assert sum((ln.kwh for ln in c.lines if ln.kwh is not None), Decimal(0)) == Decimal("0.3")
+
+
+def test_unhealthy_energy_line_in_focus_names_the_platform_and_the_reason(tmp_path: Path) -> None:
+    from warehouse.focus import focus_table
+
+    acct = _acct(tmp_path, _sick_hour_with_energy())
+    try:
+        c = compute_charges(acct, H0.strftime("%Y-%m"), ChargePolicy(kwh_price=Decimal("4.00")))
+    finally:
+        acct.close()
+    (row,) = [
+        r
+        for r in focus_table(c.lines).to_pylist()
+        if r["SubAccountId"] == XID79 and r["ConsumedUnit"] == "kW-Hours"
+    ]
+    assert row["SubAccountName"] == "Unhealthy GPU time (platform)"
+    assert row["ChargeDescription"] == (
+        f"Energy of {H100} on c on unhealthy GPU ticks (xid 79: GPU fell off the bus), "
+        "carried by the platform"
+    )
+    assert str(row["BilledCost"]).startswith("0.30")
+
+
+# -- issue 17: the monthly report's GPU health section and the platform's readable names ----------
+
+
+@pytest.mark.parametrize("bill_unhealthy", [False, True])
+def test_the_report_says_what_unhealthy_gpus_cost_each_tenant(tmp_path: Path, bill_unhealthy: bool) -> None:
+    from dataclasses import replace
+
+    from test_reports import pdf_text, tables
+
+    from warehouse.monthly import build_reports
+    from warehouse.report_html import render_html
+    from warehouse.report_pdf import render_pdf
+
+    acct = _acct(tmp_path, _sick_hour())
+    acct.close()
+    settings = replace(_ml_settings(), mode="used", bill_unhealthy=bill_unhealthy)
+    fleet, ml = build_reports(tmp_path / "lake", "2026-10", settings)
+    assert (fleet.tenant, ml.tenant) == (None, "ml")
+    # used mode, busy basis: 15 sick ticks x 48 s = 0.2 GPU-h ($0.80) of ml's 0.0625 reserved GPU-h
+    expected = ["ml", "xid 79: GPU fell off the bus", "0.0625", "0.2000", "USD 0.80"]
+    expected.append("taken off the bill" if not bill_unhealthy else "billed")
+    for report in (fleet, ml):
+        page = render_html(report)
+        assert "<h2>GPU health</h2>" in page
+        assert tables(page)["gpu_health"][1:] == [expected]
+    page = render_html(fleet)
+    lines = tables(page)["lines"]
+    if bill_unhealthy:
+        assert [r[2] for r in lines[1:]] == ["ml", "__unallocated__"]
+    else:
+        # the platform's line by its reason, never the raw key (the CSV and FOCUS keep the key)
+        readable = "Platform: unhealthy GPU time (xid 79: GPU fell off the bus)"
+        assert [r[2] for r in lines[1:]] == ["ml", "__unallocated__", readable]
+        assert readable in [r[0] for r in tables(page)["tenants"][1:]]
+        assert "__unhealthy__" not in page
+        render_pdf(fleet, tmp_path / "fleet.pdf")
+        text = pdf_text(tmp_path / "fleet.pdf")
+        assert "GPU health" in text and "__unhealthy__" not in text
+
+
+def test_a_healthy_month_has_no_gpu_health_section(tmp_path: Path) -> None:
+    from warehouse.monthly import build_reports
+    from warehouse.report_html import render_html
+
+    acct = _acct(tmp_path, [_tick(k, BOOT_A, [_ts_slice(80.0)]) for k in range(1, 61)])
+    acct.close()
+    reports = build_reports(tmp_path / "lake", "2026-10", _ml_settings())
+    assert [r.health for r in reports] == [[], []]
+    assert all("GPU health" not in render_html(r) for r in reports)
+
+
+def test_one_display_name_for_the_platforms_unhealthy_lines() -> None:
+    from dashboards.pages import tenant_label
+    from warehouse.ledger_model import tenant_display_name
+
+    assert tenant_display_name(XID79) == "Platform: unhealthy GPU time (xid 79: GPU fell off the bus)"
+    assert tenant_label(XID79) == tenant_display_name(XID79)
+    assert tenant_display_name("ml") == tenant_label("ml") == "ml"
+    assert tenant_label("__unallocated__") == "unallocated capacity"

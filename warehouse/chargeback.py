@@ -20,7 +20,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from warehouse import rules
 from warehouse.accounting import Accounting
 from warehouse.errors import ConservationError
-from warehouse.ledger_model import UNALLOCATED_TENANT, UNHEALTHY_TENANT, ChargeLine
+from warehouse.ledger_model import UNALLOCATED_TENANT, UNHEALTHY_TENANT, ChargeLine, UnhealthyTime
 from warehouse.pricing import PriceError, month_bounds
 from warehouse.sql import lit
 from warehouse.sql import ts_lit as _ts
@@ -105,7 +105,8 @@ def compute_charges(
        GPU-hour's unreserved capacity, pro rata when they exceed it);
     4. usage lines by the mode; what the tenants leave of a segment becomes the platform's
        `unallocated` line or `idle_share` lines by the idle policy;
-    5. energy lines by used share (reserved share when nothing was used), when priced;
+    5. energy lines by used share (reserved share when nothing was used), when priced; the energy
+       of unhealthy GPU ticks to the platform's unhealthy energy lines unless bill_unhealthy;
     6. cents by largest remainder within each subtotal (corrections keep theirs), line numbers;
     7. the conservation check (ConservationError, and no ledger, when anything does not add up).
     """
@@ -117,12 +118,6 @@ def _compute(
     acct: Accounting, month: str, policy: ChargePolicy, extra_lines: Iterable[ChargeLine]
 ) -> Charges:
     mode, idle_policy, kwh_price = policy.mode, policy.idle_policy, policy.kwh_price
-    # The used basis picks the rollup column; sm_active already fell back to busy per tick.
-    used_col, unh_used_col = (
-        ("used_sm_s", "unhealthy_used_sm_s")
-        if policy.used_basis == "sm_active"
-        else ("used_s", "unhealthy_used_s")
-    )
     if acct.price_book is None:
         raise PriceError("chargeback needs a price book (pricing.book)")
     currency = acct.price_book.currency
@@ -138,61 +133,45 @@ def _compute(
         model, day = missing[0]
         acct.price_book.price_at(model, day)  # raises PriceError naming the model and date
     price_join = rules.price_join("x")
-    seg_cols = "x.cluster, x.model, p.valid_from, p.valid_to, p.gpu_hour"
+    seg_cols = SEG_COLS
     cap_rows = acct.sql(f"""
         SELECT {seg_cols}, sum(x.capacity_s) AS capacity_s,
                sum(CAST(x.energy_j AS DECIMAL(38, 6))) AS energy_j
         FROM gpu_hourly x {price_join}
         WHERE x.hour >= {lo} AND x.hour < {hi} GROUP BY ALL ORDER BY ALL""").fetchall()
-    # Hybrid bills max(reserved, used) per slice-hour: a slice is its slice_id across agent restarts
-    # and date partitions (the rollup rows of one hour can sit under two boots and two dates), so
-    # reserved and used are summed per (slice_id, hour) before the burst is taken. Where the bursts
-    # (used above reserved) of a GPU-hour add up past the capacity left unreserved, each burst is
-    # scaled down to its share of that free capacity (floored to the nanosecond), so nobody pays
-    # below what they reserved and the GPU is never billed past its capacity.
-    tenant_rows = acct.sql(f"""
-        WITH s AS (
-            SELECT slice_id, gpu_uuid, hour, tenant, cluster, model,
-                   sum(reserved_s) AS reserved_s, sum({used_col}) AS used_s,
-                   sum(unhealthy_reserved_s) AS unh_r, sum({unh_used_col}) AS unh_u,
-                   string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason) AS reason
-            FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
-        x AS (SELECT *, greatest(used_s - reserved_s, 0) AS burst FROM s),
-        g AS (
-            SELECT gpu_uuid, hour, sum(burst) AS sum_burst, sum(reserved_s) AS sum_r FROM x GROUP BY ALL),
-        c AS (
-            SELECT gpu_uuid, hour, sum(capacity_s) AS capacity_s FROM gpu_hourly
-            WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
-        h AS (
-            SELECT x.*, x.reserved_s + CASE
-                WHEN g.sum_burst > greatest(c.capacity_s - g.sum_r, 0)
-                THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(greatest(c.capacity_s - g.sum_r, 0) AS DOUBLE)
-                                / CAST(g.sum_burst AS DOUBLE) * 1e9) / 1e9 AS DECIMAL(18, 9))
-                ELSE x.burst END AS hybrid_s
-            FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour)),
-        -- the part of each slice-hour's bill that fell on unhealthy GPU ticks, by mode (hybrid:
-        -- the larger of the two, never more than the slice-hour's hybrid bill)
-        k AS (SELECT *, CASE {lit(mode)} WHEN 'reserved' THEN unh_r WHEN 'used' THEN unh_u
-                             ELSE least(hybrid_s, greatest(unh_r, unh_u)) END AS unh_s FROM h)
-        SELECT x.tenant, {seg_cols}, coalesce(x.reason, '') AS reason, sum(x.reserved_s) AS reserved_s,
-               sum(x.used_s) AS used_s, sum(x.hybrid_s) AS hybrid_s, sum(x.unh_s) AS unh_s
-        FROM k x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
+    tenant_rows = acct.sql(_tenant_rows_sql(policy, lo, hi)).fetchall()
     energy_rows: list[tuple] = []
+    sick_energy_rows: list[tuple] = []
     if kwh_price is not None:
-        # A GPU-hour's energy split by used share (reserved share when nothing was used).
+        # A GPU-hour's energy split by used share (reserved share when nothing was used). With
+        # bill_unhealthy = false the energy of its unhealthy GPU ticks is the platform's (one energy
+        # line per segment and reason, below), and the rest is split by the healthy ticks' shares.
+        # Healthy energy is energy_j - unhealthy_energy_j in double precision: exactly energy_j
+        # when nothing was unhealthy, so a healthy month's lines are what they always were.
+        sick = not policy.bill_unhealthy
+        off_e, off_u, off_r = (
+            ("g.unhealthy_energy_j", "unhealthy_used_s", "unhealthy_reserved_s") if sick else ("0", "0", "0")
+        )
         energy_rows = acct.sql(f"""
             WITH s AS (
-                SELECT gpu_uuid, hour, tenant, sum(used_s) AS u, sum(reserved_s) AS r
+                SELECT gpu_uuid, hour, tenant, sum(used_s - {off_u}) AS u, sum(reserved_s - {off_r}) AS r
                 FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
             t AS (SELECT gpu_uuid, hour, sum(u) AS su, sum(r) AS sr FROM s GROUP BY ALL),
             x AS (
                 SELECT s.tenant, g.cluster, g.model, g.hour,
-                       CAST(g.energy_j * CASE WHEN t.su > 0 THEN s.u / t.su ELSE s.r / t.sr END
+                       CAST((g.energy_j - {off_e}) * CASE WHEN t.su > 0 THEN s.u / t.su ELSE s.r / t.sr END
                             AS DECIMAL(38, 6)) AS energy_j
                 FROM gpu_hourly g JOIN s USING (gpu_uuid, hour) JOIN t USING (gpu_uuid, hour)
                 WHERE g.hour >= {lo} AND g.hour < {hi} AND g.energy_j IS NOT NULL AND t.sr > 0)
             SELECT x.tenant, {seg_cols}, sum(x.energy_j) AS energy_j
             FROM x {price_join} GROUP BY ALL ORDER BY ALL""").fetchall()
+        if sick:
+            sick_energy_rows = acct.sql(f"""
+                SELECT x.unhealthy_reason, {seg_cols},
+                       sum(CAST(x.unhealthy_energy_j AS DECIMAL(38, 6))) AS energy_j
+                FROM gpu_hourly x {price_join}
+                WHERE x.hour >= {lo} AND x.hour < {hi} AND x.unhealthy_energy_j > 0
+                GROUP BY ALL ORDER BY ALL""").fetchall()
 
     def seg(cluster: str, model: str, vf: date, vt: date, price: Decimal) -> Segment:
         start = max(datetime.combine(vf, time(), UTC), datetime.combine(m0, time(), UTC))
@@ -209,7 +188,7 @@ def _compute(
     usage: dict[Segment, dict[str, tuple[Decimal, Decimal, Decimal, Decimal]]] = defaultdict(dict)
     # (segment) -> reason -> GPU-seconds taken off the tenants' bills (bill_unhealthy = false)
     unhealthy: dict[Segment, dict[str, Decimal]] = defaultdict(dict)
-    for tenant, cluster, model, vf, vt, price, reason, r_s, u_s, h_s, k_s in tenant_rows:
+    for tenant, cluster, model, vf, vt, price, reason, r_s, u_s, h_s, k_s, _ in tenant_rows:
         sg = seg(cluster, model, vf, vt, price)
         off = _d(k_s) if reason and not policy.bill_unhealthy else Decimal(0)
         # an hour of a tenant can hold healthy and unhealthy slice-hours: add them up
@@ -288,15 +267,21 @@ def _compute(
         by_seg: dict[Segment, dict[str, Decimal]] = defaultdict(dict)
         for tenant, cluster, model, vf, vt, price, e_j in energy_rows:
             by_seg[seg(cluster, model, vf, vt, price)][tenant] = _d(e_j)
+        sick_by_seg: dict[Segment, dict[str, Decimal]] = defaultdict(dict)
+        for reason, cluster, model, vf, vt, price, e_j in sick_energy_rows:
+            sick_by_seg[seg(cluster, model, vf, vt, price)][f"{UNHEALTHY_TENANT}/{reason}"] = _d(e_j)
         for sg in sorted(energy_total, key=_seg_key):
             total_kwh = CTX.divide(energy_total[sg], Decimal(3_600_000))
             expected += CTX.multiply(total_kwh, kwh_price)
             shares = dict(by_seg.get(sg, {}))
-            # Per-row rounding (to the micro-joule) can make the shares pass the total by a few
-            # micro-joules; the largest share gives that back, so no line is ever negative.
-            excess = sum(shares.values(), Decimal(0)) - energy_total[sg]
-            if excess > 0:
+            platform = sick_by_seg.get(sg, {})  # the unhealthy ticks' energy: never scaled
+            healthy = energy_total[sg] - sum(platform.values(), Decimal(0))
+            # Per-row rounding (to the micro-joule) can make the shares pass the healthy energy by a
+            # few micro-joules; the largest share gives that back, so no line is ever negative.
+            excess = sum(shares.values(), Decimal(0)) - healthy
+            if excess > 0 and shares:
                 shares[max(shares, key=lambda t: (shares[t], t))] -= excess
+            shares.update(platform)
             given = Decimal(0)
             for tenant in sorted(shares):
                 kwh = CTX.divide(shares[tenant], Decimal(3_600_000))
@@ -313,6 +298,91 @@ def _compute(
     total = sum((ln.cost for ln in lines), Decimal(0))
     check_conservation(month, lines, expected)
     return Charges(lines, expected, total, CTX.divide(capacity_s_total, Decimal(3600)))
+
+
+SEG_COLS = "x.cluster, x.model, p.valid_from, p.valid_to, p.gpu_hour"  # a price segment's columns
+
+
+def _tenant_rows_sql(policy: ChargePolicy, lo: str, hi: str) -> str:
+    """Per tenant, price segment and unhealthy reason ('' for healthy slice-hours): reserved, used
+    (on the policy's basis), hybrid, and the seconds on unhealthy GPU ticks: billed by the mode
+    (unh_s) and reserved (unh_r), for hours in [lo, hi)."""
+    mode = policy.mode
+    # The used basis picks the rollup column; sm_active already fell back to busy per tick.
+    used_col, unh_used_col = (
+        ("used_sm_s", "unhealthy_used_sm_s")
+        if policy.used_basis == "sm_active"
+        else ("used_s", "unhealthy_used_s")
+    )
+    price_join, seg_cols = rules.price_join("x"), SEG_COLS
+    # Hybrid bills max(reserved, used) per slice-hour: a slice is its slice_id across agent restarts
+    # and date partitions (the rollup rows of one hour can sit under two boots and two dates), so
+    # reserved and used are summed per (slice_id, hour) before the burst is taken. Where the bursts
+    # (used above reserved) of a GPU-hour add up past the capacity left unreserved, each burst is
+    # scaled down to its share of that free capacity (floored to the nanosecond), so nobody pays
+    # below what they reserved and the GPU is never billed past its capacity.
+    return f"""
+        WITH s AS (
+            SELECT slice_id, gpu_uuid, hour, tenant, cluster, model,
+                   sum(reserved_s) AS reserved_s, sum({used_col}) AS used_s,
+                   sum(unhealthy_reserved_s) AS unh_r, sum({unh_used_col}) AS unh_u,
+                   string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason) AS reason
+            FROM slice_hourly WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
+        x AS (SELECT *, greatest(used_s - reserved_s, 0) AS burst FROM s),
+        g AS (
+            SELECT gpu_uuid, hour, sum(burst) AS sum_burst, sum(reserved_s) AS sum_r FROM x GROUP BY ALL),
+        c AS (
+            SELECT gpu_uuid, hour, sum(capacity_s) AS capacity_s FROM gpu_hourly
+            WHERE hour >= {lo} AND hour < {hi} GROUP BY ALL),
+        h AS (
+            SELECT x.*, x.reserved_s + CASE
+                WHEN g.sum_burst > greatest(c.capacity_s - g.sum_r, 0)
+                THEN CAST(floor(CAST(x.burst AS DOUBLE) * CAST(greatest(c.capacity_s - g.sum_r, 0) AS DOUBLE)
+                                / CAST(g.sum_burst AS DOUBLE) * 1e9) / 1e9 AS DECIMAL(18, 9))
+                ELSE x.burst END AS hybrid_s
+            FROM x JOIN g USING (gpu_uuid, hour) JOIN c USING (gpu_uuid, hour)),
+        -- the part of each slice-hour's bill that fell on unhealthy GPU ticks, by mode (hybrid:
+        -- the larger of the two, never more than the slice-hour's hybrid bill)
+        k AS (SELECT *, CASE {lit(mode)} WHEN 'reserved' THEN unh_r WHEN 'used' THEN unh_u
+                             ELSE least(hybrid_s, greatest(unh_r, unh_u)) END AS unh_s FROM h)
+        SELECT x.tenant, {seg_cols}, coalesce(x.reason, '') AS reason, sum(x.reserved_s) AS reserved_s,
+               sum(x.used_s) AS used_s, sum(x.hybrid_s) AS hybrid_s, sum(x.unh_s) AS unh_s,
+               sum(x.unh_r) AS unh_r
+        FROM k x {price_join} GROUP BY ALL ORDER BY ALL"""
+
+
+def unhealthy_by_tenant(
+    acct: Accounting, month: str, policy: ChargePolicy = ChargePolicy()
+) -> list[UnhealthyTime]:
+    """Each tenant's slice time on unhealthy GPU ticks in `month`, per reason: its reserved
+    GPU-hours there, what the mode bills of them and that at the segments' prices (to the cent,
+    half-even), taken off the bill unless `policy.bill_unhealthy`. The same query as the lines, so
+    the report's numbers are the ones the platform's `unhealthy` lines carry."""
+    m0, m1 = month_bounds(month)
+    rows = acct.sql(_tenant_rows_sql(policy, _ts(m0), _ts(m1))).fetchall()
+    with decimal.localcontext(CTX):
+        acc: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]] = {}
+        for tenant, _c, _m, _vf, _vt, price, reason, _r, _u, _h, k_s, unh_r in rows:
+            if not reason:
+                continue
+            r0, b0, w0 = acc.get((tenant, reason), (Decimal(0), Decimal(0), Decimal(0)))
+            billed = CTX.divide(_d(k_s), Decimal(3600))
+            acc[(tenant, reason)] = (
+                r0 + CTX.divide(_d(unh_r), Decimal(3600)),
+                b0 + billed,
+                w0 + CTX.multiply(billed, _d(price)),
+            )
+    return [
+        UnhealthyTime(
+            tenant,
+            reason,
+            r.quantize(Q12, rounding=ROUND_HALF_EVEN, context=CTX),
+            b.quantize(Q12, rounding=ROUND_HALF_EVEN, context=CTX),
+            w.quantize(CENT, rounding=ROUND_HALF_EVEN, context=CTX),
+            not policy.bill_unhealthy,
+        )
+        for (tenant, reason), (r, b, w) in sorted(acc.items())
+    ]
 
 
 def _energy(ln: ChargeLine, kwh: Decimal, price: Decimal) -> ChargeLine:

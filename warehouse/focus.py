@@ -240,6 +240,9 @@ def _what(line_type: str, ln: ChargeLine) -> str:
         return f"{where} GPU-hours on unhealthy GPU ticks ({reason}), carried by the platform"
     if line_type == "idle_share":
         return f"Share of unallocated {where} GPU-hours ({ln.idle_policy} policy) for {ln.tenant}"
+    if line_type == "energy" and ln.tenant.startswith(UNHEALTHY_TENANT + "/"):
+        reason = ln.tenant.partition("/")[2]
+        return f"Energy of {where} on unhealthy GPU ticks ({reason}), carried by the platform"
     if line_type == "energy":
         return f"Energy of {where} for {ln.tenant}"
     kind = "energy" if _is_energy(ln) else "GPU-hours"  # a correction of unknown origin

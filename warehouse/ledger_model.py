@@ -28,6 +28,15 @@ def is_platform_tenant(tenant: str) -> bool:
     return tenant == UNALLOCATED_TENANT or tenant.startswith(UNHEALTHY_TENANT + "/")
 
 
+def tenant_display_name(tenant: str) -> str:
+    """A line's tenant as people read it (reports, dashboards): the platform's unhealthy lines by
+    their reason, e.g. "Platform: unhealthy GPU time (xid 79: GPU fell off the bus)"; every other
+    tenant as it is. The CSV and FOCUS exports keep the machine-readable key."""
+    if tenant.startswith(UNHEALTHY_TENANT + "/"):
+        return f"Platform: unhealthy GPU time ({tenant.partition('/')[2]})"
+    return tenant
+
+
 # Exact quantities: GPU-hours and kWh to 12 places, money exact to 12 places and rounded to cents.
 QTY = pa.decimal128(38, 12)
 MONEY = pa.decimal128(38, 12)
@@ -128,6 +137,18 @@ class IdlePeriod:
 
 
 @dataclass(frozen=True)
+class UnhealthyTime:
+    """A tenant's slice time on unhealthy GPU ticks of one reason in a month, and what it was billed."""
+
+    tenant: str
+    reason: str  # rules.UNHEALTHY_REASON_SQL; reasons of one slice-hour joined by "; "
+    reserved_gpu_h: Decimal  # reserved GPU-hours on unhealthy GPU ticks
+    billed_gpu_h: Decimal  # what the mode bills of them (reserved, used or hybrid GPU-hours)
+    worth: Decimal  # billed_gpu_h at each segment's price, to the cent (half-even)
+    taken_off: bool  # True: carried by the platform (bill_unhealthy = false); False: billed
+
+
+@dataclass(frozen=True)
 class MonthReport:
     """Everything one monthly report shows; `tenant` None is the fleet report."""
 
@@ -146,3 +167,5 @@ class MonthReport:
     # utilization, allocation_rate, efficiency (ratios as Decimal, may be absent when undefined)
     # memory the enforcer reclaimed (warehouse/enforcer_views.rightsizing_month rows of this scope)
     rightsizing: list[dict[str, object]] = field(default_factory=list)
+    # slice time on unhealthy GPU ticks (chargeback.unhealthy_by_tenant rows of this scope)
+    health: list[UnhealthyTime] = field(default_factory=list)

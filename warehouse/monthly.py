@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from warehouse.accounting import Accounting
-from warehouse.chargeback import quantize_line
+from warehouse.chargeback import quantize_line, unhealthy_by_tenant
 from warehouse.close import (
     CloseSettings,
     closed_months,
@@ -90,10 +90,14 @@ def build_reports(
             tenants = [tenant]
         scopes: list[str | None] = ([None] if fleet and tenant is None else []) + list(tenants)
         rs = _rightsizing(acct.lake, month, settings)
+        # slice time on unhealthy GPU ticks, by the month's own money settings (the report's
+        # "GPU health" section; none in a healthy month)
+        health = unhealthy_by_tenant(acct, month, settings.policy()) if acct.price_book is not None else []
         out = []
         for scope in scopes:
             r = _report(acct, month, m0, m1, scope, lines, sha, settings, kept)
             r.rightsizing.extend(x for x in rs if scope is None or x["tenant"] == scope)
+            r.health.extend(h for h in health if scope is None or h.tenant == scope)
             out.append(r)
         return out
     finally:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from warehouse.ledger_model import UNALLOCATED_TENANT, ChargeLine, MonthReport
+from warehouse.ledger_model import (
+    UNALLOCATED_TENANT,
+    UNHEALTHY_TENANT,
+    ChargeLine,
+    MonthReport,
+    tenant_display_name,
+)
 from warehouse.report_charts import (
     Bar,
     Chart,
@@ -175,6 +181,10 @@ def _check(report: MonthReport) -> None:
             )
         if report.tenant is not None and ln.tenant != report.tenant:
             raise ValueError(f"{where}: tenant {ln.tenant!r} in the report of tenant {report.tenant!r}")
+    for i, h in enumerate(report.health):
+        _cents(h.worth, f"health[{i}] worth")
+        if report.tenant is not None and h.tenant != report.tenant:
+            raise ValueError(f"health[{i}]: tenant {h.tenant!r} in the report of tenant {report.tenant!r}")
     if report.tenant is not None:
         for i, idle in enumerate(report.top_idle):
             if idle.tenant != report.tenant:
@@ -240,7 +250,7 @@ def _tenant_table(report: MonthReport, total: Decimal) -> TableBlock:
     cur = report.currency
     rows = [
         [
-            tenant,
+            tenant_display_name(tenant),
             format_qty(billed.get(tenant, Decimal(0))),
             format_qty(reserved[tenant]) if tenant in reserved else "",
             format_qty(used[tenant]) if tenant in used else "",
@@ -262,10 +272,20 @@ def _tenant_table(report: MonthReport, total: Decimal) -> TableBlock:
         ),
         rows=rows,
         empty="No charge lines this month.",
-        note=(
-            f"{UNALLOCATED_TENANT} is capacity nobody reserved, carried by the platform."
-            if UNALLOCATED_TENANT in cost
-            else ""
+        note=" ".join(
+            text
+            for text, shown in (
+                (
+                    f"{UNALLOCATED_TENANT} is capacity nobody reserved, carried by the platform.",
+                    UNALLOCATED_TENANT in cost,
+                ),
+                (
+                    "Platform: unhealthy GPU time is tenants' time on unhealthy GPU ticks (see GPU health), "
+                    "carried by the platform.",
+                    any(t.startswith(UNHEALTHY_TENANT + "/") for t in cost),
+                ),
+            )
+            if shown
         ),
     )
 
@@ -357,7 +377,7 @@ def _lines_table(report: MonthReport) -> TableBlock:
             [
                 str(ln.line_no),
                 _line_type(ln),
-                ln.tenant,
+                tenant_display_name(ln.tenant),
                 ln.cluster,
                 ln.gpu_model,
                 f"{_ts(ln.charge_start)} – {_ts(ln.charge_end)}",
@@ -394,6 +414,46 @@ def _lines_table(report: MonthReport) -> TableBlock:
         note=(
             f"Mode {report.mode}: quantity is the billed GPU-hours. Correction lines carry late data "
             "for a closed month, billed in this one."
+        ),
+    )
+
+
+def _health_table(report: MonthReport) -> TableBlock:
+    """Tenants' slice time on unhealthy GPUs (lost, critical Xid: warehouse.rules) and what it cost
+    them: nothing when the platform carries it (`[pricing] bill_unhealthy = false`)."""
+    cur = report.currency
+    rows = [
+        [
+            h.tenant,
+            h.reason,
+            format_qty(h.reserved_gpu_h, 4, f"health[{i}] reserved_gpu_h"),
+            format_qty(h.billed_gpu_h, 4, f"health[{i}] billed_gpu_h"),
+            format_money(h.worth, cur, f"health[{i}] worth"),
+            "taken off the bill" if h.taken_off else "billed",
+        ]
+        for i, h in enumerate(report.health)
+    ]
+    taken_off = any(h.taken_off for h in report.health)
+    return TableBlock(
+        "gpu_health",
+        "Time on unhealthy GPUs, per tenant and reason",
+        (
+            Column("Tenant", weight=1.6),
+            Column("Reason", weight=2.6),
+            Column("Reserved GPU-h", True),
+            Column(f"Billable GPU-h ({report.mode})", True),
+            Column("Worth", True, 1.3),
+            Column("On the bill", weight=1.4),
+        ),
+        rows,
+        "",
+        note=(
+            "GPU ticks with the GPU lost or a critical Xid error. "
+            + (
+                "The platform carries that time (its unhealthy lines), at the price of each period."
+                if taken_off
+                else "Billed as usual ([pricing] bill_unhealthy = true)."
+            )
         ),
     )
 
@@ -460,6 +520,8 @@ def build_content(report: MonthReport) -> ReportContent:
             cost_blocks.append(_tenant_table(report, total))
         sections.append(Section("Cost", cost_blocks, "No cost this month."))
         sections.append(Section("Idle", [_idle_table(report)], ""))
+        if report.health:
+            sections.append(Section("GPU health", [_health_table(report)], ""))
         if report.rightsizing:
             sections.append(Section("Right-sizing", [_rightsizing_table(report)], ""))
         sections.append(Section("Charge lines", [_lines_table(report)], ""))

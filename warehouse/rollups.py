@@ -24,8 +24,10 @@ Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
   used seconds on the SM-activity basis (`used_sm_s`), and the reserved/used seconds of its ticks
   on unhealthy GPU ticks (`unhealthy_*`, rules.UNHEALTHY_REASON_SQL) with their reasons.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
-  its unhealthy ticks and their reasons,
-  energy, and memory, power and temperature (max, sum and count of the known readings).
+  its unhealthy ticks and their reasons, the used seconds of its slices on the SM-activity basis
+  (`used_sm_s`, busy where a tick had none) and its GPU ticks with SM activity (`sm_ticks`),
+  energy (and `unhealthy_energy_j`, the energy of its unhealthy ticks), and memory, power and
+  temperature (max, sum and count of the known readings).
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries (so an
   hour's runs are its own), ordered hour first; the close and the idle views stitch them across
   hours and dates into idle periods.
@@ -76,7 +78,7 @@ HOURLY = ("slice_hourly", "gpu_hourly", "idle_runs")  # rows keyed by their (mid
 BATCHES = "batches"  # per date: the committed batches built from, and the hours each touches
 NODE_HOURS = "node_hours"  # per date: node_ticks per hour of the timestamp, before the date's sum
 # 8: recomputed by the hour (idle runs ordered hour first; node_ticks summed from hour pieces)
-ROLLUP_VERSION = 9  # bump when the SQL below changes meaning: every date is rebuilt
+ROLLUP_VERSION = 10  # bump when the SQL below changes meaning: every date is rebuilt
 EXACT = "DECIMAL(38, 9)"  # double readings summed exactly (order-independent), then back to double
 TS_HOUR_SQL = "(epoch_us(ts) // 3600000000)"  # the hour of a tick's timestamp (node_ticks' pieces)
 
@@ -228,8 +230,11 @@ class Rollups:
         """(batch file name, midpoint hour, timestamp hour) of every tick in `tick_files`."""
         if not tick_files:
             return pa.table(
-                {"name": pa.array([], pa.string()), "h": pa.array([], pa.int64()),
-                 "tsh": pa.array([], pa.int64())}
+                {
+                    "name": pa.array([], pa.string()),
+                    "h": pa.array([], pa.int64()),
+                    "tsh": pa.array([], pa.int64()),
+                }
             )
         return con.sql(f"""
             SELECT DISTINCT parse_filename(filename) AS name, {HOUR_NO_SQL} AS h, {TS_HOUR_SQL} AS tsh
@@ -274,8 +279,10 @@ class Rollups:
         if mids is None:
             names = sorted(by_name)
         else:
-            touch = pc.or_(pc.is_in(current["h"], pa.array(mids, pa.int64())),
-                           pc.is_in(current["tsh"], pa.array(tshs, pa.int64())))
+            touch = pc.or_(
+                pc.is_in(current["h"], pa.array(mids, pa.int64())),
+                pc.is_in(current["tsh"], pa.array(tshs, pa.int64())),
+            )
             names = sorted(set(current.filter(touch)["name"].to_pylist()))
         wanted = set(names)
         files = {
@@ -402,8 +409,10 @@ class Rollups:
         gpus = only(_read_all([self._empty("gpu"), *gpu_files]), HOUR_NO_SQL, mids)
         in_t = "TRUE"
         if mids is not None and tshs is not None:
-            in_t = (f"{HOUR_NO_SQL} IN ({', '.join(map(str, mids)) or 'NULL'}) OR "
-                    f"{TS_HOUR_SQL} IN ({', '.join(map(str, tshs)) or 'NULL'})")
+            in_t = (
+                f"{HOUR_NO_SQL} IN ({', '.join(map(str, mids)) or 'NULL'}) OR "
+                f"{TS_HOUR_SQL} IN ({', '.join(map(str, tshs)) or 'NULL'})"
+            )
         # Row files of uncommitted batches are already left out by file name. A tick delivered
         # twice sits in two committed batches: the first batch wins; rows of the others are
         # "losers" (almost always none, so the anti-join is skipped).
@@ -549,6 +558,12 @@ class Rollups:
                        sum(CAST(interval_s AS {SECONDS})) AS capacity_s,
                        sum(CAST(energy_j AS {EXACT}))::DOUBLE AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
+                       -- the energy of the unhealthy ticks: the platform's ([pricing] bill_unhealthy)
+                       coalesce(sum(CAST(energy_j AS {EXACT}))
+                                    FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL), 0)::DOUBLE
+                           AS unhealthy_energy_j,
+                       -- GPU ticks with GPM SM activity: where none, the SM basis is not shown
+                       count(sm_active_pct)::INTEGER AS sm_ticks,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
                        -- health events for the GPU page's timeline (rules.UNHEALTHY_REASON_SQL)
                        count(*) FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL)::INTEGER AS unhealthy_ticks,
@@ -570,11 +585,12 @@ class Rollups:
                 FROM {rows(gpus)} GROUP BY ALL),
             sa AS (
                 SELECT hour, gpu_uuid, sum(reserved_s) AS reserved_s, sum(used_s) AS used_s,
-                       sum(ticks) AS slice_ticks
+                       sum(ticks) AS slice_ticks, sum(used_sm_s) AS used_sm_s
                 FROM _slice_hourly GROUP BY ALL)
             SELECT gs.*, coalesce(sa.reserved_s, 0) AS reserved_s, coalesce(sa.used_s, 0) AS used_s,
                    gs.capacity_s - coalesce(sa.reserved_s, 0) AS unallocated_s,
-                   coalesce(sa.slice_ticks, 0)::BIGINT AS slice_ticks
+                   coalesce(sa.slice_ticks, 0)::BIGINT AS slice_ticks,
+                   coalesce(sa.used_sm_s, 0) AS used_sm_s
             FROM gs LEFT JOIN sa USING (hour, gpu_uuid)
             ORDER BY hour, cluster, node, gpu_uuid, model""").to_arrow_table()
         con.unregister("_slice_hourly")
