@@ -347,6 +347,13 @@ class DashboardData:
             "utilization": t.get("utilization"),
             "allocation_rate": t.get("allocation_rate"),
             "efficiency": t.get("efficiency"),
+            # the SM-activity basis (issue 17), only where some slice tick had SM activity: else
+            # it is the busy basis again and the page shows nothing for it (never "0 %")
+            "sm": bool(t.get("sm_ticks")),
+            "utilization_sm": t.get("utilization_sm"),
+            "efficiency_sm": t.get("efficiency_sm"),
+            "used_sm_gpu_h": t.get("used_sm_gpu_h") or 0.0,
+            "unused_sm_gpu_h": t.get("unused_sm_gpu_h") or 0.0,
             "cost_to_date": sum((ln.cost for ln in lines), Decimal(0)),
             "cost_error": charges.error,
             "idle_gpu_h": sum(float(r["gpu_hours"]) for r in idle),
@@ -451,6 +458,9 @@ class DashboardData:
             "efficiency": m.get("efficiency"),
             "reserved_gpu_h": m.get("reserved_gpu_h") or 0.0,
             "used_gpu_h": m.get("used_gpu_h") or 0.0,
+            "sm": bool(m.get("sm_ticks")),
+            "efficiency_sm": m.get("efficiency_sm"),
+            "unused_sm_gpu_h": m.get("unused_sm_gpu_h") or 0.0,
             "trend": trend,
             "slices": sorted(slices, key=lambda r: (-(r["reserved_gpu_h"] or 0), r["slice"])),
             "idle": idle,
@@ -536,12 +546,13 @@ class DashboardData:
             f"gpu_uuid = {lit(f.gpu)}" if f.gpu else "",
         )
         if allowed is None:
-            held, used = "", "g.used_s"
+            held, used, used_sm, sm_ticks = "", "g.used_s", "g.used_sm_s", "g.sm_ticks"
         else:
-            held = f"""JOIN (SELECT gpu_uuid, hour, sum(used_s) AS u FROM slice_hourly
+            held = f"""JOIN (SELECT gpu_uuid, hour, sum(used_s) AS u, sum(used_sm_s) AS u_sm,
+                                sum(sm_ticks) AS sm_ticks FROM slice_hourly
                          WHERE {where(tcond, in_list("tenant", allowed))} GROUP BY ALL) s
                        USING (gpu_uuid, hour)"""
-            used = "s.u"
+            used, used_sm, sm_ticks = "s.u", "s.u_sm", "s.sm_ticks"
         with self.acct() as acct:
             rows = acct.sql(f"""
                 WITH g AS (
@@ -553,7 +564,8 @@ class DashboardData:
                            sum(power_w_sum) AS power_sum, sum(power_ticks) AS power_ticks,
                            max(temp_c_max) AS temp_max, sum(temp_c_sum) AS temp_sum,
                            sum(temp_ticks) AS temp_ticks, sum(unhealthy_ticks) AS sick,
-                           string_agg(unhealthy_reason, '; ') AS why
+                           string_agg(unhealthy_reason, '; ') AS why,
+                           sum(used_sm_s) AS used_sm_s, sum(sm_ticks) AS sm_ticks
                     FROM gpu_hourly WHERE {tcond} GROUP BY gpu_uuid, hour)
                 SELECT date_trunc('{grain}', g.hour) AS period, g.cluster, g.node, g.gpu_uuid,
                        any_value(g.model), min(g.gpu_index),
@@ -565,7 +577,8 @@ class DashboardData:
                        max(g.temp_max),
                        sum(g.temp_sum) / nullif(sum(g.temp_ticks), 0),
                        sum(g.power_sum), sum(g.power_ticks),
-                       sum(g.sick), string_agg(DISTINCT g.why, '; ' ORDER BY g.why)
+                       sum(g.sick), string_agg(DISTINCT g.why, '; ' ORDER BY g.why),
+                       sum({used_sm}), sum({sm_ticks})
                 FROM g {held}
                 GROUP BY period, g.cluster, g.node, g.gpu_uuid
                 ORDER BY g.cluster, g.node, min(g.gpu_index), g.gpu_uuid, period""").fetchall()
@@ -591,8 +604,12 @@ class DashboardData:
                 # health events (issue 17): ticks the GPU was unhealthy in the period, and why
                 "unhealthy_ticks": int(sk or 0),
                 "unhealthy_reason": why,
+                # the SM-activity basis: the slices' used_sm_s (busy where a tick had none) and
+                # how many slice ticks had SM activity (0: no SM basis to show)
+                "used_sm_s": _f(usm),
+                "sm_ticks": int(smt or 0),
             }
-            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt, sk, why in rows
+            for p, c, n, g, m, i, u, us, cs, mt, mm, ma, pw, tx, ta, ps, pt, sk, why, usm, smt in rows
         ]
         return {"start": start, "end": end, "grain": grain, "points": points}
 
@@ -695,15 +712,22 @@ def _sum_over(rows: list[dict[str, Any]], dim: str | None) -> list[dict[str, Any
                 "used_gpu_h": 0.0,
                 "idle_gpu_h": 0.0,
                 "slices": 0,
+                "used_sm_gpu_h": 0.0,
+                "unused_sm_gpu_h": 0.0,
+                "sm_ticks": 0,
             },
         )
         a["reserved_gpu_h"] += float(r["reserved_gpu_h"] or 0)
         a["used_gpu_h"] += float(r["used_gpu_h"] or 0)
         a["idle_gpu_h"] += float(r["idle_gpu_h"] or 0)
         a["slices"] += int(r["slices"] or 0)
+        a["used_sm_gpu_h"] += float(r.get("used_sm_gpu_h") or 0)
+        a["unused_sm_gpu_h"] += float(r.get("unused_sm_gpu_h") or 0)
+        a["sm_ticks"] += int(r.get("sm_ticks") or 0)
     out = []
     for key in sorted(acc, key=lambda k: (str(k[0]), str(k[1]))):
         a = acc[key]
         a["efficiency"] = a["used_gpu_h"] / a["reserved_gpu_h"] if a["reserved_gpu_h"] else None
+        a["efficiency_sm"] = a["used_sm_gpu_h"] / a["reserved_gpu_h"] if a["reserved_gpu_h"] else None
         out.append(a)
     return out

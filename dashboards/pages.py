@@ -278,6 +278,7 @@ def overview_cards(o: dict[str, Any]) -> list[Any]:
             card(f"Efficiency (used / reserved), last {o['range']}", pct(o["efficiency"]), "card-eff"),
             card(f"Reserved GPU-h, last {o['range']}", num(o["reserved_gpu_h"]), "card-reserved"),
         ]
+    cards += sm_cards(o)
     checks = []
     if o.get("checks_failed"):
         checks = [
@@ -299,6 +300,29 @@ def overview_cards(o: dict[str, Any]) -> list[Any]:
     ]
 
 
+def sm_cards(o: dict[str, Any]) -> list[Any]:
+    """The SM-activity basis beside kernel-busy (docs/accounting.md), only where some slice tick had
+    SM activity in the range: otherwise the two bases are the same and nothing is shown."""
+    if not o.get("sm"):
+        return []
+    last = f"last {o['range']}"
+    out = []
+    if o["scope"] == "fleet":
+        out += [
+            card(f"Utilization, SM activity, {last}", pct(o["utilization_sm"]), "card-util-sm"),
+            card(f"Efficiency (used / reserved), kernel busy, {last}", pct(o["efficiency"]), "card-eff-busy"),
+        ]
+    out += [
+        card(f"Efficiency (used / reserved), SM activity, {last}", pct(o["efficiency_sm"]), "card-eff-sm"),
+        card(
+            f"Idle on SM activity (reserved GPU-h the SMs did not use), {last}",
+            num(o["unused_sm_gpu_h"]),
+            "card-idle-sm",
+        ),
+    ]
+    return out
+
+
 def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> dict[str, Any]:
     """Utilization and allocation (fleet) or efficiency (tenants), plus idle GPU-h, per `dim` value.
 
@@ -308,7 +332,8 @@ def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> 
     for r in rows:
         by[str(r[dim])].append(r)
     data: list[dict[str, Any]] = []
-    per_key = 3 if fleet else 2
+    sm = any(r.get("sm_ticks") for r in rows)  # the SM-activity basis, where a slice tick had it
+    per_key = (3 if fleet else 2) + sm
     grouped = len(by) * per_key > MAX_LEGEND
     for n, key in enumerate(sorted(by)):
         color = PALETTE[n % len(PALETTE)]
@@ -328,7 +353,15 @@ def over_time(rows: list[dict[str, Any]], dim: str, fleet: bool, title: str) -> 
             return t
 
         lines = [("utilization", "utilization", "solid"), ("allocated", "allocation_rate", "dot")]
-        for what, col, dash in lines if fleet else [("efficiency", "efficiency", "solid")]:
+        if not fleet:
+            lines = [("efficiency", "efficiency", "solid")]
+        if sm:
+            lines.append(
+                ("utilization (SM)", "utilization_sm", "dashdot")
+                if fleet
+                else ("efficiency (SM)", "efficiency_sm", "dashdot")
+            )
+        for what, col, dash in lines:
             pct_of = [round(100 * float(r[col] or 0), 2) for r in pts]
             line = {"color": color} if dash == "solid" else {"dash": dash, "color": color}
             data.append(trace(what, {"type": "scatter", "mode": "lines", "line": line, "x": x, "y": pct_of}))
@@ -481,6 +514,18 @@ def tenant_detail(d: dict[str, Any]) -> list[Any]:
                 card(f"Cost {d['month']} to date", money(d["cost_to_date"], cur), "tenant-cost"),
                 card(f"Cost {d['last_month']}", money(d["cost_last_month"], cur), "tenant-cost-last"),
                 card("Efficiency (used / reserved)", pct(d["efficiency"]), "tenant-eff"),
+                *(
+                    [
+                        card("Efficiency, SM activity", pct(d["efficiency_sm"]), "tenant-eff-sm"),
+                        card(
+                            "Idle on SM activity (reserved GPU-h the SMs did not use)",
+                            num(d["unused_sm_gpu_h"]),
+                            "tenant-idle-sm",
+                        ),
+                    ]
+                    if d.get("sm")
+                    else []
+                ),
                 card("Slices held", str(len(d["slices"])), "tenant-slices"),
             ],
             style={"display": "flex", "gap": ".8em"},
@@ -821,10 +866,13 @@ def _health_events(gpus: list[dict[str, Any]], per_node: bool) -> list[dict[str,
     ]
 
 
-def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
+def gpu_timeline(
+    gpus: list[dict[str, Any]], x: list[str], used: str = "used_s", basis: str = ""
+) -> dict[str, Any]:
     """Utilization over time: a row per GPU (a row per node, used / capacity of its GPUs, when
     there are more than TIMELINE_GPU_ROWS GPUs), time on the x axis, every row labelled; a period
-    with no data is empty, not 0."""
+    with no data is empty, not 0. `used`: the points' used seconds (`used_sm_s`: the SM-activity
+    basis, named by `basis` in the title; health events are drawn on the main timeline only)."""
     per_node = len(gpus) > TIMELINE_GPU_ROWS
     rows: dict[str, dict[str, Any]] = {}
     for g in gpus:
@@ -832,7 +880,7 @@ def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
         r = rows.setdefault(key, {"uuid": None if per_node else g["uuid"], "used": {}, "cap": {}})
         for per, pt in g["at"].items():
             if pt.get("capacity_s"):
-                r["used"][per] = r["used"].get(per, 0.0) + (pt.get("used_s") or 0.0)
+                r["used"][per] = r["used"].get(per, 0.0) + (pt.get(used) or 0.0)
                 r["cap"][per] = r["cap"].get(per, 0.0) + pt["capacity_s"]
     periods = gpus[0]["periods"] if gpus else []
     labels = list(rows)
@@ -858,9 +906,13 @@ def gpu_timeline(gpus: list[dict[str, Any]], x: list[str]) -> dict[str, Any]:
     if not per_node:
         trace["customdata"] = [[rows[k]["uuid"]] * len(x) for k in labels]
     return {
-        "data": [trace, *_health_events(gpus, per_node)],
+        "data": [trace, *([] if basis else _health_events(gpus, per_node))],
         "layout": _time_rows_layout(
-            "Utilization over time" + (", by node" if per_node else ", by GPU"), labels
+            "Utilization"
+            + (f" on {basis}" if basis else "")
+            + " over time"
+            + (", by node" if per_node else ", by GPU"),
+            labels,
         ),
     }
 
@@ -923,6 +975,25 @@ def _temp_peak(pts: list[dict[str, Any]]) -> float | None:
     return max(known) if known else None
 
 
+def gpu_basis_cards(points: list[dict[str, Any]]) -> list[Any]:
+    """Utilization of the GPUs in view on both bases (kernel busy, SM activity), when some slice
+    tick had SM activity; nothing otherwise (the bases would be the same)."""
+    if not any(p.get("sm_ticks") for p in points):
+        return []
+    cap = sum(p["capacity_s"] or 0 for p in points)
+    busy = sum(p["used_s"] or 0 for p in points)
+    sm = sum(p.get("used_sm_s") or 0 for p in points)
+    return [
+        html.Div(
+            [
+                card("Utilization, kernel busy", pct(busy / cap if cap else None), "gpu-util-busy"),
+                card("Utilization, SM activity", pct(sm / cap if cap else None), "gpu-util-sm"),
+            ],
+            style={"display": "flex", "gap": ".8em"},
+        )
+    ]
+
+
 def gpu_panels(s: dict[str, Any]) -> list[Any]:
     """The panels users of NVIDIA's dcgm-exporter Grafana dashboard look for: utilization over time,
     framebuffer memory used, power draw and temperature, per GPU, per hour (per day beyond 7 days)."""
@@ -936,8 +1007,11 @@ def gpu_panels(s: dict[str, Any]) -> list[Any]:
     temp = max((p["temp_max_c"] or 0 for p in s["points"]), default=None)
     head = [
         html.H4(f"GPU readings per {grain}, {when(s['start'])} to {when(s['end'])} UTC"),
+        *gpu_basis_cards(s["points"]),
         dcc.Graph(id="gpu-timeline", figure=gpu_timeline(gpus, x)),
     ]
+    if any(p.get("sm_ticks") for p in s["points"]):  # no SM trace where no slice had SM activity
+        head.append(dcc.Graph(id="gpu-timeline-sm", figure=gpu_timeline(gpus, x, "used_sm_s", "SM activity")))
     if len(gpus) > TIMELINE_GPU_ROWS:  # a line per GPU would be a tangle: a row per node
         return [
             *head,
@@ -1001,6 +1075,7 @@ def gpu_panels(s: dict[str, Any]) -> list[Any]:
 
 
 def gpu_detail(d: dict[str, Any]) -> list[Any]:
+    sm = any(s.get("sm_ticks") for s in d["slices"])  # SM-activity columns only where it was seen
     slices = [
         [
             s["slice"],
@@ -1010,9 +1085,11 @@ def gpu_detail(d: dict[str, Any]) -> list[Any]:
             num(s["reserved_gpu_h"]),
             num(s["used_gpu_h"]),
             pct(s["efficiency"]),
+            *([num(s["used_sm_gpu_h"]), pct(s["efficiency_sm"]), num(s["unused_sm_gpu_h"])] if sm else []),
         ]
         for s in d["slices"]
     ]
+    sm_head = ["used GPU-h (SM)", "efficiency (SM)", "idle GPU-h (SM)"] if sm else []
     procs = [
         [
             p["pid"],
@@ -1027,7 +1104,7 @@ def gpu_detail(d: dict[str, Any]) -> list[Any]:
     return [
         html.H4(f"{d['gpu']} ({d['model']}) on {d['node']}", id="gpu-title"),
         table(
-            ["slice", "workload", "tenant", "kind", "reserved GPU-h", "used GPU-h", "efficiency"],
+            ["slice", "workload", "tenant", "kind", "reserved GPU-h", "used GPU-h", "efficiency", *sm_head],
             slices,
             "gpu-slices",
             left=4,

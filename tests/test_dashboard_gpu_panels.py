@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import scenario
 from dashboard_client import app_config, serve, write_users
-from test_dashboard_pages import PASSWORD, cb, signed_in
+from plotly.utils import PlotlyJSONEncoder
+from test_dashboard_pages import PASSWORD, cb, signed_in, texts
 
 from dashboards import pages
 from dashboards.app import create_app
@@ -315,3 +316,99 @@ def test_health_events_are_markers_on_the_gpu_timeline() -> None:
     # a GPU without health events draws no marker trace: the figure is as it was before issue 17
     gpu["at"][h1] = pt(0, None)
     assert len(gpu_timeline([gpu], [h0.isoformat(), h1.isoformat()])["data"]) == 1
+
+
+def sm_lake(root: Path) -> Path:
+    """The golden fleet with SM activity (GPM) on GPU A0's slices: half their kernel-busy time."""
+    msgs = scenario.messages()
+    for m in msgs:
+        for s in m["slices"]:
+            if s["gpu_uuid"] == scenario.A0 and s.get("util_pct") is not None:
+                s["sm_active_pct"] = s["util_pct"] / 2
+    lake = root / "lake"
+    scenario.write(Lake(lake), msgs)
+    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
+    acct.update()
+    acct.close()
+    return lake
+
+
+def test_the_sm_activity_basis_shows_beside_kernel_busy_only_where_it_was_seen(tmp_path: Path) -> None:
+    lake = sm_lake(tmp_path)
+    cfg = app_config(lake, tmp_path / "u.toml", scenario.RULES, scenario.BOOK)
+    data = DashboardData(lake, CloseSettings.from_config(cfg))
+    try:
+        with data.acct() as acct:
+            by_gpu = {r["gpu"]: r for r in acct.measures(["gpu"], grain=None)}
+        cap = sum(r["capacity_gpu_h"] for r in by_gpu.values())
+        used = sum(r["used_gpu_h"] for r in by_gpu.values())
+        a0 = by_gpu[scenario.A0]
+        assert a0["used_gpu_h"] > 0 and a0["sm_ticks"] > 0
+        assert a0["used_sm_gpu_h"] == pytest.approx(a0["used_gpu_h"] / 2, abs=1e-6)
+        assert all(
+            r["sm_ticks"] == 0 and r["used_sm_gpu_h"] == r["used_gpu_h"]
+            for g, r in by_gpu.items()
+            if g != scenario.A0
+        )
+        o = data.overview(None, Filters(range="30d"))
+        assert o is not None and o["sm"] is True
+        assert o["utilization"] == pytest.approx(used / cap)
+        assert o["utilization_sm"] == pytest.approx((used - a0["used_gpu_h"] / 2) / cap, abs=1e-9)
+        # idle on SM activity: the reserved GPU-hours the SMs did not use, per slice-hour
+        assert o["unused_sm_gpu_h"] >= o["reserved_gpu_h"] - o["used_sm_gpu_h"] - 1e-9
+        cards = json.loads(json.dumps(pages.overview_cards(o), cls=PlotlyJSONEncoder))
+        pct = pages.pct
+        assert texts(cards, "card-util") == [pct(o["utilization"])]
+        assert texts(cards, "card-util-sm") == [pct(o["utilization_sm"])] != texts(cards, "card-util")
+        assert texts(cards, "card-eff-busy") == [pct(o["efficiency"])]
+        assert texts(cards, "card-eff-sm") == [pct(o["efficiency_sm"])]
+        assert texts(cards, "card-idle-sm") == [pages.num(o["unused_sm_gpu_h"])]
+        series = {(r["cluster"]): r for r in o["series"]["cluster"]}
+        assert series["east"]["sm_ticks"] > 0 and series["west"]["sm_ticks"] == 0
+        fig = pages.over_time(o["series"]["cluster"], "cluster", True, "t")
+        assert [t["name"] for t in fig["data"] if "(SM)" in t["name"]] == [
+            "east utilization (SM)",
+            "west utilization (SM)",
+        ]
+        s = data.gpu_series(None, Filters())
+        assert s is not None
+        figs = figures([c.to_plotly_json() for c in pages.gpu_panels(s)])
+        assert sorted(figs) == ["gpu-memory", "gpu-power", "gpu-temp", "gpu-timeline", "gpu-timeline-sm"]
+        busy = {
+            row: z
+            for row, z in zip(
+                figs["gpu-timeline"]["data"][0]["y"], figs["gpu-timeline"]["data"][0]["z"], strict=True
+            )
+        }
+        sm = {
+            row: z
+            for row, z in zip(
+                figs["gpu-timeline-sm"]["data"][0]["y"], figs["gpu-timeline-sm"]["data"][0]["z"], strict=True
+            )
+        }
+        assert sm["east/node-a GPU 1"] == busy["east/node-a GPU 1"]  # no SM activity: the busy basis
+        assert [
+            v is None or v < b
+            for v, b in zip(sm["east/node-a GPU 0"], busy["east/node-a GPU 0"], strict=True)
+        ] == [True, True]
+        assert figs["gpu-timeline-sm"]["layout"]["title"]["text"].startswith("Utilization on SM activity")
+    finally:
+        data.close()
+
+
+def test_without_sm_activity_nothing_is_shown_for_it(tmp_path: Path) -> None:
+    lake = varied_lake(tmp_path)
+    cfg = app_config(lake, tmp_path / "u.toml", scenario.RULES, scenario.BOOK)
+    data = DashboardData(lake, CloseSettings.from_config(cfg))
+    try:
+        o = data.overview(None, Filters(range="30d"))
+        assert o is not None and o["sm"] is False
+        cards = json.dumps(pages.overview_cards(o), cls=PlotlyJSONEncoder)
+        assert "-sm" not in cards and "SM activity" not in cards
+        fig = pages.over_time(o["series"]["model"], "model", True, "t")
+        assert not [t for t in fig["data"] if "(SM)" in t["name"]]
+        s = data.gpu_series(None, Filters())
+        assert s is not None
+        assert "gpu-timeline-sm" not in figures([c.to_plotly_json() for c in pages.gpu_panels(s)])
+    finally:
+        data.close()

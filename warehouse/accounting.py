@@ -241,10 +241,14 @@ class Accounting:
         """GPU-hours and ratios grouped by `by` (+ the time grain), for hours in [start, end).
 
         Grouped by GPU dimensions only (cluster, model, node, gpu): capacity, reserved, used,
-        unallocated, allocated-idle, utilization, allocation rate. With a slice dimension
+        unallocated, allocated-idle, utilization, allocation rate, and on the SM-activity basis
+        used_sm / utilization_sm / efficiency_sm. With a slice dimension
         (slice, workload, tenant, kind): reserved, used, burst, allocated-idle, efficiency, and on
         the SM-activity basis used_sm / efficiency_sm, and unhealthy (reserved on unhealthy GPU ticks);
-        capacity and unallocated belong to GPUs, not to slices, and are not given.
+        capacity and unallocated belong to GPUs, not to slices, and are not given. `sm_ticks`
+        counts the slice ticks that had SM activity: 0 means the SM basis is the busy basis;
+        `unused_sm_gpu_h` is idle on the SM basis, reserved GPU-hours the SMs did not use
+        (docs/accounting.md), not the allocated-idle of the idle periods.
         """
         unknown = [d for d in by if d not in SLICE_DIMS and d not in GPU_DIMS]
         if unknown:
@@ -284,7 +288,9 @@ class Accounting:
                        -- reserved GPU-hours on unhealthy GPU ticks (rules.UNHEALTHY_REASON_SQL)
                        sum(used_sm_s) / 3600 AS used_sm_gpu_h,
                        sum(used_sm_s) / nullif(sum(reserved_s), 0) AS efficiency_sm,
-                       sum(unhealthy_reserved_s) / 3600 AS unhealthy_gpu_h
+                       sum(unhealthy_reserved_s) / 3600 AS unhealthy_gpu_h,
+                       sum(greatest(reserved_s - used_sm_s, 0)) / 3600 AS unused_sm_gpu_h,
+                       sum(sm_ticks) AS sm_ticks
                 FROM slice_hourly {cond} GROUP BY ALL"""
         else:
             m = f"""
@@ -294,7 +300,13 @@ class Accounting:
                        sum(used_s) / nullif(sum(capacity_s), 0) AS utilization,
                        sum(reserved_s) / nullif(sum(capacity_s), 0) AS allocation_rate,
                        sum(used_s) / nullif(sum(reserved_s), 0) AS efficiency,
-                       count(DISTINCT gpu_uuid) AS gpus
+                       count(DISTINCT gpu_uuid) AS gpus,
+                       -- the SM-activity basis (the slices' used_sm_s; busy where a tick had none)
+                       sum(used_sm_s) / 3600 AS used_sm_gpu_h,
+                       sum(used_sm_s) / nullif(sum(capacity_s), 0) AS utilization_sm,
+                       sum(used_sm_s) / nullif(sum(reserved_s), 0) AS efficiency_sm,
+                       sum(unused_sm_s) / 3600 AS unused_sm_gpu_h,
+                       sum(sm_ticks) AS sm_ticks
                 FROM gpu_hourly {cond} GROUP BY ALL"""
         q = f"""
             SELECT m.*, coalesce(i.idle_s, 0) / 3600 AS idle_gpu_h

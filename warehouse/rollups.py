@@ -21,11 +21,13 @@ byte-identical from run to run.
 Tables (under ``rollups/<name>/date=YYYY-MM-DD/part.parquet``):
 
 - ``slice_hourly``: per slice, workload identity and hour: ticks, reserved/used/burst seconds,
-  used seconds on the SM-activity basis (`used_sm_s`), and the reserved/used seconds of its ticks
-  on unhealthy GPU ticks (`unhealthy_*`, rules.UNHEALTHY_REASON_SQL) with their reasons.
+  used seconds on the SM-activity basis (`used_sm_s`) and its ticks that had SM activity
+  (`sm_ticks`), and the reserved/used seconds of its ticks on unhealthy GPU ticks (`unhealthy_*`,
+  rules.UNHEALTHY_REASON_SQL) with their reasons.
 - ``gpu_hourly``: per GPU and hour: its NVML index, capacity, reserved, used, unallocated seconds,
   its unhealthy ticks and their reasons, the used seconds of its slices on the SM-activity basis
-  (`used_sm_s`, busy where a tick had none) and its GPU ticks with SM activity (`sm_ticks`),
+  (`used_sm_s`, busy where a tick had none), their ticks with SM activity (`sm_ticks`) and their
+  reserved seconds the SMs did not use (`unused_sm_s`: Σ max(reserved − used_sm, 0) per row),
   energy (and `unhealthy_energy_j`, the energy of its unhealthy ticks), and memory, power and
   temperature (max, sum and count of the known readings).
 - ``idle_runs``: maximal runs of consecutive idle ticks of a slice, cut at hour boundaries (so an
@@ -466,7 +468,7 @@ class Rollups:
                    {used_s_sql("o.sum_used", "r.used_frac")} AS used_s,
                    {used_s_sql("o.sum_used_sm", "r.used_sm")} AS used_sm_s,
                    {idle_tick_sql(ratio, "o.sum_share", "o.sum_used", "r.share", "r.used_frac")} AS idle,
-                   r.mem_used_mib, u.reason AS unhealthy_reason
+                   r.mem_used_mib, u.reason AS unhealthy_reason, r.sm_active_pct IS NOT NULL AS sm_known
             FROM (SELECT *, ({SHARE_SQL}) AS share, ({USED_FRAC_SQL}) AS used_frac,
                          ({used_frac_sql("sm_active")}) AS used_sm FROM {rows(slices)}) r
             LEFT JOIN over o ON o.gk = hash(r.node, r.boot_id, r.gpu_uuid) AND o.seq = r.seq
@@ -501,6 +503,7 @@ class Rollups:
                        string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason)
                            AS unhealthy_reason,
                        count(*) FILTER (WHERE {idle_cond})::INTEGER AS idle_ticks,
+                       count(*) FILTER (WHERE sm_known)::INTEGER AS sm_ticks,
                        max(share) AS share_max,
                        max(mem_used_mib) AS mem_used_mib_max
                 FROM a GROUP BY {keys})
@@ -508,7 +511,7 @@ class Rollups:
                    d.kind, {", ".join("d." + c for c in IDENTITY)},
                    n.ticks, n.observed_s, n.reserved_s, n.used_s, n.burst_s, n.idle_ticks, n.share_max,
                    n.mem_used_mib_max, n.used_sm_s, n.unhealthy_reserved_s, n.unhealthy_used_s,
-                   n.unhealthy_used_sm_s, n.unhealthy_reason
+                   n.unhealthy_used_sm_s, n.unhealthy_reason, n.sm_ticks
             FROM n JOIN dims d USING ({keys})
             ORDER BY d.h, d.cluster, d.node, d.gpu_uuid, d.slice_id, d.boot_id, d.namespace, d.pod,
                      d.container, d.pod_uid, d.job_id, d.account, d."user", n.ticks""").to_arrow_table()
@@ -562,8 +565,6 @@ class Rollups:
                        coalesce(sum(CAST(energy_j AS {EXACT}))
                                     FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL), 0)::DOUBLE
                            AS unhealthy_energy_j,
-                       -- GPU ticks with GPM SM activity: where none, the SM basis is not shown
-                       count(sm_active_pct)::INTEGER AS sm_ticks,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
                        -- health events for the GPU page's timeline (rules.UNHEALTHY_REASON_SQL)
                        count(*) FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL)::INTEGER AS unhealthy_ticks,
@@ -585,12 +586,14 @@ class Rollups:
                 FROM {rows(gpus)} GROUP BY ALL),
             sa AS (
                 SELECT hour, gpu_uuid, sum(reserved_s) AS reserved_s, sum(used_s) AS used_s,
-                       sum(ticks) AS slice_ticks, sum(used_sm_s) AS used_sm_s
+                       sum(ticks) AS slice_ticks, sum(used_sm_s) AS used_sm_s, sum(sm_ticks) AS sm_ticks,
+                       sum(greatest(reserved_s - used_sm_s, 0)) AS unused_sm_s
                 FROM _slice_hourly GROUP BY ALL)
             SELECT gs.*, coalesce(sa.reserved_s, 0) AS reserved_s, coalesce(sa.used_s, 0) AS used_s,
                    gs.capacity_s - coalesce(sa.reserved_s, 0) AS unallocated_s,
                    coalesce(sa.slice_ticks, 0)::BIGINT AS slice_ticks,
-                   coalesce(sa.used_sm_s, 0) AS used_sm_s
+                   coalesce(sa.used_sm_s, 0) AS used_sm_s, coalesce(sa.sm_ticks, 0)::BIGINT AS sm_ticks,
+                   coalesce(sa.unused_sm_s, 0) AS unused_sm_s
             FROM gs LEFT JOIN sa USING (hour, gpu_uuid)
             ORDER BY hour, cluster, node, gpu_uuid, model""").to_arrow_table()
         con.unregister("_slice_hourly")
