@@ -392,6 +392,17 @@ def test_the_sm_activity_basis_shows_beside_kernel_busy_only_where_it_was_seen(t
             for v, b in zip(sm["east/node-a GPU 0"], busy["east/node-a GPU 0"], strict=True)
         ] == [True, True]
         assert figs["gpu-timeline-sm"]["layout"]["title"]["text"].startswith("Utilization on SM activity")
+        # a tenant with slices on A0: its page has both efficiencies; a tenant without, only busy
+        with data.acct() as acct:
+            sm_tenants = {r["tenant"] for r in acct.measures(["tenant"], grain=None) if r["sm_ticks"]}
+            all_tenants = {r["tenant"] for r in acct.measures(["tenant"], grain=None)}
+        assert sm_tenants and all_tenants - sm_tenants
+        for tenant in sorted(all_tenants):
+            d = data.tenant(None, tenant, Filters(range="30d"))
+            assert d is not None and d["sm"] is (tenant in sm_tenants)
+            page = json.loads(json.dumps(pages.tenant_detail(d), cls=PlotlyJSONEncoder))
+            want = [pages.pct(d["efficiency_sm"])] if d["sm"] else []
+            assert texts(page, "tenant-eff-sm") == want
     finally:
         data.close()
 
