@@ -35,6 +35,10 @@ class GpuModel:
     sm_clock_idle_mhz: int = 345  # SM clock at idle and at full boost (nvidia-smi -q -d CLOCK)
     sm_clock_max_mhz: int = 1980
     mem_clock_mhz: int = 2619
+    # Memory health NVML can report: ECC (off on consumer GPUs) and how bad memory is repaired:
+    # "retire" pages (before Ampere), "remap" rows (Ampere and newer), None (neither).
+    ecc: bool = True
+    memory_repair: str | None = "remap"
 
 
 def _profiles(names: tuple[str, ...], mems: tuple[int, ...]) -> dict[str, MigProfile]:
@@ -66,9 +70,11 @@ MODELS: dict[str, GpuModel] = {
     "A100": GpuModel(
         "NVIDIA A100-SXM4-80GB", 81920, 55.0, 400.0, 29.0, 68.0, _A100_MIG, False, 210, 1410, 1593
     ),
-    "V100": GpuModel("Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False, 135, 1530, 877),
+    "V100": GpuModel(
+        "Tesla V100-SXM2-32GB", 32768, 40.0, 300.0, 33.0, 74.0, None, False, 135, 1530, 877, True, "retire"
+    ),
     "RTX4090": GpuModel(
-        "NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False, 210, 2520, 10501
+        "NVIDIA GeForce RTX 4090", 24564, 20.0, 450.0, 36.0, 76.0, None, False, 210, 2520, 10501, False, None
     ),
 }
 

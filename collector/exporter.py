@@ -29,7 +29,12 @@ Label conventions (kept the same on every metric of a family):
   tick carries %, from NVML's GPM metrics); a MIG instance's series add dcgm-exporter's
   ``GPU_I_PROFILE`` and ``GPU_I_ID`` labels. ``DCGM_FI_DEV_XID_ERRORS`` is dcgm-exporter's: the
   code of the last Xid error seen since the agent started, 0 while none was (absent where the
-  GPU's Xid events cannot be read); ``gpuledger_gpu_xid_events_total`` counts them.
+  GPU's Xid events cannot be read); ``gpuledger_gpu_xid_events_total`` counts them. Memory
+  health in dcgm-exporter's names and units: ``DCGM_FI_DEV_ECC_SBE_VOL_TOTAL``/``DBE_VOL_TOTAL``
+  (volatile corrected / uncorrected ECC error counts), ``RETIRED_SBE``/``RETIRED_DBE`` (pages),
+  ``RETIRED_PENDING``, ``CORRECTABLE_REMAPPED_ROWS``/``UNCORRECTABLE_REMAPPED_ROWS``,
+  ``ROW_REMAP_FAILURE``/``ROW_REMAP_PENDING`` (0/1); each only where the GPU reports it (page
+  retirement before Ampere, row remapping since, ECC where it is on).
 - HAMi series (vGPU slices whose pod is known): labels of HAMi ≥ 2.10's vGPU monitor:
   ``namespace``, ``pod``, ``container``, ``vdevice_index`` (the slice's position among that
   container's vGPU slices in the tick), ``device_uuid``. ``hami_vgpu_memory_*_bytes`` are bytes;
@@ -119,6 +124,17 @@ _SPECS: dict[str, tuple[str, str]] = {
         "gauge",
         "Value of the last XID error encountered (0: none since agent start).",
     ),
+    # memory health: dcgm-exporter's counters, typed gauge to keep the names (a prometheus_client
+    # counter would gain "_total"), as TOTAL_ENERGY_CONSUMPTION
+    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": ("gauge", "Total number of single-bit volatile ECC errors."),
+    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": ("gauge", "Total number of double-bit volatile ECC errors."),
+    "DCGM_FI_DEV_RETIRED_SBE": ("gauge", "Total number of retired pages due to single-bit errors."),
+    "DCGM_FI_DEV_RETIRED_DBE": ("gauge", "Total number of retired pages due to double-bit errors."),
+    "DCGM_FI_DEV_RETIRED_PENDING": ("gauge", "Whether a page retirement is pending (1) until a reset."),
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": ("gauge", "Number of remapped rows for correctable errors."),
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": ("gauge", "Number of remapped rows for uncorrectable errors."),
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": ("gauge", "Whether remapping of rows has failed (1)."),
+    "DCGM_FI_DEV_ROW_REMAP_PENDING": ("gauge", "Whether remapping of rows is pending (1) until a reset."),
     "DCGM_FI_PROF_SM_ACTIVE": ("gauge", "The ratio of cycles an SM has at least 1 warp assigned (0-1)."),
     "DCGM_FI_PROF_SM_OCCUPANCY": ("gauge", "The ratio of number of warps resident on an SM (0-1)."),
     "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("gauge", "Ratio of cycles the tensor (HMMA) pipe is active (0-1)."),
@@ -154,6 +170,18 @@ _Series = dict[str, dict[tuple[str, ...], tuple[dict[str, str], float]]]
 
 
 # tick field (%) -> dcgm-exporter profiling metric (ratio 0-1)
+# The tick's memory-health fields and their dcgm-exporter names; booleans export as 1/0.
+HEALTH_METRICS = (
+    ("ecc_corrected", "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL"),
+    ("ecc_uncorrected", "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"),
+    ("retired_pages_sbe", "DCGM_FI_DEV_RETIRED_SBE"),
+    ("retired_pages_dbe", "DCGM_FI_DEV_RETIRED_DBE"),
+    ("retired_pages_pending", "DCGM_FI_DEV_RETIRED_PENDING"),
+    ("remapped_rows_correctable", "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS"),
+    ("remapped_rows_uncorrectable", "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS"),
+    ("row_remap_failed", "DCGM_FI_DEV_ROW_REMAP_FAILURE"),
+    ("row_remap_pending", "DCGM_FI_DEV_ROW_REMAP_PENDING"),
+)
 PROF_METRICS = (
     ("sm_active_pct", "DCGM_FI_PROF_SM_ACTIVE"),
     ("sm_occupancy_pct", "DCGM_FI_PROF_SM_OCCUPANCY"),
@@ -381,6 +409,9 @@ class AgentExporter:
             put("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gl, g.clocks_event_reasons)
             for field, metric in PROF_METRICS:
                 put(metric, gl, _ratio(getattr(g, field)))
+            for field, metric in HEALTH_METRICS:
+                v = getattr(g, field)
+                put(metric, gl, int(v) if isinstance(v, bool) else v)  # put() drops bools: 1/0 here
             used, total = g.mem_used_mib, g.mem_total_mib
             put("DCGM_FI_DEV_FB_USED", gl, used)
             if used is not None and total is not None:

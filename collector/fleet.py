@@ -67,6 +67,22 @@ from gpuledger.shares import share
 
 DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 
+# Memory health of the simulated GPUs, all healthy, by (ECC on, memory repair scheme): what NVML
+# reports where it can (collector.readings.Health); the other scheme's fields are absent (null).
+_NO_RETIRED = {"retired_pages_sbe": 0, "retired_pages_dbe": 0, "retired_pages_pending": False}
+_NO_REMAPPED = {
+    "remapped_rows_correctable": 0,
+    "remapped_rows_uncorrectable": 0,
+    "row_remap_pending": False,
+    "row_remap_failed": False,
+}
+_ECC_CLEAN = {"ecc_corrected": 0, "ecc_uncorrected": 0}
+_HEALTH: dict[tuple[bool, str | None], dict[str, Any]] = {
+    (True, "remap"): {**_ECC_CLEAN, **_NO_REMAPPED},
+    (True, "retire"): {**_ECC_CLEAN, **_NO_RETIRED},
+    (False, None): {},
+}
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -1087,6 +1103,7 @@ class SimulatedFleet(TickSource):
                     clocks_event_reasons=reasons,
                     xid_count=0,  # Xid events are read; the simulated hardware raises none
                     **prof,
+                    **_HEALTH[model.ecc, model.memory_repair],
                 )
             )
         return build_tick(

@@ -35,6 +35,7 @@ from collector.readings import (
     Clocks,
     GpuFault,
     GpuReading,
+    Health,
     MigReading,
     NvmlQuery,
     ProcessListGrowing,
@@ -58,6 +59,7 @@ from collector.tick import (
     gpu_of,
     nullable_id,
 )
+from gpuledger.health import first_critical_xid
 from gpuledger.schema import load_schema
 
 if TYPE_CHECKING:  # helper modules of the same package; imported lazily at run time
@@ -297,7 +299,7 @@ class NvmlBackend(TickSource):
         if not g.xid_events or "nvmlEventSetWait_v2" in self.q.absent:
             return Xids()  # no events can be read: unknown, not "none happened"
         codes = self._xids.get(g.uuid, ())
-        return Xids(len(codes), codes[-1] if codes else None)
+        return Xids(len(codes), codes[-1] if codes else None, first_critical_xid(codes))
 
     def _warn(self, kind: str, what: str, msg: str) -> None:
         if (kind, what) not in self._warned:
@@ -541,6 +543,54 @@ class NvmlBackend(TickSource):
             prof=prof,
             clocks=self._clocks(g),
             xids=self._xid_reading(g),
+            health=self._health(g),
+        )
+
+    def _health(self, g: _Gpu) -> Health:
+        """ECC counts and memory repair state at the end of the tick (each None where NVML cannot say).
+
+        Five calls at most, fewer in practice: a GPU answers NotSupported for the repair scheme of
+        the other generation (page retirement before Ampere, row remapping since) and for ECC when
+        it is off; those answers are remembered per GPU like every other NotSupported.
+        """
+        q, h, lib, uns = self.q, g.handle, self.lib, g.unsupported
+        vol = lib.NVML_VOLATILE_ECC
+        ecc_c = q.call(
+            "nvmlDeviceGetTotalEccErrors", h, lib.NVML_MEMORY_ERROR_TYPE_CORRECTED, vol, unsupported=uns
+        )
+        ecc_u = q.call(
+            "nvmlDeviceGetTotalEccErrors", h, lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, vol, unsupported=uns
+        )
+        sbe = q.call(
+            "nvmlDeviceGetRetiredPages",
+            h,
+            lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
+            unsupported=uns,
+        )
+        dbe = q.call(
+            "nvmlDeviceGetRetiredPages",
+            h,
+            lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
+            unsupported=uns,
+        )
+        pending = q.call("nvmlDeviceGetRetiredPagesPendingStatus", h, unsupported=uns)
+        rows = q.call("nvmlDeviceGetRemappedRows", h, unsupported=uns)
+        corr, unc, row_pending, row_failed = rows if rows is not None else (None,) * 4
+        ecc_max, repair_max = LIMITS.ecc_max, LIMITS.repair_max
+
+        def count(v: Any, most: int) -> int | None:
+            return int(v) if v is not None and 0 <= v <= most else None
+
+        return Health(
+            ecc_corrected=count(ecc_c, ecc_max),
+            ecc_uncorrected=count(ecc_u, ecc_max),
+            retired_pages_sbe=count(len(sbe), repair_max) if sbe is not None else None,
+            retired_pages_dbe=count(len(dbe), repair_max) if dbe is not None else None,
+            retired_pages_pending=pending == lib.NVML_FEATURE_ENABLED if pending is not None else None,
+            remapped_rows_correctable=count(corr, repair_max),
+            remapped_rows_uncorrectable=count(unc, repair_max),
+            row_remap_pending=bool(row_pending) if row_pending is not None else None,
+            row_remap_failed=bool(row_failed) if row_failed is not None else None,
         )
 
     def _clocks(self, g: _Gpu) -> Clocks:

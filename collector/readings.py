@@ -77,10 +77,32 @@ class Clocks(NamedTuple):
 
 
 class Xids(NamedTuple):
-    """Xid error events of one GPU during the tick: how many and the last code (None: not readable)."""
+    """Xid error events of one GPU during the tick: how many, the last code and the first critical
+    one (`gpuledger.health.CRITICAL_XIDS`), so a benign Xid after a critical one hides nothing.
+    ``count`` None: events not readable."""
 
     count: int | None = None
     last: int | None = None
+    critical: int | None = None
+
+
+class Health(NamedTuple):
+    """Memory health of one GPU at the end of the tick (each None where NVML cannot say).
+
+    ECC counts are the volatile aggregates (since the driver loaded). Memory repair is page
+    retirement before Ampere and row remapping since; each generation answers NotSupported for
+    the other's, so one of the two groups is always None.
+    """
+
+    ecc_corrected: int | None = None
+    ecc_uncorrected: int | None = None
+    retired_pages_sbe: int | None = None
+    retired_pages_dbe: int | None = None
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failed: bool | None = None
 
 
 class MigReading(NamedTuple):
@@ -119,6 +141,7 @@ class GpuReading(NamedTuple):
     prof: Prof = Prof()  # GPM profiling activity of the whole GPU (Hopper and newer)
     clocks: Clocks = Clocks()
     xids: Xids = Xids()
+    health: Health = Health()
 
 
 class ProcessListGrowing(Exception):

@@ -143,6 +143,7 @@ def gpu_of(r: Any) -> Any:
         **prof_fields(getattr(r, "prof", None)),
         **_clock_fields(getattr(r, "clocks", None)),
         **_xid_fields(getattr(r, "xids", None)),
+        **health_fields(getattr(r, "health", None)),
     )
 
 
@@ -159,7 +160,12 @@ def prof_fields(p: Any) -> dict[str, Any]:
 
 
 def _xid_fields(x: Any) -> dict[str, Any]:
-    return {} if x is None else {"xid_count": x.count, "xid_last": x.last}
+    return {} if x is None else {"xid_count": x.count, "xid_last": x.last, "xid_critical": x.critical}
+
+
+def health_fields(h: Any) -> dict[str, Any]:
+    """A `collector.readings.Health` (or None) as the schema's memory-health fields (same names)."""
+    return {} if h is None else h._asdict()
 
 
 def _clock_fields(c: Any) -> dict[str, Any]:

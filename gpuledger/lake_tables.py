@@ -24,6 +24,20 @@ LABELS_TYPE = pa.map_(pa.string(), pa.string())
 # GPM profiling activity (issue 17), on GPUs and on MIG slices; appended after the original
 # columns so that a reader of the first columns sees the same table.
 PROF_FIELDS = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_active_pct")
+# Memory health (issue 17): the tick's first critical Xid, ECC counts and memory repair (page
+# retirement before Ampere, row remapping since), appended after the Xid columns.
+HEALTH_FIELDS = (
+    "xid_critical",
+    "ecc_corrected",
+    "ecc_uncorrected",
+    "retired_pages_sbe",
+    "retired_pages_dbe",
+    "retired_pages_pending",
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "row_remap_pending",
+    "row_remap_failed",
+)
 GPU_FIELDS = (
     "uuid",
     "index",
@@ -42,6 +56,7 @@ GPU_FIELDS = (
     "clocks_event_reasons",
     "xid_count",
     "xid_last",
+    *HEALTH_FIELDS,
 )
 SLICE_FIELDS = (
     "slice_id",

@@ -62,6 +62,8 @@ class Limits:
     temp_max_c: float
     age_max_s: float
     clock_max_mhz: int
+    ecc_max: int  # volatile ECC error counts
+    repair_max: int  # retired pages, remapped rows
 
 
 @cache
@@ -83,6 +85,8 @@ def limits() -> Limits:
         temp_max_c=float(gpu["temp_c"]["maximum"]),
         age_max_s=float(sl["last_kernel_age_s"]["maximum"]),
         clock_max_mhz=d["mhz"]["maximum"],
+        ecc_max=gpu["ecc_corrected"]["maximum"],
+        repair_max=gpu["remapped_rows_correctable"]["maximum"],
     )
 
 

@@ -12,9 +12,11 @@ Scriptable: GPUs and MIG instances (`FakeGpu`, `FakeMig`), processes (`FakeProce
 processes that appear between NVML's count and read (``appear_on_read``), energy counter
 resets (set ``energy_mj``), lost or broken GPUs (``fault``), functions the driver lacks
 (``missing``: FunctionNotFound) or the binding lacks (``hidden``: no attribute), NotSupported
-per GPU and function (``not_supported``). Time is the fake's own clock (`clock`, `advance`),
-which also feeds the driver's sample buffers, the energy counters and GPM counters, so a
-backend built with ``clock=fake.clock`` sees a consistent world. `calls` counts every call.
+per GPU and function (``not_supported``), any other NVML error per GPU and function (``errors``),
+memory health (ECC counts, retired pages before Ampere, remapped rows since). Time is the fake's
+own clock (`clock`, `advance`), which also feeds the driver's sample buffers, the energy counters
+and GPM counters, so a backend built with ``clock=fake.clock`` sees a consistent world. `calls`
+counts every call.
 """
 
 from __future__ import annotations
@@ -272,8 +274,24 @@ class FakeGpu(_Profiled):
         sm_clock_mhz: int = 1980,
         mem_clock_mhz: int = 2619,
         clocks_event_reasons: int = 0,
+        ecc: tuple[int, int] | None = (0, 0),
+        memory_repair: str | None = None,
     ) -> None:
+        """``ecc``: volatile (corrected, uncorrected) ECC error counts, None with ECC off
+        (NotSupported). ``memory_repair``: ``retire`` (pages; pre-Ampere), ``remap`` (rows; Ampere
+        and newer), ``none`` (neither: consumer GPUs); by default from the GPU's name."""
         self._init_prof(prof)
+        self.ecc = ecc
+        if memory_repair is None:
+            memory_repair = "retire" if any(s in name for s in _PRE_AMPERE) else "remap"
+        if memory_repair not in ("retire", "remap", "none"):
+            raise ValueError(f"memory_repair={memory_repair!r}: expected retire, remap or none")
+        self.memory_repair = memory_repair
+        self.retired_sbe: list[int] = []  # page addresses retired for multiple single-bit errors
+        self.retired_dbe: list[int] = []  # ... for a double-bit error
+        self.retired_pending = False
+        self.remapped_rows = (0, 0, False, False)  # corrRows, uncRows, isPending, failureOccurred
+        self.errors: dict[str, int] = {}  # function name -> NVML code it raises on this GPU
         self.sm_clock_mhz, self.mem_clock_mhz = sm_clock_mhz, mem_clock_mhz
         self.clocks_event_reasons = clocks_event_reasons
         self.index, self.uuid, self.name = index, uuid, name
@@ -349,8 +367,14 @@ _WHOLE_GPU_ONLY = frozenset(
         "nvmlGpmSampleGet",
         "nvmlDeviceGetClockInfo",
         "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetTotalEccErrors",
+        "nvmlDeviceGetRetiredPages",
+        "nvmlDeviceGetRetiredPagesPendingStatus",
+        "nvmlDeviceGetRemappedRows",
     }
 )
+# GPU names of generations before Ampere: they retire pages; Ampere and newer remap rows instead.
+_PRE_AMPERE = ("V100", "P100", "P40", "T4", "Tesla")
 
 
 def _api(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -372,6 +396,8 @@ def _api(fn: Callable[..., Any]) -> Callable[..., Any]:
                     raise err(gpu.fault)
                 if name in gpu.not_supported:
                     raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+                if name in gpu.errors:
+                    raise err(gpu.errors[name])
         return fn(self, *args)
 
     return wrapper
@@ -718,6 +744,42 @@ class FakeNvml:
     @_api
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeGpu) -> int:
         return h.clocks_event_reasons
+
+    # -- memory health --------------------------------------------------------------------------
+
+    @_api
+    def nvmlDeviceGetTotalEccErrors(self, h: FakeGpu, error_type: int, counter_type: int) -> int:
+        if h.ecc is None:
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)  # ECC off, or a GPU without ECC memory
+        if counter_type not in (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC) or error_type not in (
+            pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+        ):
+            raise err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return h.ecc[error_type]
+
+    @_api
+    def nvmlDeviceGetRetiredPages(self, h: FakeGpu, source_filter: int) -> list[int]:
+        if h.memory_repair != "retire":
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if source_filter == pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS:
+            return list(h.retired_sbe)
+        if source_filter == pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR:
+            return list(h.retired_dbe)
+        raise err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    @_api
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: FakeGpu) -> int:
+        if h.memory_repair != "retire":
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return pynvml.NVML_FEATURE_ENABLED if h.retired_pending else pynvml.NVML_FEATURE_DISABLED
+
+    @_api
+    def nvmlDeviceGetRemappedRows(self, h: FakeGpu) -> tuple[int, int, int, int]:
+        if h.memory_repair != "remap":
+            raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        corr, unc, pending, failed = h.remapped_rows
+        return (corr, unc, int(pending), int(failed))  # pynvml: four c_uint values
 
 
 def write_proc_entry(

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 import scenario
 
@@ -21,6 +22,8 @@ from warehouse.close import CloseSettings, close_month, read_ledger
 from warehouse.errors import CloseError, PriceError
 from warehouse.lake import Lake
 from warehouse.pricing import PriceBook
+from warehouse.rules import UNHEALTHY_REASON_SQL
+from warehouse.staging import samples_sql
 
 A100, H100 = scenario.A100, scenario.H100
 OCT_CLOSED = datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)
@@ -1008,3 +1011,74 @@ def test_one_display_name_for_the_platforms_unhealthy_lines() -> None:
     assert tenant_label(XID79) == tenant_display_name(XID79)
     assert tenant_display_name("ml") == tenant_label("ml") == "ml"
     assert tenant_label("__unallocated__") == "unallocated capacity"
+
+
+# -- issue 17: memory health, worked by hand -------------------------------------------------------
+# The same H100 hour, ml's 1/4 replica reserved: 15 s per tick. Corrected ECC errors and remapped
+# rows on every tick are healthy (the memory was repaired).
+ECC = "uncorrectable ECC error since driver load"
+PENDING = "memory repair pending, reset needed"
+
+
+def _memory_sick_hour(sick: str) -> list[dict]:
+    """`ecc`: ticks 21-30 carry an uncorrectable ECC error. `mixed`: as well, ticks 1-15 Xid 79 then
+    an application's Xid 13 (xid_last 13, xid_critical 79) and ticks 16-20 a row remap pending."""
+    msgs = []
+    for k in range(1, 61):
+        m = _tick(k, BOOT_A, [_ts_slice(80.0)])
+        health = {"ecc_corrected": 3 * k, "ecc_uncorrected": 1 if 21 <= k <= 30 else 0}
+        health |= {"remapped_rows_correctable": 1, "remapped_rows_uncorrectable": 0}
+        health |= {"row_remap_pending": sick == "mixed" and 16 <= k <= 20, "row_remap_failed": False}
+        if sick == "mixed" and k <= 15:
+            health |= {"xid_count": 2, "xid_last": 13, "xid_critical": 79}
+        m["gpus"][0].update(health)
+        msgs.append(m)
+    return msgs
+
+
+@pytest.mark.parametrize(
+    ("sick", "expected", "reasons"),
+    [
+        # 10 ECC ticks x 15 s = 150 s = $0.1666..; ml keeps 50 x 15 s = $0.8333..; the cents floor to
+        # $3.99 and the one-cent residue goes to the largest remainder (the ECC line's .667): $0.17
+        (
+            "ecc",
+            [
+                ("unallocated", "__unallocated__", "3.00"),
+                ("unhealthy", f"__unhealthy__/{ECC}", "0.17"),
+                ("usage", "ml", "0.83"),
+            ],
+            {ECC: 10},
+        ),
+        # 15 + 5 + 10 sick ticks = 450 s = $0.50; one line per slice-hour and its reasons
+        (
+            "mixed",
+            [
+                ("unallocated", "__unallocated__", "3.00"),
+                ("unhealthy", f"__unhealthy__/{PENDING}; {ECC}; xid 79: GPU fell off the bus", "0.50"),
+                ("usage", "ml", "0.50"),
+            ],
+            {"xid 79: GPU fell off the bus": 15, PENDING: 5, ECC: 10},
+        ),
+    ],
+)
+def test_a_month_with_memory_faults_bills_them_to_the_platform_and_conserves(
+    tmp_path: Path, sick: str, expected: list[tuple[str, str, str]], reasons: dict[str, int]
+) -> None:
+    _acct(tmp_path, _memory_sick_hour(sick)).close()
+    gpu = samples_sql(Lake(tmp_path / "lake"), "gpu", ["2026-10-20", "2026-10-21"])
+    per_tick = duckdb.sql(
+        f"SELECT reason, count(*) FROM (SELECT {UNHEALTHY_REASON_SQL} AS reason FROM {gpu}) "
+        "WHERE reason IS NOT NULL GROUP BY ALL"
+    ).fetchall()
+    assert dict(per_tick) == reasons  # the rule, tick by tick: a benign Xid after Xid 79 hides nothing
+    root = tmp_path / "lake"
+    first = close_month(root, "2026-10", _ml_settings(), now=NOV_CLOSED)
+    data = (first.path / "charges.parquet").read_bytes()
+    again = close_month(root, "2026-10", _ml_settings(), now=NOV_CLOSED)
+    assert (again.path / "charges.parquet").read_bytes() == data
+    lines, _ = read_ledger(root, "2026-10")
+    assert sorted((ln.line_type, ln.tenant, f"{ln.cost:.2f}") for ln in lines) == expected
+    assert sum(ln.cost for ln in lines) == Decimal("4.00")  # conservation: the hour's capacity
+    sick_h = sum(ln.gpu_hours for ln in lines if ln.line_type == "unhealthy")
+    assert round(sick_h * 3600, 6) == 15 * sum(reasons.values())  # 15 s per sick tick (12 places kept)

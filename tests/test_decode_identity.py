@@ -9,7 +9,7 @@ The table digests and the rejected payloads are the ones pinned from the decoder
 12 (commit 62f97f8, exact checker); since then the reasons are the reference validator's
 wording, naming the same field paths (the message-level ones as `(message)`).
 
-Issue 17 appended columns (profiling, clocks, Xid events; `ISSUE17_COLUMNS` of
+Issue 17 appended columns (profiling, clocks, Xid events, memory health; `ISSUE17_COLUMNS` of
 test_producer_golden): each table's ``digest`` is still taken over the columns that existed
 before, and is unchanged; ``digest_all`` pins every column, the new ones included.
 """

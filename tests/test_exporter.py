@@ -400,3 +400,34 @@ def test_xid_errors_hold_the_last_code_since_start_and_are_absent_where_unreadab
     fresh["gpus"][0].update(xid_count=0)
     exporter.update(fresh)
     assert pick(scrape(exporter), "DCGM_FI_DEV_XID_ERRORS", UUID=G0) == [0.0]  # readable, none yet
+
+
+def test_memory_health_in_dcgm_names_only_where_known(exporter: AgentExporter) -> None:
+    msg = valid_message()
+    msg["gpus"][0].update(ecc_corrected=12, ecc_uncorrected=1, remapped_rows_correctable=3)
+    msg["gpus"][0].update(remapped_rows_uncorrectable=1, row_remap_pending=True, row_remap_failed=False)
+    msg["gpus"][1].update(retired_pages_sbe=2, retired_pages_dbe=0, retired_pages_pending=False)
+    exporter.update(msg)
+    s = scrape(exporter)
+    expected = {
+        "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": ([12.0], []),
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": ([1.0], []),
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": ([3.0], []),
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": ([1.0], []),
+        "DCGM_FI_DEV_ROW_REMAP_PENDING": ([1.0], []),  # booleans as 1/0
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE": ([0.0], []),
+        "DCGM_FI_DEV_RETIRED_SBE": ([], [2.0]),  # GPU 1 retires pages (pre-Ampere); GPU 0 remaps rows
+        "DCGM_FI_DEV_RETIRED_DBE": ([], [0.0]),
+        "DCGM_FI_DEV_RETIRED_PENDING": ([], [0.0]),
+    }
+    got = {
+        name: (
+            pick(s, name, UUID=G0, hostname="n1", modelName=msg["gpus"][0]["model"]),
+            pick(s, name, UUID=G1),
+        )
+        for name in expected
+    }
+    assert got == expected
+    exporter.update(valid_message())  # a tick without the fields (unknown): the series go, no 0 stays
+    s = scrape(exporter)
+    assert [name for name in expected if name in s] == []

@@ -32,9 +32,11 @@ from collector.pod_resolvers import StaticFileResolver
 from collector.proc_identity import ProcAttributor, ProcessIdentity
 from collector.readings import integrate_process_util, integrate_samples
 from collector.transport import MemoryTransport
+from gpuledger.batch_decode import fast_decode
 from gpuledger.bus import MemoryBus
 from gpuledger.config import CollectorConfig
 from gpuledger.decode import decode_batch
+from gpuledger.lake_tables import HEALTH_FIELDS
 from gpuledger.schema import reference_errors
 
 START = 1_800_000_000.0
@@ -171,6 +173,8 @@ def test_whole_gpu_tick_exact() -> None:
             "clocks_event_reasons": 4,  # SW power cap
             "xid_count": 0,  # Xid events readable, none this tick
             "xid_last": None,
+            "xid_critical": None,
+            **HOPPER_HEALTH,
         }
     ]
     sid = f"GPU-0:{POD_A}"
@@ -450,6 +454,18 @@ def test_gpu_unreadable_at_start_joins_when_it_can_be_read() -> None:
 # -- MIG -------------------------------------------------------------------------------------------
 
 
+# A healthy Ampere-or-newer GPU: ECC on with no errors, rows remapped (none), no page retirement.
+HOPPER_HEALTH = {
+    "ecc_corrected": 0,
+    "ecc_uncorrected": 0,
+    "retired_pages_sbe": None,
+    "retired_pages_dbe": None,
+    "retired_pages_pending": None,
+    "remapped_rows_correctable": 0,
+    "remapped_rows_uncorrectable": 0,
+    "row_remap_pending": False,
+    "row_remap_failed": False,
+}
 PROF = {"sm_active_pct": 30.0, "sm_occupancy_pct": 12.5, "tensor_active_pct": 20.0, "dram_active_pct": 40.0}
 NO_PROF: dict[str, None] = {
     **dict.fromkeys(PROF),
@@ -458,6 +474,8 @@ NO_PROF: dict[str, None] = {
     "clocks_event_reasons": None,
     "xid_count": None,
     "xid_last": None,
+    "xid_critical": None,
+    **dict.fromkeys(HEALTH_FIELDS),
 }
 MIG_PROF = {
     "sm_active_pct": 15.0,
@@ -579,6 +597,7 @@ def test_mig_without_gpm_has_null_profiling_and_still_reads_clocks() -> None:
         "mem_clock_mhz": 2619,
         "clocks_event_reasons": 0,
         "xid_count": 0,
+        **HOPPER_HEALTH,  # Ampere remaps rows as Hopper does
     }
     assert [[s[k] for k in PROF] for s in msg["slices"]] == [[None] * 4, [None] * 4]
     assert fake.calls["nvmlGpmSampleGet"] == 0 and fake.calls["nvmlGpmMetricsGet"] == 0
@@ -670,6 +689,149 @@ def test_xid_fields_are_null_where_events_cannot_be_read(
     for _ in range(2):
         gpu = tick(fake, b)["gpus"][0]
         assert (gpu["xid_count"], gpu["xid_last"], gpu["state"]) == (None, None, "ok")
+
+
+def test_a_critical_xid_followed_by_a_benign_one_is_kept() -> None:
+    g = FakeGpu(0, "GPU-0")
+    fake, b = make([g])
+    fake.advance(5.0)
+    for code in (13, 79, 43, 48):  # an app fault, the GPU falls off the bus, then more noise
+        fake.xid(g, code)
+    gpu = tick(fake, b, dt=5.0)["gpus"][0]
+    assert (gpu["xid_count"], gpu["xid_last"], gpu["xid_critical"]) == (4, 48, 79)  # the first critical
+    fake.xid(g, 13)
+    gpu = tick(fake, b)["gpus"][0]
+    assert (gpu["xid_count"], gpu["xid_last"], gpu["xid_critical"]) == (1, 13, None)  # an app's own
+
+
+HEALTH_FNS = (
+    "nvmlDeviceGetTotalEccErrors",
+    "nvmlDeviceGetRetiredPages",
+    "nvmlDeviceGetRetiredPagesPendingStatus",
+    "nvmlDeviceGetRemappedRows",
+)
+RETIRE_FIELDS = ("retired_pages_sbe", "retired_pages_dbe", "retired_pages_pending")
+REMAP_FIELDS = (
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "row_remap_pending",
+    "row_remap_failed",
+)
+
+
+def health(gpu: dict[str, Any]) -> dict[str, Any]:
+    return {k: gpu[k] for k in HEALTH_FIELDS if k != "xid_critical"}
+
+
+def test_memory_health_by_generation_and_not_supported_asked_once_per_rescan() -> None:
+    gpus = [
+        FakeGpu(0, "GPU-0"),  # Hopper: ECC, row remapping
+        FakeGpu(1, "GPU-1", "Tesla V100-SXM2-32GB", 32768),  # Volta: ECC, page retirement
+        FakeGpu(2, "GPU-2", "NVIDIA GeForce RTX 4090", 24564, ecc=None, memory_repair="none"),
+    ]
+    gpus[0].ecc = (7, 1)
+    gpus[0].remapped_rows = (2, 1, True, False)
+    gpus[1].retired_sbe, gpus[1].retired_dbe, gpus[1].retired_pending = [0x1000, 0x2000], [0x3000], True
+    fake, b = make(gpus)
+    got = [health(g) for g in tick(fake, b)["gpus"]]
+    assert got[0] == {
+        **HOPPER_HEALTH,
+        "ecc_corrected": 7,
+        "ecc_uncorrected": 1,
+        "remapped_rows_correctable": 2,
+        "remapped_rows_uncorrectable": 1,
+        "row_remap_pending": True,
+    }
+    assert got[1] == {
+        "ecc_corrected": 0,
+        "ecc_uncorrected": 0,
+        "retired_pages_sbe": 2,
+        "retired_pages_dbe": 1,
+        "retired_pages_pending": True,
+        "remapped_rows_correctable": None,
+        "remapped_rows_uncorrectable": None,
+        "row_remap_pending": None,
+        "row_remap_failed": None,
+    }
+    assert got[2] == dict.fromkeys(got[2])  # a consumer GPU: nothing known, never 0
+    before = Counter(fake.calls)
+    tick(fake, b)
+    # NotSupported is remembered per GPU (re-asked at the 60 s rescan): each GPU asks only what it
+    # answered: ECC twice on GPUs 0 and 1, retired pages and their pending state on the V100 only,
+    # remapped rows on the H100 only.
+    assert {n: fake.calls[n] - before[n] for n in HEALTH_FNS} == {
+        "nvmlDeviceGetTotalEccErrors": 4,
+        "nvmlDeviceGetRetiredPages": 2,
+        "nvmlDeviceGetRetiredPagesPendingStatus": 1,
+        "nvmlDeviceGetRemappedRows": 1,
+    }
+
+
+def test_memory_health_lands_in_the_lake_alike_through_both_decode_paths() -> None:
+    gpus = [FakeGpu(0, "GPU-0"), FakeGpu(1, "GPU-1", "Tesla V100-SXM2-32GB", 32768)]
+    gpus[0].ecc, gpus[0].remapped_rows = (5, 2), (1, 2, False, True)
+    gpus[1].retired_dbe, gpus[1].retired_pending = [0x40], True
+    fake, b = make(gpus)
+    fake.advance(5.0)
+    fake.xid(gpus[0], 64)  # row remap failure, then an application's fault
+    fake.xid(gpus[0], 13)
+    msg = tick(fake, b, dt=5.0)
+    raw = orjson.dumps(msg)
+    cols = ("uuid", *HEALTH_FIELDS)
+    native = fast_decode([raw], batch=1, max_message_bytes=1 << 20)  # the native whole-batch reader
+    assert native is not None, "a clean tick must take the whole-batch path"
+    decoded = [
+        native,
+        *(decode_batch([raw], batch=1, max_message_bytes=1 << 20, fast=f) for f in (True, False)),
+    ]
+    rows = [sorted(tuple(r[k] for k in cols) for r in d.tables["gpu"].to_pylist()) for d in decoded]
+    assert rows[1] == rows[2] == rows[0]
+    assert rows[0] == [
+        ("GPU-0", 64, 5, 2, None, None, None, 1, 2, False, True),
+        ("GPU-1", None, 0, 0, 0, 1, True, None, None, None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fn,fields",
+    [
+        ("nvmlDeviceGetTotalEccErrors", ("ecc_corrected", "ecc_uncorrected")),
+        ("nvmlDeviceGetRetiredPages", RETIRE_FIELDS[:2]),
+        ("nvmlDeviceGetRetiredPagesPendingStatus", RETIRE_FIELDS[2:]),
+        ("nvmlDeviceGetRemappedRows", REMAP_FIELDS),
+    ],
+)
+@pytest.mark.parametrize("how", ["not_supported", "no_permission", "missing", "hidden"])
+def test_each_health_function_unreadable_is_null_never_zero(
+    fn: str, fields: tuple[str, ...], how: str
+) -> None:
+    # A Volta GPU answers page retirement, a Hopper one row remapping: each function is tried where
+    # it would otherwise answer, so the null comes from the refusal, not from the generation.
+    name = "Tesla V100-SXM2-32GB" if "Retired" in fn else "NVIDIA H100 80GB HBM3"
+    g = FakeGpu(0, "GPU-0", name, not_supported=(fn,) if how == "not_supported" else ())
+    if how == "no_permission":
+        g.errors[fn] = pynvml.NVML_ERROR_NO_PERMISSION
+    fake, b = make([g], missing=(fn,) if how == "missing" else (), hidden=(fn,) if how == "hidden" else ())
+    readable = RETIRE_FIELDS if "Retired" in fn else REMAP_FIELDS
+    for _ in range(2):
+        gpu = tick(fake, b)["gpus"][0]
+        assert gpu["state"] == "ok"
+        assert {k: gpu[k] for k in fields} == dict.fromkeys(fields)
+        assert all(
+            gpu[k] is not None for k in ("ecc_corrected", "ecc_uncorrected", *readable) if k not in fields
+        )
+
+
+def test_a_gpu_lost_while_reading_memory_health_is_lost_and_comes_back() -> None:
+    gpus = [FakeGpu(0, "GPU-0"), FakeGpu(1, "GPU-1")]
+    fake, b = make(gpus)
+    gpus[1].errors["nvmlDeviceGetRemappedRows"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    msg = tick(fake, b)
+    assert [(g["state"], g["row_remap_failed"]) for g in msg["gpus"]] == [("ok", False), ("lost", None)]
+    del gpus[1].errors["nvmlDeviceGetRemappedRows"]
+    gpus[1].remapped_rows = (0, 3, False, True)  # out of spare rows
+    msg = tick(fake, b)
+    assert [(g["state"], g["row_remap_failed"]) for g in msg["gpus"]] == [("ok", False), ("ok", True)]
 
 
 @pytest.mark.parametrize("code", [pynvml.NVML_ERROR_NO_PERMISSION, pynvml.NVML_ERROR_NOT_SUPPORTED])

@@ -8,9 +8,9 @@ bytes themselves did change, on purpose: optional fields that are null are left 
 `omit_defaults`), GPU keys follow the Struct order (required first), and NVML's `ts` drops
 `.000000` (one `format_ts` for every backend); decoded with absent = null, every message is equal.
 
-Issue 17 appended columns (GPM profiling, clocks, Xid events; `ISSUE17_COLUMNS`). `GOLDEN` is
-still hashed over the columns that existed before, and is unchanged: the old columns' rows are
-exactly what they were. `GOLDEN_ALL` pins every column, the new ones included.
+Issue 17 appended columns (GPM profiling, clocks, Xid events, memory health; `ISSUE17_COLUMNS`).
+`GOLDEN` is still hashed over the columns that existed before, and is unchanged: the old columns'
+rows are exactly what they were. `GOLDEN_ALL` pins every column, the new ones included.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from collector.traces import DATA_DIR
 from collector.transport import MemoryTransport
 from gpuledger.bus import MemoryBus
 from gpuledger.decode import decode_batch
+from gpuledger.lake_tables import HEALTH_FIELDS
 
 TOPIC = "t"
 
@@ -52,6 +53,7 @@ ISSUE17_COLUMNS = (
     "clocks_event_reasons",
     "xid_count",
     "xid_last",
+    *HEALTH_FIELDS,  # xid_critical, ECC counts, page retirement, row remapping
 )
 
 
@@ -117,19 +119,19 @@ GOLDEN: dict[str, dict[str, str]] = {
 
 GOLDEN_ALL: dict[str, dict[str, str]] = {  # issue 17: tick and process tables have no new column
     "fleet": {
-        "gpu": "26317a4957ca6272",
+        "gpu": "6318e771556d3fdd",
         "process": "83578b28976b376a",
         "slice": "8fa84288e5e12c9f",
         "tick": "5550eb241c8d135b",
     },
     "replay": {
-        "gpu": "c0b5109be8225a91",
+        "gpu": "9d334d098725b57f",
         "process": "2f81fcc20ef65569",
         "slice": "d65da0493aa11db3",
         "tick": "b10bcc324c227bca",
     },
     "nvml": {
-        "gpu": "157674266f23a1e5",
+        "gpu": "de1666833b6930a8",
         "process": "0a3b22e254cacd16",
         "slice": "c4c9620b0b343ced",
         "tick": "7fbce78c58edeb12",

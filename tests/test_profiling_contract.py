@@ -34,6 +34,17 @@ GPU_EXTRA = {
     "clocks_event_reasons": 4,
     "xid_count": 2,
     "xid_last": 79,
+    # memory health: booleans and large counters through the native reader as through msgspec
+    "xid_critical": 79,
+    "ecc_corrected": 9007199254740991,
+    "ecc_uncorrected": 3,
+    "retired_pages_sbe": 0,
+    "retired_pages_dbe": 4294967295,
+    "retired_pages_pending": True,
+    "remapped_rows_correctable": 2,
+    "remapped_rows_uncorrectable": 1,
+    "row_remap_pending": False,
+    "row_remap_failed": True,
 }
 
 
@@ -43,7 +54,8 @@ def test_an_old_producers_message_is_valid_and_its_new_columns_null() -> None:
     out = check(mixed(orjson.dumps(doc)), clean=True)
     gpu = [g for g in out.tables["gpu"].to_pylist() if g["node"] == "n1" and g["seq"] == doc["seq"]]
     assert len(gpu) == len(doc["gpus"])
-    assert [[g[k] for k in (*PROFILING, *GPU_EXTRA)] for g in gpu] == [[None] * 9] * len(doc["gpus"])
+    new = (*PROFILING, *GPU_EXTRA)
+    assert [[g[k] for k in new] for g in gpu] == [[None] * len(new)] * len(doc["gpus"])
 
 
 def test_profiling_fields_reach_the_lake_through_the_native_reader() -> None:
@@ -70,6 +82,14 @@ def test_profiling_fields_reach_the_lake_through_the_native_reader() -> None:
         ("gpus", "clocks_event_reasons", "4"),
         ("gpus", "xid_last", 65536),
         ("gpus", "xid_count", -1),
+        ("gpus", "xid_critical", 65536),
+        ("gpus", "ecc_corrected", 9007199254740992),
+        ("gpus", "ecc_uncorrected", -1),
+        ("gpus", "retired_pages_dbe", 4294967296),
+        ("gpus", "remapped_rows_uncorrectable", 1.5),
+        ("gpus", "row_remap_pending", 1),
+        ("gpus", "row_remap_failed", "true"),
+        ("gpus", "retired_pages_pending", 0),
         ("slices", "tensor_active_pct", 101),
     ],
 )

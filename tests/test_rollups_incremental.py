@@ -113,3 +113,24 @@ def test_simulated_fleet_incremental_equals_a_rebuild(tmp_path: Path, batch_tick
         assert inc[path] == full[path], path
     runs = pq.read_table(tmp_path / "inc" / "rollups" / "idle_runs" / "date=2026-11-04" / "part.parquet")
     assert runs.num_rows > 0  # the comparison covered idle runs
+
+
+def test_a_lake_from_before_the_memory_health_columns_rolls_up(tmp_path: Path) -> None:
+    """Gpu files written before a column was added, and the empty gpu file an older version left in
+    _state (read first, by name, to give old files the new columns), must not hide the column the
+    unhealthy rule reads: the empty file is named by the schema it holds."""
+    from gpuledger.lake_tables import HEALTH_FIELDS, table_schema
+
+    lake = Lake(tmp_path)
+    scenario.write(lake, scenario.messages())
+    for f in tmp_path.rglob("*.parquet"):
+        if f.parent.parent.name == "gpu":
+            t = pq.read_table(f)
+            pq.write_table(t.drop_columns([c for c in HEALTH_FIELDS if c in t.column_names]), f)
+    old = table_schema("gpu")
+    old = old.remove(old.get_field_index("row_remap_failed"))
+    (tmp_path / "rollups" / STATE).mkdir(parents=True, exist_ok=True)
+    pq.write_table(old.empty_table(), tmp_path / "rollups" / STATE / "empty-gpu.parquet")  # old name
+    assert Rollups(lake).update().hours == 3
+    full = rebuilt_from_nothing(tmp_path, tmp_path / "full")
+    assert rollup_bytes(tmp_path) == full

@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from gpuledger.lake_tables import table_schema
 from gpuledger.shares import is_idle_tick, share, used_fraction
 from warehouse import rules
 
@@ -150,6 +151,27 @@ def test_follows_in_python_and_sql_agree() -> None:
     con.close()
 
 
+_HEALTH_COLS = (
+    "state",
+    "xid_count",
+    "xid_last",
+    "xid_critical",
+    "row_remap_failed",
+    "row_remap_pending",
+    "retired_pages_pending",
+    "ecc_uncorrected",
+)
+
+
+def _unhealthy(rows: list[dict[str, Any]]) -> list[str | None]:
+    """UNHEALTHY_REASON_SQL over gpu rows given as dicts, typed as the lake's gpu columns (absent: NULL)."""
+    gpu = table_schema("gpu")
+    t = pa.Table.from_pylist(rows, schema=pa.schema([gpu.field(c) for c in _HEALTH_COLS]))
+    con = duckdb.connect()
+    con.register("g", t)
+    return [r[0] for r in con.sql(f"SELECT {rules.UNHEALTHY_REASON_SQL} FROM g").fetchall()]
+
+
 def test_unhealthy_reason_names_state_then_critical_xid() -> None:
     rows = [
         ("ok", 0, None),  # healthy
@@ -162,17 +184,8 @@ def test_unhealthy_reason_names_state_then_critical_xid() -> None:
         ("unknown", 1, 79),  # state first
         (None, 1, 119),
     ]
-    con = duckdb.connect()
-    got = con.sql(
-        f"SELECT {rules.UNHEALTHY_REASON_SQL} FROM (VALUES "
-        + ", ".join(
-            f"({'NULL' if s is None else repr(s)}, {'NULL' if c is None else c}, "
-            f"{'NULL' if x is None else x})"
-            for s, c, x in rows
-        )
-        + ") t(state, xid_count, xid_last)"
-    ).fetchall()
-    assert [r[0] for r in got] == [
+    got = _unhealthy([{"state": s, "xid_count": c, "xid_last": x} for s, c, x in rows])
+    assert got == [
         None,
         None,
         None,
@@ -183,6 +196,46 @@ def test_unhealthy_reason_names_state_then_critical_xid() -> None:
         "gpu unknown",
         "xid 119: GSP RPC timeout",
     ]
+
+
+def test_unhealthy_reason_memory_health_in_order_and_null_is_healthy() -> None:
+    ok = {"state": "ok", "xid_count": 0}
+    clean = {"row_remap_failed": False, "row_remap_pending": False, "ecc_uncorrected": 0}
+    rows = [
+        {**ok, **clean},  # a healthy Hopper
+        {"state": "ok"},  # an old producer, or nothing readable: healthy
+        {**ok, "xid_count": 2, "xid_last": 13, "xid_critical": 79},  # critical, then an app's fault
+        {**ok, "xid_count": 1, "xid_last": 13, "xid_critical": 13},  # not in the table: the tenant's
+        {**ok, **clean, "row_remap_failed": True, "row_remap_pending": True, "ecc_uncorrected": 4},
+        {**ok, **clean, "row_remap_pending": True, "ecc_uncorrected": 4},
+        {**ok, "retired_pages_pending": True},  # pre-Ampere: page retirement waits for a reset
+        {**ok, "retired_pages_pending": False, "ecc_uncorrected": 1},
+        {**ok, **clean, "ecc_uncorrected": None},  # ECC off
+        {**ok, "xid_count": 1, "xid_last": 48, "xid_critical": 48, "row_remap_failed": True},  # Xid first
+        {"state": "lost", "row_remap_failed": True},  # state first
+    ]
+    assert _unhealthy(rows) == [
+        None,
+        None,
+        "xid 79: GPU fell off the bus",
+        None,
+        "row remap failure",
+        "memory repair pending, reset needed",
+        "memory repair pending, reset needed",
+        "uncorrectable ECC error since driver load",
+        None,
+        "xid 48: double-bit ECC error",
+        "gpu lost",
+    ]
+
+
+def test_critical_xids_are_defined_once_for_collector_and_warehouse() -> None:
+    from gpuledger import health
+
+    assert rules.CRITICAL_XIDS is health.CRITICAL_XIDS
+    assert health.first_critical_xid([13, 43, 79, 48]) == 79
+    assert health.first_critical_xid([13, 31]) is None
+    assert health.first_critical_xid([]) is None
 
 
 def test_used_fraction_on_both_bases() -> None:

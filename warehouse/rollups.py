@@ -80,7 +80,9 @@ HOURLY = ("slice_hourly", "gpu_hourly", "idle_runs")  # rows keyed by their (mid
 BATCHES = "batches"  # per date: the committed batches built from, and the hours each touches
 NODE_HOURS = "node_hours"  # per date: node_ticks per hour of the timestamp, before the date's sum
 # 8: recomputed by the hour (idle runs ordered hour first; node_ticks summed from hour pieces)
-ROLLUP_VERSION = 10  # bump when the SQL below changes meaning: every date is rebuilt
+# 10: energy on unhealthy ticks (gpu_hourly.unhealthy_energy_j), the SM-activity basis per GPU-hour
+# 11: the unhealthy rule reads memory health (xid_critical, row remap, retired pages, ECC)
+ROLLUP_VERSION = 11  # bump when the SQL below changes meaning: every date is rebuilt
 EXACT = "DECIMAL(38, 9)"  # double readings summed exactly (order-independent), then back to double
 TS_HOUR_SQL = "(epoch_us(ts) // 3600000000)"  # the hour of a tick's timestamp (node_ticks' pieces)
 
@@ -653,10 +655,17 @@ class Rollups:
             )
 
     def _empty(self, kind: str) -> str:
-        """An empty Parquet file of a sample table's schema, for dates that lack that table."""
-        path = self.root / STATE / f"empty-{kind}.parquet"
+        """An empty Parquet file of a sample table's schema, for dates that lack that table.
+
+        Named by the schema's digest: read first and by name, it gives files written before a
+        column was added that column as null, so a lake kept from an older version must not keep
+        the older empty file (the rules would name a column no file has).
+        """
+        schema = schema_of(kind)
+        digest = hashlib.sha256(str(schema).encode()).hexdigest()[:12]
+        path = self.root / STATE / f"empty-{kind}-{digest}.parquet"
         if not self.lake.exists(path):
-            self.lake.write_file(schema_of(kind).empty_table(), path)
+            self.lake.write_file(schema.empty_table(), path)
         return self.lake.url(path)
 
     def _table_path(self, name: str, date: str) -> Path:

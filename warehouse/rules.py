@@ -18,6 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from gpuledger.health import CRITICAL_XIDS
 from warehouse.sql import lit
 
 KINDS = ("whole", "mig", "vgpu", "timeslice")
@@ -92,32 +93,35 @@ def used_frac_sql(basis: str = "busy") -> str:
 
 
 # -- health (issue 17): a GPU tick that the platform, not a tenant, pays for ---------------------
-# Xid codes (NVIDIA's Xid catalog, "Xid Errors" in the GPU deployment guide) that mean the GPU or
-# its memory could not do the tenant's work in that tick; application faults (13 graphics engine
-# exception, 31 MMU fault, 43 app stopped ...) are the tenant's own and stay billed.
-CRITICAL_XIDS: dict[int, str] = {
-    48: "double-bit ECC error",
-    63: "ECC page retirement / row remap event",
-    64: "ECC page retirement / row remap failure",
-    74: "NVLink error",
-    79: "GPU fell off the bus",
-    92: "high single-bit ECC error rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-}
+# The critical Xid codes are defined once, in gpuledger.health (the collector picks xid_critical
+# by the same table).
 _XID_CASE = " ".join(f"WHEN {code} THEN {lit(f'xid {code}: {why}')}" for code, why in CRITICAL_XIDS.items())
-# The reason a GPU tick is unhealthy, as short text, NULL when healthy. Reads a lake gpu row:
-# `state` not ok (lost: fell off the bus; unknown: NVML could not read it), else a critical Xid
-# during the tick (xid_count > 0 and xid_last in CRITICAL_XIDS). xid_last is the last code of the
-# tick only: a critical Xid followed by a benign one in the same tick is not seen (the collector
-# keeps one code per tick). A NULL xid_count (events not readable) is healthy: we do not take a
-# tick off a tenant's bill on what we could not see.
+_XID_IN = ", ".join(map(str, CRITICAL_XIDS))
+# The reason a GPU tick is unhealthy, as short text, NULL when healthy. Reads a lake gpu row, in
+# this order (the first that holds names the tick):
+# 1. `state` not ok (lost: fell off the bus; unknown: NVML could not read it): 'gpu lost' ...;
+# 2. a critical Xid (CRITICAL_XIDS) during the tick: `xid_critical` (the tick's first critical
+#    code, so a benign Xid after it hides nothing), else (a producer from before xid_critical)
+#    `xid_last` when xid_count > 0 (such a producer's last code of the tick only): 'xid 79: GPU
+#    fell off the bus' ...; a code outside the table is the tenant's own fault and stays billed;
+# 3. `row_remap_failed`: the GPU has no spare rows left for bad memory: 'row remap failure';
+# 4. `row_remap_pending` or `retired_pages_pending`: a memory repair waits for a GPU reset, and
+#    until then the bad rows or pages stay in use: 'memory repair pending, reset needed';
+# 5. `ecc_uncorrected` > 0: an uncorrectable ECC error since the driver loaded (the count is
+#    volatile: it clears at the reset that also repairs the memory): 'uncorrectable ECC error
+#    since driver load'.
+# NULL fields are healthy (events not readable, ECC off, a generation without that repair scheme,
+# a producer from before the field): we do not take a tick off a tenant's bill on what we could
+# not see. Corrected ECC errors and remapped-row counts alone are healthy: the memory was repaired.
 UNHEALTHY_REASON_SQL = f"""
 CASE
   WHEN state IS NOT NULL AND state <> 'ok' THEN 'gpu ' || state
-  WHEN coalesce(xid_count, 0) > 0 THEN CASE xid_last {_XID_CASE} END
+  WHEN xid_critical IN ({_XID_IN}) THEN CASE xid_critical {_XID_CASE} END
+  WHEN coalesce(xid_count, 0) > 0 AND xid_last IN ({_XID_IN})
+    THEN CASE xid_last {_XID_CASE} END
+  WHEN row_remap_failed THEN 'row remap failure'
+  WHEN row_remap_pending OR retired_pages_pending THEN 'memory repair pending, reset needed'
+  WHEN ecc_uncorrected > 0 THEN 'uncorrectable ECC error since driver load'
 END"""
 
 # -- time ----------------------------------------------------------------------------------------
