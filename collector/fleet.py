@@ -1039,7 +1039,8 @@ class SimulatedFleet(TickSource):
                 if base is None:  # new lifetime or a new cap: the typed template is built again
                     base = s.slice_typed = self._slice_struct(s)
                 util = None if s.null_util else uc / 100
-                if gpu.mig and gpu.prof_mix is not None:  # a MIG instance's own GPM profiling
+                if gpu.prof_mix is not None and (gpu.mig or (s.kind == "whole" and not s.null_util)):
+                    # a MIG instance's own GPM profiling; a whole-GPU slice's is its GPU's
                     base = replace(base, **gpu.prof_mix.fields(uc / 100))
                 if s.core_cap is not None:
                     if uc > 0:

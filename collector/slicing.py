@@ -165,6 +165,8 @@ def _gpu_slices(
                 util_pct=(pct(sum(sms)) if sms else None) if shared else g.util_pct,
                 replicas=(timeslice_replicas or n) if shared else None,
                 workload=att.workload(ident),
+                # a whole-GPU slice's SM activity is its GPU's; shares of a GPU cannot be told apart
+                **({} if shared else prof_fields(g.prof)),
             )
         )
         for p in members:

@@ -187,6 +187,11 @@ def test_whole_gpu_tick_exact() -> None:
                 "mem_cap_mib": 81559,
                 "mem_used_mib": 3072,
                 "util_pct": 50.0,
+                # the slice is the whole GPU: its SM activity is the GPU's
+                "sm_active_pct": 30.0,
+                "sm_occupancy_pct": 12.5,
+                "tensor_active_pct": 20.0,
+                "dram_active_pct": 40.0,
                 "workload": workload(POD_A),
             }
         ]

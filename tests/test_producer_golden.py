@@ -121,7 +121,7 @@ GOLDEN_ALL: dict[str, dict[str, str]] = {  # issue 17: tick and process tables h
     "fleet": {
         "gpu": "6318e771556d3fdd",
         "process": "83578b28976b376a",
-        "slice": "8fa84288e5e12c9f",
+        "slice": "990b7b027f6cc4e5",  # whole-GPU slices carry their GPU's SM activity
         "tick": "5550eb241c8d135b",
     },
     "replay": {
@@ -133,7 +133,7 @@ GOLDEN_ALL: dict[str, dict[str, str]] = {  # issue 17: tick and process tables h
     "nvml": {
         "gpu": "de1666833b6930a8",
         "process": "0a3b22e254cacd16",
-        "slice": "c4c9620b0b343ced",
+        "slice": "48e7173107046bbb",  # whole-GPU slices carry their GPU's SM activity
         "tick": "7fbce78c58edeb12",
     },
 }

@@ -81,9 +81,11 @@ def used_frac_sql(basis: str = "busy") -> str:
     `busy` (the default) is USED_FRAC_SQL itself: kernel-busy time, util_pct. `sm_active` reads
     the GPM SM activity (`sm_active_pct`: % of time at least one warp was resident, which is what
     a kernel actually occupied) in its place, with the same MIG scaling; where a tick has no SM
-    activity (no GPM on that GPU, or a process-attributed slice, which the collector leaves null)
-    it falls back to the busy reading of that tick, so a fleet mixing GPM and older GPUs is billed
-    on the best basis each GPU has, and nothing measured is dropped.
+    activity (no GPM on that GPU, or a slice sharing its GPU -- vgpu, timeslice -- whose part of
+    the GPU's SM activity cannot be told, so the collector leaves it null) it falls back to the
+    busy reading of that tick, so a fleet mixing GPM and older GPUs is billed on the best basis each
+    GPU has, and nothing measured is dropped. MIG slices carry their instance's SM activity, whole-GPU
+    slices their GPU's.
     """
     if basis == "busy":
         return USED_FRAC_SQL
