@@ -53,7 +53,10 @@ def s3_endpoint() -> Iterator[str]:
     env = {**os.environ, "S3PROXY_PORT": str(_free_port()), "S3PROXY_IDENTITY": KEY}
     env["S3PROXY_CREDENTIAL"] = SECRET
     out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "s3proxy.sh"), "start"], env=env, capture_output=True, text=True,
+        ["bash", str(REPO / "scripts" / "s3proxy.sh"), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -74,8 +77,12 @@ def s3_endpoint() -> Iterator[str]:
 def _bucket(endpoint: str) -> str:
     name = f"lake-{uuid.uuid4().hex[:10]}"
     fs = pafs.S3FileSystem(
-        access_key=KEY, secret_key=SECRET, endpoint_override=endpoint, scheme="http",
-        region="us-east-1", allow_bucket_creation=True,
+        access_key=KEY,
+        secret_key=SECRET,
+        endpoint_override=endpoint,
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
     )
     fs.create_dir(name)
     return name
@@ -100,9 +107,16 @@ def lake_ids(location: str) -> tuple[set[tuple[str, str, int]], int, int, int]:
     try:
         ticks = committed_files(lake, "tick", dates)
         rows = con.sql(first_batch_ticks_sql(read_parquet(ticks))).fetchall() if ticks else []
-        ids = {(r[1], r[2], r[3]) for r in con.sql(
-            f"SELECT cluster, node, boot_id, seq FROM ({first_batch_ticks_sql(read_parquet(ticks))})"
-        ).fetchall()} if ticks else set()
+        ids = (
+            {
+                (r[1], r[2], r[3])
+                for r in con.sql(
+                    f"SELECT cluster, node, boot_id, seq FROM ({first_batch_ticks_sql(read_parquet(ticks))})"
+                ).fetchall()
+            }
+            if ticks
+            else set()
+        )
         raw = con.sql(f"SELECT count(*) FROM {read_parquet(ticks)}").fetchall()[0][0] if ticks else 0
         src = samples_sql(lake, "slice", dates)
         slices = con.sql(f"SELECT count(*) FROM {src}").fetchall()[0][0] if src else 0
@@ -122,8 +136,16 @@ def test_ingest_into_s3_exactly_once(kafka_bootstrap, make_topic, s3_lake, tmp_p
     topic = make_topic("samples", partitions=2)
     fleet = SimulatedFleet(seed=3, start=START, interval_s=10.0)
     _, ids, slice_rows = produce_fleet(kafka_bootstrap, topic, 40, fleet=fleet)
-    cfg = load_config(env=_env(kafka_bootstrap, topic, s3_lake, tmp_path, f"g-{uuid.uuid4().hex[:8]}",
-                               GPULEDGER_LAKE_BATCH_MAX_MESSAGES="300"))
+    cfg = load_config(
+        env=_env(
+            kafka_bootstrap,
+            topic,
+            s3_lake,
+            tmp_path,
+            f"g-{uuid.uuid4().hex[:8]}",
+            GPULEDGER_LAKE_BATCH_MAX_MESSAGES="300",
+        )
+    )
     stats = KafkaIngester(cfg).run(idle_exit_s=4)
     assert stats.ticks == len(ids) and stats.rejected == 0
     got, rows, raw, slices = lake_ids(s3_lake)
@@ -138,8 +160,15 @@ def test_crash_after_objects_before_commit_is_still_exactly_once(
     topic = make_topic("samples", partitions=2)
     _, ids, slice_rows = produce_fleet(kafka_bootstrap, topic, 30)
     group = f"g-crash-{uuid.uuid4().hex[:8]}"
-    env = _env(kafka_bootstrap, topic, s3_lake, tmp_path, group, GPULEDGER_LAKE_BATCH_MAX_MESSAGES="200",
-               GPULEDGER_FAULT_CRASH_BEFORE_COMMIT="1")
+    env = _env(
+        kafka_bootstrap,
+        topic,
+        s3_lake,
+        tmp_path,
+        group,
+        GPULEDGER_LAKE_BATCH_MAX_MESSAGES="200",
+        GPULEDGER_FAULT_CRASH_BEFORE_COMMIT="1",
+    )
     cmd = [sys.executable, "-m", "gpuledger.cli", "ingest", "--idle-exit", "4"]
     first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 99, first.stderr[-2000:]
@@ -162,7 +191,7 @@ def test_a_batch_without_its_tick_object_is_not_committed(s3_lake):
     scenario.write(lake, scenario.messages()[:10])
     ticks = committed_files(lake, "tick", sample_dates(lake))
     assert len(ticks) == 1
-    lake.fs.delete_file(ticks[0][len("s3://"):])  # as if the process died before the last PUT
+    lake.fs.delete_file(ticks[0][len("s3://") :])  # as if the process died before the last PUT
     assert lake_ids(s3_lake)[1:] == (0, 0, 0)
 
 
@@ -177,7 +206,11 @@ def test_ingest_stops_at_start_naming_the_path(s3_endpoint, tmp_path, what):
     env = {**_env("127.0.0.1:1", "t", location, tmp_path, "g"), **extra}
     out = subprocess.run(
         [sys.executable, "-m", "gpuledger.cli", "ingest", "--idle-exit", "1"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
@@ -201,21 +234,50 @@ class Flaky(pafs.FileSystemHandler):
     def __getattr__(self, name):  # everything else goes to the real store
         return getattr(self.real, name)
 
-    def get_type_name(self): return "flaky"
-    def get_file_info(self, paths): return self.real.get_file_info(paths)
-    def get_file_info_selector(self, selector): return self.real.get_file_info(selector)
-    def create_dir(self, path, recursive): return self.real.create_dir(path, recursive=recursive)
-    def delete_dir(self, path): return self.real.delete_dir(path)
-    def delete_dir_contents(self, path, missing_dir_ok=False): return self.real.delete_dir_contents(path)
-    def delete_root_dir_contents(self): raise NotImplementedError
-    def delete_file(self, path): return self.real.delete_file(path)
-    def move(self, src, dest): return self.real.move(src, dest)
-    def copy_file(self, src, dest): return self.real.copy_file(src, dest)
-    def open_input_stream(self, path): return self.real.open_input_stream(path)
-    def open_input_file(self, path): return self.real.open_input_file(path)
-    def open_append_stream(self, path, metadata): return self.real.open_append_stream(path, metadata=metadata)
-    def normalize_path(self, path): return path
-    def equals(self, other): return False
+    def get_type_name(self):
+        return "flaky"
+
+    def get_file_info(self, paths):
+        return self.real.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.real.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        return self.real.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        return self.real.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        return self.real.delete_dir_contents(path)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        return self.real.delete_file(path)
+
+    def move(self, src, dest):
+        return self.real.move(src, dest)
+
+    def copy_file(self, src, dest):
+        return self.real.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.real.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.real.open_input_file(path)
+
+    def open_append_stream(self, path, metadata):
+        return self.real.open_append_stream(path, metadata=metadata)
+
+    def normalize_path(self, path):
+        return path
+
+    def equals(self, other):
+        return False
 
 
 def test_a_transient_store_error_is_retried(s3_lake):
@@ -330,8 +392,18 @@ def test_close_and_report_on_s3_give_the_local_ledger(s3_lake, tmp_path):
         assert close.rc == 0, close.err
         again = gpuledger(d, "--config", str(cfg), "close", "--month", "2026-10")
         assert again.rc == 0 and "unchanged" in again.out.splitlines()[0], again.err
-        rep = gpuledger(d, "--config", str(cfg), "report", "--month", "2026-10", "--format", "csv,html",
-                        "--out", str(d / "out"))
+        rep = gpuledger(
+            d,
+            "--config",
+            str(cfg),
+            "report",
+            "--month",
+            "2026-10",
+            "--format",
+            "csv,html",
+            "--out",
+            str(d / "out"),
+        )
         assert rep.rc == 0, rep.err
         lake = Lake(loc)
         out[name] = {
@@ -362,7 +434,8 @@ def test_what_cannot_run_on_s3_says_so_in_one_line(s3_lake, tmp_path):
     ]
     run = _run_job(s3_lake, "janitor")
     assert (run.result, run.error) == (
-        "error", f"LakeError: lake {s3_lake}: the janitor needs a local lake path, not object storage (yet)"
+        "error",
+        f"LakeError: lake {s3_lake}: the janitor needs a local lake path, not object storage (yet)",
     )
 
 

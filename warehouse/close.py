@@ -103,9 +103,7 @@ def _key(ln: ChargeLine) -> tuple:
     return (kind, ln.tenant, ln.cluster, ln.gpu_model, ln.charge_start, ln.price_from)
 
 
-def _corrections(
-    lake: Lake, month: str, acct_kw: dict[str, Any], closed: list[str]
-) -> list[ChargeLine]:
+def _corrections(lake: Lake, month: str, acct_kw: dict[str, Any], closed: list[str]) -> list[ChargeLine]:
     """Correction lines for earlier closed months whose inputs changed since they were closed."""
     out: list[ChargeLine] = []
     for past in closed:

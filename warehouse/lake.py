@@ -81,8 +81,16 @@ def new_batch_id() -> int:
 REMOTE_SCHEMES = ("s3://",)
 # pyarrow's messages for store errors worth another try (network, throttling, server side)
 TRANSIENT = (
-    "NETWORK_CONNECTION", "SLOW_DOWN", "THROTTL", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
-    "REQUEST_TIMEOUT", "HTTP status 5", "Connection reset", "Timeout", "timed out",
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "THROTTL",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "REQUEST_TIMEOUT",
+    "HTTP status 5",
+    "Connection reset",
+    "Timeout",
+    "timed out",
 )
 
 
@@ -187,8 +195,9 @@ class Lake:
             except OSError as exc:
                 if not is_transient(exc) or time.monotonic() + wait > deadline:
                     raise
-                log.warning("lake %s: %s failed (%s); retrying in %.1f s", self.location, what,
-                            _one_line(exc), wait)
+                log.warning(
+                    "lake %s: %s failed (%s); retrying in %.1f s", self.location, what, _one_line(exc), wait
+                )
                 time.sleep(wait)
                 wait = min(wait * 2, 5.0)
 
@@ -197,7 +206,7 @@ class Lake:
     def _key(self, path: PurePath | str) -> str:
         """The store key of a lake path or of a URL `url` made (object store only)."""
         text = str(path)
-        return text[len("s3://"):] if text.startswith("s3://") else text
+        return text[len("s3://") :] if text.startswith("s3://") else text
 
     def exists(self, path: PurePath | str) -> bool:
         if not self.remote:
@@ -220,9 +229,11 @@ class Lake:
         )
         out = []
         for i in infos:
-            rel = i.path[len(base):].lstrip("/").split("/")
-            if i.type == pafs.FileType.File and len(rel) == len(parts) and all(
-                fnmatch.fnmatchcase(a, b) for a, b in zip(rel, parts, strict=True)
+            rel = i.path[len(base) :].lstrip("/").split("/")
+            if (
+                i.type == pafs.FileType.File
+                and len(rel) == len(parts)
+                and all(fnmatch.fnmatchcase(a, b) for a, b in zip(rel, parts, strict=True))
             ):
                 out.append(PurePosixPath(i.path))
         return sorted(out)
@@ -263,7 +274,7 @@ class Lake:
 
         def digest() -> str:
             h = hashlib.sha256()
-            with (open(path, "rb") if not self.remote else self.fs.open_input_stream(self._key(path))) as fh:
+            with open(path, "rb") if not self.remote else self.fs.open_input_stream(self._key(path)) as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
             return h.hexdigest()
@@ -340,11 +351,16 @@ class Lake:
         """Write one Parquet file atomically and durably (temp name, fsync, rename, fsync dir; on an
         object store one PUT of the whole file, acknowledged before this returns)."""
         if self.remote:
+
             def put() -> None:
                 with self.fs.open_output_stream(str(path)) as fh:
                     pq.write_table(
-                        table, fh, compression="zstd", compression_level=self.zstd_level,
-                        row_group_size=1 << 20, write_statistics=True,
+                        table,
+                        fh,
+                        compression="zstd",
+                        compression_level=self.zstd_level,
+                        row_group_size=1 << 20,
+                        write_statistics=True,
                     )
 
             self._retry(put, f"writing {path}")
