@@ -198,6 +198,9 @@ def close_month(
     acct = settings.accounting(lake, **acct_kw)
     try:
         acct.update(month_dates(month))
+        # The idle periods stitched once and kept beside the rollups (as `gpuledger jobs` does after
+        # each update), so the next close, report or dashboard of these rollups loads them.
+        acct.save_idle()
         charges = settings.charges(acct, month, corrections)
         inputs = _inputs(acct, month)
         usage, idle = closed_usage.build(acct, *month_bounds(month))

@@ -502,19 +502,23 @@ class Rollups:
                            AS unhealthy_used_s,
                        coalesce(sum(used_sm_s) FILTER (WHERE unhealthy_reason IS NOT NULL), 0)
                            AS unhealthy_used_sm_s,
-                       string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason)
-                           AS unhealthy_reason,
                        count(*) FILTER (WHERE {idle_cond})::INTEGER AS idle_ticks,
                        count(*) FILTER (WHERE sm_known)::INTEGER AS sm_ticks,
                        max(share) AS share_max,
                        max(mem_used_mib) AS mem_used_mib_max
-                FROM a GROUP BY {keys})
+                FROM a GROUP BY {keys}),
+            -- the reasons, over the (rare) unhealthy slice ticks only: a DISTINCT string aggregate
+            -- over every slice-hour cost more than the rest of this query
+            rs AS (
+                SELECT {keys}, string_agg(DISTINCT unhealthy_reason, '; ' ORDER BY unhealthy_reason)
+                           AS unhealthy_reason
+                FROM a WHERE unhealthy_reason IS NOT NULL GROUP BY {keys})
             SELECT to_timestamp(d.h * 3600) AS hour, d.cluster, d.node, d.gpu_uuid, d.model, d.slice_id,
                    d.kind, {", ".join("d." + c for c in IDENTITY)},
                    n.ticks, n.observed_s, n.reserved_s, n.used_s, n.burst_s, n.idle_ticks, n.share_max,
                    n.mem_used_mib_max, n.used_sm_s, n.unhealthy_reserved_s, n.unhealthy_used_s,
-                   n.unhealthy_used_sm_s, n.unhealthy_reason, n.sm_ticks
-            FROM n JOIN dims d USING ({keys})
+                   n.unhealthy_used_sm_s, rs.unhealthy_reason, n.sm_ticks
+            FROM n JOIN dims d USING ({keys}) LEFT JOIN rs USING ({keys})
             ORDER BY d.h, d.cluster, d.node, d.gpu_uuid, d.slice_id, d.boot_id, d.namespace, d.pod,
                      d.container, d.pod_uid, d.job_id, d.account, d."user", n.ticks""").to_arrow_table()
         # Idle ticks -> runs: consecutive seq of one slice in one agent boot, each tick starting
@@ -564,14 +568,12 @@ class Rollups:
                        sum(CAST(energy_j AS {EXACT}))::DOUBLE AS energy_j,
                        count(energy_j)::INTEGER AS energy_ticks,
                        -- the energy of the unhealthy ticks: the platform's ([pricing] bill_unhealthy)
-                       coalesce(sum(CAST(energy_j AS {EXACT}))
-                                    FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL), 0)::DOUBLE
+                       coalesce(sum(CAST(energy_j AS {EXACT})) FILTER (WHERE sick), 0)::DOUBLE
                            AS unhealthy_energy_j,
                        count(*) FILTER (WHERE state <> 'ok')::INTEGER AS not_ok_ticks,
                        -- health events for the GPU page's timeline (rules.UNHEALTHY_REASON_SQL)
-                       count(*) FILTER (WHERE {UNHEALTHY_REASON_SQL} IS NOT NULL)::INTEGER AS unhealthy_ticks,
-                       string_agg(DISTINCT {UNHEALTHY_REASON_SQL}, '; ' ORDER BY {UNHEALTHY_REASON_SQL})
-                           AS unhealthy_reason,
+                       count(*) FILTER (WHERE sick)::INTEGER AS unhealthy_ticks,
+                       NULL::VARCHAR AS unhealthy_reason,  -- from `gr` below
                        -- the dcgm-exporter panels (memory, power, temperature) per GPU-hour, as sums
                        -- and counts so the two date pieces of an hour add up; readings in doubles
                        -- are summed as exact decimals, so the sum is the same in any order (the
@@ -585,18 +587,25 @@ class Rollups:
                        max(temp_c) AS temp_c_max,
                        sum(CAST(temp_c AS {EXACT}))::DOUBLE AS temp_c_sum,
                        count(temp_c)::INTEGER AS temp_ticks
-                FROM {rows(gpus)} GROUP BY ALL),
+                FROM (SELECT *, ({UNHEALTHY_REASON_SQL}) IS NOT NULL AS sick FROM {rows(gpus)}) GROUP BY ALL),
+            -- the reasons of the (rare) unhealthy GPU ticks, from the `sick` table made above
+            gr AS (
+                SELECT to_timestamp(({HOUR_NO_SQL}) * 3600) AS hour, uuid AS gpu_uuid,
+                       string_agg(DISTINCT u.reason, '; ' ORDER BY u.reason) AS unhealthy_reason
+                FROM {rows(gpus)} g JOIN sick u ON u.gk = hash(g.node, g.boot_id, g.uuid) AND u.seq = g.seq
+                GROUP BY ALL),
             sa AS (
                 SELECT hour, gpu_uuid, sum(reserved_s) AS reserved_s, sum(used_s) AS used_s,
                        sum(ticks) AS slice_ticks, sum(used_sm_s) AS used_sm_s, sum(sm_ticks) AS sm_ticks,
                        sum(greatest(reserved_s - used_sm_s, 0)) AS unused_sm_s
                 FROM _slice_hourly GROUP BY ALL)
-            SELECT gs.*, coalesce(sa.reserved_s, 0) AS reserved_s, coalesce(sa.used_s, 0) AS used_s,
+            SELECT gs.* REPLACE (gr.unhealthy_reason AS unhealthy_reason),
+                   coalesce(sa.reserved_s, 0) AS reserved_s, coalesce(sa.used_s, 0) AS used_s,
                    gs.capacity_s - coalesce(sa.reserved_s, 0) AS unallocated_s,
                    coalesce(sa.slice_ticks, 0)::BIGINT AS slice_ticks,
                    coalesce(sa.used_sm_s, 0) AS used_sm_s, coalesce(sa.sm_ticks, 0)::BIGINT AS sm_ticks,
                    coalesce(sa.unused_sm_s, 0) AS unused_sm_s
-            FROM gs LEFT JOIN sa USING (hour, gpu_uuid)
+            FROM gs LEFT JOIN sa USING (hour, gpu_uuid) LEFT JOIN gr USING (hour, gpu_uuid)
             ORDER BY hour, cluster, node, gpu_uuid, model""").to_arrow_table()
         con.unregister("_slice_hourly")
         # A node's ticks per hour of their timestamp (summed per date by `_node_ticks`): the first
