@@ -112,6 +112,16 @@ def test_a_viewer_sees_only_the_gpus_its_slices_held(golden: int) -> None:
     assert names == ["east/node-a GPU 0", "west/node-b GPU 1"]
 
 
+def rolled_up_lake(root: Path, msgs: list[dict]) -> Path:
+    """A lake of `msgs` under `root`, rollups built (the golden scenario's tenants and prices)."""
+    lake = root / "lake"
+    scenario.write(Lake(lake), msgs)
+    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
+    acct.update()
+    acct.close()
+    return lake
+
+
 def varied_lake(root: Path) -> Path:
     """The golden fleet with a hotter last tick of hour 23 on A1 (in the other date partition) and
     no power reading on A0 for the whole of hour 00."""
@@ -123,12 +133,7 @@ def varied_lake(root: Path) -> Path:
                 g.update({"power_w": 360.0, "temp_c": 80, "mem_used_mib": 4000})
             if g["uuid"] == scenario.A0 and "2026-10-16T00:01:00Z" <= ts <= "2026-10-16T01:00:00Z":
                 g["power_w"] = None
-    lake = root / "lake"
-    scenario.write(Lake(lake), msgs)
-    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
-    acct.update()
-    acct.close()
-    return lake
+    return rolled_up_lake(root, msgs)
 
 
 def test_hour_means_add_both_date_pieces_and_unknown_stays_a_gap(tmp_path: Path) -> None:
@@ -325,12 +330,7 @@ def sm_lake(root: Path) -> Path:
         for s in m["slices"]:
             if s["gpu_uuid"] == scenario.A0 and s.get("util_pct") is not None:
                 s["sm_active_pct"] = s["util_pct"] / 2
-    lake = root / "lake"
-    scenario.write(Lake(lake), msgs)
-    acct = Accounting(lake, tenant_rules=scenario.RULES, price_book=PriceBook(scenario.BOOK))
-    acct.update()
-    acct.close()
-    return lake
+    return rolled_up_lake(root, msgs)
 
 
 def test_the_sm_activity_basis_shows_beside_kernel_busy_only_where_it_was_seen(tmp_path: Path) -> None:

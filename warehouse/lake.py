@@ -347,6 +347,17 @@ class Lake:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def _parquet(self, table: pa.Table, fh: Any) -> None:
+        """The lake's one Parquet form: zstd, 1 Mi-row groups, statistics (DuckDB prunes with them)."""
+        pq.write_table(
+            table,
+            fh,
+            compression="zstd",
+            compression_level=self.zstd_level,
+            row_group_size=1 << 20,
+            write_statistics=True,
+        )
+
     def write_file(self, table: pa.Table, path: Path) -> Path:
         """Write one Parquet file atomically and durably (temp name, fsync, rename, fsync dir; on an
         object store one PUT of the whole file, acknowledged before this returns)."""
@@ -354,28 +365,14 @@ class Lake:
 
             def put() -> None:
                 with self.fs.open_output_stream(str(path)) as fh:
-                    pq.write_table(
-                        table,
-                        fh,
-                        compression="zstd",
-                        compression_level=self.zstd_level,
-                        row_group_size=1 << 20,
-                        write_statistics=True,
-                    )
+                    self._parquet(table, fh)
 
             self._retry(put, f"writing {path}")
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
-            pq.write_table(
-                table,
-                fh,
-                compression="zstd",
-                compression_level=self.zstd_level,
-                row_group_size=1 << 20,
-                write_statistics=True,
-            )
+            self._parquet(table, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
