@@ -5,6 +5,7 @@
 # and no network: nothing is installed, the repository is put on PYTHONPATH. Under 5 minutes.
 #
 #   bash scripts/gpu-check.sh [--seconds 30] [--interval 2] [--light-gib 2] [--heavy-gib 6]
+#   bash scripts/gpu-check.sh truth [--seconds 20] [--interval 2]   # kernel-busy vs SM activity (issue 17)
 #
 # Exit status: 0 all checks passed, 1 a check failed, 2 the machine lacks what the check needs.
 set -euo pipefail

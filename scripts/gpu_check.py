@@ -14,6 +14,14 @@ install: the repo is put on PYTHONPATH). What it does:
    prints the per-tick cost. Exit status 1 on any failure.
 
 `evaluate` takes plain tick dicts, so tests drive it with ticks from the fake NVML.
+
+`gpu_check.py truth` (issue 17: what the GPU really did) runs one worker at a time, a small-kernel
+load (one tiny elementwise kernel after another: "some kernel ran" nearly all the time while
+almost every SM sits empty) and then a large-kernel one (fp16 matmuls back to back), with the
+collector beside each, and prints kernel-busy (NVML utilization) beside the GPM profiling fields
+and the GPU's health fields as a table for bench/RESULTS.md. It fails if a load did not run, or if,
+where the GPU reports SM activity, the small kernels do not show SM activity well below their
+kernel-busy or the large kernels do not show more SM activity than the small ones.
 """
 
 from __future__ import annotations
@@ -156,6 +164,7 @@ def worker(mem_gib: float, load: str, ready: str, stop: str, deadline_s: float) 
     for _ in range(5):  # warm-up: cuBLAS handle, workspace and kernels are loaded before "ready"
         (a @ b).sum()
     big = torch.ones(int(mem_gib * (1 << 30)), dtype=torch.uint8, device=dev) if mem_gib > 0 else None
+    tiny = torch.ones(256, device=dev)
     torch.cuda.synchronize()
     info = {
         "pid": os.getpid(),
@@ -166,9 +175,13 @@ def worker(mem_gib: float, load: str, ready: str, stop: str, deadline_s: float) 
     os.replace(ready + ".tmp", ready)
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and not os.path.exists(stop):
-        if load == "heavy":
+        if load in ("heavy", "large"):
             for _ in range(20):
                 a @ b
+            torch.cuda.synchronize()
+        elif load == "small":  # one block's worth of work per kernel, kernels back to back
+            for _ in range(2000):
+                tiny.add_(1.0)
             torch.cuda.synchronize()
         elif load == "light":
             for _ in range(2):
@@ -360,15 +373,145 @@ def _diagnose(pynvml: Any, h: Any, light: Expect, heavy: Expect) -> None:
         print(f"GPU samples: {exc}")
 
 
+# -- kernel-busy against SM activity (`gpu_check.py truth`) ----------------------------------------
+
+TRUTH_FIELDS = ("util_pct", "sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_active_pct")
+HEALTH_SHOWN = ("ecc_uncorrected", "remapped_rows_uncorrectable", "row_remap_pending", "xid_count")
+TRUTH_GAP_PCT = 20.0  # small kernels: SM activity at least this many points below kernel-busy
+TRUTH_BUSY_PCT = 50.0  # a load that ran keeps kernel-busy above this
+
+
+def truth_row(ticks: list[dict[str, Any]], gpu_uuid: str) -> dict[str, Any]:
+    """Medians over the ticks of one GPU's kernel-busy and profiling fields (None: never reported),
+    clocks, and its health fields at the last tick."""
+    gpus = [g for t in ticks for g in t["gpus"] if g["uuid"] == gpu_uuid]
+    row: dict[str, Any] = {}
+    for f in (*TRUTH_FIELDS, "sm_clock_mhz"):
+        vals = [g[f] for g in gpus if g.get(f) is not None]
+        row[f] = statistics.median(vals) if vals else None
+    row["health"] = {f: gpus[-1].get(f) for f in HEALTH_SHOWN} if gpus else {}
+    return row
+
+
+def truth_verdict(rows: dict[str, dict[str, Any]]) -> Verdict:
+    """The table, and what must hold of it (docstring of this module)."""
+    v = Verdict()
+
+    def cell(x: Any) -> str:
+        return "null" if x is None else f"{x:.1f}"
+
+    v.lines.append(
+        "| workload | kernel-busy % | SM active % | SM occupancy % | tensor active % | DRAM active % "
+        "| SM MHz |"
+    )
+    v.lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        cells = " | ".join(cell(r[f]) for f in (*TRUTH_FIELDS, "sm_clock_mhz"))
+        v.lines.append(f"| {name} kernels | {cells} |")
+    for name, r in rows.items():
+        v.lines.append(f"{name}: health at the last tick {r['health']}")
+        if r["util_pct"] is None or r["util_pct"] < TRUTH_BUSY_PCT:
+            v.failures.append(f"{name} kernels: kernel-busy {cell(r['util_pct'])} %, the load did not run")
+    small, large = rows.get("small"), rows.get("large")
+    if small and large and small["sm_active_pct"] is not None and large["sm_active_pct"] is not None:
+        if small["util_pct"] is not None and small["sm_active_pct"] > small["util_pct"] - TRUTH_GAP_PCT:
+            v.failures.append(
+                f"small kernels: SM active {cell(small['sm_active_pct'])} % is not "
+                f"{TRUTH_GAP_PCT:.0f} points below kernel-busy {cell(small['util_pct'])} %"
+            )
+        if large["sm_active_pct"] <= small["sm_active_pct"]:
+            v.failures.append(
+                f"SM active not ordered as the kernels: large {cell(large['sm_active_pct'])} % "
+                f"<= small {cell(small['sm_active_pct'])} %"
+            )
+    else:
+        v.lines.append("SM activity not reported (no GPM on this GPU): kernel-busy only")
+    return v
+
+
+def main_truth(
+    args: argparse.Namespace,
+    *,
+    nvml: Any = None,
+    clock: Any = time.time,
+    start: Any = None,
+    stop: Any = None,
+    settle_s: float = 1.0,
+) -> int:
+    """Small kernels, then large ones, one worker at a time, the collector beside each; ``nvml``,
+    ``clock``, ``start``/``stop`` and ``settle_s`` let tests run it on the fake NVML."""
+    if nvml is None:
+        import pynvml
+    else:
+        pynvml = nvml
+    start, stop = start or _start, stop or _stop
+    from collector.agent import run_collector
+    from collector.nvml import NvmlBackend
+    from collector.proc_identity import ProcAttributor
+    from collector.tick import as_dicts
+    from collector.transport import MemoryTransport
+    from gpuledger.bus import MemoryBus
+
+    tmp = Path(args.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    gpu_uuid = pynvml.nvmlDeviceGetUUID(h)
+    print(f"GPU 0: {pynvml.nvmlDeviceGetName(h)} {gpu_uuid}, driver {pynvml.nvmlSystemGetDriverVersion()}")
+    rows: dict[str, dict[str, Any]] = {}
+    for load in ("small", "large"):
+        proc, _ = start(load, 0.5, load, tmp, args.seconds + 200.0)
+        try:
+            time.sleep(settle_s)
+            backend = NvmlBackend(
+                "gpu-check",
+                "gpu-truth",
+                args.interval,
+                nvml=pynvml,
+                attributor=ProcAttributor("/proc"),
+                clock=clock,
+            )
+            ticks: list[dict[str, Any]] = []
+            inner = backend.sample
+
+            def kept(inner: Any = inner, ticks: list[dict[str, Any]] = ticks) -> list[Any]:
+                out = inner()
+                ticks.extend(as_dicts(out))
+                return out
+
+            backend.sample = kept  # type: ignore[method-assign]
+            run_collector(
+                backend,
+                MemoryTransport(MemoryBus(), "t"),
+                args.interval,
+                ticks=max(3, round(args.seconds / args.interval)),
+            )
+            backend.close()
+        finally:
+            stop(load, proc, tmp)
+        rows[load] = truth_row(ticks[1:], gpu_uuid)  # the first tick holds the start of the load
+    v = truth_verdict(rows)
+    for line in v.lines:
+        print(line)
+    for f in v.failures:
+        print(f"FAIL: {f}")
+    print("gpu-check truth: PASS" if v.ok else f"gpu-check truth: FAIL ({len(v.failures)} failures)")
+    return 0 if v.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
     w = sub.add_parser("worker")
     w.add_argument("--mem-gib", type=float, required=True)
-    w.add_argument("--load", choices=("heavy", "light", "probe"), required=True)
+    w.add_argument("--load", choices=("heavy", "light", "probe", "small", "large"), required=True)
     w.add_argument("--ready", required=True)
     w.add_argument("--stop", required=True)
     w.add_argument("--deadline", type=float, default=240.0)
+    tr = sub.add_parser("truth", help="kernel-busy against SM activity, small then large kernels")
+    tr.add_argument("--seconds", type=float, default=20.0)
+    tr.add_argument("--interval", type=float, default=2.0)
+    tr.add_argument("--tmp", default=f"/tmp/gpuledger-gpu-truth-{os.getpid()}")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=2.0)
     ap.add_argument("--light-gib", type=float, default=2.0)
@@ -377,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "worker":
         return worker(args.mem_gib, args.load, args.ready, args.stop, args.deadline)
+    if args.cmd == "truth":
+        return main_truth(args)
     return main_check(args)
 
 

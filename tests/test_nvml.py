@@ -1442,3 +1442,49 @@ def test_hami_caps_come_from_the_allocation_annotation_and_sm_limit_100_is_no_co
         for s in tick(fake, b)["slices"]
     }
     assert caps == {f"{POD_A}/main": (12000, 40.0), f"{POD_B}/side": (8192, 0.0)}
+
+
+@pytest.mark.parametrize(
+    ("small_sm", "gpm", "rc", "last"),
+    [
+        (6.0, True, 0, "gpu-check truth: PASS"),
+        (90.0, True, 1, "gpu-check truth: FAIL (2 failures)"),  # small kernels filling the SMs: wrong
+        (6.0, False, 0, "gpu-check truth: PASS"),  # no GPM: kernel-busy only, said so
+    ],
+)
+def test_gpu_truth_on_the_fake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], small_sm: float, gpm: bool, rc: int, last: str
+) -> None:
+    """`gpu_check.py truth`: small then large kernels, the collector beside each, kernel-busy beside SM
+    activity; the verdict holds the collector to what the GPU did."""
+    gc = _gpu_check()
+    g = FakeGpu(0, "GPU-0", util_pct=0, gpm=gpm)
+    fake = FakeNvml([g], start_s=START)
+    loads = {"small": (97.0, small_sm, 0.0), "large": (99.0, 85.0, 70.0)}  # busy, SM active, tensor
+
+    def start(name: str, mem_gib: float, load: str, tmp: Path, deadline: float) -> tuple[str, dict[str, int]]:
+        busy, sm, tensor = loads[load]
+        g.util_pct, g.sm_active_pct, g.tensor_active_pct = busy, sm, tensor
+        g.procs = [FakeProcess(300, GIB, busy)]
+        return name, {"pid": 300, "reserved": GIB}
+
+    def stop(name: str, proc: str, tmp: Path) -> None:
+        g.util_pct, g.sm_active_pct, g.tensor_active_pct, g.procs = 0.0, 0.0, 0.0, []
+
+    def clock() -> float:
+        fake.advance(2.0)
+        return fake.now
+
+    args = argparse.Namespace(seconds=0.2, interval=0.05, tmp=str(tmp_path))
+    assert gc.main_truth(args, nvml=fake, clock=clock, start=start, stop=stop, settle_s=0.0) == rc
+    out = capsys.readouterr().out
+    if gpm:
+        assert f"| small kernels | 97.0 | {small_sm:.1f} |" in out
+        assert "| large kernels | 99.0 | 85.0 |" in out
+    else:
+        assert "| small kernels | 97.0 | null |" in out
+        assert "SM activity not reported (no GPM on this GPU): kernel-busy only" in out
+    if rc:
+        assert "FAIL: small kernels: SM active 90.0 % is not 20 points below kernel-busy 97.0 %" in out
+        assert "FAIL: SM active not ordered as the kernels: large 85.0 % <= small 90.0 %" in out
+    assert out.rstrip().endswith(last)
