@@ -248,6 +248,50 @@ def context_overhead(used_before_mib: float, used_with_probe_mib: float, probe_r
     return used_with_probe_mib - used_before_mib - probe_reserved_mib
 
 
+def _open_gpu0(pynvml: Any) -> tuple[Any, str]:
+    """NVML started, GPU 0's handle and UUID, and a line saying which GPU and driver."""
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    gpu_uuid = pynvml.nvmlDeviceGetUUID(h)
+    print(f"GPU 0: {pynvml.nvmlDeviceGetName(h)} {gpu_uuid}, driver {pynvml.nvmlSystemGetDriverVersion()}")
+    return h, gpu_uuid
+
+
+def _collect(
+    pynvml: Any, node: str, args: argparse.Namespace, clock: Any, before_close: Any = None
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The real backend through the agent loop for `args.seconds` at `args.interval`: its ticks as
+    dicts and the CPU ms of each sample; `before_close` runs while NVML is still open."""
+    from collector.agent import run_collector
+    from collector.nvml import NvmlBackend
+    from collector.proc_identity import ProcAttributor
+    from collector.tick import as_dicts
+    from collector.transport import MemoryTransport
+    from gpuledger.bus import MemoryBus
+
+    backend = NvmlBackend(
+        "gpu-check", node, args.interval, nvml=pynvml, attributor=ProcAttributor("/proc"), clock=clock
+    )
+    cpu_ms: list[float] = []
+    ticks: list[dict[str, Any]] = []
+    inner = backend.sample
+
+    def timed() -> list[Any]:
+        c0 = time.process_time()
+        out = inner()
+        cpu_ms.append((time.process_time() - c0) * 1000)
+        ticks.extend(as_dicts(out))
+        return out
+
+    backend.sample = timed  # type: ignore[method-assign]
+    n = max(3, round(args.seconds / args.interval))
+    run_collector(backend, MemoryTransport(MemoryBus(), "t"), args.interval, ticks=n)
+    if before_close is not None:
+        before_close()
+    backend.close()
+    return ticks, cpu_ms
+
+
 def main_check(
     args: argparse.Namespace,
     *,
@@ -265,19 +309,9 @@ def main_check(
         pynvml = nvml
     start = start or _start
     stop = stop or _stop
-    from collector.agent import run_collector
-    from collector.nvml import NvmlBackend
-    from collector.proc_identity import ProcAttributor
-    from collector.tick import as_dicts
-    from collector.transport import MemoryTransport
-    from gpuledger.bus import MemoryBus
-
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    pynvml.nvmlInit()
-    h = pynvml.nvmlDeviceGetHandleByIndex(0)
-    gpu_uuid = pynvml.nvmlDeviceGetUUID(h)
-    print(f"GPU 0: {pynvml.nvmlDeviceGetName(h)} {gpu_uuid}, driver {pynvml.nvmlSystemGetDriverVersion()}")
+    h, gpu_uuid = _open_gpu0(pynvml)
     deadline = args.seconds + 200.0
     u0 = _device_used_mib(pynvml, h)
     probe, pinfo = start("probe", 0, "probe", tmp, deadline)
@@ -300,25 +334,7 @@ def main_check(
         heavy = Expect("heavy", ib["pid"], ib["reserved"] / MIB + ctx, ib["reserved"] / MIB)
         time.sleep(2 * settle_s)
         node = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname()) or "gpu-check"
-        backend = NvmlBackend(
-            "gpu-check", node, args.interval, nvml=pynvml, attributor=ProcAttributor("/proc"), clock=clock
-        )
-        cpu_ms: list[float] = []
-        ticks: list[dict[str, Any]] = []
-        inner = backend.sample
-
-        def timed() -> list[Any]:
-            c0 = time.process_time()
-            out = inner()
-            cpu_ms.append((time.process_time() - c0) * 1000)
-            ticks.extend(as_dicts(out))
-            return out
-
-        backend.sample = timed  # type: ignore[method-assign]
-        n = max(3, round(args.seconds / args.interval))
-        run_collector(backend, MemoryTransport(MemoryBus(), "t"), args.interval, ticks=n)
-        _diagnose(pynvml, h, light, heavy)
-        backend.close()
+        ticks, cpu_ms = _collect(pynvml, node, args, clock, lambda: _diagnose(pynvml, h, light, heavy))
     finally:
         for name, p in procs:
             stop(name, p, tmp)
@@ -445,48 +461,15 @@ def main_truth(
     else:
         pynvml = nvml
     start, stop = start or _start, stop or _stop
-    from collector.agent import run_collector
-    from collector.nvml import NvmlBackend
-    from collector.proc_identity import ProcAttributor
-    from collector.tick import as_dicts
-    from collector.transport import MemoryTransport
-    from gpuledger.bus import MemoryBus
-
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
-    pynvml.nvmlInit()
-    h = pynvml.nvmlDeviceGetHandleByIndex(0)
-    gpu_uuid = pynvml.nvmlDeviceGetUUID(h)
-    print(f"GPU 0: {pynvml.nvmlDeviceGetName(h)} {gpu_uuid}, driver {pynvml.nvmlSystemGetDriverVersion()}")
+    _, gpu_uuid = _open_gpu0(pynvml)
     rows: dict[str, dict[str, Any]] = {}
     for load in ("small", "large"):
         proc, _ = start(load, 0.5, load, tmp, args.seconds + 200.0)
         try:
             time.sleep(settle_s)
-            backend = NvmlBackend(
-                "gpu-check",
-                "gpu-truth",
-                args.interval,
-                nvml=pynvml,
-                attributor=ProcAttributor("/proc"),
-                clock=clock,
-            )
-            ticks: list[dict[str, Any]] = []
-            inner = backend.sample
-
-            def kept(inner: Any = inner, ticks: list[dict[str, Any]] = ticks) -> list[Any]:
-                out = inner()
-                ticks.extend(as_dicts(out))
-                return out
-
-            backend.sample = kept  # type: ignore[method-assign]
-            run_collector(
-                backend,
-                MemoryTransport(MemoryBus(), "t"),
-                args.interval,
-                ticks=max(3, round(args.seconds / args.interval)),
-            )
-            backend.close()
+            ticks, _ = _collect(pynvml, "gpu-truth", args, clock)
         finally:
             stop(load, proc, tmp)
         rows[load] = truth_row(ticks[1:], gpu_uuid)  # the first tick holds the start of the load
